@@ -1,0 +1,63 @@
+"""diskledger: virtual-machine disks whose every lifecycle transition is recorded in a ledger.
+
+The embedding API is ``Engine``; everything a caller may catch is in ``diskledger.errors``.
+"""
+
+from diskledger.backends import Artifact, Backend, Observation
+from diskledger.engine import Config, Engine, Export, parse_size
+from diskledger.errors import (
+    BackendError,
+    ConcurrencyError,
+    Conflict,
+    DiskLedgerError,
+    DiskNotFound,
+    IllegalTransition,
+    InvalidInput,
+    InvalidName,
+    InvalidSize,
+    InvalidSource,
+    NotFound,
+    OperationPending,
+    SnapshotNotFound,
+    StoreError,
+    TemplateNotFound,
+)
+from diskledger.events import Metadata, NewEvent, RecordedEvent
+from diskledger.states import DiskState, DiskView, TemplateState, TemplateView
+from diskledger.store import EventStore, open_store
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Artifact",
+    "Backend",
+    "BackendError",
+    "ConcurrencyError",
+    "Config",
+    "Conflict",
+    "DiskLedgerError",
+    "DiskNotFound",
+    "DiskState",
+    "DiskView",
+    "Engine",
+    "EventStore",
+    "Export",
+    "IllegalTransition",
+    "InvalidInput",
+    "InvalidName",
+    "InvalidSize",
+    "InvalidSource",
+    "Metadata",
+    "NewEvent",
+    "NotFound",
+    "Observation",
+    "OperationPending",
+    "RecordedEvent",
+    "SnapshotNotFound",
+    "StoreError",
+    "TemplateNotFound",
+    "TemplateState",
+    "TemplateView",
+    "open_store",
+    "parse_size",
+]

@@ -1,0 +1,172 @@
+"""Every error diskledger raises, in one tree.
+
+Callers catch the branch they can act on; the CLI maps every ``DiskLedgerError`` to one line on
+stderr and exit status 1. Foreign exceptions (SQLAlchemy, ``OSError``, ``subprocess``) are
+translated where they cross into diskledger, with ``raise ... from`` so the cause stays attached::
+
+    DiskLedgerError
+    ├── InvalidInput            bad input refused before anything is touched
+    │   ├── InvalidName         an instance, disk, template or snapshot name that is not allowed
+    │   ├── InvalidSize         a size that is unparsable, negative, zero, too small or a shrink
+    │   └── InvalidSource       a template source that is missing, unreadable or not a file
+    ├── NotFound
+    │   ├── DiskNotFound
+    │   ├── TemplateNotFound
+    │   └── SnapshotNotFound
+    ├── IllegalTransition       the lifecycle table has no such transition from the current state
+    ├── Conflict
+    │   ├── ConcurrencyError    the stream moved since it was read (UNIQUE(stream_id, version))
+    │   └── OperationPending    the disk or template has an operation in flight
+    ├── StoreError              the ledger database failed or refused (e.g. append-only triggers)
+    └── BackendError            storage failed; carries the command and its stderr
+        ├── CommandNotFound     a required tool (``qemu-img``) is not installed
+        ├── CommandFailed       a tool exited non-zero
+        ├── CommandTimedOut     a tool ran past its deadline
+        └── StorageIOError      the file system refused (ENOSPC, EIO, EACCES...)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "BackendError",
+    "CommandFailed",
+    "CommandNotFound",
+    "CommandTimedOut",
+    "ConcurrencyError",
+    "Conflict",
+    "DiskLedgerError",
+    "DiskNotFound",
+    "IllegalTransition",
+    "InvalidInput",
+    "InvalidName",
+    "InvalidSize",
+    "InvalidSource",
+    "NotFound",
+    "OperationPending",
+    "SnapshotNotFound",
+    "StorageIOError",
+    "StoreError",
+    "TemplateNotFound",
+]
+
+
+class DiskLedgerError(Exception):
+    """Base of every error diskledger raises on purpose."""
+
+
+class InvalidInput(DiskLedgerError, ValueError):
+    """Input refused before the ledger or storage was touched."""
+
+
+class InvalidName(InvalidInput):
+    """A name (instance, disk, template, snapshot) outside the allowed alphabet or length."""
+
+
+class InvalidSize(InvalidInput):
+    """A size that cannot be parsed, is out of range, or would shrink a disk."""
+
+
+class InvalidSource(InvalidInput):
+    """A template source file that is missing, unreadable or not a regular file."""
+
+
+class NotFound(DiskLedgerError, LookupError):
+    """The ledger has no such object."""
+
+
+class DiskNotFound(NotFound):
+    def __init__(self, disk: str) -> None:
+        super().__init__(f"no such disk: {disk}")
+        self.disk = disk
+
+
+class TemplateNotFound(NotFound):
+    def __init__(self, template: str) -> None:
+        super().__init__(f"no such template: {template}")
+        self.template = template
+
+
+class SnapshotNotFound(NotFound):
+    def __init__(self, disk: str, snapshot: str) -> None:
+        super().__init__(f"disk {disk} has no snapshot {snapshot!r}")
+        self.disk = disk
+        self.snapshot = snapshot
+
+
+class IllegalTransition(DiskLedgerError):
+    """The lifecycle table allows no such event from the stream's current state."""
+
+    def __init__(self, stream: str, state: str, event_type: str, reason: str = "") -> None:
+        detail = f": {reason}" if reason else ""
+        super().__init__(f"{stream}: {event_type} is not allowed in state {state!r}{detail}")
+        self.stream = stream
+        self.state = state
+        self.event_type = event_type
+
+
+class Conflict(DiskLedgerError):
+    """Another writer got there first."""
+
+
+class ConcurrencyError(Conflict):
+    """An append's expected version did not match the stream (the uniqueness gate fired)."""
+
+    def __init__(self, stream: str, expected: int, actual: int | None = None) -> None:
+        seen = "" if actual is None else f", found {actual}"
+        super().__init__(f"{stream}: expected version {expected}{seen}")
+        self.stream = stream
+        self.expected = expected
+        self.actual = actual
+
+
+class OperationPending(Conflict):
+    """The stream has an operation with an intent and no outcome; run ``diskledger recover``."""
+
+    def __init__(self, stream: str, op: str, op_id: str) -> None:
+        super().__init__(f"{stream}: operation {op} ({op_id}) is still in flight")
+        self.stream = stream
+        self.op = op
+        self.op_id = op_id
+
+
+class StoreError(DiskLedgerError):
+    """The ledger database failed or refused a write."""
+
+
+class BackendError(DiskLedgerError):
+    """Storage failed. ``command`` and ``stderr`` are set when an external tool was involved."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        command: Sequence[str] = (),
+        returncode: int | None = None,
+        stderr: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.command = tuple(command)
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+class CommandNotFound(BackendError):
+    """The tool is not installed (``qemu-img`` comes from Debian's ``qemu-utils``)."""
+
+
+class CommandFailed(BackendError):
+    """The tool exited with a non-zero status."""
+
+
+class CommandTimedOut(BackendError):
+    """The tool ran past its deadline and was killed."""
+
+
+class StorageIOError(BackendError):
+    """The file system refused: no space, I/O error, permission denied."""
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno

@@ -1,0 +1,139 @@
+"""Events: the facts the ledger records.
+
+An event has a stable type name (``disk.create.started``), a schema version for its payload, a JSON
+payload (``data``) and metadata saying who recorded it and for which operation. ``NewEvent`` is what
+a writer hands to the store; ``RecordedEvent`` is what the store hands back, with the stream
+version, the global position, the commit time and the hash that chains it to the event before.
+
+Storage operations follow one protocol (see DESIGN.md): ``<kind>.<op>.started`` names the
+parameters and every artifact the operation may create, ``<kind>.<op>.completed`` records what was
+observed, ``<kind>.<op>.failed`` records the error and what the compensation removed. Facts that
+touch no storage (``disk.template-bound``) are single events. The helpers below build them so that
+type names are spelled in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, Literal
+
+__all__ = [
+    "COMPLETED",
+    "FAILED",
+    "STARTED",
+    "Metadata",
+    "NewEvent",
+    "Phase",
+    "RecordedEvent",
+    "operation_event",
+    "split_type",
+]
+
+Phase = Literal["started", "completed", "failed"]
+STARTED: Final = "started"
+COMPLETED: Final = "completed"
+FAILED: Final = "failed"
+_PHASES: Final = frozenset({STARTED, COMPLETED, FAILED})
+
+JSON = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Metadata:
+    """Who recorded an event, and for which operation.
+
+    ``op_id`` ties the started, completed and failed events of one operation together;
+    ``causation`` names the operation that caused this one (recovery acting on a leftover intent).
+    """
+
+    op_id: str | None = None
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+    actor: str = "diskledger"
+    causation: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "op_id": self.op_id,
+            "host": self.host,
+            "pid": self.pid,
+            "actor": self.actor,
+            "causation": self.causation,
+        }
+
+    @classmethod
+    def from_json(cls, raw: JSON) -> Metadata:
+        return cls(
+            op_id=raw.get("op_id"),
+            host=raw.get("host", ""),
+            pid=int(raw.get("pid", 0)),
+            actor=raw.get("actor", ""),
+            causation=raw.get("causation"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event not yet recorded: the type, the payload and who is recording it."""
+
+    type: str
+    data: JSON
+    metadata: Metadata
+    schema: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as the ledger holds it.
+
+    ``version`` counts events within the stream (1, 2, 3, no gaps); ``position`` orders all events
+    of the ledger; ``hash`` is SHA-256 over this event's content and ``prev_hash`` (the hash of the
+    event at ``position - 1``), so editing, removing or reordering any event breaks the chain.
+    """
+
+    position: int
+    stream: str
+    version: int
+    type: str
+    schema: int
+    data: JSON
+    metadata: Metadata
+    time: datetime
+    prev_hash: str
+    hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "stream": self.stream,
+            "version": self.version,
+            "type": self.type,
+            "schema": self.schema,
+            "time": self.time.isoformat(),
+            "op_id": self.metadata.op_id,
+            "data": dict(self.data),
+            "metadata": self.metadata.to_json(),
+            "hash": self.hash,
+        }
+
+
+def operation_event(
+    kind: str, op: str, phase: Phase, data: JSON, metadata: Metadata, schema: int = 1
+) -> NewEvent:
+    """Build ``<kind>.<op>.<phase>``; ``metadata.op_id`` must name the operation."""
+    if metadata.op_id is None:
+        raise ValueError("an operation event needs metadata.op_id")
+    return NewEvent(f"{kind}.{op}.{phase}", data, metadata, schema)
+
+
+def split_type(event_type: str) -> tuple[str, str, Phase | None]:
+    """``disk.create.started`` -> ``("disk", "create", "started")``; facts have no phase."""
+    kind, _, rest = event_type.partition(".")
+    op, _, phase = rest.rpartition(".")
+    if op and phase in _PHASES:
+        return kind, op, phase  # type: ignore[return-value]
+    return kind, rest, None

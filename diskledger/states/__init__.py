@@ -1,0 +1,24 @@
+"""The lifecycles of disks and templates: states, transition tables, and the pure fold."""
+
+from diskledger.states.disk import DISK_TABLE, DiskState, DiskView, PendingOperation, Snapshot
+from diskledger.states.evolve import EventLike, evolve, fold, params_of
+from diskledger.states.table import Row, Table, Transition
+from diskledger.states.template import TEMPLATE_TABLE, TemplateState, TemplateView
+
+__all__ = [
+    "DISK_TABLE",
+    "TEMPLATE_TABLE",
+    "DiskState",
+    "DiskView",
+    "EventLike",
+    "PendingOperation",
+    "Row",
+    "Snapshot",
+    "Table",
+    "TemplateState",
+    "TemplateView",
+    "Transition",
+    "evolve",
+    "fold",
+    "params_of",
+]

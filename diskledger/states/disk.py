@@ -1,0 +1,245 @@
+"""The disk lifecycle: states, the transition table, and the pure fold of events into a view."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from diskledger.states.table import Row, Table
+
+__all__ = ["DISK_TABLE", "DiskState", "DiskView", "PendingOperation", "Snapshot"]
+
+
+class DiskState(StrEnum):
+    ABSENT = "absent"
+    TEMPLATE_CACHED = "template-cached"
+    CREATED = "created"
+    RESIZED = "resized"
+    SNAPSHOTTED = "snapshotted"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    name: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class PendingOperation:
+    """An operation whose intent is recorded and whose outcome is not (yet)."""
+
+    op: str
+    op_id: str
+    params: Mapping[str, Any]
+    artifacts: tuple[Mapping[str, Any], ...]
+    started_version: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "op": self.op,
+            "op_id": self.op_id,
+            "params": dict(self.params),
+            "artifacts": [dict(a) for a in self.artifacts],
+            "started_version": self.started_version,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> PendingOperation:
+        return cls(
+            op=raw["op"],
+            op_id=raw["op_id"],
+            params=raw["params"],
+            artifacts=tuple(raw["artifacts"]),
+            started_version=raw["started_version"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DiskView:
+    """What the ledger knows of one disk after folding its stream.
+
+    ``size`` is the virtual size in bytes; ``format`` and ``backing`` are recorded facts, never
+    re-probed; ``resized`` remembers whether the disk ever grew, so removing its last snapshot
+    returns it to ``resized`` rather than ``created``.
+    """
+
+    disk: str
+    state: DiskState = DiskState.ABSENT
+    version: int = 0
+    format: str | None = None
+    size: int | None = None
+    template: str | None = None
+    backing: str | None = None
+    location: str | None = None
+    snapshots: tuple[Snapshot, ...] = ()
+    resized: bool = False
+    pending: PendingOperation | None = None
+
+    @property
+    def snapshot_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.snapshots)
+
+    def snapshot(self, name: str) -> Snapshot | None:
+        return next((s for s in self.snapshots if s.name == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "disk": self.disk,
+            "state": self.state.value,
+            "version": self.version,
+            "format": self.format,
+            "size": self.size,
+            "template": self.template,
+            "backing": self.backing,
+            "location": self.location,
+            "snapshots": [{"name": s.name, "size": s.size} for s in self.snapshots],
+            "resized": self.resized,
+            "pending": self.pending.to_json() if self.pending else None,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> DiskView:
+        pending = raw.get("pending")
+        return cls(
+            disk=raw["disk"],
+            state=DiskState(raw["state"]),
+            version=raw["version"],
+            format=raw.get("format"),
+            size=raw.get("size"),
+            template=raw.get("template"),
+            backing=raw.get("backing"),
+            location=raw.get("location"),
+            snapshots=tuple(Snapshot(s["name"], s["size"]) for s in raw.get("snapshots", ())),
+            resized=raw.get("resized", False),
+            pending=PendingOperation.from_json(pending) if pending else None,
+        )
+
+
+def _snapshot_exists(view: DiskView, params: Mapping[str, Any]) -> bool:
+    return view.snapshot(params.get("snapshot", "")) is not None
+
+
+def _snapshot_name_free(view: DiskView, params: Mapping[str, Any]) -> bool:
+    return view.snapshot(params.get("snapshot", "")) is None
+
+
+def _others_remain(view: DiskView, params: Mapping[str, Any]) -> bool:
+    return len(view.snapshots) > 1
+
+
+def _last_and_resized(view: DiskView, params: Mapping[str, Any]) -> bool:
+    return len(view.snapshots) == 1 and view.resized
+
+
+def _last_never_resized(view: DiskView, params: Mapping[str, Any]) -> bool:
+    return len(view.snapshots) == 1 and not view.resized
+
+
+def _grows(view: DiskView, params: Mapping[str, Any]) -> bool:
+    return view.size is None or int(params.get("size", 0)) > view.size
+
+
+S = DiskState
+DISK_ROWS: tuple[Row[DiskState], ...] = (
+    # A disk made from a template first pins the cached template (format and virtual size are
+    # copied from the template's stream); nothing is written to storage yet.
+    Row("template-bound", S.ABSENT, S.TEMPLATE_CACHED, fact=True),
+    # A create from the pinned template failed or was undone: the pin is released.
+    Row("template-released", S.TEMPLATE_CACHED, S.ABSENT, fact=True),
+    # A blank disk (ephemeral, swap) has no template: it goes straight from absent to created.
+    Row("create", S.ABSENT, S.CREATED),
+    # The disk is written from its pinned template: a raw copy or a qcow2 overlay.
+    Row("create", S.TEMPLATE_CACHED, S.CREATED),
+    # The first growth of a disk.
+    Row("resize", S.CREATED, S.RESIZED, when=("grows",)),
+    # Further growth.
+    Row("resize", S.RESIZED, S.RESIZED, when=("grows",)),
+    # A disk with snapshots may grow too; its snapshots keep the sizes they were taken at.
+    Row("resize", S.SNAPSHOTTED, S.SNAPSHOTTED, when=("grows",)),
+    # The first snapshot, from a disk that never grew or one that did; names are unique per disk.
+    Row("snapshot", S.CREATED, S.SNAPSHOTTED, when=("snapshot_name_free",)),
+    Row("snapshot", S.RESIZED, S.SNAPSHOTTED, when=("snapshot_name_free",)),
+    # More snapshots.
+    Row("snapshot", S.SNAPSHOTTED, S.SNAPSHOTTED, when=("snapshot_name_free",)),
+    # Revert the data to a snapshot that exists; the disk keeps its current size (never shrinks).
+    Row("rollback", S.SNAPSHOTTED, S.SNAPSHOTTED, when=("snapshot_exists",)),
+    # Remove one snapshot while others remain.
+    Row("remove-snapshot", S.SNAPSHOTTED, S.SNAPSHOTTED, when=("snapshot_exists", "others_remain")),
+    # Remove the last snapshot of a disk that grew: back to resized.
+    Row("remove-snapshot", S.SNAPSHOTTED, S.RESIZED, when=("snapshot_exists", "last_and_resized")),
+    # Remove the last snapshot of a disk that never grew: back to created.
+    Row(
+        "remove-snapshot", S.SNAPSHOTTED, S.CREATED, when=("snapshot_exists", "last_never_resized")
+    ),
+    # Export writes a copy outside the disk; the disk itself is unchanged.
+    Row("export", S.CREATED, S.CREATED),
+    Row("export", S.RESIZED, S.RESIZED),
+    Row("export", S.SNAPSHOTTED, S.SNAPSHOTTED),
+    # Delete removes the disk and every snapshot of it, from any live state.
+    Row("delete", S.CREATED, S.ABSENT),
+    Row("delete", S.RESIZED, S.ABSENT),
+    Row("delete", S.SNAPSHOTTED, S.ABSENT),
+)
+del S
+
+DISK_TABLE: Table[DiskState] = Table(
+    "disk",
+    DiskState,
+    DiskState.ABSENT,
+    DISK_ROWS,
+    guards={
+        "grows": _grows,
+        "snapshot_exists": _snapshot_exists,
+        "snapshot_name_free": _snapshot_name_free,
+        "others_remain": _others_remain,
+        "last_and_resized": _last_and_resized,
+        "last_never_resized": _last_never_resized,
+    },
+)
+
+
+def apply_disk_data(
+    view: DiskView,
+    op: str,
+    phase: str | None,
+    data: Mapping[str, Any],
+    params: Mapping[str, Any],
+) -> DiskView:
+    """The payload's effect on the view, after the table has chosen the new state.
+
+    ``params`` are the parameters of the operation's intent (for ``completed`` and ``failed``
+    events, those of the pending ``started`` event).
+    """
+    if phase is None:
+        if op == "template-bound":
+            return replace(view, template=data.get("template"))
+        if op == "template-released":
+            return replace(view, template=None)
+        return view
+    if phase != "completed":
+        return view
+    if op == "create":
+        return replace(
+            view,
+            format=data["format"],
+            size=data["size"],
+            backing=data.get("backing"),
+            location=data["location"],
+            template=params.get("template", view.template),
+            snapshots=(),
+            resized=False,
+        )
+    if op == "resize":
+        return replace(view, size=data["size"], resized=True)
+    if op == "snapshot":
+        snap = Snapshot(params["snapshot"], int(data.get("size", view.size or 0)))
+        return replace(view, snapshots=(*view.snapshots, snap))
+    if op == "rollback":
+        return replace(view, size=data["size"])
+    if op == "remove-snapshot":
+        return replace(view, snapshots=tuple(s for s in view.snapshots if s.name != params["snapshot"]))
+    if op == "delete":
+        return DiskView(disk=view.disk, version=view.version)
+    return view

@@ -1,0 +1,95 @@
+"""The template lifecycle: a template is fetched into the local cache once, then disks pin it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from diskledger.states.disk import PendingOperation
+from diskledger.states.table import Row, Table
+
+__all__ = ["TEMPLATE_TABLE", "TemplateState", "TemplateView"]
+
+
+class TemplateState(StrEnum):
+    ABSENT = "absent"
+    FETCHING = "fetching"
+    CACHED = "cached"
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateView:
+    """What the ledger knows of one cached template.
+
+    ``format`` is the format accepted at import and recorded once; ``virtual_size`` is the size a
+    disk made from it has at least.
+    """
+
+    template: str
+    state: TemplateState = TemplateState.ABSENT
+    version: int = 0
+    format: str | None = None
+    virtual_size: int | None = None
+    location: str | None = None
+    source: str | None = None
+    pending: PendingOperation | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "template": self.template,
+            "state": self.state.value,
+            "version": self.version,
+            "format": self.format,
+            "virtual_size": self.virtual_size,
+            "location": self.location,
+            "source": self.source,
+            "pending": self.pending.to_json() if self.pending else None,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> TemplateView:
+        pending = raw.get("pending")
+        return cls(
+            template=raw["template"],
+            state=TemplateState(raw["state"]),
+            version=raw["version"],
+            format=raw.get("format"),
+            virtual_size=raw.get("virtual_size"),
+            location=raw.get("location"),
+            source=raw.get("source"),
+            pending=PendingOperation.from_json(pending) if pending else None,
+        )
+
+
+S = TemplateState
+TEMPLATE_ROWS: tuple[Row[TemplateState], ...] = (
+    # Import a template into the cache; while the copy runs the template shows as fetching, and
+    # a failed fetch returns it to absent.
+    Row("fetch", S.ABSENT, S.CACHED, busy=S.FETCHING),
+)
+del S
+
+TEMPLATE_TABLE: Table[TemplateState] = Table(
+    "template", TemplateState, TemplateState.ABSENT, TEMPLATE_ROWS, guards={}
+)
+
+
+def apply_template_data(
+    view: TemplateView,
+    op: str,
+    phase: str | None,
+    data: Mapping[str, Any],
+    params: Mapping[str, Any],
+) -> TemplateView:
+    """The payload's effect on the view, after the table has chosen the new state."""
+    if op == "fetch" and phase == "completed":
+        return replace(
+            view,
+            format=data["format"],
+            virtual_size=data["virtual_size"],
+            location=data["location"],
+            source=params.get("source"),
+        )
+    return view

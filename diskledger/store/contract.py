@@ -1,0 +1,85 @@
+"""The ledger contract. Every implementation passes one conformance suite (tests/store/).
+
+An ``EventStore`` holds streams of events. It is append-only: events are never updated or removed
+(the database refuses it too), each stream's versions run 1, 2, 3... without gaps, and every event
+carries a hash chained to the one before it in the ledger's global order.
+
+Alongside the log it keeps read models — the current view of every disk and template and an index
+of operations whose intent has no outcome yet — updated in the same transaction as each append by
+folding the new events with ``diskledger.states.evolve``. An append whose events the lifecycle does
+not allow raises ``IllegalTransition`` and records nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from diskledger.events import NewEvent, RecordedEvent
+from diskledger.states import DiskView, PendingOperation, TemplateView
+
+__all__ = ["EventStore", "PendingEntry"]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEntry:
+    """One row of the pending index: an operation with an intent and no outcome."""
+
+    stream: str
+    operation: PendingOperation
+    started_position: int
+    started_at: str
+
+
+@runtime_checkable
+class EventStore(Protocol):
+    def append(
+        self, stream: str, expected_version: int, events: Sequence[NewEvent]
+    ) -> tuple[RecordedEvent, ...]:
+        """Append ``events`` to ``stream`` atomically, if the stream is at ``expected_version``.
+
+        Raises ``ConcurrencyError`` when it is not, including when another writer appends the same
+        version concurrently (the ``UNIQUE(stream_id, version)`` constraint is the gate, and its
+        violation is never swallowed); ``IllegalTransition`` when the lifecycle forbids an event.
+        Nothing is recorded when it raises. Returns the events as recorded.
+        """
+        ...
+
+    def read_stream(self, stream: str, after_version: int = 0) -> list[RecordedEvent]:
+        """The events of one stream with a version above ``after_version``, in order."""
+        ...
+
+    def read_all(self, after_position: int = 0, *, batch: int = 1000) -> Iterator[RecordedEvent]:
+        """Every event with a position above ``after_position``, in ledger order."""
+        ...
+
+    def head(self) -> int:
+        """The position of the last event (0 for an empty ledger)."""
+        ...
+
+    def stream_version(self, stream: str) -> int:
+        """The version of the last event in ``stream`` (0 when it has none)."""
+        ...
+
+    def disk(self, stream: str) -> DiskView | None:
+        """The stored view of a disk stream, or None when it has no events."""
+        ...
+
+    def disks(self) -> list[DiskView]:
+        """Views of every disk stream, live or deleted, ordered by name."""
+        ...
+
+    def template(self, stream: str) -> TemplateView | None: ...
+
+    def templates(self) -> list[TemplateView]: ...
+
+    def template_users(self, template: str) -> list[str]:
+        """Disks (``instance/name``) whose view names ``template``: the reference count."""
+        ...
+
+    def pending(self) -> list[PendingEntry]:
+        """Operations with an intent and no outcome, oldest first, read from the index."""
+        ...
+
+    def close(self) -> None: ...

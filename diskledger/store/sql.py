@@ -1,0 +1,358 @@
+"""The SQLAlchemy Core event store, for SQLite (embedded default) and PostgreSQL (psycopg 3)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from diskledger.errors import ConcurrencyError, StoreError
+from diskledger.events import Metadata, NewEvent, RecordedEvent
+from diskledger.states import DiskView, TemplateView, evolve
+from diskledger.states.disk import PendingOperation
+from diskledger.states.streams import DISK, empty_view, stream_kind
+from diskledger.store.contract import PendingEntry
+from diskledger.store.hashing import canonical_json, event_hash
+from diskledger.store.migrate import migrate
+from diskledger.store.schema import disks, events, ledger_head, pending_operations, templates
+
+__all__ = ["SqlEventStore", "open_store"]
+
+log = logging.getLogger(__name__)
+
+_WRITE = "diskledger_write"
+_EVENT_COLUMNS = (
+    events.c.position,
+    events.c.stream_id,
+    events.c.version,
+    events.c.type,
+    events.c.schema,
+    events.c.data,
+    events.c.metadata,
+    events.c.recorded_at,
+    events.c.prev_hash,
+    events.c.hash,
+)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL + synchronous=FULL, and writers take the write lock up front (BEGIN IMMEDIATE).
+
+    An intent that is not durable before the effect could leak a disk after a power cut, hence
+    FULL. BEGIN IMMEDIATE avoids the deadlock of two readers upgrading to writers at once.
+    """
+
+    @sa_event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # let the begin hook below issue BEGIN
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @sa_event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def open_store(url: str, *, upgrade: bool = True) -> SqlEventStore:
+    """Open (and, unless told otherwise, create or upgrade) the ledger at a SQLAlchemy URL."""
+    try:
+        sa_url = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise StoreError(f"not a database URL: {url!r}") from exc
+    backend = sa_url.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise StoreError(f"unsupported ledger database {backend!r}: use sqlite or postgresql")
+    if backend == "sqlite" and sa_url.database not in (None, "", ":memory:"):
+        Path(sa_url.database).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = sa.create_engine(sa_url)
+    except (SQLAlchemyError, ImportError) as exc:
+        raise StoreError(f"cannot open ledger {sa_url!r}: {exc}") from exc
+    if backend == "sqlite":
+        _configure_sqlite(engine)
+    store = SqlEventStore(engine)
+    if upgrade:
+        try:
+            with engine.connect().execution_options(**{_WRITE: True}) as conn:
+                migrate(conn)
+                conn.commit()
+        except SQLAlchemyError as exc:
+            engine.dispose()
+            raise StoreError(f"cannot open ledger {sa_url!r}: {exc.__class__.__name__}: {exc}") from exc
+    return store
+
+
+class SqlEventStore:
+    """``EventStore`` on SQLAlchemy Core. Construct with ``open_store``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.url = engine.url.render_as_string(hide_password=True)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def append(
+        self, stream: str, expected_version: int, new_events: Sequence[NewEvent]
+    ) -> tuple[RecordedEvent, ...]:
+        if not new_events:
+            return ()
+        kind = stream_kind(stream)
+        try:
+            with self.engine.connect().execution_options(**{_WRITE: True}) as conn, conn.begin():
+                return self._append(conn, stream, kind, expected_version, new_events)
+        except IntegrityError as exc:
+            # The UNIQUE(stream_id, version) gate: another writer took this version first.
+            raise ConcurrencyError(stream, expected_version) from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(f"ledger append to {stream} failed: {exc}") from exc
+
+    def _append(
+        self,
+        conn: Connection,
+        stream: str,
+        kind: str,
+        expected_version: int,
+        new_events: Sequence[NewEvent],
+    ) -> tuple[RecordedEvent, ...]:
+        # Locking the head row serialises appends (on PostgreSQL; SQLite holds the write lock
+        # already), which is what keeps positions gap-free and the hash chain linear.
+        head = conn.execute(
+            sa.select(ledger_head.c.position, ledger_head.c.hash)
+            .where(ledger_head.c.id == 1)
+            .with_for_update()
+        ).one()
+        model = disks if kind == DISK else templates
+        row = conn.execute(
+            sa.select(model.c.version, model.c.view).where(model.c.stream_id == stream)
+        ).one_or_none()
+        view: DiskView | TemplateView
+        if row is None:
+            view = empty_view(stream)
+        elif kind == DISK:
+            view = DiskView.from_json(json.loads(row.view))
+        else:
+            view = TemplateView.from_json(json.loads(row.view))
+        if view.version != expected_version:
+            raise ConcurrencyError(stream, expected_version, view.version)
+
+        position, prev_hash = head.position, head.hash
+        recorded_at = datetime.now(UTC).isoformat(timespec="microseconds")
+        recorded: list[RecordedEvent] = []
+        rows: list[dict[str, Any]] = []
+        pending_before = view.pending
+        for new in new_events:
+            view = evolve(view, new)  # raises IllegalTransition: nothing is written
+            position += 1
+            data_json = canonical_json(new.data)
+            metadata_json = canonical_json(new.metadata.to_json())
+            digest = event_hash(
+                prev_hash,
+                position,
+                stream,
+                view.version,
+                new.type,
+                new.schema,
+                data_json,
+                metadata_json,
+                recorded_at,
+            )
+            rows.append(
+                {
+                    "position": position,
+                    "stream_id": stream,
+                    "version": view.version,
+                    "type": new.type,
+                    "schema": new.schema,
+                    "data": data_json,
+                    "metadata": metadata_json,
+                    "op_id": new.metadata.op_id,
+                    "recorded_at": recorded_at,
+                    "prev_hash": prev_hash,
+                    "hash": digest,
+                }
+            )
+            recorded.append(
+                RecordedEvent(
+                    position=position,
+                    stream=stream,
+                    version=view.version,
+                    type=new.type,
+                    schema=new.schema,
+                    data=new.data,
+                    metadata=new.metadata,
+                    time=datetime.fromisoformat(recorded_at),
+                    prev_hash=prev_hash,
+                    hash=digest,
+                )
+            )
+            prev_hash = digest
+
+        conn.execute(events.insert(), rows)
+        conn.execute(
+            ledger_head.update()
+            .where(ledger_head.c.id == 1)
+            .values(position=position, hash=prev_hash)
+        )
+        self._project(conn, model, stream, view, exists=row is not None)
+        self._index_pending(conn, stream, pending_before, view.pending, recorded, recorded_at)
+        return tuple(recorded)
+
+    @staticmethod
+    def _project(
+        conn: Connection,
+        model: sa.Table,
+        stream: str,
+        view: DiskView | TemplateView,
+        *,
+        exists: bool,
+    ) -> None:
+        values: dict[str, Any] = {
+            "state": view.state.value,
+            "version": view.version,
+            "view": canonical_json(view.to_json()),
+        }
+        if isinstance(view, DiskView):
+            values["disk"] = view.disk
+            values["template"] = view.template
+        else:
+            values["template"] = view.template
+        if exists:
+            conn.execute(model.update().where(model.c.stream_id == stream).values(**values))
+        else:
+            conn.execute(model.insert().values(stream_id=stream, **values))
+
+    @staticmethod
+    def _index_pending(
+        conn: Connection,
+        stream: str,
+        before: PendingOperation | None,
+        after: PendingOperation | None,
+        recorded: Sequence[RecordedEvent],
+        recorded_at: str,
+    ) -> None:
+        if before is not None and (after is None or after.op_id != before.op_id):
+            conn.execute(pending_operations.delete().where(pending_operations.c.op_id == before.op_id))
+        if after is not None and (before is None or before.op_id != after.op_id):
+            started = next(e for e in recorded if e.version == after.started_version)
+            conn.execute(
+                pending_operations.insert().values(
+                    op_id=after.op_id,
+                    stream_id=stream,
+                    op=after.op,
+                    started_position=started.position,
+                    started_at=recorded_at,
+                    operation=canonical_json(after.to_json()),
+                )
+            )
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def read_stream(self, stream: str, after_version: int = 0) -> list[RecordedEvent]:
+        query = (
+            sa.select(*_EVENT_COLUMNS)
+            .where(events.c.stream_id == stream, events.c.version > after_version)
+            .order_by(events.c.version)
+        )
+        return [_recorded(row) for row in self._rows(query)]
+
+    def read_all(self, after_position: int = 0, *, batch: int = 1000) -> Iterator[RecordedEvent]:
+        while True:
+            query = (
+                sa.select(*_EVENT_COLUMNS)
+                .where(events.c.position > after_position)
+                .order_by(events.c.position)
+                .limit(batch)
+            )
+            rows = self._rows(query)
+            yield from (_recorded(row) for row in rows)
+            if len(rows) < batch:
+                return
+            after_position = rows[-1].position
+
+    def head(self) -> int:
+        return int(self._scalar(sa.select(ledger_head.c.position).where(ledger_head.c.id == 1)))
+
+    def stream_version(self, stream: str) -> int:
+        version = self._scalar(
+            sa.select(sa.func.max(events.c.version)).where(events.c.stream_id == stream)
+        )
+        return int(version or 0)
+
+    def disk(self, stream: str) -> DiskView | None:
+        raw = self._scalar(sa.select(disks.c.view).where(disks.c.stream_id == stream))
+        return None if raw is None else DiskView.from_json(json.loads(raw))
+
+    def disks(self) -> list[DiskView]:
+        rows = self._rows(sa.select(disks.c.view).order_by(disks.c.disk))
+        return [DiskView.from_json(json.loads(row.view)) for row in rows]
+
+    def template(self, stream: str) -> TemplateView | None:
+        raw = self._scalar(sa.select(templates.c.view).where(templates.c.stream_id == stream))
+        return None if raw is None else TemplateView.from_json(json.loads(raw))
+
+    def templates(self) -> list[TemplateView]:
+        rows = self._rows(sa.select(templates.c.view).order_by(templates.c.template))
+        return [TemplateView.from_json(json.loads(row.view)) for row in rows]
+
+    def template_users(self, template: str) -> list[str]:
+        rows = self._rows(
+            sa.select(disks.c.disk).where(disks.c.template == template).order_by(disks.c.disk)
+        )
+        return [row.disk for row in rows]
+
+    def pending(self) -> list[PendingEntry]:
+        rows = self._rows(sa.select(pending_operations).order_by(pending_operations.c.started_position))
+        return [
+            PendingEntry(
+                stream=row.stream_id,
+                operation=PendingOperation.from_json(json.loads(row.operation)),
+                started_position=row.started_position,
+                started_at=row.started_at,
+            )
+            for row in rows
+        ]
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _rows(self, query: sa.Executable) -> Sequence[sa.Row[Any]]:
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(query).all()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"ledger read failed: {exc}") from exc
+
+    def _scalar(self, query: sa.Executable) -> Any:
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(query).scalar()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"ledger read failed: {exc}") from exc
+
+
+def _recorded(row: sa.Row[Any]) -> RecordedEvent:
+    data: Mapping[str, Any] = json.loads(row.data)
+    return RecordedEvent(
+        position=row.position,
+        stream=row.stream_id,
+        version=row.version,
+        type=row.type,
+        schema=row.schema,
+        data=data,
+        metadata=Metadata.from_json(json.loads(row.metadata)),
+        time=datetime.fromisoformat(row.recorded_at),
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+    )

@@ -1,0 +1,30 @@
+"""Fixtures shared by the whole suite. Real components only; see tests/support/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from tests.support.fixtures import postgres_server, postgres_url  # noqa: F401
+
+IN_CI = os.environ.get("CI") == "true"
+
+
+def require_tool(tool: str, package: str) -> None:
+    """Skip when ``tool`` is missing, except under CI=true, where that is a failure."""
+    if shutil.which(tool) is None:
+        reason = f"{tool} is not installed (Debian package {package})"
+        if IN_CI:
+            pytest.fail(f"{reason}; under CI=true a missing component is a failure", pytrace=False)
+        pytest.skip(reason)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: object) -> str:
+    """A fresh, empty ledger on each database the store supports."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/ledger.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
