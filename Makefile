@@ -1,0 +1,36 @@
+# diskledger: `make demo` and `make test` work on a fresh Debian 12 machine (as root or with sudo).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_ROOT ?= $(CURDIR)/var/demo
+
+.PHONY: setup demo test check lint format bench docs clean
+
+setup:  ## system packages and the venv (idempotent)
+	@./scripts/bootstrap.sh
+
+demo: setup  ## the main job on the embedded default: SQLite + qcow2 under ./var/demo
+	DISKLEDGER_ROOT=$(DEMO_ROOT) DISKLEDGER_BACKEND=qcow2 $(VENV)/bin/diskledger demo
+
+test: setup lint check  ## lint, then the whole suite (PostgreSQL is started by a fixture)
+
+check: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check diskledger tests benchmarks
+	$(VENV)/bin/ruff format --check diskledger tests benchmarks
+	$(VENV)/bin/mypy --strict diskledger
+
+format: setup
+	$(VENV)/bin/ruff check --fix diskledger tests benchmarks
+	$(VENV)/bin/ruff format diskledger tests benchmarks
+
+bench: setup  ## side-by-side benchmarks; figures go into docs/performance.md
+	$(PY) -m benchmarks
+
+docs: setup  ## regenerate the lifecycle diagrams from the tables
+	$(PY) -m diskledger.states.machine > docs/states.md
+
+clean:
+	rm -rf var build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
