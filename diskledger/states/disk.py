@@ -239,7 +239,9 @@ def apply_disk_data(
     if op == "rollback":
         return replace(view, size=data["size"])
     if op == "remove-snapshot":
-        return replace(view, snapshots=tuple(s for s in view.snapshots if s.name != params["snapshot"]))
+        return replace(
+            view, snapshots=tuple(s for s in view.snapshots if s.name != params["snapshot"])
+        )
     if op == "delete":
         return DiskView(disk=view.disk, version=view.version)
     return view

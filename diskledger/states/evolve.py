@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar, overload
 from diskledger.errors import IllegalTransition
 from diskledger.events import COMPLETED, FAILED, STARTED, Metadata, split_type
 from diskledger.states.disk import DISK_TABLE, DiskView, PendingOperation, apply_disk_data
+from diskledger.states.table import Table
 from diskledger.states.template import TEMPLATE_TABLE, TemplateView, apply_template_data
 
 __all__ = ["EventLike", "evolve", "fold", "params_of"]
@@ -51,7 +52,7 @@ def evolve(view: TemplateView, event: EventLike) -> TemplateView: ...
 def evolve(view: DiskView | TemplateView, event: EventLike) -> DiskView | TemplateView:
     kind, op, phase = split_type(event.type)
     stream = view.disk if isinstance(view, DiskView) else view.template
-    table = DISK_TABLE if isinstance(view, DiskView) else TEMPLATE_TABLE
+    table: Table[Any] = DISK_TABLE if isinstance(view, DiskView) else TEMPLATE_TABLE
     if kind != table.kind:
         raise IllegalTransition(stream, view.state, event.type, f"not a {table.kind} event")
 
@@ -66,9 +67,9 @@ def evolve(view: DiskView | TemplateView, event: EventLike) -> DiskView | Templa
         raise IllegalTransition(stream, view.state, event.type, "no such operation pending")
 
     params = params_of(view, event)
-    transition = table.select(view.state, event.type, view, params)  # type: ignore[arg-type]
+    transition = table.select(view.state, event.type, view, params)
     if transition is None:
-        reason = "" if table.candidates(view.state, event.type) else "no such transition"  # type: ignore[arg-type]
+        reason = "" if table.candidates(view.state, event.type) else "no such transition"
         raise IllegalTransition(stream, view.state, event.type, reason or "a guard refused it")
 
     if phase == STARTED:
@@ -81,10 +82,12 @@ def evolve(view: DiskView | TemplateView, event: EventLike) -> DiskView | Templa
         )
     elif phase is not None:
         pending = None
-    moved = replace(view, state=transition.dest, version=view.version + 1, pending=pending)
-    if isinstance(moved, DiskView):
+    version = view.version + 1
+    if isinstance(view, DiskView):
+        moved = replace(view, state=transition.dest, version=version, pending=pending)
         return apply_disk_data(moved, op, phase, event.data, params)
-    return apply_template_data(moved, op, phase, event.data, params)
+    fetched = replace(view, state=transition.dest, version=version, pending=pending)
+    return apply_template_data(fetched, op, phase, event.data, params)
 
 
 def fold(view: View, events: Iterable[EventLike]) -> View:

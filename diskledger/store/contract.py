@@ -34,6 +34,9 @@ class PendingEntry:
 
 @runtime_checkable
 class EventStore(Protocol):
+    url: str
+    """Where the ledger lives, with any password hidden: for messages, never for secrets."""
+
     def append(
         self, stream: str, expected_version: int, events: Sequence[NewEvent]
     ) -> tuple[RecordedEvent, ...]:

@@ -33,7 +33,7 @@ def current_revision(conn: Connection) -> str | None:
 
 
 def migrate(conn: Connection, revision: str = "head") -> None:
-    """Upgrade the ledger schema on ``conn`` to ``revision``; a ledger already there is untouched."""
+    """Upgrade the ledger schema on ``conn`` to ``revision``; one already there is untouched."""
     if revision == "head" and current_revision(conn) == head_revision():
         return
     config = _config()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,6 +66,16 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def _private_file(path: Path) -> None:
+    """Create the SQLite file readable and writable by its owner only (its -wal and -shm files
+    inherit the mode): the ledger is an audit trail, not for other users to read or edit."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    except OSError as exc:
+        raise StoreError(f"cannot create ledger file {str(path)!r}: {exc.strerror}") from exc
+
+
 def open_store(url: str, *, upgrade: bool = True) -> SqlEventStore:
     """Open (and, unless told otherwise, create or upgrade) the ledger at a SQLAlchemy URL."""
     try:
@@ -75,7 +86,7 @@ def open_store(url: str, *, upgrade: bool = True) -> SqlEventStore:
     if backend not in ("sqlite", "postgresql"):
         raise StoreError(f"unsupported ledger database {backend!r}: use sqlite or postgresql")
     if backend == "sqlite" and sa_url.database not in (None, "", ":memory:"):
-        Path(sa_url.database).parent.mkdir(parents=True, exist_ok=True)
+        _private_file(Path(sa_url.database))
     try:
         engine = sa.create_engine(sa_url)
     except (SQLAlchemyError, ImportError) as exc:
@@ -90,7 +101,9 @@ def open_store(url: str, *, upgrade: bool = True) -> SqlEventStore:
                 conn.commit()
         except SQLAlchemyError as exc:
             engine.dispose()
-            raise StoreError(f"cannot open ledger {sa_url!r}: {exc.__class__.__name__}: {exc}") from exc
+            raise StoreError(
+                f"cannot open ledger {sa_url!r}: {exc.__class__.__name__}: {exc}"
+            ) from exc
     return store
 
 
@@ -243,7 +256,9 @@ class SqlEventStore:
         recorded_at: str,
     ) -> None:
         if before is not None and (after is None or after.op_id != before.op_id):
-            conn.execute(pending_operations.delete().where(pending_operations.c.op_id == before.op_id))
+            conn.execute(
+                pending_operations.delete().where(pending_operations.c.op_id == before.op_id)
+            )
         if after is not None and (before is None or before.op_id != after.op_id):
             started = next(e for e in recorded if e.version == after.started_version)
             conn.execute(
@@ -313,7 +328,9 @@ class SqlEventStore:
         return [row.disk for row in rows]
 
     def pending(self) -> list[PendingEntry]:
-        rows = self._rows(sa.select(pending_operations).order_by(pending_operations.c.started_position))
+        rows = self._rows(
+            sa.select(pending_operations).order_by(pending_operations.c.started_position)
+        )
         return [
             PendingEntry(
                 stream=row.stream_id,

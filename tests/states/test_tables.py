@@ -34,7 +34,13 @@ def intent(op: str, op_id: str = "op", **params: Any) -> NewEvent:
 
 
 def test_disk_states_are_exactly_the_lifecycle() -> None:
-    assert [s.value for s in DiskState] == ["absent", "template-cached", "created", "resized", "snapshotted"]
+    assert [s.value for s in DiskState] == [
+        "absent",
+        "template-cached",
+        "created",
+        "resized",
+        "snapshotted",
+    ]
     assert [s.value for s in TemplateState] == ["absent", "fetching", "cached"]
 
 
@@ -43,18 +49,26 @@ def test_every_state_is_reachable_and_every_live_state_can_be_deleted() -> None:
     for _ in DiskState:
         reachable |= {t.dest for t in DISK_TABLE.transitions if t.source in reachable}
     assert reachable == set(DiskState)
-    deletable = {t.source for t in DISK_TABLE.transitions if t.event_type == "disk.delete.completed"}
+    deletable = {
+        t.source for t in DISK_TABLE.transitions if t.event_type == "disk.delete.completed"
+    }
     assert deletable == {DiskState.CREATED, DiskState.RESIZED, DiskState.SNAPSHOTTED}
 
 
 def test_every_operation_row_expands_to_started_completed_failed() -> None:
     for table in (DISK_TABLE, TEMPLATE_TABLE):
         for row in table.rows:
-            types = {t.event_type for t in table.transitions if t.event_type.startswith(f"{table.kind}.{row.op}")}
+            types = {
+                t.event_type
+                for t in table.transitions
+                if t.event_type.startswith(f"{table.kind}.{row.op}")
+            }
             if row.fact:
                 assert types == {f"{table.kind}.{row.op}"}
             else:
-                assert types == {f"{table.kind}.{row.op}.{p}" for p in ("started", "completed", "failed")}
+                assert types == {
+                    f"{table.kind}.{row.op}.{p}" for p in ("started", "completed", "failed")
+                }
 
 
 # (state, snapshots, resized, event, params, expected destination or None for refused)
@@ -70,7 +84,14 @@ DISK_CASES = [
     (DiskState.CREATED, (), False, "disk.resize.started", {"size": 1}, None),  # would shrink
     (DiskState.CREATED, (), False, "disk.snapshot.started", {"snapshot": "s"}, DiskState.CREATED),
     (DiskState.SNAPSHOTTED, ("s",), False, "disk.snapshot.started", {"snapshot": "s"}, None),
-    (DiskState.SNAPSHOTTED, ("s",), False, "disk.rollback.started", {"snapshot": "s"}, DiskState.SNAPSHOTTED),
+    (
+        DiskState.SNAPSHOTTED,
+        ("s",),
+        False,
+        "disk.rollback.started",
+        {"snapshot": "s"},
+        DiskState.SNAPSHOTTED,
+    ),
     (DiskState.SNAPSHOTTED, ("s",), False, "disk.rollback.started", {"snapshot": "x"}, None),
     (DiskState.CREATED, (), False, "disk.rollback.started", {"snapshot": "s"}, None),
     (DiskState.CREATED, (), False, "disk.remove-snapshot.started", {"snapshot": "s"}, None),
@@ -82,9 +103,16 @@ DISK_CASES = [
 
 @pytest.mark.parametrize(("state", "snaps", "resized", "event_type", "params", "dest"), DISK_CASES)
 def test_disk_table_row_by_row(
-    state: DiskState, snaps: tuple[str, ...], resized: bool, event_type: str, params: dict[str, Any], dest: DiskState | None
+    state: DiskState,
+    snaps: tuple[str, ...],
+    resized: bool,
+    event_type: str,
+    params: dict[str, Any],
+    dest: DiskState | None,
 ) -> None:
-    view = DiskView("i/d", state=state, size=5, snapshots=tuple(Snapshot(s, 5) for s in snaps), resized=resized)
+    view = DiskView(
+        "i/d", state=state, size=5, snapshots=tuple(Snapshot(s, 5) for s in snaps), resized=resized
+    )
     machine = Validator(DISK_TABLE)
     assert machine.target(view, event_type, params) == (dest.value if dest else None)
     data = {"params": params, "artifacts": []} if event_type.endswith(".started") else params
@@ -98,11 +126,25 @@ def test_disk_table_row_by_row(
 
 @pytest.mark.parametrize(
     ("snaps", "resized", "dest"),
-    [(("a", "b"), False, DiskState.SNAPSHOTTED), (("a",), True, DiskState.RESIZED), (("a",), False, DiskState.CREATED)],
+    [
+        (("a", "b"), False, DiskState.SNAPSHOTTED),
+        (("a",), True, DiskState.RESIZED),
+        (("a",), False, DiskState.CREATED),
+    ],
 )
-def test_removing_a_snapshot_returns_to_the_state_the_guards_choose(snaps: tuple[str, ...], resized: bool, dest: DiskState) -> None:
-    view = DiskView("i/d", state=DiskState.SNAPSHOTTED, size=5, snapshots=tuple(Snapshot(s, 5) for s in snaps), resized=resized)
-    view = fold(view, [intent("remove-snapshot", snapshot="a"), ev("disk.remove-snapshot.completed")])
+def test_removing_a_snapshot_returns_to_the_state_the_guards_choose(
+    snaps: tuple[str, ...], resized: bool, dest: DiskState
+) -> None:
+    view = DiskView(
+        "i/d",
+        state=DiskState.SNAPSHOTTED,
+        size=5,
+        snapshots=tuple(Snapshot(s, 5) for s in snaps),
+        resized=resized,
+    )
+    view = fold(
+        view, [intent("remove-snapshot", snapshot="a"), ev("disk.remove-snapshot.completed")]
+    )
     assert view.state is dest
     assert "a" not in view.snapshot_names
 
@@ -125,8 +167,15 @@ def test_a_whole_disk_life_folds_to_the_expected_views() -> None:
         view = evolve(view, event)
         states.append(view.state.value)
     assert states == [
-        "template-cached", "template-cached", "created", "created", "resized",
-        "resized", "snapshotted", "snapshotted", "absent",
+        "template-cached",
+        "template-cached",
+        "created",
+        "created",
+        "resized",
+        "resized",
+        "snapshotted",
+        "snapshotted",
+        "absent",
     ]
     assert view.version == len(life) and view.pending is None and view.size is None
 
@@ -141,14 +190,31 @@ def test_an_outcome_must_match_the_pending_operation() -> None:
 
 def test_template_table() -> None:
     view = TemplateView("base")
-    fetching = evolve(view, NewEvent("template.fetch.started", {"params": {}, "artifacts": []}, Metadata(op_id="f")))
+    fetching = evolve(
+        view,
+        NewEvent("template.fetch.started", {"params": {}, "artifacts": []}, Metadata(op_id="f")),
+    )
     assert fetching.state is TemplateState.FETCHING
-    failed = evolve(fetching, NewEvent("template.fetch.failed", {"error": "x"}, Metadata(op_id="f")))
+    failed = evolve(
+        fetching, NewEvent("template.fetch.failed", {"error": "x"}, Metadata(op_id="f"))
+    )
     assert failed.state is TemplateState.ABSENT
-    cached = evolve(fetching, NewEvent("template.fetch.completed", {"format": "raw", "virtual_size": 1, "location": "/t"}, Metadata(op_id="f")))
+    cached = evolve(
+        fetching,
+        NewEvent(
+            "template.fetch.completed",
+            {"format": "raw", "virtual_size": 1, "location": "/t"},
+            Metadata(op_id="f"),
+        ),
+    )
     assert cached.state is TemplateState.CACHED
     with pytest.raises(IllegalTransition):
-        evolve(cached, NewEvent("template.fetch.started", {"params": {}, "artifacts": []}, Metadata(op_id="g")))
+        evolve(
+            cached,
+            NewEvent(
+                "template.fetch.started", {"params": {}, "artifacts": []}, Metadata(op_id="g")
+            ),
+        )
     machine = Validator(TEMPLATE_TABLE)
     assert machine.target(cached, "template.fetch.started", {}) is None
     assert machine.target(view, "template.fetch.started", {}) == "fetching"
@@ -158,12 +224,20 @@ def test_the_machine_and_evolve_agree_on_every_state_and_event() -> None:
     machine = Validator(DISK_TABLE)
     for state in DiskState:
         for snaps in ((), ("s",), ("s", "t")):
-            view = DiskView("i/d", state=state, size=5, snapshots=tuple(Snapshot(s, 5) for s in snaps))
+            view = DiskView(
+                "i/d", state=state, size=5, snapshots=tuple(Snapshot(s, 5) for s in snaps)
+            )
             for event_type in sorted(DISK_TABLE.event_types):
-                if not (event_type.endswith(".started") or "." not in event_type.removeprefix("disk.")):
+                if not (
+                    event_type.endswith(".started") or "." not in event_type.removeprefix("disk.")
+                ):
                     continue
                 params = {"snapshot": "s", "size": 10}
-                data = {"params": params, "artifacts": []} if event_type.endswith(".started") else params
+                data = (
+                    {"params": params, "artifacts": []}
+                    if event_type.endswith(".started")
+                    else params
+                )
                 try:
                     got: str | None = evolve(view, ev(event_type, **data)).state.value
                 except IllegalTransition:

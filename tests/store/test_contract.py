@@ -24,7 +24,11 @@ def store(ledger_url: str) -> Iterator[SqlEventStore]:
 
 
 def started(op: str, op_id: str, **params: object) -> NewEvent:
-    return NewEvent(f"disk.{op}.started", {"params": params, "artifacts": [{"kind": "file", "location": "/x"}]}, Metadata(op_id=op_id))
+    return NewEvent(
+        f"disk.{op}.started",
+        {"params": params, "artifacts": [{"kind": "file", "location": "/x"}]},
+        Metadata(op_id=op_id),
+    )
 
 
 def completed(op: str, op_id: str, **data: object) -> NewEvent:
@@ -51,7 +55,11 @@ def test_an_empty_ledger(store: SqlEventStore) -> None:
 
 def test_append_assigns_versions_positions_and_carries_every_field(store: SqlEventStore) -> None:
     meta = Metadata(op_id="op-1", host="h1", pid=42, actor="tester")
-    recorded = store.append(DISK, 0, [NewEvent("disk.create.started", {"params": {"size": 1}, "artifacts": []}, meta, schema=2)])
+    recorded = store.append(
+        DISK,
+        0,
+        [NewEvent("disk.create.started", {"params": {"size": 1}, "artifacts": []}, meta, schema=2)],
+    )
     (event,) = recorded
     assert (event.position, event.version, event.stream, event.schema) == (1, 1, DISK, 2)
     assert event.metadata == meta
@@ -91,7 +99,9 @@ def test_concurrent_appends_to_one_stream_let_exactly_one_win(store: SqlEventSto
     assert [e.version for e in store.read_stream(DISK)] == [1, 2, 3]
 
 
-def test_the_unique_constraint_is_the_gate_even_when_the_check_is_bypassed(store: SqlEventStore) -> None:
+def test_the_unique_constraint_is_the_gate_even_when_the_check_is_bypassed(
+    store: SqlEventStore,
+) -> None:
     create_disk(store)
     with store.engine.begin() as conn, pytest.raises(sa.exc.IntegrityError):
         conn.execute(
@@ -109,7 +119,9 @@ def test_an_illegal_event_records_nothing(store: SqlEventStore) -> None:
     create_disk(store)
     with pytest.raises(IllegalTransition):
         # the second event is illegal: the whole batch is refused
-        store.append(DISK, 2, [started("resize", "op-3", size=4096), completed("create", "op-3", size=1)])
+        store.append(
+            DISK, 2, [started("resize", "op-3", size=4096), completed("create", "op-3", size=1)]
+        )
     assert store.head() == 2
     assert store.stream_version(DISK) == 2
 
@@ -133,8 +145,14 @@ def test_events_are_hash_chained(store: SqlEventStore) -> None:
     for e in store.read_all():
         assert e.prev_hash == prev
         expected = event_hash(
-            prev, e.position, e.stream, e.version, e.type, e.schema,
-            canonical_json(e.data), canonical_json(e.metadata.to_json()),
+            prev,
+            e.position,
+            e.stream,
+            e.version,
+            e.type,
+            e.schema,
+            canonical_json(e.data),
+            canonical_json(e.metadata.to_json()),
             e.time.isoformat(timespec="microseconds"),
         )
         assert e.hash == expected
@@ -142,11 +160,16 @@ def test_events_are_hash_chained(store: SqlEventStore) -> None:
 
 
 @pytest.mark.parametrize("statement", ["UPDATE events SET type = 'forged'", "DELETE FROM events"])
-def test_the_database_refuses_to_change_or_remove_events(store: SqlEventStore, statement: str) -> None:
+def test_the_database_refuses_to_change_or_remove_events(
+    store: SqlEventStore, statement: str
+) -> None:
     create_disk(store)
     with pytest.raises(sa.exc.DBAPIError, match="append-only"), store.engine.begin() as conn:
         conn.execute(sa.text(statement))
-    assert [e.type for e in store.read_stream(DISK)] == ["disk.create.started", "disk.create.completed"]
+    assert [e.type for e in store.read_stream(DISK)] == [
+        "disk.create.started",
+        "disk.create.completed",
+    ]
 
 
 def test_read_models_follow_each_append(store: SqlEventStore) -> None:
@@ -154,18 +177,32 @@ def test_read_models_follow_each_append(store: SqlEventStore) -> None:
     view = store.disk(DISK)
     assert view is not None and view.state is DiskState.ABSENT and view.pending is not None
     (entry,) = store.pending()
-    assert (entry.stream, entry.operation.op, entry.operation.op_id, entry.started_position) == (DISK, "create", "op-1", 1)
+    assert (entry.stream, entry.operation.op, entry.operation.op_id, entry.started_position) == (
+        DISK,
+        "create",
+        "op-1",
+        1,
+    )
     assert entry.operation.artifacts == ({"kind": "file", "location": "/x"},)
     store.append(DISK, 1, [completed("create", "op-1", format="raw", size=1024, location="/x")])
     view = store.disk(DISK)
-    assert view is not None and view.state is DiskState.CREATED and view.size == 1024 and view.pending is None
+    assert (
+        view is not None
+        and view.state is DiskState.CREATED
+        and view.size == 1024
+        and view.pending is None
+    )
     assert store.pending() == []
     assert [d.disk for d in store.disks()] == ["vm-1/root"]
 
 
 def test_a_failed_operation_leaves_the_pending_index(store: SqlEventStore) -> None:
     store.append(DISK, 0, [started("create", "op-1", size=1024)])
-    store.append(DISK, 1, [NewEvent("disk.create.failed", {"error": "boom", "removed": []}, Metadata(op_id="op-1"))])
+    store.append(
+        DISK,
+        1,
+        [NewEvent("disk.create.failed", {"error": "boom", "removed": []}, Metadata(op_id="op-1"))],
+    )
     assert store.pending() == []
     view = store.disk(DISK)
     assert view is not None and view.state is DiskState.ABSENT
@@ -174,10 +211,24 @@ def test_a_failed_operation_leaves_the_pending_index(store: SqlEventStore) -> No
 def test_template_streams_and_reference_counts(store: SqlEventStore) -> None:
     tstream = "template:host/base"
     meta = Metadata(op_id="op-t")
-    store.append(tstream, 0, [NewEvent("template.fetch.started", {"params": {"source": "/src"}, "artifacts": []}, meta)])
+    store.append(
+        tstream,
+        0,
+        [NewEvent("template.fetch.started", {"params": {"source": "/src"}, "artifacts": []}, meta)],
+    )
     view = store.template(tstream)
     assert view is not None and view.state is TemplateState.FETCHING
-    store.append(tstream, 1, [NewEvent("template.fetch.completed", {"format": "qcow2", "virtual_size": 512, "location": "/t"}, meta)])
+    store.append(
+        tstream,
+        1,
+        [
+            NewEvent(
+                "template.fetch.completed",
+                {"format": "qcow2", "virtual_size": 512, "location": "/t"},
+                meta,
+            )
+        ],
+    )
     view = store.template(tstream)
     assert view is not None and view.state is TemplateState.CACHED and view.format == "qcow2"
     assert [t.template for t in store.templates()] == ["base"]

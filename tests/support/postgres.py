@@ -70,7 +70,7 @@ class PostgresServerError(RuntimeError):
     """Base class for the errors of :class:`PostgresServer`."""
 
 
-class PostgresUnavailable(PostgresServerError):  # noqa: N818 (the name says it is a condition)
+class PostgresUnavailable(PostgresServerError):
     """PostgreSQL (or what is needed to run it here) is not installed."""
 
 

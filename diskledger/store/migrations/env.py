@@ -8,7 +8,9 @@ from diskledger.store.schema import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:
-    raise RuntimeError("diskledger migrations run through diskledger.store.migrate(), not alembic's CLI")
+    raise RuntimeError(
+        "diskledger migrations run through diskledger.store.migrate(), not alembic's CLI"
+    )
 
 context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
 with context.begin_transaction():

@@ -1,0 +1,185 @@
+"""The backend contract: what the engine asks of storage, in plain values.
+
+Backends never see the ledger. The engine asks a backend for the names of every artifact an
+operation may create (``*_artifacts``) and records them in the operation's intent *before* calling
+the effect; the effect then writes under exactly those names. Every effect:
+
+- publishes atomically: data is written under the temporary name and renamed onto the final name
+  only when whole (or, for qcow2 internal snapshots, created by one ``qemu-img`` call), so a
+  half-written artifact is never mistaken for a finished one;
+- is idempotent: running it again after a crash converges on the same result;
+- takes the format from the caller (the format the ledger recorded) and passes it to every
+  ``qemu-img`` call with ``-f`` (or ``--image-opts driver=...``); guest-writable data is never
+  probed to decide a format;
+- returns an ``Observation`` of what it produced, or raises a ``BackendError``.
+
+``remove`` is the one compensation path: it deletes the named artifacts, idempotently, whether the
+caller is the in-process failure handler or crash recovery. ``probe`` reports, for each named
+artifact, whether it exists and what it looks like.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "Artifact",
+    "ArtifactKind",
+    "Backend",
+    "Capability",
+    "Observation",
+    "TemplateSource",
+]
+
+
+class ArtifactKind(StrEnum):
+    FILE = "file"
+    """A file at ``location``."""
+    INTERNAL_SNAPSHOT = "internal-snapshot"
+    """A snapshot named ``name`` inside the qcow2 image at ``location``."""
+
+
+class Capability(StrEnum):
+    INTERNAL_SNAPSHOTS = "internal-snapshots"
+    """Snapshots live inside the disk image (qcow2) rather than beside it."""
+    BACKING_OVERLAY = "backing-overlay"
+    """Disks made from a template are copy-on-write overlays that keep the template as backing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """Something an operation may create, named before it exists.
+
+    ``temporary`` artifacts exist only while the operation runs (the name data is written under
+    before the rename); the others are what a completed operation leaves behind.
+    """
+
+    kind: ArtifactKind
+    location: str
+    name: str | None = None
+    temporary: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        raw: dict[str, Any] = {"kind": self.kind.value, "location": self.location}
+        if self.name is not None:
+            raw["name"] = self.name
+        if self.temporary:
+            raw["temporary"] = True
+        return raw
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Artifact:
+        return cls(
+            kind=ArtifactKind(raw["kind"]),
+            location=raw["location"],
+            name=raw.get("name"),
+            temporary=bool(raw.get("temporary", False)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What storage showed for one artifact. Sizes are bytes; ``size`` is the virtual size."""
+
+    artifact: Artifact
+    exists: bool
+    format: str | None = None
+    size: int | None = None
+    allocated: int | None = None
+    backing: str | None = None
+    snapshots: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "artifact": self.artifact.to_json(),
+            "exists": self.exists,
+            "format": self.format,
+            "size": self.size,
+            "allocated": self.allocated,
+            "backing": self.backing,
+            "snapshots": list(self.snapshots),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateSource:
+    """A cached template a disk is made from, as the ledger recorded it."""
+
+    location: str
+    format: str
+    virtual_size: int
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A storage driver for disks. ``token`` is the operation id; temporary names derive from it."""
+
+    name: str
+    """How configuration names this backend (``raw``, ``qcow2``)."""
+    disk_format: str
+    """The format of the disks it makes, recorded at create and passed back on every call."""
+    capabilities: frozenset[Capability]
+
+    def disk_location(self, instance: str, disk: str) -> str:
+        """Where the disk ``instance/disk`` lives (a path under the root)."""
+        ...
+
+    def create_artifacts(self, location: str, token: str) -> tuple[Artifact, ...]: ...
+
+    def create(
+        self, location: str, token: str, *, size: int | None, template: TemplateSource | None
+    ) -> Observation:
+        """Make the disk from ``template`` (grown to ``size`` when larger) or blank of ``size``.
+
+        An existing disk at ``location`` is never re-created: it is observed and returned.
+        """
+        ...
+
+    def resize(self, location: str, fmt: str, size: int) -> Observation:
+        """Grow the disk's virtual size to ``size``; a disk already that large is left alone."""
+        ...
+
+    def snapshot_artifacts(
+        self, location: str, snapshot: str, token: str
+    ) -> tuple[Artifact, ...]: ...
+
+    def snapshot(self, location: str, fmt: str, snapshot: str, token: str) -> Observation:
+        """Take ``snapshot`` of the disk; the observation's ``size`` is the disk's size then."""
+        ...
+
+    def rollback_artifacts(
+        self, location: str, snapshot: str, token: str
+    ) -> tuple[Artifact, ...]: ...
+
+    def rollback(
+        self, location: str, fmt: str, snapshot: str, token: str, *, size: int
+    ) -> Observation:
+        """Revert the disk's data to ``snapshot``, then grow it back to ``size`` if smaller."""
+        ...
+
+    def remove_snapshot(self, location: str, fmt: str, snapshot: str) -> None:
+        """Remove ``snapshot``; removing one that is already gone succeeds."""
+        ...
+
+    def delete(self, location: str, fmt: str, snapshots: Sequence[str]) -> None:
+        """Remove the disk and its snapshots; deleting what is already gone succeeds."""
+        ...
+
+    def export_artifacts(self, target: str, token: str) -> tuple[Artifact, ...]: ...
+
+    def export(
+        self, location: str, fmt: str, target: str, target_format: str, token: str
+    ) -> Observation:
+        """Write a standalone copy (no backing file) of the disk to ``target``."""
+        ...
+
+    def probe(self, artifacts: Sequence[Artifact]) -> tuple[Observation, ...]:
+        """Observe each named artifact, without changing anything."""
+        ...
+
+    def remove(self, artifacts: Sequence[Artifact]) -> None:
+        """Remove the named artifacts, idempotently: the one compensation path."""
+        ...

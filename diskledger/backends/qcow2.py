@@ -1,0 +1,106 @@
+"""qcow2 disks: copy-on-write overlays on the cached template, with internal snapshots."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from diskledger.backends import files, qemu
+from diskledger.backends.contract import (
+    Artifact,
+    ArtifactKind,
+    Capability,
+    Observation,
+    TemplateSource,
+)
+from diskledger.backends.raw import FileBackend
+from diskledger.errors import BackendError
+
+__all__ = ["Qcow2Backend"]
+
+INTERNAL_SNAPSHOT = ArtifactKind.INTERNAL_SNAPSHOT
+
+
+class Qcow2Backend(FileBackend):
+    """Disks at ``<root>/disks/<instance>/<disk>``; snapshots live inside the image."""
+
+    name = "qcow2"
+    disk_format = "qcow2"
+    capabilities = frozenset({Capability.INTERNAL_SNAPSHOTS, Capability.BACKING_OVERLAY})
+
+    def snapshot_artifacts(self, location: str, snapshot: str, token: str) -> tuple[Artifact, ...]:
+        # One `qemu-img snapshot -c` either makes the snapshot or not: nothing temporary.
+        return (Artifact(INTERNAL_SNAPSHOT, location, name=snapshot),)
+
+    def snapshot(self, location: str, fmt: str, snapshot: str, token: str) -> Observation:
+        self._check_format(fmt)
+        if not _has_snapshot(location, snapshot):
+            qemu.snapshot_create(location, snapshot)
+        disk = self._observe(location)
+        return dataclasses.replace(disk, artifact=Artifact(INTERNAL_SNAPSHOT, location, snapshot))
+
+    def rollback_artifacts(self, location: str, snapshot: str, token: str) -> tuple[Artifact, ...]:
+        return ()
+
+    def rollback(
+        self, location: str, fmt: str, snapshot: str, token: str, *, size: int
+    ) -> Observation:
+        self._check_format(fmt)
+        if not _has_snapshot(location, snapshot):
+            raise BackendError(f"{location} has no internal snapshot {snapshot!r}")
+        # Applying a snapshot also restores the virtual size it was taken at.
+        qemu.snapshot_apply(location, snapshot)
+        if self._virtual_size(location) < size:
+            qemu.resize(location, fmt, size)
+        return self._observe(location)
+
+    def remove_snapshot(self, location: str, fmt: str, snapshot: str) -> None:
+        self._check_format(fmt)
+        if files.stat(location) is not None and _has_snapshot(location, snapshot):
+            qemu.snapshot_delete(location, snapshot)
+
+    def delete(self, location: str, fmt: str, snapshots: Sequence[str]) -> None:
+        self._check_format(fmt)
+        files.remove_file(location)  # internal snapshots go with the file
+        self._remove_instance_dir(location)
+
+    def _write_new(self, temp: str, size: int | None, template: TemplateSource | None) -> None:
+        if template is None:
+            qemu.create(temp, "qcow2", size)
+            return
+        grow = size if size is not None and size > template.virtual_size else None
+        qemu.create(temp, "qcow2", grow, backing=template.location, backing_fmt=template.format)
+
+    def _virtual_size(self, location: str) -> int:
+        return qemu.read_qcow2_header(location)[0]
+
+    def _probe_other(self, artifact: Artifact) -> Observation:
+        if artifact.kind is not INTERNAL_SNAPSHOT or artifact.name is None:
+            return super()._probe_other(artifact)
+        exists = files.stat(artifact.location) is not None and _has_snapshot(
+            artifact.location, artifact.name
+        )
+        return Observation(artifact, exists=exists, format="qcow2" if exists else None)
+
+    def _remove_other(self, artifact: Artifact) -> None:
+        if artifact.kind is not INTERNAL_SNAPSHOT or artifact.name is None:
+            super()._remove_other(artifact)
+            return
+        self.remove_snapshot(artifact.location, self.disk_format, artifact.name)
+
+
+def _has_snapshot(location: str, name: str) -> bool:
+    """Whether the image has a snapshot called ``name``.
+
+    ``qemu-img snapshot -a/-d`` look a name up as a snapshot *id* first, so a name that is also
+    another snapshot's id would silently pick that other snapshot: refused instead.
+    """
+    snapshots = qemu.snapshot_list(location)
+    if not any(s.name == name for s in snapshots):
+        return False
+    if any(s.id == name and s.name != name for s in snapshots):
+        raise BackendError(
+            f"{location}: snapshot name {name!r} is also another snapshot's id; "
+            "qemu-img would act on that one"
+        )
+    return True

@@ -1,0 +1,223 @@
+"""Thin wrappers over ``qemu-img``, each pinning the image format, and a qcow2 header reader.
+
+Every path is made absolute before it reaches ``qemu-img``, so a name can be neither an option
+(``-x``) nor a protocol prefix (``nbd:``, ``json:``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Any, BinaryIO, NamedTuple
+
+from diskledger.backends import files, runner
+from diskledger.backends.contract import Artifact, Observation
+from diskledger.errors import BackendError, InvalidInput, StorageIOError
+
+__all__ = [
+    "Qcow2Snapshot",
+    "convert",
+    "create",
+    "info",
+    "observe",
+    "read_qcow2_header",
+    "resize",
+    "snapshot_apply",
+    "snapshot_create",
+    "snapshot_delete",
+    "snapshot_list",
+]
+
+QCOW2_MAGIC = b"QFI\xfb"
+# magic, version, backing_file_offset, backing_file_size, cluster_bits, size, (crypt_method,
+# l1_size, l1_table_offset, refcount_table_offset, refcount_table_clusters), nb_snapshots,
+# snapshots_offset: the first 72 bytes, common to versions 2 and 3.
+_HEADER = struct.Struct(">4sIQII Q 28x IQ")
+# l1_table_offset, l1_size, id_str_size, name_size, date_sec, date_nsec, vm_clock_nsec,
+# vm_state_size, extra_data_size; then extra data, id, name, padding to 8 bytes.
+_SNAPSHOT = struct.Struct(">QIHHIIQII")
+_MAX_BACKING_NAME = 1023  # qemu's own limit
+_MAX_SNAPSHOTS = 65536  # qemu's own limit
+
+
+class _Header(NamedTuple):
+    magic: bytes
+    version: int
+    backing_offset: int
+    backing_size: int
+    cluster_bits: int
+    size: int
+    snapshot_count: int
+    snapshots_offset: int
+
+
+class Qcow2Snapshot(NamedTuple):
+    id: str
+    name: str
+
+
+def create(
+    path: str,
+    fmt: str,
+    size: int | None = None,
+    backing: str | None = None,
+    backing_fmt: str | None = None,
+) -> None:
+    argv = ["qemu-img", "create", "-f", fmt]
+    if backing is not None:
+        if backing_fmt is None:
+            raise InvalidInput("a backing file needs its recorded format")
+        argv += ["-b", os.path.abspath(backing), "-F", backing_fmt]
+    argv.append(os.path.abspath(path))
+    if size is not None:
+        argv.append(str(size))
+    runner.run(argv)
+
+
+def resize(path: str, fmt: str, size: int) -> None:
+    runner.run(["qemu-img", "resize", "-f", fmt, os.path.abspath(path), str(size)])
+
+
+def convert(src: str, src_fmt: str, dst: str, dst_fmt: str) -> None:
+    runner.run(
+        [
+            "qemu-img",
+            "convert",
+            "-f",
+            src_fmt,
+            "-O",
+            dst_fmt,
+            os.path.abspath(src),
+            os.path.abspath(dst),
+        ]
+    )
+
+
+def info(path: str, fmt: str, *, timeout: float = 300.0) -> dict[str, Any]:
+    """``qemu-img info`` as a dict; ``--force-share`` so a disk in use can still be looked at."""
+    argv = ["qemu-img", "info", "-f", fmt, "--output=json", "--force-share", os.path.abspath(path)]
+    out = runner.run(argv, timeout=timeout)
+    try:
+        result = json.loads(out)
+    except ValueError as exc:
+        raise BackendError("qemu-img info printed no JSON", command=argv) from exc
+    if not isinstance(result, dict):
+        raise BackendError("qemu-img info printed no JSON object", command=argv)
+    return result
+
+
+# `qemu-img snapshot` takes no -f in 7.2: the format is pinned through --image-opts instead.
+def snapshot_create(path: str, name: str) -> None:
+    runner.run(["qemu-img", "snapshot", "--image-opts", "-c", name, _image_opts(path)])
+
+
+def snapshot_apply(path: str, name: str) -> None:
+    runner.run(["qemu-img", "snapshot", "--image-opts", "-a", name, _image_opts(path)])
+
+
+def snapshot_delete(path: str, name: str) -> None:
+    runner.run(["qemu-img", "snapshot", "--image-opts", "-d", name, _image_opts(path)])
+
+
+def snapshot_list(path: str) -> tuple[Qcow2Snapshot, ...]:
+    """The internal snapshots of our own qcow2 file at ``path``, read from its snapshot table."""
+    with _open(path) as f:
+        return _read_snapshots(f, path, _read_header(f, path))
+
+
+def read_qcow2_header(path: str) -> tuple[int, str | None]:
+    """``(virtual size, backing file name or None)`` of our own qcow2 file, without a process."""
+    with _open(path) as f:
+        header = _read_header(f, path)
+        return header.size, _read_backing(f, path, header)
+
+
+def observe(artifact: Artifact, fmt: str | None) -> Observation:
+    """Observe a FILE artifact. ``fmt`` is the format this backend wrote it in, or ``None`` when
+    the file's format is not known to the caller (only existence and allocation are reported)."""
+    st = files.stat(artifact.location)
+    if st is None:
+        return Observation(artifact, exists=False)
+    allocated = st.st_blocks * 512
+    if fmt is None:
+        return Observation(artifact, exists=True, allocated=allocated)
+    if fmt == "raw":
+        return Observation(artifact, True, "raw", st.st_size, allocated)
+    if fmt == "qcow2":
+        with _open(artifact.location) as f:
+            header = _read_header(f, artifact.location)
+            backing = _read_backing(f, artifact.location, header)
+            snapshots = _read_snapshots(f, artifact.location, header)
+        names = tuple(s.name for s in snapshots)
+        return Observation(artifact, True, "qcow2", header.size, allocated, backing, names)
+    data = info(artifact.location, fmt)
+    return Observation(
+        artifact,
+        exists=True,
+        format=fmt,
+        size=int(data["virtual-size"]),
+        allocated=allocated,
+        backing=data.get("backing-filename"),
+        snapshots=tuple(s["name"] for s in data.get("snapshots", ())),
+    )
+
+
+def _image_opts(path: str) -> str:
+    # A comma ends an option value in image-opts syntax; doubled, it is a literal comma.
+    return "driver=qcow2,file.filename=" + os.path.abspath(path).replace(",", ",,")
+
+
+def _open(path: str) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise StorageIOError(f"cannot open {path}: {exc.strerror}", errno=exc.errno) from exc
+
+
+def _read_exact(f: BinaryIO, path: str, offset: int, size: int) -> bytes:
+    try:
+        f.seek(offset)
+        data = f.read(size)
+    except OSError as exc:
+        raise StorageIOError(f"cannot read {path}: {exc.strerror}", errno=exc.errno) from exc
+    if len(data) != size:
+        raise BackendError(f"{path}: truncated qcow2 image")
+    return data
+
+
+def _read_header(f: BinaryIO, path: str) -> _Header:
+    header = _Header._make(_HEADER.unpack(_read_exact(f, path, 0, _HEADER.size)))
+    if header.magic != QCOW2_MAGIC or header.version not in (2, 3):
+        raise BackendError(f"{path}: not a qcow2 image of version 2 or 3")
+    return header
+
+
+def _read_backing(f: BinaryIO, path: str, header: _Header) -> str | None:
+    offset, size = header.backing_offset, header.backing_size
+    if offset == 0:
+        return None
+    if size > _MAX_BACKING_NAME:
+        raise BackendError(f"{path}: qcow2 backing file name too long")
+    return _read_exact(f, path, offset, size).decode("utf-8", errors="surrogateescape")
+
+
+def _read_snapshots(f: BinaryIO, path: str, header: _Header) -> tuple[Qcow2Snapshot, ...]:
+    count, offset = header.snapshot_count, header.snapshots_offset
+    if count > _MAX_SNAPSHOTS:
+        raise BackendError(f"{path}: too many qcow2 snapshots")
+    snapshots = []
+    for _ in range(count):
+        entry = _SNAPSHOT.unpack(_read_exact(f, path, offset, _SNAPSHOT.size))
+        id_size, name_size, extra_size = entry[2], entry[3], entry[8]
+        start = offset + _SNAPSHOT.size + extra_size
+        text = _read_exact(f, path, start, id_size + name_size)
+        snapshots.append(
+            Qcow2Snapshot(
+                id=text[:id_size].decode("utf-8", errors="surrogateescape"),
+                name=text[id_size:].decode("utf-8", errors="surrogateescape"),
+            )
+        )
+        end = start + id_size + name_size
+        offset = end + (-(end - offset) % 8)
+    return tuple(snapshots)

@@ -1,0 +1,81 @@
+"""The one way diskledger runs an external command: an argument list, never a shell."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import subprocess
+from collections.abc import Sequence
+
+from diskledger.errors import (
+    BackendError,
+    CommandFailed,
+    CommandNotFound,
+    CommandTimedOut,
+    StorageIOError,
+)
+
+__all__ = ["run"]
+
+log = logging.getLogger(__name__)
+
+# Where each tool comes from on Debian, so a missing one is one `apt-get install` away.
+_PACKAGES = {"qemu-img": "qemu-utils", "qemu-io": "qemu-utils", "cp": "coreutils"}
+
+# Failures the file system reported through the tool: typed so callers can tell a full disk
+# from a bad command.
+_IO_ERRORS = (
+    ("No space left on device", errno.ENOSPC),
+    ("Input/output error", errno.EIO),
+)
+
+
+def run(argv: Sequence[str], *, timeout: float = 300.0) -> str:
+    """Run ``argv`` and return its stdout; raise a ``BackendError`` subclass on any failure."""
+    command = tuple(argv)
+    tool = os.path.basename(command[0])
+    log.debug("running %s", command)
+    try:
+        done = subprocess.run(
+            command,
+            shell=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            # Parsed messages (and the ENOSPC/EIO mapping below) assume untranslated output.
+            env={**os.environ, "LC_ALL": "C"},
+        )
+    except FileNotFoundError as exc:
+        package = _PACKAGES.get(tool)
+        hint = f" (install the Debian package {package})" if package else ""
+        raise CommandNotFound(f"{tool} is not installed{hint}", command=command) from exc
+    except subprocess.TimeoutExpired as exc:
+        stderr = _text(exc.stderr)
+        raise CommandTimedOut(
+            f"{tool} ran longer than {timeout:g} s and was killed", command=command, stderr=stderr
+        ) from exc
+    except OSError as exc:
+        raise StorageIOError(f"cannot run {tool}: {exc.strerror}", errno=exc.errno) from exc
+    if done.returncode == 0:
+        return done.stdout
+    stderr = done.stderr
+    lines = stderr.strip().splitlines()
+    message = f"{tool} failed: {lines[-1] if lines else f'exit status {done.returncode}'}"
+    error: BackendError
+    for needle, code in _IO_ERRORS:
+        if needle in stderr:
+            error = StorageIOError(message, errno=code)
+            error.command, error.returncode, error.stderr = command, done.returncode, stderr
+            break
+    else:
+        error = CommandFailed(message, command=command, returncode=done.returncode, stderr=stderr)
+    raise error
+
+
+def _text(data: str | bytes | None) -> str:
+    # TimeoutExpired carries bytes even under text=True.
+    if isinstance(data, bytes):
+        return data.decode(errors="replace")
+    return data or ""

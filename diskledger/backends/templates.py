@@ -1,0 +1,75 @@
+"""The local template cache: each template is one file at ``<root>/templates/<template_id>``."""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Any
+
+from diskledger.backends import files, qemu
+from diskledger.backends.contract import Artifact, ArtifactKind, Observation
+from diskledger.backends.files import check_component, temporary_path
+from diskledger.errors import BackendError, InvalidSource
+
+__all__ = ["TemplateCache"]
+
+FILE = ArtifactKind.FILE
+
+
+class TemplateCache:
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self._dir = os.path.join(self.root, "templates")
+
+    def location(self, template_id: str) -> str:
+        return os.path.join(self._dir, check_component(template_id, "template"))
+
+    def import_artifacts(self, template_id: str, token: str) -> tuple[Artifact, ...]:
+        final = self.location(template_id)
+        return (
+            Artifact(FILE, temporary_path(final, token), temporary=True),
+            Artifact(FILE, final),
+        )
+
+    def import_file(self, source: str, fmt: str, template_id: str, token: str) -> Observation:
+        """Copy ``source``, declared to be ``fmt``, into the cache and observe it.
+
+        The copy is inspected with the format pinned, and refused when it refers to other files
+        (a backing file, an external data file, VMDK extents): a template must stand alone.
+        An already cached template is observed, not copied again.
+        """
+        final = self.location(template_id)
+        artifact = Artifact(FILE, final)
+        if files.stat(final) is not None:
+            return qemu.observe(artifact, fmt)
+        source_stat = files.stat(source)
+        if source_stat is None or not stat.S_ISREG(source_stat.st_mode):
+            raise InvalidSource(f"template source {source} is not a regular file")
+        files.ensure_dir(self._dir, files.IMAGE_DIR_MODE)
+        temp = temporary_path(final, token)
+        try:
+            files.sparse_copy(source, temp)
+            data = qemu.info(temp, fmt, timeout=60.0)
+            _check_standalone(data, temp)
+            files.publish(temp, final)
+        except BaseException:
+            files.remove_file(temp)
+            raise
+        return Observation(
+            artifact,
+            exists=True,
+            format=fmt,
+            size=int(data["virtual-size"]),
+            allocated=data.get("actual-size"),
+        )
+
+
+def _check_standalone(data: dict[str, Any], path: str) -> None:
+    if "backing-filename" in data:
+        raise BackendError(f"template has a backing file ({data['backing-filename']})")
+    specific = data.get("format-specific", {}).get("data", {})
+    if "data-file" in specific:
+        raise BackendError(f"template has an external data file ({specific['data-file']})")
+    for extent in specific.get("extents", ()):
+        if os.path.abspath(extent.get("filename", path)) != os.path.abspath(path):
+            raise BackendError(f"template refers to another file ({extent.get('filename')})")

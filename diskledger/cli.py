@@ -1,0 +1,231 @@
+"""The ``diskledger`` command line: a thin layer over ``Engine``.
+
+Every command takes ``--json`` and then prints exactly one JSON document on stdout. Errors are one
+line on stderr and exit status 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from diskledger.engine import FORMATS, Config, Engine
+from diskledger.errors import DiskLedgerError
+from diskledger.events import RecordedEvent
+from diskledger.render import (
+    disk_json,
+    event_json,
+    print_disk,
+    print_disks,
+    print_history,
+    print_template,
+    print_templates,
+    template_json,
+)
+
+__all__ = ["main"]
+
+Handler = Callable[[Engine, argparse.Namespace], Any]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: usage error: {message}\n")
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("common options")
+    group.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    group.add_argument("--root", default=None, help="where local artifacts live ($DISKLEDGER_ROOT)")
+    group.add_argument(
+        "--ledger", default=None, help="SQLAlchemy URL of the ledger ($DISKLEDGER_LEDGER)"
+    )
+    group.add_argument(
+        "--backend",
+        choices=("raw", "qcow2"),
+        default=None,
+        help="disk backend ($DISKLEDGER_BACKEND)",
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = _Parser(
+        prog="diskledger",
+        description="Virtual-machine disks whose every transition is recorded in a ledger.",
+    )
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    def leaf(
+        subparsers: Any, name: str, handler: Handler, help_text: str
+    ) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = subparsers.add_parser(
+            name, parents=[common], help=help_text, description=help_text
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    template = groups.add_parser("template", help="cached templates").add_subparsers(
+        dest="command", required=True, metavar="ACTION"
+    )
+    add = leaf(template, "add", _template_add, "import a local image file into the template cache")
+    add.add_argument("template", metavar="TEMPLATE_ID")
+    add.add_argument("source", metavar="SOURCE_FILE")
+    add.add_argument("--format", required=True, choices=FORMATS)
+    leaf(template, "list", _template_list, "list cached templates")
+    show = leaf(template, "show", _template_show, "show one template")
+    show.add_argument("template", metavar="TEMPLATE_ID")
+
+    disk = groups.add_parser("disk", help="disks").add_subparsers(
+        dest="command", required=True, metavar="ACTION"
+    )
+    create = leaf(disk, "create", _disk_create, "create a disk from a template, or blank")
+    create.add_argument("disk", metavar="INSTANCE/NAME")
+    source = create.add_mutually_exclusive_group(required=True)
+    source.add_argument("--template", metavar="TEMPLATE_ID")
+    source.add_argument("--blank", action="store_true", help="a blank disk (needs --size)")
+    create.add_argument("--size", metavar="SIZE", help="bytes or K/M/G/T (binary)")
+    resize = leaf(disk, "resize", _disk_resize, "grow a disk")
+    resize.add_argument("disk", metavar="INSTANCE/NAME")
+    resize.add_argument("size", metavar="SIZE")
+    for name, handler, text in (
+        ("snapshot", _disk_snapshot, "take a snapshot"),
+        ("rollback", _disk_rollback, "revert a disk to a snapshot"),
+        ("remove-snapshot", _disk_remove_snapshot, "remove a snapshot"),
+    ):
+        sub = leaf(disk, name, handler, text)
+        sub.add_argument("disk", metavar="INSTANCE/NAME")
+        sub.add_argument("snapshot", metavar="SNAP")
+    export = leaf(disk, "export", _disk_export, "write a standalone copy of a disk to a new file")
+    export.add_argument("disk", metavar="INSTANCE/NAME")
+    export.add_argument("target", metavar="TARGET_FILE")
+    export.add_argument("--format", choices=FORMATS, default=None)
+    delete = leaf(disk, "delete", _disk_delete, "delete a disk and its snapshots")
+    delete.add_argument("disk", metavar="INSTANCE/NAME")
+    show_disk = leaf(disk, "show", _disk_show, "show one disk")
+    show_disk.add_argument("disk", metavar="INSTANCE/NAME")
+    listing = leaf(disk, "list", _disk_list, "list disks")
+    listing.add_argument("--all", action="store_true", help="include deleted disks")
+
+    history = leaf(groups, "history", _history, "the audit trail of one disk, or of everything")
+    history.add_argument("disk", nargs="?", metavar="INSTANCE/NAME")
+    leaf(
+        groups, "demo", _demo, "cache a template, create, resize and snapshot disks, show the trail"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.group == "disk" and args.command == "create" and args.blank and args.size is None:
+        build_parser().error("disk create --blank needs --size")
+    try:
+        config = Config.load(root=args.root, ledger=args.ledger, backend=args.backend)
+        with Engine.open(config) as engine:
+            result = args.handler(engine, args)
+    except DiskLedgerError as exc:
+        message = " ".join(str(exc).split())
+        print(f"diskledger: error: {message}", file=sys.stderr)
+        return 1
+    if args.json:
+        json.dump(result, sys.stdout, indent=2, sort_keys=True, default=str)
+        sys.stdout.write("\n")
+    return 0
+
+
+# Each handler returns the JSON document and, when not in --json mode, prints for a person.
+
+
+def _template_add(engine: Engine, args: argparse.Namespace) -> Any:
+    view = engine.add_template(args.template, args.source, args.format)
+    if not args.json:
+        print_template(view, engine.template_users(view.template))
+    return template_json(view, [])
+
+
+def _template_list(engine: Engine, args: argparse.Namespace) -> Any:
+    views = engine.list_templates()
+    users = {v.template: engine.template_users(v.template) for v in views}
+    if not args.json:
+        print_templates(views, users)
+    return [template_json(v, users[v.template]) for v in views]
+
+
+def _template_show(engine: Engine, args: argparse.Namespace) -> Any:
+    view = engine.template(args.template)
+    users = engine.template_users(view.template)
+    if not args.json:
+        print_template(view, users)
+    return template_json(view, users)
+
+
+def _show_disk(engine: Engine, args: argparse.Namespace, view: Any) -> Any:
+    if not args.json:
+        print_disk(view)
+    return disk_json(view)
+
+
+def _disk_create(engine: Engine, args: argparse.Namespace) -> Any:
+    view = engine.create(args.disk, template=args.template, size=args.size)
+    return _show_disk(engine, args, view)
+
+
+def _disk_resize(engine: Engine, args: argparse.Namespace) -> Any:
+    return _show_disk(engine, args, engine.resize(args.disk, args.size))
+
+
+def _disk_snapshot(engine: Engine, args: argparse.Namespace) -> Any:
+    return _show_disk(engine, args, engine.snapshot(args.disk, args.snapshot))
+
+
+def _disk_rollback(engine: Engine, args: argparse.Namespace) -> Any:
+    return _show_disk(engine, args, engine.rollback(args.disk, args.snapshot))
+
+
+def _disk_remove_snapshot(engine: Engine, args: argparse.Namespace) -> Any:
+    return _show_disk(engine, args, engine.remove_snapshot(args.disk, args.snapshot))
+
+
+def _disk_delete(engine: Engine, args: argparse.Namespace) -> Any:
+    return _show_disk(engine, args, engine.delete(args.disk))
+
+
+def _disk_show(engine: Engine, args: argparse.Namespace) -> Any:
+    return _show_disk(engine, args, engine.show(args.disk))
+
+
+def _disk_export(engine: Engine, args: argparse.Namespace) -> Any:
+    result = engine.export(args.disk, args.target, args.format)
+    if not args.json:
+        print(f"exported {result.disk} to {result.target} ({result.format}, {result.size} bytes)")
+    return result.to_json()
+
+
+def _disk_list(engine: Engine, args: argparse.Namespace) -> Any:
+    views = engine.list(include_deleted=args.all)
+    if not args.json:
+        print_disks(views)
+    return [disk_json(v) for v in views]
+
+
+def _history(engine: Engine, args: argparse.Namespace) -> Any:
+    events: list[RecordedEvent] = engine.history(args.disk)
+    if not args.json:
+        print_history(events)
+    return [event_json(e) for e in events]
+
+
+def _demo(engine: Engine, args: argparse.Namespace) -> Any:
+    from diskledger.demo import run_demo
+
+    return run_demo(engine, quiet=args.json)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,574 @@
+"""The engine: the one place that joins the ledger, the lifecycle and storage."""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import os
+import stat
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from diskledger.backends import (
+    Artifact,
+    Backend,
+    Observation,
+    TemplateCache,
+    TemplateSource,
+    backend_for,
+)
+from diskledger.engine.config import Config
+from diskledger.engine.inputs import check_disk, check_name, check_snapshot, parse_size
+from diskledger.errors import (
+    Conflict,
+    DiskLedgerError,
+    DiskNotFound,
+    IllegalTransition,
+    InvalidInput,
+    InvalidSize,
+    InvalidSource,
+    OperationPending,
+    SnapshotNotFound,
+    TemplateNotFound,
+)
+from diskledger.events import (
+    COMPLETED,
+    FAILED,
+    STARTED,
+    Metadata,
+    NewEvent,
+    RecordedEvent,
+    operation_event,
+)
+from diskledger.states import (
+    DISK_TABLE,
+    TEMPLATE_TABLE,
+    DiskState,
+    DiskView,
+    TemplateState,
+    TemplateView,
+    evolve,
+    fold,
+    params_of,
+)
+from diskledger.states.machine import Validator
+from diskledger.states.streams import DISK, TEMPLATE, disk_stream, template_stream
+from diskledger.store import EventStore, open_store
+
+__all__ = ["FORMATS", "Engine", "Export"]
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("raw", "qcow2")
+"""Formats a template may be declared as and an export may be written in."""
+
+View = TypeVar("View", DiskView, TemplateView)
+
+_DISK_VALIDATOR: Validator[DiskState] = Validator(DISK_TABLE)
+_TEMPLATE_VALIDATOR: Validator[TemplateState] = Validator(TEMPLATE_TABLE)
+
+
+@dataclass(frozen=True, slots=True)
+class Export:
+    """A standalone copy of a disk written by ``Engine.export``."""
+
+    disk: str
+    target: str
+    format: str
+    size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"disk": self.disk, "target": self.target, "format": self.format, "size": self.size}
+
+
+class Engine:
+    """The embedding API: every disk and template operation, recorded in the ledger.
+
+    Each operation that touches storage follows the protocol of DESIGN.md: the intent
+    (``<op>.started``, naming every artifact the operation may create) is durable before storage
+    is touched; the outcome (``completed`` with what was observed, or ``failed`` after the named
+    artifacts were removed) is recorded after. Bad input raises an ``InvalidInput``/``NotFound``/
+    ``IllegalTransition`` before anything is written; a second operation on a busy disk raises
+    ``OperationPending`` or ``ConcurrencyError`` and is never interleaved.
+
+    Disks are named ``INSTANCE/NAME``; sizes are bytes (or strings like ``"10G"``).
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        backend: Backend,
+        templates: TemplateCache,
+        *,
+        host: str,
+        actor: str = "diskledger",
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        self.templates = templates
+        self.host = host
+        self.actor = actor
+
+    @classmethod
+    def open(cls, config: Config | None = None, **overrides: Any) -> Engine:
+        """An engine for ``config`` (default: from the environment, see ``Config``)."""
+        config = config or Config.load(**overrides)
+        backend = backend_for(config.backend, str(config.root))
+        config.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        store = open_store(config.ledger)
+        return cls(
+            store, backend, TemplateCache(str(config.root)), host=config.host, actor=config.actor
+        )
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- templates -----------------------------------------------------------------------------
+
+    def add_template(self, template: str, source: str | os.PathLike[str], fmt: str) -> TemplateView:
+        """Import ``source`` into the template cache as ``template``, declared as ``fmt``."""
+        check_name(template, "template")
+        if fmt not in FORMATS:
+            raise InvalidInput(f"template format {fmt!r} is not one of {', '.join(FORMATS)}")
+        source_path = _readable_file(Path(source))
+        stream = template_stream(self.host, template)
+        view = self.store.template(stream) or TemplateView(template=template)
+        if view.state is not TemplateState.ABSENT:
+            raise IllegalTransition(stream, view.state, "template.fetch.started", "already cached")
+        self._refuse_pending(stream, view)
+
+        op_id = _new_op_id()
+        artifacts = self.templates.import_artifacts(template, op_id)
+        params = {"template": template, "source": str(source_path), "format": fmt}
+
+        def fetch() -> dict[str, Any]:
+            seen = self.templates.import_file(str(source_path), fmt, template, op_id)
+            return {
+                "format": fmt,
+                "virtual_size": seen.size,
+                "location": seen.artifact.location,
+                "allocated": seen.allocated,
+            }
+
+        view, _ = self._operate(stream, view, "fetch", op_id, params, artifacts, fetch)
+        return view
+
+    def template(self, template: str) -> TemplateView:
+        check_name(template, "template")
+        view = self.store.template(template_stream(self.host, template))
+        if view is None or view.state is TemplateState.ABSENT:
+            raise TemplateNotFound(template)
+        return view
+
+    def list_templates(self) -> builtins.list[TemplateView]:
+        return [t for t in self.store.templates() if t.state is not TemplateState.ABSENT]
+
+    def template_users(self, template: str) -> builtins.list[str]:
+        """Live disks made from ``template``."""
+        return [
+            d
+            for d in self.store.template_users(template)
+            if (view := self.store.disk(disk_stream(d))) and view.state is not DiskState.ABSENT
+        ]
+
+    # -- disks ---------------------------------------------------------------------------------
+
+    def create(
+        self, disk: str, *, template: str | None = None, size: int | str | None = None
+    ) -> DiskView:
+        """Create ``disk`` from a cached ``template`` (at least the template's virtual size; no
+        size means exactly that) or, without a template, blank with ``size``."""
+        check_disk(disk)
+        stream = disk_stream(disk)
+        view = self._disk_view(disk, must_exist=False)
+        if view.state is not DiskState.ABSENT:
+            raise IllegalTransition(stream, view.state, "disk.create.started", "the disk exists")
+        self._refuse_pending(stream, view)
+
+        source: TemplateSource | None = None
+        prelude: list[NewEvent] = []
+        op_id = _new_op_id()
+        if template is None:
+            if size is None:
+                raise InvalidSize("a blank disk needs a size")
+            wanted: int | None = parse_size(size)
+        else:
+            cached = self.template(template)
+            assert cached.location and cached.format and cached.virtual_size is not None
+            source = TemplateSource(cached.location, cached.format, cached.virtual_size)
+            wanted = None if size in (None, 0, "0") else parse_size(size)
+            if wanted is not None and wanted < source.virtual_size:
+                raise InvalidSize(
+                    f"size {wanted} is smaller than template {template}'s virtual size "
+                    f"{source.virtual_size}"
+                )
+            prelude.append(
+                NewEvent(
+                    "disk.template-bound",
+                    {
+                        "template": template,
+                        "template_stream": template_stream(self.host, template),
+                        "template_version": cached.version,
+                        "format": cached.format,
+                        "virtual_size": cached.virtual_size,
+                    },
+                    self._metadata(op_id),
+                )
+            )
+
+        instance, name = disk.split("/")
+        location = self.backend.disk_location(instance, name)
+        artifacts = self.backend.create_artifacts(location, op_id)
+        params = {
+            "disk": disk,
+            "template": template,
+            "size": wanted or (source.virtual_size if source else None),
+            "format": self.backend.disk_format,
+            "backend": self.backend.name,
+            "location": location,
+        }
+
+        def create() -> dict[str, Any]:
+            seen = self.backend.create(location, op_id, size=wanted, template=source)
+            return _disk_observation(seen)
+
+        postlude = [
+            NewEvent("disk.template-released", {"template": template}, self._metadata(op_id))
+        ]
+        view, _ = self._operate(
+            stream,
+            view,
+            "create",
+            op_id,
+            params,
+            artifacts,
+            create,
+            prelude=prelude,
+            on_failure=postlude if template is not None else (),
+        )
+        return view
+
+    def resize(self, disk: str, size: int | str) -> DiskView:
+        """Grow ``disk`` to ``size``. The same size changes nothing; a smaller one is refused."""
+        view = self._live_disk(disk)
+        wanted = parse_size(size)
+        assert view.size is not None and view.location and view.format
+        if wanted < view.size:
+            raise InvalidSize(
+                f"disk {disk} is {view.size} bytes; disks never shrink (asked {wanted})"
+            )
+        if wanted == view.size:
+            return view
+        location, fmt = view.location, view.format
+        op_id = _new_op_id()
+        params = {"size": wanted, "previous_size": view.size, "location": location, "format": fmt}
+        view, _ = self._operate(
+            disk_stream(disk),
+            view,
+            "resize",
+            op_id,
+            params,
+            (),
+            lambda: {"size": self.backend.resize(location, fmt, wanted).size},
+        )
+        return view
+
+    def snapshot(self, disk: str, snapshot: str) -> DiskView:
+        """Take a snapshot named ``snapshot`` (unique per disk)."""
+        view = self._live_disk(disk)
+        check_snapshot(snapshot)
+        if view.snapshot(snapshot) is not None:
+            raise IllegalTransition(
+                disk_stream(disk),
+                view.state,
+                "disk.snapshot.started",
+                f"snapshot {snapshot!r} exists",
+            )
+        assert view.location and view.format
+        location, fmt = view.location, view.format
+        op_id = _new_op_id()
+        artifacts = self.backend.snapshot_artifacts(location, snapshot, op_id)
+        params = {"snapshot": snapshot, "location": location, "format": fmt}
+        view, _ = self._operate(
+            disk_stream(disk),
+            view,
+            "snapshot",
+            op_id,
+            params,
+            artifacts,
+            lambda: {"size": self.backend.snapshot(location, fmt, snapshot, op_id).size},
+        )
+        return view
+
+    def rollback(self, disk: str, snapshot: str) -> DiskView:
+        """Revert the disk's data to ``snapshot``; the disk keeps its current size."""
+        view = self._live_disk(disk)
+        self._existing_snapshot(disk, view, snapshot)
+        assert view.location and view.format and view.size is not None
+        location, fmt, size = view.location, view.format, view.size
+        op_id = _new_op_id()
+        artifacts = self.backend.rollback_artifacts(location, snapshot, op_id)
+        params = {"snapshot": snapshot, "location": location, "format": fmt, "size": size}
+        view, _ = self._operate(
+            disk_stream(disk),
+            view,
+            "rollback",
+            op_id,
+            params,
+            artifacts,
+            lambda: {"size": self.backend.rollback(location, fmt, snapshot, op_id, size=size).size},
+        )
+        return view
+
+    def remove_snapshot(self, disk: str, snapshot: str) -> DiskView:
+        view = self._live_disk(disk)
+        self._existing_snapshot(disk, view, snapshot)
+        assert view.location and view.format
+        location, fmt = view.location, view.format
+
+        def remove() -> dict[str, Any]:
+            self.backend.remove_snapshot(location, fmt, snapshot)
+            return {}
+
+        params = {"snapshot": snapshot, "location": location, "format": fmt}
+        view, _ = self._operate(
+            disk_stream(disk), view, "remove-snapshot", _new_op_id(), params, (), remove
+        )
+        return view
+
+    def delete(self, disk: str) -> DiskView:
+        """Remove the disk and all its snapshots; the disk's history stays in the ledger."""
+        view = self._live_disk(disk)
+        assert view.location and view.format
+        location, fmt, snapshots = view.location, view.format, view.snapshot_names
+
+        def delete() -> dict[str, Any]:
+            self.backend.delete(location, fmt, snapshots)
+            return {}
+
+        params = {
+            "location": location,
+            "format": fmt,
+            "snapshots": list(snapshots),
+            "template": view.template,
+        }
+        view, _ = self._operate(disk_stream(disk), view, "delete", _new_op_id(), params, (), delete)
+        return view
+
+    def export(self, disk: str, target: str | os.PathLike[str], fmt: str | None = None) -> Export:
+        """Write a standalone copy of ``disk`` (no backing file) to a new file ``target``."""
+        view = self._live_disk(disk)
+        assert view.location and view.format
+        out_format = fmt or view.format
+        if out_format not in FORMATS:
+            raise InvalidInput(f"export format {out_format!r} is not one of {', '.join(FORMATS)}")
+        target_path = _new_file_target(Path(target))
+        location, disk_format = view.location, view.format
+        op_id = _new_op_id()
+        artifacts = self.backend.export_artifacts(str(target_path), op_id)
+        params = {"target": str(target_path), "format": out_format, "location": location}
+
+        def export() -> dict[str, Any]:
+            seen = self.backend.export(location, disk_format, str(target_path), out_format, op_id)
+            return {"target": str(target_path), "format": out_format, "size": seen.size}
+
+        _, data = self._operate(disk_stream(disk), view, "export", op_id, params, artifacts, export)
+        return Export(disk=disk, target=str(target_path), format=out_format, size=data["size"])
+
+    def show(self, disk: str) -> DiskView:
+        """The ledger's view of ``disk`` (also of a deleted one: it shows as ``absent``)."""
+        check_disk(disk)
+        return self._disk_view(disk, must_exist=True)
+
+    def list(self, *, include_deleted: bool = False) -> builtins.list[DiskView]:
+        return [d for d in self.store.disks() if include_deleted or d.state is not DiskState.ABSENT]
+
+    def history(self, disk: str | None = None) -> builtins.list[RecordedEvent]:
+        """Every event of ``disk``'s stream, or of the whole ledger, in order."""
+        if disk is None:
+            return list(self.store.read_all())
+        check_disk(disk)
+        events = self.store.read_stream(disk_stream(disk))
+        if not events:
+            raise DiskNotFound(disk)
+        return events
+
+    # -- the operation protocol ----------------------------------------------------------------
+
+    def _operate(
+        self,
+        stream: str,
+        view: View,
+        op: str,
+        op_id: str,
+        params: Mapping[str, Any],
+        artifacts: Sequence[Artifact],
+        effect: Callable[[], dict[str, Any]],
+        *,
+        prelude: Sequence[NewEvent] = (),
+        on_failure: Sequence[NewEvent] = (),
+    ) -> tuple[View, dict[str, Any]]:
+        """Intent, effect, outcome. Returns the view after the outcome and the observed data."""
+        kind = DISK if isinstance(view, DiskView) else TEMPLATE
+        meta = self._metadata(op_id)
+        intent = operation_event(
+            kind,
+            op,
+            STARTED,
+            {"params": dict(params), "artifacts": [a.to_json() for a in artifacts]},
+            meta,
+        )
+        self._validate(stream, view, [*prelude, intent])
+        self._refuse_unowned(stream, artifacts)
+        view = fold(view, self.store.append(stream, view.version, [*prelude, intent]))
+        try:
+            observed = effect()
+        except BaseException as exc:
+            removed = self._compensate(artifacts, exc)
+            failure = operation_event(
+                kind,
+                op,
+                FAILED,
+                {
+                    "error": str(exc) or exc.__class__.__name__,
+                    "error_type": exc.__class__.__name__,
+                    "removed": [a.to_json() for a in removed],
+                },
+                meta,
+            )
+            try:
+                self.store.append(stream, view.version, [failure, *on_failure])
+            except DiskLedgerError as ledger_exc:
+                # The intent stays pending; recovery will find it and undo it.
+                exc.add_note(f"recording the failure also failed: {ledger_exc}")
+            raise
+        outcome = operation_event(kind, op, COMPLETED, observed, meta)
+        return fold(view, self.store.append(stream, view.version, [outcome])), observed
+
+    def _refuse_unowned(self, stream: str, artifacts: Sequence[Artifact]) -> None:
+        """Refuse to start when a final artifact the intent names already exists.
+
+        The ledger does not own it (no disk or template here names it), and compensation would
+        remove it: it is drift for ``verify`` and the operator, never something to adopt or
+        overwrite silently.
+        """
+        finals = [a for a in artifacts if not a.temporary]
+        for seen in self.backend.probe(finals) if finals else ():
+            if seen.exists:
+                where = seen.artifact.location + (
+                    f" @{seen.artifact.name}" if seen.artifact.name else ""
+                )
+                raise Conflict(f"{stream}: {where} exists but the ledger does not own it")
+
+    def _compensate(
+        self, artifacts: Sequence[Artifact], cause: BaseException
+    ) -> builtins.list[Artifact]:
+        """Remove what the intent named. Failing to, leaves the operation for recovery."""
+        if not artifacts:
+            return []
+        try:
+            self.backend.remove(artifacts)
+        except DiskLedgerError as exc:
+            cause.add_note(f"removing {len(artifacts)} artifact(s) failed: {exc}")
+            log.warning("compensation failed, leaving the operation for recovery: %s", exc)
+            return []
+        return list(artifacts)
+
+    @staticmethod
+    def _validate(stream: str, view: DiskView | TemplateView, events: Sequence[NewEvent]) -> None:
+        validator: Validator[Any] = (
+            _DISK_VALIDATOR if isinstance(view, DiskView) else _TEMPLATE_VALIDATOR
+        )
+        for event in events:
+            if validator.target(view, event.type, params_of(view, event)) is None:
+                raise IllegalTransition(stream, view.state, event.type)
+            view = evolve(view, event)
+
+    def _metadata(self, op_id: str) -> Metadata:
+        return Metadata(op_id=op_id, host=self.host, pid=os.getpid(), actor=self.actor)
+
+    # -- lookups -------------------------------------------------------------------------------
+
+    def _disk_view(self, disk: str, *, must_exist: bool) -> DiskView:
+        view = self.store.disk(disk_stream(disk))
+        if view is None:
+            if must_exist:
+                raise DiskNotFound(disk)
+            return DiskView(disk=disk)
+        return view
+
+    def _live_disk(self, disk: str) -> DiskView:
+        check_disk(disk)
+        view = self._disk_view(disk, must_exist=True)
+        self._refuse_pending(disk_stream(disk), view)
+        if view.state in (DiskState.ABSENT, DiskState.TEMPLATE_CACHED):
+            raise DiskNotFound(disk)
+        return view
+
+    @staticmethod
+    def _refuse_pending(stream: str, view: DiskView | TemplateView) -> None:
+        if view.pending is not None:
+            raise OperationPending(stream, view.pending.op, view.pending.op_id)
+
+    @staticmethod
+    def _existing_snapshot(disk: str, view: DiskView, snapshot: str) -> None:
+        check_snapshot(snapshot)
+        if view.snapshot(snapshot) is None:
+            raise SnapshotNotFound(disk, snapshot)
+
+
+def _new_op_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _disk_observation(seen: Observation) -> dict[str, Any]:
+    return {
+        "format": seen.format,
+        "size": seen.size,
+        "backing": seen.backing,
+        "location": seen.artifact.location,
+        "allocated": seen.allocated,
+    }
+
+
+def _readable_file(path: Path) -> Path:
+    """The absolute path of a regular file we can read, or ``InvalidSource``."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError as exc:
+        raise InvalidSource(f"source file {str(path)!r} does not exist") from exc
+    except OSError as exc:
+        raise InvalidSource(f"source file {str(path)!r} cannot be read: {exc.strerror}") from exc
+    if not stat.S_ISREG(mode):
+        raise InvalidSource(f"source {str(path)!r} is not a regular file")
+    try:
+        with path.open("rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise InvalidSource(f"source file {str(path)!r} cannot be read: {exc.strerror}") from exc
+    return path.absolute()
+
+
+def _new_file_target(path: Path) -> Path:
+    """An absolute export target that does not exist yet, in a directory that does."""
+    path = path.absolute()
+    if path.exists() or path.is_symlink():
+        raise InvalidInput(f"export target {str(path)!r} already exists")
+    if not path.parent.is_dir():
+        raise InvalidInput(f"export target directory {str(path.parent)!r} does not exist")
+    return path

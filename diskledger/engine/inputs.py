@@ -1,0 +1,72 @@
+"""Parsing and checking what callers hand the engine, before anything is touched."""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from diskledger.errors import InvalidName, InvalidSize
+
+__all__ = ["MAX_NAME", "MAX_SIZE", "check_disk", "check_name", "check_snapshot", "parse_size"]
+
+MAX_NAME: Final = 64
+MAX_SIZE: Final = 1 << 50
+"""1 PiB: far above any real disk, far below where qemu-img's arithmetic or ours could overflow."""
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_SIZE = re.compile(r"(?P<number>\d+)\s*(?P<unit>[KMGT]?)(?:i?B)?", re.IGNORECASE)
+_UNITS: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def check_name(name: str, what: str) -> str:
+    """``name`` if it is ``[A-Za-z0-9][A-Za-z0-9._-]*``, at most 64 characters, and not ``..``."""
+    if not name:
+        raise InvalidName(f"{what} name is empty")
+    if len(name) > MAX_NAME:
+        raise InvalidName(f"{what} name is longer than {MAX_NAME} characters")
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise InvalidName(
+            f"{what} name {name!r} is not allowed: use letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit, and no '..'"
+        )
+    return name
+
+
+def check_disk(disk: str) -> str:
+    """``INSTANCE/NAME``, each part a valid name."""
+    instance, sep, name = disk.partition("/")
+    if not sep:
+        raise InvalidName(f"disk {disk!r} is not INSTANCE/NAME")
+    check_name(instance, "instance")
+    check_name(name, "disk")
+    return disk
+
+
+def check_snapshot(snapshot: str) -> str:
+    """A snapshot name: a valid name that is not all digits, because ``qemu-img snapshot`` looks
+    a name up as a snapshot id first, and ``2`` would then act on whichever snapshot has id 2."""
+    check_name(snapshot, "snapshot")
+    if snapshot.isdigit():
+        raise InvalidName(f"snapshot name {snapshot!r} is all digits: qcow2 reads it as an id")
+    return snapshot
+
+
+def parse_size(text: str | int, *, what: str = "size") -> int:
+    """Bytes from ``10737418240``, ``10G``, ``512M``, ``1TiB``; binary units; a positive multiple
+    of 512 (qemu-img rounds anything else, and then the disk would not be the size recorded)."""
+    if isinstance(text, bool):
+        raise InvalidSize(f"{what} must be a number of bytes, not {text!r}")
+    if isinstance(text, int):
+        size = text
+    else:
+        match = _SIZE.fullmatch(text.strip())
+        if match is None:
+            raise InvalidSize(f"{what} {text!r} is not a size: use bytes or a K/M/G/T suffix")
+        size = int(match["number"]) * _UNITS[match["unit"].upper()]
+    if size <= 0:
+        raise InvalidSize(f"{what} must be greater than zero, got {text}")
+    if size > MAX_SIZE:
+        raise InvalidSize(f"{what} {text} is larger than the {MAX_SIZE} byte ceiling")
+    if size % 512:
+        raise InvalidSize(f"{what} {text} is not a multiple of 512 bytes")
+    return size

@@ -1,0 +1,182 @@
+"""How views and events look to a person (tables) and to a program (JSON documents)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from diskledger.events import RecordedEvent
+from diskledger.states import DiskView, TemplateView
+
+__all__ = [
+    "disk_json",
+    "event_json",
+    "human_size",
+    "print_disk",
+    "print_disks",
+    "print_history",
+    "print_template",
+    "print_templates",
+    "template_json",
+]
+
+
+def disk_json(view: DiskView) -> dict[str, Any]:
+    return {
+        "disk": view.disk,
+        "state": view.state.value,
+        "size": view.size,
+        "format": view.format,
+        "template": view.template,
+        "backing": view.backing,
+        "snapshots": list(view.snapshot_names),
+        "version": view.version,
+        "pending": view.pending.to_json() if view.pending else None,
+        "location": view.location,
+    }
+
+
+def template_json(view: TemplateView, users: Sequence[str]) -> dict[str, Any]:
+    return {
+        "template": view.template,
+        "state": view.state.value,
+        "format": view.format,
+        "virtual_size": view.virtual_size,
+        "location": view.location,
+        "source": view.source,
+        "version": view.version,
+        "pending": view.pending.to_json() if view.pending else None,
+        "users": list(users),
+    }
+
+
+def event_json(event: RecordedEvent) -> dict[str, Any]:
+    return event.to_json()
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    print(line.rstrip())
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _pending(view: DiskView | TemplateView) -> str:
+    return f"{view.pending.op} ({view.pending.op_id[:8]})" if view.pending else "-"
+
+
+def print_disks(views: Sequence[DiskView]) -> None:
+    if not views:
+        print("no disks")
+        return
+    _table(
+        ("DISK", "STATE", "SIZE", "FORMAT", "TEMPLATE", "SNAPSHOTS", "PENDING"),
+        [
+            (
+                v.disk,
+                v.state.value,
+                human_size(v.size),
+                v.format or "-",
+                v.template or "-",
+                ",".join(v.snapshot_names) or "-",
+                _pending(v),
+            )
+            for v in views
+        ],
+    )
+
+
+def print_disk(view: DiskView) -> None:
+    fields = [
+        ("disk", view.disk),
+        ("state", view.state.value),
+        ("size", f"{human_size(view.size)} ({view.size} bytes)" if view.size else "-"),
+        ("format", view.format or "-"),
+        ("template", view.template or "-"),
+        ("backing", view.backing or "-"),
+        ("snapshots", ", ".join(view.snapshot_names) or "-"),
+        ("location", view.location or "-"),
+        ("version", str(view.version)),
+        ("pending", _pending(view)),
+    ]
+    for key, value in fields:
+        print(f"{key + ':':<11}{value}")
+
+
+def print_templates(views: Sequence[TemplateView], users: dict[str, list[str]]) -> None:
+    if not views:
+        print("no templates")
+        return
+    _table(
+        ("TEMPLATE", "STATE", "FORMAT", "VIRTUAL SIZE", "DISKS", "LOCATION"),
+        [
+            (
+                v.template,
+                v.state.value,
+                v.format or "-",
+                human_size(v.virtual_size),
+                str(len(users.get(v.template, ()))),
+                v.location or "-",
+            )
+            for v in views
+        ],
+    )
+
+
+def print_template(view: TemplateView, users: Sequence[str]) -> None:
+    fields = [
+        ("template", view.template),
+        ("state", view.state.value),
+        ("format", view.format or "-"),
+        ("virtual size", human_size(view.virtual_size)),
+        ("location", view.location or "-"),
+        ("source", view.source or "-"),
+        ("disks", ", ".join(users) or "-"),
+    ]
+    for key, value in fields:
+        print(f"{key + ':':<14}{value}")
+
+
+def _summary(event: RecordedEvent) -> str:
+    data = event.data
+    if "params" in data:
+        params = data["params"]
+        keys = ("template", "size", "snapshot", "target", "format")
+        return " ".join(f"{k}={params[k]}" for k in keys if params.get(k) is not None)
+    if "error" in data:
+        return f"error: {data['error']}"
+    keys = ("template", "size", "format", "virtual_size", "backing")
+    return " ".join(f"{k}={data[k]}" for k in keys if data.get(k) is not None)
+
+
+def print_history(events: Sequence[RecordedEvent]) -> None:
+    if not events:
+        print("no events")
+        return
+    _table(
+        ("POS", "TIME (UTC)", "STREAM", "VER", "EVENT", "OP", "DETAILS"),
+        [
+            (
+                str(e.position),
+                e.time.strftime("%Y-%m-%d %H:%M:%S"),
+                e.stream,
+                str(e.version),
+                e.type,
+                (e.metadata.op_id or "-")[:8],
+                _summary(e),
+            )
+            for e in events
+        ],
+    )

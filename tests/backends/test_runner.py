@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from diskledger.backends import runner
+from diskledger.errors import CommandFailed, CommandNotFound, CommandTimedOut, StorageIOError
+
+
+def test_returns_stdout() -> None:
+    assert runner.run(["echo", "hello"]) == "hello\n"
+
+
+def test_missing_tool_names_its_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(CommandNotFound, match=r"qemu-img .*qemu-utils") as caught:
+        runner.run(["qemu-img", "info", "-f", "raw", "x"])
+    assert caught.value.command == ("qemu-img", "info", "-f", "raw", "x")
+    assert isinstance(caught.value.__cause__, FileNotFoundError)
+
+
+def test_failure_carries_command_status_and_stderr(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.qcow2")
+    argv = ["qemu-img", "info", "-f", "qcow2", missing]
+    with pytest.raises(CommandFailed) as caught:
+        runner.run(argv)
+    error = caught.value
+    assert error.command == tuple(argv) and error.returncode == 1
+    assert "No such file or directory" in error.stderr
+    assert str(error).startswith("qemu-img failed: ") and str(error).endswith(
+        error.stderr.strip().splitlines()[-1]
+    )
+
+
+def test_timeout() -> None:
+    with pytest.raises(CommandTimedOut, match=r"sleep ran longer than 0\.2 s"):
+        runner.run(["sleep", "5"], timeout=0.2)
+
+
+def test_no_space_left_is_a_storage_error(tmp_path: Path) -> None:
+    source = tmp_path / "data"
+    source.write_bytes(b"x" * 4096)
+    with pytest.raises(StorageIOError) as caught:
+        runner.run(["cp", str(source), "/dev/full"])
+    assert caught.value.errno == errno.ENOSPC
+    assert caught.value.command[0] == "cp" and caught.value.returncode == 1
+
+
+def test_io_error_is_a_storage_error() -> None:
+    with pytest.raises(StorageIOError) as caught:
+        runner.run(["sh", "-c", "echo 'read: Input/output error' >&2; exit 1"])
+    assert caught.value.errno == errno.EIO
+
+
+def test_never_a_shell(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    out = runner.run(["echo", f"$(touch {marker})", ";", "true"])
+    assert out.startswith("$(touch") and not marker.exists()

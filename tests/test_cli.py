@@ -1,0 +1,337 @@
+"""The command line contract: every command, its --json document, and every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from diskledger.cli import main
+from diskledger.store import open_store
+
+MiB = 1 << 20
+
+
+class Cli:
+    def __init__(self, root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.root = root
+        self.capsys = capsys
+
+    def run(self, *argv: str) -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        try:
+            code = main([*argv, "--root", str(self.root)])
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def json(self, *argv: str) -> Any:
+        code, out, err = self.run(*argv, "--json")
+        assert code == 0, err
+        return json.loads(out)
+
+    def fingerprint(self) -> tuple[int, list[tuple[str, int]]]:
+        """The ledger head and every file under the root: what bad input must not change."""
+        store = open_store(f"sqlite:///{self.root}/ledger.db")
+        try:
+            head = store.head()
+        finally:
+            store.close()
+        files = sorted(
+            (str(p.relative_to(self.root)), p.stat().st_size)
+            for p in self.root.rglob("*")
+            if p.is_file() and not p.name.startswith("ledger.db")
+        )
+        return head, files
+
+
+@pytest.fixture
+def cli(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    qemu_img: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Cli]:
+    for name in ("DISKLEDGER_ROOT", "DISKLEDGER_LEDGER", "DISKLEDGER_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    yield Cli(tmp_path / "root", capsys)
+
+
+@pytest.fixture
+def populated(cli: Cli, template_files: dict[str, Path]) -> Cli:
+    cli.json("template", "add", "base", str(template_files["qcow2"]), "--format", "qcow2")
+    cli.json("disk", "create", "vm-1/root", "--template", "base", "--size", "96M")
+    cli.json("disk", "snapshot", "vm-1/root", "s1")
+    return cli
+
+
+def test_template_commands(cli: Cli, template_files: dict[str, Path]) -> None:
+    added = cli.json("template", "add", "base", str(template_files["raw"]), "--format", "raw")
+    assert (added["template"], added["state"], added["format"], added["virtual_size"]) == (
+        "base",
+        "cached",
+        "raw",
+        64 * MiB,
+    )
+    assert [t["template"] for t in cli.json("template", "list")] == ["base"]
+    shown = cli.json("template", "show", "base")
+    assert shown["users"] == [] and shown["location"].endswith("templates/base")
+    code, out, _ = cli.run("template", "list")
+    assert code == 0 and "base" in out and "cached" in out
+
+
+def test_disk_lifecycle_through_the_cli(populated: Cli, tmp_path: Path) -> None:
+    cli = populated
+    shown = cli.json("disk", "show", "vm-1/root")
+    for key in (
+        "disk",
+        "state",
+        "size",
+        "format",
+        "template",
+        "snapshots",
+        "version",
+        "pending",
+        "location",
+    ):
+        assert key in shown
+    assert (
+        shown["state"],
+        shown["size"],
+        shown["template"],
+        shown["snapshots"],
+        shown["pending"],
+    ) == (
+        "snapshotted",
+        96 * MiB,
+        "base",
+        ["s1"],
+        None,
+    )
+    assert cli.json("disk", "resize", "vm-1/root", "128M")["size"] == 128 * MiB
+    assert cli.json("disk", "rollback", "vm-1/root", "s1")["size"] == 128 * MiB
+    exported = cli.json("disk", "export", "vm-1/root", str(tmp_path / "out.raw"), "--format", "raw")
+    assert exported == {
+        "disk": "vm-1/root",
+        "target": str(tmp_path / "out.raw"),
+        "format": "raw",
+        "size": 128 * MiB,
+    }
+    assert cli.json("disk", "remove-snapshot", "vm-1/root", "s1")["state"] == "resized"
+    blank = cli.json("disk", "create", "vm-1/swap", "--blank", "--size", "8M")
+    assert (blank["state"], blank["size"], blank["template"]) == ("created", 8 * MiB, None)
+    assert [d["disk"] for d in cli.json("disk", "list")] == ["vm-1/root", "vm-1/swap"]
+    assert cli.json("disk", "delete", "vm-1/swap")["state"] == "absent"
+    assert [d["disk"] for d in cli.json("disk", "list")] == ["vm-1/root"]
+
+    history = cli.json("history", "vm-1/root")
+    assert [e["version"] for e in history] == list(range(1, len(history) + 1))
+    for event in history:
+        for key in ("position", "stream", "version", "type", "time", "op_id", "data"):
+            assert key in event
+    assert history[0]["type"] == "disk.template-bound"
+    everything = cli.json("history")
+    assert len(everything) > len(history) and {e["stream"] for e in everything} >= {
+        "disk:vm-1/swap"
+    }
+
+
+def test_human_output_is_tables_and_states(populated: Cli) -> None:
+    code, out, _ = populated.run("disk", "list")
+    assert code == 0 and out.splitlines()[0].split()[:3] == ["DISK", "STATE", "SIZE"]
+    code, out, _ = populated.run("history", "vm-1/root")
+    assert code == 0 and "disk.snapshot.completed" in out
+    code, out, _ = populated.run("disk", "show", "vm-1/root")
+    assert code == 0 and "snapshotted" in out
+
+
+def test_demo_runs_twice_on_one_root(cli: Cli) -> None:
+    first = cli.json("demo")
+    assert {d["disk"] for d in first["disks"]} == {
+        "web-1/root",
+        "web-2/root",
+        "db-1/root",
+        "db-1/ephemeral",
+    }
+    second = cli.json("demo")
+    assert [d["state"] for d in second["disks"]] == [d["state"] for d in first["disks"]]
+    code, out, _ = cli.run("demo")
+    assert code == 0 and "audit trail" in out
+
+
+def bad_inputs(tmp_path: Path, template_files: dict[str, Path]) -> list[tuple[str, list[str], str]]:
+    long = "a" * 65
+    return [
+        ("unknown template", ["template", "show", "nope"], "no such template"),
+        (
+            "create from an unknown template",
+            ["disk", "create", "vm-2/root", "--template", "nope"],
+            "no such template",
+        ),
+        ("unknown disk", ["disk", "show", "vm-9/root"], "no such disk"),
+        ("resize an unknown disk", ["disk", "resize", "vm-9/root", "1G"], "no such disk"),
+        ("snapshot of an absent disk", ["disk", "snapshot", "vm-9/root", "s"], "no such disk"),
+        ("delete an unknown disk", ["disk", "delete", "vm-9/root"], "no such disk"),
+        ("history of an unknown disk", ["history", "vm-9/root"], "no such disk"),
+        (
+            "rollback to a missing snapshot",
+            ["disk", "rollback", "vm-1/root", "nope"],
+            "no snapshot",
+        ),
+        (
+            "remove a missing snapshot",
+            ["disk", "remove-snapshot", "vm-1/root", "nope"],
+            "no snapshot",
+        ),
+        ("a snapshot name taken", ["disk", "snapshot", "vm-1/root", "s1"], "exists"),
+        (
+            "create an existing disk",
+            ["disk", "create", "vm-1/root", "--template", "base"],
+            "exists",
+        ),
+        ("negative size", ["disk", "create", "vm-2/root", "--blank", "--size=-1G"], "size"),
+        ("negative resize", ["disk", "resize", "vm-1/root", "-5"], "size"),
+        (
+            "zero size for a blank disk",
+            ["disk", "create", "vm-2/root", "--blank", "--size", "0"],
+            "greater than zero",
+        ),
+        (
+            "unparsable size",
+            ["disk", "create", "vm-2/root", "--blank", "--size", "ten gigs"],
+            "not a size",
+        ),
+        ("unparsable resize", ["disk", "resize", "vm-1/root", "1Q"], "not a size"),
+        (
+            "size smaller than the template",
+            ["disk", "create", "vm-2/root", "--template", "base", "--size", "1M"],
+            "smaller than template",
+        ),
+        ("a shrink", ["disk", "resize", "vm-1/root", "64M"], "never shrink"),
+        (
+            "absurd size",
+            ["disk", "create", "vm-2/root", "--blank", "--size", "99999999T"],
+            "ceiling",
+        ),
+        (
+            "name with a slash",
+            ["disk", "create", "vm-2/a/b", "--blank", "--size", "1M"],
+            "not allowed",
+        ),
+        (
+            "name without instance",
+            ["disk", "create", "root", "--blank", "--size", "1M"],
+            "INSTANCE/NAME",
+        ),
+        ("name with ..", ["disk", "create", "../root", "--blank", "--size", "1M"], "not allowed"),
+        (
+            "name with NUL",
+            ["disk", "create", "vm-2/ro\0ot", "--blank", "--size", "1M"],
+            "not allowed",
+        ),
+        (
+            "over-long instance",
+            ["disk", "create", f"{long}/root", "--blank", "--size", "1M"],
+            "longer than 64",
+        ),
+        (
+            "over-long name",
+            ["disk", "create", f"vm-2/{long}", "--blank", "--size", "1M"],
+            "longer than 64",
+        ),
+        ("all-digit snapshot name", ["disk", "snapshot", "vm-1/root", "2"], "all digits"),
+        ("snapshot name with a slash", ["disk", "snapshot", "vm-1/root", "a/b"], "not allowed"),
+        (
+            "template id with ..",
+            ["template", "add", "..", str(template_files["raw"]), "--format", "raw"],
+            "not allowed",
+        ),
+        (
+            "template already cached",
+            ["template", "add", "base", str(template_files["raw"]), "--format", "raw"],
+            "already cached",
+        ),
+        (
+            "missing source file",
+            ["template", "add", "t2", str(tmp_path / "missing.img"), "--format", "raw"],
+            "does not exist",
+        ),
+        (
+            "source is a directory",
+            ["template", "add", "t2", str(tmp_path), "--format", "raw"],
+            "not a regular file",
+        ),
+        (
+            "unreadable source file",
+            ["template", "add", "t2", "/proc/self/mem", "--format", "raw"],
+            "cannot be read",
+        ),
+        (
+            "export onto an existing file",
+            ["disk", "export", "vm-1/root", str(template_files["raw"])],
+            "already exists",
+        ),
+    ]
+
+
+def test_every_bad_input_is_one_line_exit_1_and_changes_nothing(
+    populated: Cli, tmp_path: Path, template_files: dict[str, Path]
+) -> None:
+    before = populated.fingerprint()
+    for label, argv, reason in bad_inputs(tmp_path, template_files):
+        code, out, err = populated.run(*argv)
+        assert code == 1, f"{label}: exit {code}, stderr {err!r}"
+        assert out == "", label
+        lines = err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("diskledger: error: "), f"{label}: {err!r}"
+        assert reason in lines[0], f"{label}: {lines[0]!r}"
+        assert populated.fingerprint() == before, f"{label} changed the ledger or storage"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file regardless of its mode")
+def test_an_unreadable_source_file_is_refused(cli: Cli, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.img"
+    secret.write_bytes(b"\0" * 512)
+    secret.chmod(0)
+    code, _, err = cli.run("template", "add", "t", str(secret), "--format", "raw")
+    assert code == 1 and "cannot be read" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["disk"],
+        ["disk", "create", "vm/root"],
+        ["disk", "create", "vm/root", "--blank"],
+        ["disk", "create", "vm/root", "--blank", "--template", "t", "--size", "1G"],
+        ["template", "add", "t", "/x", "--format", "vmdk"],
+        ["disk", "frobnicate"],
+    ],
+)
+def test_usage_errors_exit_2(cli: Cli, argv: list[str]) -> None:
+    code, _, err = cli.run(*argv)
+    assert code == 2 and "usage" in err
+    assert not (cli.root / "ledger.db").exists() or cli.fingerprint() == (0, [])
+
+
+def test_the_console_script(tmp_path: Path) -> None:
+    env = {**os.environ, "DISKLEDGER_ROOT": str(tmp_path / "root")}
+    script = Path(sys.executable).with_name("diskledger")
+    ok = subprocess.run(
+        [str(script), "disk", "list", "--json"], env=env, capture_output=True, text=True
+    )
+    assert (ok.returncode, json.loads(ok.stdout)) == (0, [])
+    bad = subprocess.run(
+        [str(script), "disk", "show", "vm/x"], env=env, capture_output=True, text=True
+    )
+    assert bad.returncode == 1 and bad.stderr.strip() == "diskledger: error: no such disk: vm/x"
+    usage = subprocess.run([str(script), "disk", "show"], env=env, capture_output=True, text=True)
+    assert usage.returncode == 2
