@@ -6,6 +6,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from diskledger.errors import ConcurrencyError, StoreError
 from diskledger.events import Metadata, NewEvent, RecordedEvent
 from diskledger.states import DiskView, TemplateView, evolve
 from diskledger.states.disk import PendingOperation
-from diskledger.states.streams import DISK, empty_view, stream_kind
+from diskledger.states.streams import DISK, TEMPLATE, empty_view, stream_kind
 from diskledger.store.contract import PendingEntry
 from diskledger.store.hashing import canonical_json, event_hash
 from diskledger.store.migrate import migrate
@@ -42,6 +43,56 @@ _EVENT_COLUMNS = (
     events.c.prev_hash,
     events.c.hash,
 )
+
+
+# The append path's statements, built once: constructing SQLAlchemy expressions per call cost
+# more than the durable commit itself.
+_LOCK_HEAD = (
+    sa.select(ledger_head.c.position, ledger_head.c.hash)
+    .where(ledger_head.c.id == 1)
+    .with_for_update()
+)
+_MOVE_HEAD = (
+    ledger_head.update()
+    .where(ledger_head.c.id == 1)
+    .values(position=sa.bindparam("new_position"), hash=sa.bindparam("new_hash"))
+)
+_INSERT_EVENT = events.insert()
+_INDEX_PENDING = pending_operations.insert()
+_UNINDEX_PENDING = pending_operations.delete().where(
+    pending_operations.c.op_id == sa.bindparam("op")
+)
+
+
+@dataclass(frozen=True)
+class _ReadModel:
+    read: sa.Select[Any]
+    insert: sa.Insert
+    update: sa.Update
+
+
+def _read_model(table: sa.Table, key: str, *, has_template: bool) -> _ReadModel:
+    values: dict[str, Any] = {
+        key: sa.bindparam("key"),
+        "state": sa.bindparam("state"),
+        "version": sa.bindparam("version"),
+        "view": sa.bindparam("view"),
+    }
+    if has_template:
+        values["template"] = sa.bindparam("template")
+    return _ReadModel(
+        read=sa.select(table.c.version, table.c.view).where(
+            table.c.stream_id == sa.bindparam("stream")
+        ),
+        insert=table.insert().values(stream_id=sa.bindparam("stream"), **values),
+        update=table.update().where(table.c.stream_id == sa.bindparam("stream")).values(**values),
+    )
+
+
+_MODELS = {
+    DISK: _read_model(disks, "disk", has_template=True),
+    TEMPLATE: _read_model(templates, "template", has_template=False),
+}
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -141,15 +192,9 @@ class SqlEventStore:
     ) -> tuple[RecordedEvent, ...]:
         # Locking the head row serialises appends (on PostgreSQL; SQLite holds the write lock
         # already), which is what keeps positions gap-free and the hash chain linear.
-        head = conn.execute(
-            sa.select(ledger_head.c.position, ledger_head.c.hash)
-            .where(ledger_head.c.id == 1)
-            .with_for_update()
-        ).one()
-        model = disks if kind == DISK else templates
-        row = conn.execute(
-            sa.select(model.c.version, model.c.view).where(model.c.stream_id == stream)
-        ).one_or_none()
+        head = conn.execute(_LOCK_HEAD).one()
+        model = _MODELS[kind]
+        row = conn.execute(model.read, {"stream": stream}).one_or_none()
         view: DiskView | TemplateView
         if row is None:
             view = empty_view(stream)
@@ -162,6 +207,7 @@ class SqlEventStore:
 
         position, prev_hash = head.position, head.hash
         recorded_at = datetime.now(UTC).isoformat(timespec="microseconds")
+        time = datetime.fromisoformat(recorded_at)
         recorded: list[RecordedEvent] = []
         rows: list[dict[str, Any]] = []
         pending_before = view.pending
@@ -198,53 +244,33 @@ class SqlEventStore:
             )
             recorded.append(
                 RecordedEvent(
-                    position=position,
-                    stream=stream,
-                    version=view.version,
-                    type=new.type,
-                    schema=new.schema,
-                    data=new.data,
-                    metadata=new.metadata,
-                    time=datetime.fromisoformat(recorded_at),
-                    prev_hash=prev_hash,
-                    hash=digest,
+                    position,
+                    stream,
+                    view.version,
+                    new.type,
+                    new.schema,
+                    new.data,
+                    new.metadata,
+                    time,
+                    prev_hash,
+                    digest,
                 )
             )
             prev_hash = digest
 
-        conn.execute(events.insert(), rows)
-        conn.execute(
-            ledger_head.update()
-            .where(ledger_head.c.id == 1)
-            .values(position=position, hash=prev_hash)
-        )
-        self._project(conn, model, stream, view, exists=row is not None)
-        self._index_pending(conn, stream, pending_before, view.pending, recorded, recorded_at)
-        return tuple(recorded)
-
-    @staticmethod
-    def _project(
-        conn: Connection,
-        model: sa.Table,
-        stream: str,
-        view: DiskView | TemplateView,
-        *,
-        exists: bool,
-    ) -> None:
-        values: dict[str, Any] = {
+        conn.execute(_INSERT_EVENT, rows)
+        conn.execute(_MOVE_HEAD, {"new_position": position, "new_hash": prev_hash})
+        projected = {
+            "stream": stream,
+            "key": view.disk if isinstance(view, DiskView) else view.template,
             "state": view.state.value,
             "version": view.version,
+            "template": view.template,
             "view": canonical_json(view.to_json()),
         }
-        if isinstance(view, DiskView):
-            values["disk"] = view.disk
-            values["template"] = view.template
-        else:
-            values["template"] = view.template
-        if exists:
-            conn.execute(model.update().where(model.c.stream_id == stream).values(**values))
-        else:
-            conn.execute(model.insert().values(stream_id=stream, **values))
+        conn.execute(model.update if row is not None else model.insert, projected)
+        self._index_pending(conn, stream, pending_before, view.pending, recorded, recorded_at)
+        return tuple(recorded)
 
     @staticmethod
     def _index_pending(
@@ -256,20 +282,19 @@ class SqlEventStore:
         recorded_at: str,
     ) -> None:
         if before is not None and (after is None or after.op_id != before.op_id):
-            conn.execute(
-                pending_operations.delete().where(pending_operations.c.op_id == before.op_id)
-            )
+            conn.execute(_UNINDEX_PENDING, {"op": before.op_id})
         if after is not None and (before is None or before.op_id != after.op_id):
             started = next(e for e in recorded if e.version == after.started_version)
             conn.execute(
-                pending_operations.insert().values(
-                    op_id=after.op_id,
-                    stream_id=stream,
-                    op=after.op,
-                    started_position=started.position,
-                    started_at=recorded_at,
-                    operation=canonical_json(after.to_json()),
-                )
+                _INDEX_PENDING,
+                {
+                    "op_id": after.op_id,
+                    "stream_id": stream,
+                    "op": after.op,
+                    "started_position": started.position,
+                    "started_at": recorded_at,
+                    "operation": canonical_json(after.to_json()),
+                },
             )
 
     # -- reading -------------------------------------------------------------------------------
