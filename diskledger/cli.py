@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -134,8 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"diskledger: error: {message}", file=sys.stderr)
         return 1
     if args.json:
-        json.dump(result, sys.stdout, indent=2, sort_keys=True, default=str)
-        sys.stdout.write("\n")
+        try:
+            json.dump(result, sys.stdout, indent=2, sort_keys=True, default=str)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader (`| head`) went away; the operation itself is done and recorded.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
