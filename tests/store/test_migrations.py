@@ -35,3 +35,9 @@ def test_a_ledger_is_upgraded_from_an_empty_database(ledger_url: str) -> None:
             assert head.position == 0 and head.hash == "0" * 64
     finally:
         engine.dispose()
+
+
+def test_the_head_constant_is_alembics_head() -> None:
+    from diskledger.store.migrate import HEAD
+
+    assert head_revision() == HEAD
