@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -200,48 +200,57 @@ DISK_TABLE: Table[DiskState] = Table(
 )
 
 
-def apply_disk_data(
+def disk_changes(
     view: DiskView,
     op: str,
     phase: str | None,
     data: Mapping[str, Any],
     params: Mapping[str, Any],
-) -> DiskView:
-    """The payload's effect on the view, after the table has chosen the new state.
+) -> dict[str, Any]:
+    """The fields an event's payload changes, beyond the state, version and pending operation
+    that the table and the protocol decide.
 
     ``params`` are the parameters of the operation's intent (for ``completed`` and ``failed``
     events, those of the pending ``started`` event).
     """
     if phase is None:
         if op == "template-bound":
-            return replace(view, template=data.get("template"))
+            return {"template": data.get("template")}
         if op == "template-released":
-            return replace(view, template=None)
-        return view
+            return {"template": None}
+        return {}
     if phase != "completed":
-        return view
+        return {}
     if op == "create":
-        return replace(
-            view,
-            format=data["format"],
-            size=data["size"],
-            backing=data.get("backing"),
-            location=data["location"],
-            template=params.get("template", view.template),
-            snapshots=(),
-            resized=False,
-        )
+        return {
+            "format": data["format"],
+            "size": data["size"],
+            "backing": data.get("backing"),
+            "location": data["location"],
+            "template": params.get("template", view.template),
+            "snapshots": (),
+            "resized": False,
+        }
     if op == "resize":
-        return replace(view, size=data["size"], resized=True)
+        return {"size": data["size"], "resized": True}
     if op == "snapshot":
         snap = Snapshot(params["snapshot"], int(data.get("size", view.size or 0)))
-        return replace(view, snapshots=(*view.snapshots, snap))
+        return {"snapshots": (*view.snapshots, snap)}
     if op == "rollback":
-        return replace(view, size=data["size"])
+        return {"size": data["size"]}
     if op == "remove-snapshot":
-        return replace(
-            view, snapshots=tuple(s for s in view.snapshots if s.name != params["snapshot"])
-        )
+        return {"snapshots": tuple(s for s in view.snapshots if s.name != params["snapshot"])}
     if op == "delete":
-        return DiskView(disk=view.disk, version=view.version)
-    return view
+        return _DELETED
+    return {}
+
+
+_DELETED: dict[str, Any] = {
+    "format": None,
+    "size": None,
+    "template": None,
+    "backing": None,
+    "location": None,
+    "snapshots": (),
+    "resized": False,
+}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -76,20 +76,19 @@ TEMPLATE_TABLE: Table[TemplateState] = Table(
 )
 
 
-def apply_template_data(
+def template_changes(
     view: TemplateView,
     op: str,
     phase: str | None,
     data: Mapping[str, Any],
     params: Mapping[str, Any],
-) -> TemplateView:
-    """The payload's effect on the view, after the table has chosen the new state."""
+) -> dict[str, Any]:
+    """The fields an event's payload changes, beyond state, version and pending operation."""
     if op == "fetch" and phase == "completed":
-        return replace(
-            view,
-            format=data["format"],
-            virtual_size=data["virtual_size"],
-            location=data["location"],
-            source=params.get("source"),
-        )
-    return view
+        return {
+            "format": data["format"],
+            "virtual_size": data["virtual_size"],
+            "location": data["location"],
+            "source": params.get("source"),
+        }
+    return {}
