@@ -80,6 +80,11 @@ class Table(Generic[S]):
             if t not in candidates:
                 candidates.append(t)
         self._index = {key: tuple(value) for key, value in index.items()}
+        # Guards resolved to functions once: replay selects a transition for every event.
+        self._guarded = {
+            key: tuple((t, tuple(self.guards[g] for g in t.when)) for t in value)
+            for key, value in index.items()
+        }
         self.event_types = frozenset(t.event_type for t in self.transitions)
 
     def _expand(self, row: Row[S]) -> list[Transition[S]]:
@@ -100,7 +105,10 @@ class Table(Generic[S]):
         self, state: S, event_type: str, view: Any, params: Mapping[str, Any]
     ) -> Transition[S] | None:
         """The first transition for ``event_type`` from ``state`` whose guards all hold."""
-        for t in self._index.get((state, event_type), ()):
-            if all(self.guards[g](view, params) for g in t.when):
+        for t, guards in self._guarded.get((state, event_type), ()):
+            for guard in guards:
+                if not guard(view, params):
+                    break
+            else:
                 return t
         return None

@@ -47,11 +47,6 @@ _EVENT_COLUMNS = (
 
 # The append path's statements, built once: constructing SQLAlchemy expressions per call cost
 # more than the durable commit itself.
-_LOCK_HEAD = (
-    sa.select(ledger_head.c.position, ledger_head.c.hash)
-    .where(ledger_head.c.id == 1)
-    .with_for_update()
-)
 _MOVE_HEAD = (
     ledger_head.update()
     .where(ledger_head.c.id == 1)
@@ -59,6 +54,12 @@ _MOVE_HEAD = (
 )
 _INSERT_EVENT = events.insert()
 _INDEX_PENDING = pending_operations.insert()
+_READ_ALL = (
+    sa.select(*_EVENT_COLUMNS)
+    .where(events.c.position > sa.bindparam("after"))
+    .order_by(events.c.position)
+    .limit(sa.bindparam("batch"))
+)
 _UNINDEX_PENDING = pending_operations.delete().where(
     pending_operations.c.op_id == sa.bindparam("op")
 )
@@ -66,7 +67,8 @@ _UNINDEX_PENDING = pending_operations.delete().where(
 
 @dataclass(frozen=True)
 class _ReadModel:
-    read: sa.Select[Any]
+    lock: sa.Select[Any]
+    """Lock the ledger head and read the stream's stored view, in one statement."""
     insert: sa.Insert
     update: sa.Update
 
@@ -80,10 +82,16 @@ def _read_model(table: sa.Table, key: str, *, has_template: bool) -> _ReadModel:
     }
     if has_template:
         values["template"] = sa.bindparam("template")
+    # Locking the head row serialises appends (on PostgreSQL; SQLite holds the write lock
+    # already), which is what keeps positions gap-free and the hash chain linear.
+    lock = (
+        sa.select(ledger_head.c.position, ledger_head.c.hash, table.c.version, table.c.view)
+        .select_from(ledger_head.outerjoin(table, table.c.stream_id == sa.bindparam("stream")))
+        .where(ledger_head.c.id == 1)
+        .with_for_update(of=ledger_head)
+    )
     return _ReadModel(
-        read=sa.select(table.c.version, table.c.view).where(
-            table.c.stream_id == sa.bindparam("stream")
-        ),
+        lock=lock,
         insert=table.insert().values(stream_id=sa.bindparam("stream"), **values),
         update=table.update().where(table.c.stream_id == sa.bindparam("stream")).values(**values),
     )
@@ -93,6 +101,34 @@ _MODELS = {
     DISK: _read_model(disks, "disk", has_template=True),
     TEMPLATE: _read_model(templates, "template", has_template=False),
 }
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """A Core statement compiled once for the store's dialect, run on the DBAPI cursor.
+
+    The append path and replay run a handful of fixed statements per event; going through
+    ``Connection.execute`` cost more than the durable commit itself. The SQL still comes from the
+    Core definitions above, compiled by SQLAlchemy for SQLite or PostgreSQL.
+    """
+
+    sql: str
+    order: tuple[str, ...] | None
+    """Parameter names in order for positional paramstyles (SQLite's ``?``); None when named."""
+    fixed: Mapping[str, Any]
+    """Values the statement itself carries (``ledger_head.id == 1``)."""
+
+    @classmethod
+    def of(cls, statement: sa.Executable, dialect: sa.Dialect) -> _Compiled:
+        compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+        order = tuple(compiled.positiontup) if dialect.positional else None
+        fixed = {k: v for k, v in compiled.params.items() if v is not None}
+        return cls(str(compiled), order, fixed)
+
+    def bind(self, params: Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
+        if self.fixed:
+            params = {**self.fixed, **params}
+        return params if self.order is None else tuple(params[name] for name in self.order)
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -164,6 +200,26 @@ class SqlEventStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.url = engine.url.render_as_string(hide_password=True)
+        dialect = engine.dialect
+        self._dbapi: Any = dialect.loaded_dbapi
+        self._sql = {
+            name: _Compiled.of(statement, dialect)
+            for name, statement in (
+                ("insert_event", _INSERT_EVENT),
+                ("move_head", _MOVE_HEAD),
+                ("index_pending", _INDEX_PENDING),
+                ("unindex_pending", _UNINDEX_PENDING),
+                ("read_all", _READ_ALL),
+            )
+        }
+        self._models = {
+            kind: {
+                "lock": _Compiled.of(model.lock, dialect),
+                "insert": _Compiled.of(model.insert, dialect),
+                "update": _Compiled.of(model.update, dialect),
+            }
+            for kind, model in _MODELS.items()
+        }
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -175,37 +231,40 @@ class SqlEventStore:
         kind = stream_kind(stream)
         try:
             with self.engine.connect().execution_options(**{_WRITE: True}) as conn, conn.begin():
-                return self._append(conn, stream, kind, expected_version, new_events)
-        except IntegrityError as exc:
+                cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                try:
+                    return self._append(cursor, stream, kind, expected_version, new_events)
+                finally:
+                    cursor.close()
+        except (IntegrityError, self._dbapi.IntegrityError) as exc:
             # The UNIQUE(stream_id, version) gate: another writer took this version first.
             raise ConcurrencyError(stream, expected_version) from exc
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, self._dbapi.Error) as exc:
             raise StoreError(f"ledger append to {stream} failed: {exc}") from exc
 
     def _append(
         self,
-        conn: Connection,
+        cursor: Any,
         stream: str,
         kind: str,
         expected_version: int,
         new_events: Sequence[NewEvent],
     ) -> tuple[RecordedEvent, ...]:
-        # Locking the head row serialises appends (on PostgreSQL; SQLite holds the write lock
-        # already), which is what keeps positions gap-free and the hash chain linear.
-        head = conn.execute(_LOCK_HEAD).one()
-        model = _MODELS[kind]
-        row = conn.execute(model.read, {"stream": stream}).one_or_none()
+        model = self._models[kind]
+        lock = model["lock"]
+        cursor.execute(lock.sql, lock.bind({"stream": stream}))
+        position, prev_hash, _, stored_view = cursor.fetchone()
+        exists = stored_view is not None
         view: DiskView | TemplateView
-        if row is None:
+        if not exists:
             view = empty_view(stream)
         elif kind == DISK:
-            view = DiskView.from_json(json.loads(row.view))
+            view = DiskView.from_json(json.loads(stored_view))
         else:
-            view = TemplateView.from_json(json.loads(row.view))
+            view = TemplateView.from_json(json.loads(stored_view))
         if view.version != expected_version:
             raise ConcurrencyError(stream, expected_version, view.version)
 
-        position, prev_hash = head.position, head.hash
         recorded_at = datetime.now(UTC).isoformat(timespec="microseconds")
         time = datetime.fromisoformat(recorded_at)
         recorded: list[RecordedEvent] = []
@@ -258,8 +317,10 @@ class SqlEventStore:
             )
             prev_hash = digest
 
-        conn.execute(_INSERT_EVENT, rows)
-        conn.execute(_MOVE_HEAD, {"new_position": position, "new_hash": prev_hash})
+        insert = self._sql["insert_event"]
+        cursor.executemany(insert.sql, [insert.bind(row) for row in rows])
+        move = self._sql["move_head"]
+        cursor.execute(move.sql, move.bind({"new_position": position, "new_hash": prev_hash}))
         projected = {
             "stream": stream,
             "key": view.disk if isinstance(view, DiskView) else view.template,
@@ -268,13 +329,14 @@ class SqlEventStore:
             "template": view.template,
             "view": canonical_json(view.to_json()),
         }
-        conn.execute(model.update if row is not None else model.insert, projected)
-        self._index_pending(conn, stream, pending_before, view.pending, recorded, recorded_at)
+        project = model["update" if exists else "insert"]
+        cursor.execute(project.sql, project.bind(projected))
+        self._index_pending(cursor, stream, pending_before, view.pending, recorded, recorded_at)
         return tuple(recorded)
 
-    @staticmethod
     def _index_pending(
-        conn: Connection,
+        self,
+        cursor: Any,
         stream: str,
         before: PendingOperation | None,
         after: PendingOperation | None,
@@ -282,19 +344,23 @@ class SqlEventStore:
         recorded_at: str,
     ) -> None:
         if before is not None and (after is None or after.op_id != before.op_id):
-            conn.execute(_UNINDEX_PENDING, {"op": before.op_id})
+            unindex = self._sql["unindex_pending"]
+            cursor.execute(unindex.sql, unindex.bind({"op": before.op_id}))
         if after is not None and (before is None or before.op_id != after.op_id):
             started = next(e for e in recorded if e.version == after.started_version)
-            conn.execute(
-                _INDEX_PENDING,
-                {
-                    "op_id": after.op_id,
-                    "stream_id": stream,
-                    "op": after.op,
-                    "started_position": started.position,
-                    "started_at": recorded_at,
-                    "operation": canonical_json(after.to_json()),
-                },
+            index = self._sql["index_pending"]
+            cursor.execute(
+                index.sql,
+                index.bind(
+                    {
+                        "op_id": after.op_id,
+                        "stream_id": stream,
+                        "op": after.op,
+                        "started_position": started.position,
+                        "started_at": recorded_at,
+                        "operation": canonical_json(after.to_json()),
+                    }
+                ),
             )
 
     # -- reading -------------------------------------------------------------------------------
@@ -308,18 +374,20 @@ class SqlEventStore:
         return [_recorded(row) for row in self._rows(query)]
 
     def read_all(self, after_position: int = 0, *, batch: int = 1000) -> Iterator[RecordedEvent]:
+        read = self._sql["read_all"]
         while True:
-            query = (
-                sa.select(*_EVENT_COLUMNS)
-                .where(events.c.position > after_position)
-                .order_by(events.c.position)
-                .limit(batch)
-            )
-            rows = self._rows(query)
-            yield from (_recorded(row) for row in rows)
+            try:
+                with self.engine.connect() as conn:
+                    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                    cursor.execute(read.sql, read.bind({"after": after_position, "batch": batch}))
+                    rows = cursor.fetchall()
+                    cursor.close()
+            except (SQLAlchemyError, self._dbapi.Error) as exc:
+                raise StoreError(f"ledger read failed: {exc}") from exc
+            yield from map(_recorded, rows)
             if len(rows) < batch:
                 return
-            after_position = rows[-1].position
+            after_position = rows[-1][0]
 
     def head(self) -> int:
         return int(self._scalar(sa.select(ledger_head.c.position).where(ledger_head.c.id == 1)))
@@ -384,17 +452,17 @@ class SqlEventStore:
             raise StoreError(f"ledger read failed: {exc}") from exc
 
 
-def _recorded(row: sa.Row[Any]) -> RecordedEvent:
-    data: Mapping[str, Any] = json.loads(row.data)
+def _recorded(row: Sequence[Any]) -> RecordedEvent:
+    position, stream, version, type_, schema, data, metadata, recorded_at, prev, digest = row
     return RecordedEvent(
-        position=row.position,
-        stream=row.stream_id,
-        version=row.version,
-        type=row.type,
-        schema=row.schema,
-        data=data,
-        metadata=Metadata.from_json(json.loads(row.metadata)),
-        time=datetime.fromisoformat(row.recorded_at),
-        prev_hash=row.prev_hash,
-        hash=row.hash,
+        position,
+        stream,
+        version,
+        type_,
+        schema,
+        json.loads(data),
+        Metadata.from_json(json.loads(metadata)),
+        datetime.fromisoformat(recorded_at),
+        prev,
+        digest,
     )

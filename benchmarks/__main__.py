@@ -1,0 +1,103 @@
+"""``python -m benchmarks [--markdown] [--profile-append] [engine] [append] [replay]``
+
+Environment: ``DISKLEDGER_BENCH_EVENTS`` (replay ledger size, default 1,000,000) and
+``DISKLEDGER_BENCH_TRIALS`` (trials per side for the engine and append benchmarks, defaults 200
+and 2000; it also caps the replay runs, default 3) scale a run down for a quick look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+from benchmarks import engine_overhead, ledger_append, replay
+from benchmarks.timing import Report, env_int, render_markdown, render_text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument(
+        "only",
+        nargs="*",
+        metavar="BENCHMARK",
+        help="run only these, of engine, append and replay (default: all three)",
+    )
+    parser.add_argument(
+        "--markdown", action="store_true", help="also print a section for docs/performance.md"
+    )
+    parser.add_argument(
+        "--profile-append",
+        action="store_true",
+        help="instead of benchmarking, profile store.append with cProfile",
+    )
+    args = parser.parse_args(argv)
+    if shutil.which("qemu-img") is None:
+        raise SystemExit("qemu-img is not installed (Debian package qemu-utils)")
+
+    if args.profile_append:
+        print(ledger_append.profile())
+        return 0
+    trials = env_int("DISKLEDGER_BENCH_TRIALS", 0)  # 0: each benchmark's own default
+    events = env_int("DISKLEDGER_BENCH_EVENTS", replay.DEFAULT_EVENTS)
+    benchmarks: dict[str, Callable[[], Report]] = {
+        "engine": lambda: engine_overhead.run(trials or engine_overhead.DEFAULT_TRIALS),
+        "append": lambda: ledger_append.run(trials or ledger_append.DEFAULT_TRIALS),
+        "replay": lambda: replay.run(
+            events, min(trials or replay.DEFAULT_RUNS, replay.DEFAULT_RUNS)
+        ),
+    }
+    chosen: list[str] = args.only or list(benchmarks)
+    unknown = sorted(set(chosen) - benchmarks.keys())
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)}: choose from {', '.join(benchmarks)}")
+
+    machine = describe_machine()
+    print("machine: " + "; ".join(f"{k} {v}" for k, v in machine.items()), flush=True)
+    reports = []
+    started = time.perf_counter()
+    for name in chosen:
+        lap = time.perf_counter()
+        report = benchmarks[name]()
+        reports.append(report)
+        print(f"\n{render_text(report)}\n({name}: {time.perf_counter() - lap:.0f} s)", flush=True)
+    print(f"\nall done in {time.perf_counter() - started:.0f} s")
+
+    if args.markdown:
+        print("\n<!-- markdown for docs/performance.md -->")
+        print(markdown(machine, reports))
+    return 0
+
+
+def describe_machine() -> dict[str, str]:
+    tmp = tempfile.gettempdir()
+    fs = subprocess.run(
+        ["df", "--output=fstype", tmp], check=True, capture_output=True, text=True
+    ).stdout.split()[-1]
+    return {
+        "cpus": str(os.cpu_count()),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "temp dir": f"{tmp} ({fs})",
+        "qemu-img": subprocess.run(
+            ["qemu-img", "--version"], check=True, capture_output=True, text=True
+        ).stdout.split()[2],
+    }
+
+
+def markdown(machine: dict[str, str], reports: list[Report]) -> str:
+    lines = ["## Results", ""]
+    lines += [f"- {key}: {value}" for key, value in machine.items()]
+    for report in reports:
+        lines += ["", render_markdown(report)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
