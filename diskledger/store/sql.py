@@ -54,12 +54,32 @@ _MOVE_HEAD = (
 )
 _INSERT_EVENT = events.insert()
 _INDEX_PENDING = pending_operations.insert()
-_READ_ALL = (
-    sa.select(*_EVENT_COLUMNS)
+_QUERIES: dict[str, sa.Executable] = {
+    "read_all": sa.select(*_EVENT_COLUMNS)
     .where(events.c.position > sa.bindparam("after"))
     .order_by(events.c.position)
-    .limit(sa.bindparam("batch"))
-)
+    .limit(sa.bindparam("batch")),
+    "read_stream": sa.select(*_EVENT_COLUMNS)
+    .where(events.c.stream_id == sa.bindparam("stream"), events.c.version > sa.bindparam("after"))
+    .order_by(events.c.version),
+    "head": sa.select(ledger_head.c.position).where(ledger_head.c.id == 1),
+    "stream_version": sa.select(sa.func.max(events.c.version)).where(
+        events.c.stream_id == sa.bindparam("stream")
+    ),
+    "disk": sa.select(disks.c.view).where(disks.c.stream_id == sa.bindparam("stream")),
+    "disks": sa.select(disks.c.view).order_by(disks.c.disk),
+    "template": sa.select(templates.c.view).where(templates.c.stream_id == sa.bindparam("stream")),
+    "templates": sa.select(templates.c.view).order_by(templates.c.template),
+    "template_users": sa.select(disks.c.disk)
+    .where(disks.c.template == sa.bindparam("template"))
+    .order_by(disks.c.disk),
+    "pending": sa.select(
+        pending_operations.c.stream_id,
+        pending_operations.c.operation,
+        pending_operations.c.started_position,
+        pending_operations.c.started_at,
+    ).order_by(pending_operations.c.started_position),
+}
 _UNINDEX_PENDING = pending_operations.delete().where(
     pending_operations.c.op_id == sa.bindparam("op")
 )
@@ -209,7 +229,7 @@ class SqlEventStore:
                 ("move_head", _MOVE_HEAD),
                 ("index_pending", _INDEX_PENDING),
                 ("unindex_pending", _UNINDEX_PENDING),
-                ("read_all", _READ_ALL),
+                *_QUERIES.items(),
             )
         }
         self._models = {
@@ -366,89 +386,68 @@ class SqlEventStore:
     # -- reading -------------------------------------------------------------------------------
 
     def read_stream(self, stream: str, after_version: int = 0) -> list[RecordedEvent]:
-        query = (
-            sa.select(*_EVENT_COLUMNS)
-            .where(events.c.stream_id == stream, events.c.version > after_version)
-            .order_by(events.c.version)
-        )
-        return [_recorded(row) for row in self._rows(query)]
+        rows = self._fetch("read_stream", {"stream": stream, "after": after_version})
+        return [_recorded(row) for row in rows]
 
     def read_all(self, after_position: int = 0, *, batch: int = 1000) -> Iterator[RecordedEvent]:
-        read = self._sql["read_all"]
         while True:
-            try:
-                with self.engine.connect() as conn:
-                    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-                    cursor.execute(read.sql, read.bind({"after": after_position, "batch": batch}))
-                    rows = cursor.fetchall()
-                    cursor.close()
-            except (SQLAlchemyError, self._dbapi.Error) as exc:
-                raise StoreError(f"ledger read failed: {exc}") from exc
+            rows = self._fetch("read_all", {"after": after_position, "batch": batch})
             yield from map(_recorded, rows)
             if len(rows) < batch:
                 return
             after_position = rows[-1][0]
 
     def head(self) -> int:
-        return int(self._scalar(sa.select(ledger_head.c.position).where(ledger_head.c.id == 1)))
+        return int(self._fetch("head", {})[0][0])
 
     def stream_version(self, stream: str) -> int:
-        version = self._scalar(
-            sa.select(sa.func.max(events.c.version)).where(events.c.stream_id == stream)
-        )
-        return int(version or 0)
+        return int(self._fetch("stream_version", {"stream": stream})[0][0] or 0)
 
     def disk(self, stream: str) -> DiskView | None:
-        raw = self._scalar(sa.select(disks.c.view).where(disks.c.stream_id == stream))
-        return None if raw is None else DiskView.from_json(json.loads(raw))
+        rows = self._fetch("disk", {"stream": stream})
+        return DiskView.from_json(json.loads(rows[0][0])) if rows else None
 
     def disks(self) -> list[DiskView]:
-        rows = self._rows(sa.select(disks.c.view).order_by(disks.c.disk))
-        return [DiskView.from_json(json.loads(row.view)) for row in rows]
+        return [DiskView.from_json(json.loads(view)) for (view,) in self._fetch("disks", {})]
 
     def template(self, stream: str) -> TemplateView | None:
-        raw = self._scalar(sa.select(templates.c.view).where(templates.c.stream_id == stream))
-        return None if raw is None else TemplateView.from_json(json.loads(raw))
+        rows = self._fetch("template", {"stream": stream})
+        return TemplateView.from_json(json.loads(rows[0][0])) if rows else None
 
     def templates(self) -> list[TemplateView]:
-        rows = self._rows(sa.select(templates.c.view).order_by(templates.c.template))
-        return [TemplateView.from_json(json.loads(row.view)) for row in rows]
+        rows = self._fetch("templates", {})
+        return [TemplateView.from_json(json.loads(view)) for (view,) in rows]
 
     def template_users(self, template: str) -> list[str]:
-        rows = self._rows(
-            sa.select(disks.c.disk).where(disks.c.template == template).order_by(disks.c.disk)
-        )
-        return [row.disk for row in rows]
+        return [disk for (disk,) in self._fetch("template_users", {"template": template})]
 
     def pending(self) -> list[PendingEntry]:
-        rows = self._rows(
-            sa.select(pending_operations).order_by(pending_operations.c.started_position)
-        )
         return [
             PendingEntry(
-                stream=row.stream_id,
-                operation=PendingOperation.from_json(json.loads(row.operation)),
-                started_position=row.started_position,
-                started_at=row.started_at,
+                stream=stream,
+                operation=PendingOperation.from_json(json.loads(operation)),
+                started_position=started_position,
+                started_at=started_at,
             )
-            for row in rows
+            for stream, operation, started_position, started_at in self._fetch("pending", {})
         ]
 
     def close(self) -> None:
         self.engine.dispose()
 
-    def _rows(self, query: sa.Executable) -> Sequence[sa.Row[Any]]:
+    def _fetch(self, name: str, params: Mapping[str, Any]) -> Sequence[Any]:
+        """Run one of the store's compiled queries; a single statement needs no BEGIN."""
+        query = self._sql[name]
         try:
             with self.engine.connect() as conn:
-                return conn.execute(query).all()
-        except SQLAlchemyError as exc:
-            raise StoreError(f"ledger read failed: {exc}") from exc
-
-    def _scalar(self, query: sa.Executable) -> Any:
-        try:
-            with self.engine.connect() as conn:
-                return conn.execute(query).scalar()
-        except SQLAlchemyError as exc:
+                cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                try:
+                    cursor.execute(query.sql, query.bind(params))
+                    rows = cursor.fetchall()
+                finally:
+                    cursor.close()
+                return rows
+        except (SQLAlchemyError, self._dbapi.Error) as exc:
             raise StoreError(f"ledger read failed: {exc}") from exc
 
 
