@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
@@ -22,19 +21,9 @@ from diskledger.errors import (
 )
 from diskledger.events import split_type
 from diskledger.states import DiskState, TemplateState
+from tests.backends.helpers import info as qemu_info
 
 MiB = 1 << 20
-
-
-def qemu_info(path: str, fmt: str) -> dict[str, object]:
-    out = subprocess.run(
-        ["qemu-img", "info", "-f", fmt, "--output=json", "--force-share", path],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    info: dict[str, object] = json.loads(out)
-    return info
 
 
 def files_under(root: Path) -> list[str]:
