@@ -24,6 +24,7 @@ from typing import Any, Final, Literal
 __all__ = [
     "COMPLETED",
     "FAILED",
+    "NEEDS_OPERATOR",
     "STARTED",
     "Metadata",
     "NewEvent",
@@ -33,11 +34,13 @@ __all__ = [
     "split_type",
 ]
 
-Phase = Literal["started", "completed", "failed"]
+Phase = Literal["started", "completed", "failed", "needs-operator"]
 STARTED: Final = "started"
 COMPLETED: Final = "completed"
 FAILED: Final = "failed"
-_PHASES: Final = frozenset({STARTED, COMPLETED, FAILED})
+NEEDS_OPERATOR: Final = "needs-operator"
+"""Recovery found contradictory evidence: the operation stays pending until a person decides."""
+_PHASES: Final = frozenset({STARTED, COMPLETED, FAILED, NEEDS_OPERATOR})
 
 JSON = Mapping[str, Any]
 
@@ -55,6 +58,8 @@ class Metadata:
     pid: int = field(default_factory=os.getpid)
     actor: str = "diskledger"
     causation: str | None = None
+    process: str | None = None
+    """``<boot id>:<pid>:<start time>``: tells a live writer from a dead one with a reused pid."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,6 +68,7 @@ class Metadata:
             "pid": self.pid,
             "actor": self.actor,
             "causation": self.causation,
+            "process": self.process,
         }
 
     @classmethod
@@ -73,6 +79,7 @@ class Metadata:
             pid=int(raw.get("pid", 0)),
             actor=raw.get("actor", ""),
             causation=raw.get("causation"),
+            process=raw.get("process"),
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from diskledger import faults
 from diskledger.backends import files, qemu
 from diskledger.backends.contract import (
     Artifact,
@@ -35,6 +36,7 @@ class Qcow2Backend(FileBackend):
     def snapshot(self, location: str, fmt: str, snapshot: str, token: str) -> Observation:
         self._check_format(fmt)
         if not _has_snapshot(location, snapshot):
+            faults.reach("mid-effect", "snapshot")
             qemu.snapshot_create(location, snapshot)
         disk = self._observe(location)
         return dataclasses.replace(disk, artifact=Artifact(INTERNAL_SNAPSHOT, location, snapshot))
@@ -50,6 +52,7 @@ class Qcow2Backend(FileBackend):
             raise BackendError(f"{location} has no internal snapshot {snapshot!r}")
         # Applying a snapshot also restores the virtual size it was taken at.
         qemu.snapshot_apply(location, snapshot)
+        faults.reach("mid-effect", "rollback")
         if self._virtual_size(location) < size:
             qemu.resize(location, fmt, size)
         return self._observe(location)
@@ -57,10 +60,12 @@ class Qcow2Backend(FileBackend):
     def remove_snapshot(self, location: str, fmt: str, snapshot: str) -> None:
         self._check_format(fmt)
         if files.stat(location) is not None and _has_snapshot(location, snapshot):
+            faults.reach("mid-effect", "remove-snapshot")
             qemu.snapshot_delete(location, snapshot)
 
     def delete(self, location: str, fmt: str, snapshots: Sequence[str]) -> None:
         self._check_format(fmt)
+        faults.reach("mid-effect", "delete")
         files.remove_file(location)  # internal snapshots go with the file
         self._remove_instance_dir(location)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from diskledger import faults
 from diskledger.backends import files, qemu
 from diskledger.backends.contract import (
     Artifact,
@@ -50,12 +51,14 @@ class FileBackend:
         files.ensure_dir(os.path.dirname(location), files.IMAGE_DIR_MODE)
         temp = temporary_path(location, token)
         self._write_new(temp, size, template)
+        faults.reach("mid-effect", "create")
         files.publish(temp, location)
         return self._observe(location)
 
     def resize(self, location: str, fmt: str, size: int) -> Observation:
         self._check_format(fmt)
         if self._virtual_size(location) < size:
+            faults.reach("mid-effect", "resize")
             qemu.resize(location, fmt, size)
         return self._observe(location)
 
@@ -72,6 +75,7 @@ class FileBackend:
         else:
             # convert writes the whole guest view, so the result never has a backing file.
             qemu.convert(location, fmt, temp, target_format)
+        faults.reach("mid-effect", "export")
         files.publish(temp, target)
         return qemu.observe(Artifact(FILE, target), target_format)
 
@@ -143,6 +147,7 @@ class RawBackend(FileBackend):
             files.ensure_dir(os.path.dirname(path), files.IMAGE_DIR_MODE)
             temp = temporary_path(path, token)
             files.sparse_copy(location, temp)
+            faults.reach("mid-effect", "snapshot")
             files.publish(temp, path)
         return self._observe(path)
 
@@ -158,12 +163,14 @@ class RawBackend(FileBackend):
         files.sparse_copy(_snapshot_path(location, snapshot), temp)
         if self._virtual_size(temp) < size:
             qemu.resize(temp, fmt, size)
+        faults.reach("mid-effect", "rollback")
         files.publish(temp, location)
         return self._observe(location)
 
     def remove_snapshot(self, location: str, fmt: str, snapshot: str) -> None:
         self._check_format(fmt)
         path = _snapshot_path(location, snapshot)
+        faults.reach("mid-effect", "remove-snapshot")
         files.remove_file(path)
         files.remove_dir(os.path.dirname(path), only_if_empty=True)
 
@@ -171,6 +178,7 @@ class RawBackend(FileBackend):
         self._check_format(fmt)
         for snapshot in snapshots:
             files.remove_file(_snapshot_path(location, snapshot))
+        faults.reach("mid-effect", "delete")
         # Not lenient: a file left in there is one the ledger does not know, i.e. a leak.
         files.remove_dir(f"{location}.snapshots")
         files.remove_file(location)

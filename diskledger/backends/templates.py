@@ -6,6 +6,7 @@ import os
 import stat
 from typing import Any
 
+from diskledger import faults
 from diskledger.backends import files, qemu
 from diskledger.backends.contract import Artifact, ArtifactKind, Observation
 from diskledger.backends.files import check_component, temporary_path
@@ -47,14 +48,13 @@ class TemplateCache:
             raise InvalidSource(f"template source {source} is not a regular file")
         files.ensure_dir(self._dir, files.IMAGE_DIR_MODE)
         temp = temporary_path(final, token)
-        try:
-            files.sparse_copy(source, temp)
-            data = qemu.info(temp, fmt, timeout=60.0)
-            _check_standalone(data, temp)
-            files.publish(temp, final)
-        except BaseException:
-            files.remove_file(temp)
-            raise
+        # A failure leaves the temporary copy for the caller's compensation (or recovery) to
+        # remove: it is named in the intent, and there is one cleanup path.
+        files.sparse_copy(source, temp)
+        faults.reach("mid-effect", "fetch")
+        data = qemu.info(temp, fmt, timeout=60.0)
+        _check_standalone(data, temp)
+        files.publish(temp, final)
         return Observation(
             artifact,
             exists=True,

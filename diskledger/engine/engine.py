@@ -13,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from diskledger import faults
 from diskledger.backends import (
     Artifact,
     Backend,
@@ -23,6 +24,7 @@ from diskledger.backends import (
 )
 from diskledger.engine.config import Config
 from diskledger.engine.inputs import check_disk, check_name, check_snapshot, parse_size
+from diskledger.engine.liveness import current_process
 from diskledger.errors import (
     Conflict,
     DiskLedgerError,
@@ -437,7 +439,9 @@ class Engine:
         self._refuse_unowned(stream, artifacts)
         view = fold(view, self.store.append(stream, view.version, [*prelude, intent]))
         try:
+            faults.reach("after-intent", op)
             observed = effect()
+            faults.reach("after-effect", op)
         except BaseException as exc:
             removed = self._compensate(artifacts, exc)
             failure = operation_event(
@@ -458,7 +462,9 @@ class Engine:
                 exc.add_note(f"recording the failure also failed: {ledger_exc}")
             raise
         outcome = operation_event(kind, op, COMPLETED, observed, meta)
-        return fold(view, self.store.append(stream, view.version, [outcome])), observed
+        view = fold(view, self.store.append(stream, view.version, [outcome]))
+        faults.reach("after-outcome", op)
+        return view, observed
 
     def _refuse_unowned(self, stream: str, artifacts: Sequence[Artifact]) -> None:
         """Refuse to start when a final artifact the intent names already exists.
@@ -499,8 +505,15 @@ class Engine:
                 raise IllegalTransition(stream, view.state, event.type)
             view = evolve(view, event)
 
-    def _metadata(self, op_id: str) -> Metadata:
-        return Metadata(op_id=op_id, host=self.host, pid=os.getpid(), actor=self.actor)
+    def _metadata(self, op_id: str, *, causation: str | None = None) -> Metadata:
+        return Metadata(
+            op_id=op_id,
+            host=self.host,
+            pid=os.getpid(),
+            actor=self.actor,
+            causation=causation,
+            process=current_process(),
+        )
 
     # -- lookups -------------------------------------------------------------------------------
 

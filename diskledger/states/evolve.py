@@ -84,7 +84,7 @@ def evolve(view: DiskView | TemplateView, event: EventLike) -> DiskView | Templa
             artifacts=tuple(event.data.get("artifacts", ())),
             started_version=view.version + 1,
         )
-    elif phase is not None:
+    elif phase in (COMPLETED, FAILED):
         pending = None
     changes: dict[str, Any] = {
         "state": transition.dest,

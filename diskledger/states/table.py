@@ -2,8 +2,9 @@
 
 A lifecycle is written as a tuple of ``Row``s, one per legal operation from one state, each with a
 comment in the source saying why it is there. ``expand`` turns the rows into the transitions the
-ledger actually records: an operation that touches storage becomes three event types
-(``started``: source -> busy-or-source, ``completed``: -> dest, ``failed``: back to source); a fact
+ledger actually records: an operation that touches storage becomes four event types
+(``started``: source -> busy-or-source, ``completed``: -> dest, ``failed``: back to source,
+``needs-operator``: stays busy, the operation still pending); a fact
 that touches no storage is one event type. Everything else (``evolve``, the ``transitions``
 machine, the Mermaid diagram in docs/states.md) is derived from the expanded table.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
-from diskledger.events import COMPLETED, FAILED, STARTED
+from diskledger.events import COMPLETED, FAILED, NEEDS_OPERATOR, STARTED
 
 __all__ = ["Guard", "Row", "Table", "Transition"]
 
@@ -96,6 +97,7 @@ class Table(Generic[S]):
             Transition(f"{name}.{STARTED}", row.source, busy, row.when),
             Transition(f"{name}.{COMPLETED}", busy, row.dest, row.when),
             Transition(f"{name}.{FAILED}", busy, row.source, ()),
+            Transition(f"{name}.{NEEDS_OPERATOR}", busy, busy, ()),
         ]
 
     def candidates(self, state: S, event_type: str) -> tuple[Transition[S], ...]:

@@ -39,6 +39,15 @@ def test_a_cached_template_is_not_copied_again(tmp_path: Path) -> None:
     assert Path(cache.location("t1")).read_bytes() == b"cached"
 
 
+def assert_compensation_leaves_nothing(cache: TemplateCache, root: Path) -> None:
+    """A refused import leaves its temporary copy, named in the intent, for the caller's one
+    compensation path to remove; nothing else remains."""
+    artifacts = cache.import_artifacts("t1", "op")
+    assert [str(p) for p in temporaries(root)] == [a.location for a in artifacts if a.temporary]
+    backend_for("raw", str(root)).remove(artifacts)
+    assert temporaries(root) == []
+
+
 def test_a_template_with_a_backing_file_is_refused(tmp_path: Path) -> None:
     base = tmp_path / "base.raw"
     make_image(base, "raw", MiB)
@@ -52,7 +61,7 @@ def test_a_template_with_a_backing_file_is_refused(tmp_path: Path) -> None:
         cache.import_file(str(source), "qcow2", "t1", "op")
 
     assert not os.path.exists(cache.location("t1"))
-    assert temporaries(tmp_path) == []
+    assert_compensation_leaves_nothing(cache, tmp_path)
 
 
 def test_a_file_that_is_not_the_declared_format_is_refused(tmp_path: Path) -> None:
@@ -61,7 +70,7 @@ def test_a_file_that_is_not_the_declared_format_is_refused(tmp_path: Path) -> No
     cache = TemplateCache(str(tmp_path))
     with pytest.raises(BackendError, match="qemu-img failed"):
         cache.import_file(str(source), "qcow2", "t1", "op")
-    assert temporaries(tmp_path) == []
+    assert_compensation_leaves_nothing(cache, tmp_path)
 
 
 def test_a_missing_source_is_refused(tmp_path: Path) -> None:

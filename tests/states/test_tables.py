@@ -55,7 +55,7 @@ def test_every_state_is_reachable_and_every_live_state_can_be_deleted() -> None:
     assert deletable == {DiskState.CREATED, DiskState.RESIZED, DiskState.SNAPSHOTTED}
 
 
-def test_every_operation_row_expands_to_started_completed_failed() -> None:
+def test_every_operation_row_expands_to_the_protocol_phases() -> None:
     for table in (DISK_TABLE, TEMPLATE_TABLE):
         for row in table.rows:
             types = {
@@ -66,9 +66,8 @@ def test_every_operation_row_expands_to_started_completed_failed() -> None:
             if row.fact:
                 assert types == {f"{table.kind}.{row.op}"}
             else:
-                assert types == {
-                    f"{table.kind}.{row.op}.{p}" for p in ("started", "completed", "failed")
-                }
+                phases = ("started", "completed", "failed", "needs-operator")
+                assert types == {f"{table.kind}.{row.op}.{p}" for p in phases}
 
 
 # (state, snapshots, resized, event, params, expected destination or None for refused)
@@ -249,3 +248,13 @@ def test_docs_diagram_is_generated_from_the_tables() -> None:
     assert DOCS.read_text() == states_markdown(), (
         "docs/states.md is stale: run `python -m diskledger.states.machine > docs/states.md`"
     )
+
+
+def test_needs_operator_keeps_the_operation_pending() -> None:
+    view = fold(DiskView("i/d"), [intent("create", "op-1", size=512)])
+    held = evolve(view, ev("disk.create.needs-operator", "op-1", reason="contradiction"))
+    assert held.pending == view.pending and held.state is view.state
+    with pytest.raises(IllegalTransition):
+        evolve(held, intent("delete", "op-2"))
+    done = evolve(held, ev("disk.create.completed", "op-1", format="raw", size=512, location="/d"))
+    assert done.state is DiskState.CREATED and done.pending is None
