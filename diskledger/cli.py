@@ -22,8 +22,10 @@ from diskledger.render import (
     print_disk,
     print_disks,
     print_history,
+    print_recovery,
     print_template,
     print_templates,
+    print_verify,
     template_json,
 )
 
@@ -116,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     history = leaf(groups, "history", _history, "the audit trail of one disk, or of everything")
     history.add_argument("disk", nargs="?", metavar="INSTANCE/NAME")
+    recover = leaf(groups, "recover", _recover, "finish or undo operations a crash left pending")
+    recover.add_argument("--dry-run", action="store_true", help="decide and report, change nothing")
+    recover.set_defaults(recover_on_open=False)
+    verify = leaf(groups, "verify", _verify, "check the hash chain, the read models and storage")
+    verify.set_defaults(recover_on_open=False)
     leaf(
         groups, "demo", _demo, "cache a template, create, resize and snapshot disks, show the trail"
     )
@@ -127,13 +134,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.group == "disk" and args.command == "create" and args.blank and args.size is None:
         build_parser().error("disk create --blank needs --size")
     try:
-        config = Config.load(root=args.root, ledger=args.ledger, backend=args.backend)
+        config = Config.load(
+            root=args.root,
+            ledger=args.ledger,
+            backend=args.backend,
+            recover=getattr(args, "recover_on_open", None),
+        )
         with Engine.open(config) as engine:
             result = args.handler(engine, args)
     except DiskLedgerError as exc:
         message = " ".join(str(exc).split())
         print(f"diskledger: error: {message}", file=sys.stderr)
         return 1
+    status = 1 if isinstance(result, _Failed) else 0
+    if isinstance(result, _Failed):
+        result = result.document
     if args.json:
         try:
             json.dump(result, sys.stdout, indent=2, sort_keys=True, default=str)
@@ -142,7 +157,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BrokenPipeError:
             # The reader (`| head`) went away; the operation itself is done and recorded.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0
+    return status
+
+
+class _Failed:
+    """A handler's document for a command that ran but found a problem (exit status 1)."""
+
+    def __init__(self, document: Any) -> None:
+        self.document = document
 
 
 # Each handler returns the JSON document and, when not in --json mode, prints for a person.
@@ -225,6 +247,20 @@ def _history(engine: Engine, args: argparse.Namespace) -> Any:
     if not args.json:
         print_history(events)
     return [event_json(e) for e in events]
+
+
+def _recover(engine: Engine, args: argparse.Namespace) -> Any:
+    report = engine.recover(dry_run=args.dry_run)
+    if not args.json:
+        print_recovery(report)
+    return report.to_json()
+
+
+def _verify(engine: Engine, args: argparse.Namespace) -> Any:
+    report = engine.verify()
+    if not args.json:
+        print_verify(report)
+    return report.to_json() if report.ok else _Failed(report.to_json())
 
 
 def _demo(engine: Engine, args: argparse.Namespace) -> Any:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from diskledger.engine.recovery import RecoveryReport
+from diskledger.engine.verify import VerifyReport
 from diskledger.events import RecordedEvent
 from diskledger.states import DiskView, TemplateView
 
@@ -15,8 +17,10 @@ __all__ = [
     "print_disk",
     "print_disks",
     "print_history",
+    "print_recovery",
     "print_template",
     "print_templates",
+    "print_verify",
     "template_json",
 ]
 
@@ -180,3 +184,39 @@ def print_history(events: Sequence[RecordedEvent]) -> None:
             for e in events
         ],
     )
+
+
+def print_recovery(report: RecoveryReport) -> None:
+    prefix = "dry run: would have " if report.dry_run else ""
+    if not report.pending:
+        print("nothing pending: the ledger has an outcome for every intent")
+        return
+    rows = [
+        (o.stream, o.op, o.op_id[:8], label, o.reason)
+        for label, outcomes in (
+            (f"{prefix}rolled forward", report.rolled_forward),
+            (f"{prefix}rolled back", report.rolled_back),
+            ("needs operator", report.needs_operator),
+            ("in flight", report.in_flight),
+        )
+        for o in outcomes
+    ]
+    _table(("STREAM", "OP", "OP ID", "OUTCOME", "REASON"), rows)
+
+
+def print_verify(report: VerifyReport) -> None:
+    if report.chain_error is None:
+        chain = "ok"
+    else:
+        chain = f"BROKEN at position {report.first_bad_position}: {report.chain_error}"
+    models = "; ".join(report.model_mismatches) or "ok"
+    print(f"events:       {report.events}")
+    print(f"hash chain:   {chain}")
+    print(f"read models:  {models}")
+    print(f"orphans:      {len(report.orphans)}")
+    for path in report.orphans:
+        print(f"  {path}")
+    print(f"drift:        {len(report.drift)}")
+    for item in report.drift:
+        print(f"  {item['owner']}: {item['artifact']['location']}: {item['problem']}")
+    print("verify: ok" if report.ok else "verify: NOT OK")

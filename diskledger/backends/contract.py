@@ -176,6 +176,10 @@ class Backend(Protocol):
         """Write a standalone copy (no backing file) of the disk to ``target``."""
         ...
 
+    def disk_artifacts(self, location: str, snapshots: Sequence[str]) -> tuple[Artifact, ...]:
+        """What a live disk with ``snapshots`` consists of: the disk first, then each snapshot."""
+        ...
+
     def probe(self, artifacts: Sequence[Artifact]) -> tuple[Observation, ...]:
         """Observe each named artifact, without changing anything."""
         ...

@@ -41,6 +41,9 @@ class Qcow2Backend(FileBackend):
         disk = self._observe(location)
         return dataclasses.replace(disk, artifact=Artifact(INTERNAL_SNAPSHOT, location, snapshot))
 
+    def _snapshot_artifact(self, location: str, snapshot: str) -> Artifact:
+        return Artifact(INTERNAL_SNAPSHOT, location, name=snapshot)
+
     def rollback_artifacts(self, location: str, snapshot: str, token: str) -> tuple[Artifact, ...]:
         return ()
 

@@ -79,6 +79,15 @@ class FileBackend:
         files.publish(temp, target)
         return qemu.observe(Artifact(FILE, target), target_format)
 
+    def disk_artifacts(self, location: str, snapshots: Sequence[str]) -> tuple[Artifact, ...]:
+        return (
+            Artifact(FILE, location),
+            *(self._snapshot_artifact(location, s) for s in snapshots),
+        )
+
+    def _snapshot_artifact(self, location: str, snapshot: str) -> Artifact:
+        raise NotImplementedError
+
     def probe(self, artifacts: Sequence[Artifact]) -> tuple[Observation, ...]:
         return tuple(self._probe(artifact) for artifact in artifacts)
 
@@ -150,6 +159,9 @@ class RawBackend(FileBackend):
             faults.reach("mid-effect", "snapshot")
             files.publish(temp, path)
         return self._observe(path)
+
+    def _snapshot_artifact(self, location: str, snapshot: str) -> Artifact:
+        return Artifact(FILE, _snapshot_path(location, snapshot))
 
     def rollback_artifacts(self, location: str, snapshot: str, token: str) -> tuple[Artifact, ...]:
         # The disk itself is not named: it existed before, and compensation must not remove it.

@@ -25,6 +25,10 @@ class TemplateCache:
     def location(self, template_id: str) -> str:
         return os.path.join(self._dir, check_component(template_id, "template"))
 
+    def observe(self, template_id: str, fmt: str) -> Observation:
+        """The cached template as the format recorded for it reads it (virtual size)."""
+        return qemu.observe(Artifact(FILE, self.location(template_id)), fmt)
+
     def import_artifacts(self, template_id: str, token: str) -> tuple[Artifact, ...]:
         final = self.location(template_id)
         return (

@@ -25,6 +25,8 @@ from diskledger.backends import (
 from diskledger.engine.config import Config
 from diskledger.engine.inputs import check_disk, check_name, check_snapshot, parse_size
 from diskledger.engine.liveness import current_process
+from diskledger.engine.recovery import RecoveryReport, recover
+from diskledger.engine.verify import VerifyReport, verify
 from diskledger.errors import (
     Conflict,
     DiskLedgerError,
@@ -114,17 +116,56 @@ class Engine:
         self.templates = templates
         self.host = host
         self.actor = actor
+        self._backends: dict[str, Backend] = {backend.disk_format: backend}
 
     @classmethod
     def open(cls, config: Config | None = None, **overrides: Any) -> Engine:
-        """An engine for ``config`` (default: from the environment, see ``Config``)."""
+        """An engine for ``config`` (default: from the environment, see ``Config``).
+
+        Unless ``config.recover`` is false, operations left pending by dead processes are
+        recovered before it returns (see ``recover``).
+        """
         config = config or Config.load(**overrides)
         backend = backend_for(config.backend, str(config.root))
         config.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         store = open_store(config.ledger)
-        return cls(
+        engine = cls(
             store, backend, TemplateCache(str(config.root)), host=config.host, actor=config.actor
         )
+        if config.recover:
+            try:
+                engine.recover()
+            except BaseException:
+                engine.close()
+                raise
+        return engine
+
+    def recover(self, *, dry_run: bool = False) -> RecoveryReport:
+        """Finish or undo every operation whose intent has no outcome and whose writer is dead.
+
+        Decisions follow ``diskledger.engine.recovery.RULES`` (documented in docs/recovery.md) and
+        are recorded as events with the evidence the probe saw. ``dry_run`` decides and reports
+        without changing anything.
+        """
+        return recover(self, dry_run=dry_run)
+
+    def verify(self) -> VerifyReport:
+        """Check the hash chain, the read models against the log, and storage against the ledger."""
+        return verify(self)
+
+    def backend_for(self, fmt: str | None) -> Backend:
+        """The backend that keeps disks of the recorded format ``fmt`` (the configured one when
+        ``fmt`` is None): a disk is always handled as what it was recorded to be."""
+        if fmt is None:
+            return self.backend
+        backend = self._backends.get(fmt)
+        if backend is None:
+            backend = self._backends[fmt] = backend_for(fmt, self.templates.root)
+        return backend
+
+    def recovery_metadata(self, op_id: str, run_id: str) -> Metadata:
+        """Metadata for an outcome recorded by recovery on behalf of a dead writer."""
+        return self._metadata(op_id, causation=run_id, actor="diskledger-recover")
 
     def close(self) -> None:
         self.store.close()
@@ -167,7 +208,9 @@ class Engine:
                 "allocated": seen.allocated,
             }
 
-        view, _ = self._operate(stream, view, "fetch", op_id, params, artifacts, fetch)
+        view, _ = self._operate(
+            self.backend, stream, view, "fetch", op_id, params, artifacts, fetch
+        )
         return view
 
     def template(self, template: str) -> TemplateView:
@@ -253,6 +296,7 @@ class Engine:
             NewEvent("disk.template-released", {"template": template}, self._metadata(op_id))
         ]
         view, _ = self._operate(
+            self.backend,
             stream,
             view,
             "create",
@@ -277,16 +321,18 @@ class Engine:
         if wanted == view.size:
             return view
         location, fmt = view.location, view.format
+        backend = self.backend_for(fmt)
         op_id = _new_op_id()
         params = {"size": wanted, "previous_size": view.size, "location": location, "format": fmt}
         view, _ = self._operate(
+            backend,
             disk_stream(disk),
             view,
             "resize",
             op_id,
             params,
             (),
-            lambda: {"size": self.backend.resize(location, fmt, wanted).size},
+            lambda: {"size": backend.resize(location, fmt, wanted).size},
         )
         return view
 
@@ -303,17 +349,19 @@ class Engine:
             )
         assert view.location and view.format
         location, fmt = view.location, view.format
+        backend = self.backend_for(fmt)
         op_id = _new_op_id()
-        artifacts = self.backend.snapshot_artifacts(location, snapshot, op_id)
+        artifacts = backend.snapshot_artifacts(location, snapshot, op_id)
         params = {"snapshot": snapshot, "location": location, "format": fmt}
         view, _ = self._operate(
+            backend,
             disk_stream(disk),
             view,
             "snapshot",
             op_id,
             params,
             artifacts,
-            lambda: {"size": self.backend.snapshot(location, fmt, snapshot, op_id).size},
+            lambda: {"size": backend.snapshot(location, fmt, snapshot, op_id).size},
         )
         return view
 
@@ -323,17 +371,19 @@ class Engine:
         self._existing_snapshot(disk, view, snapshot)
         assert view.location and view.format and view.size is not None
         location, fmt, size = view.location, view.format, view.size
+        backend = self.backend_for(fmt)
         op_id = _new_op_id()
-        artifacts = self.backend.rollback_artifacts(location, snapshot, op_id)
+        artifacts = backend.rollback_artifacts(location, snapshot, op_id)
         params = {"snapshot": snapshot, "location": location, "format": fmt, "size": size}
         view, _ = self._operate(
+            backend,
             disk_stream(disk),
             view,
             "rollback",
             op_id,
             params,
             artifacts,
-            lambda: {"size": self.backend.rollback(location, fmt, snapshot, op_id, size=size).size},
+            lambda: {"size": backend.rollback(location, fmt, snapshot, op_id, size=size).size},
         )
         return view
 
@@ -342,14 +392,15 @@ class Engine:
         self._existing_snapshot(disk, view, snapshot)
         assert view.location and view.format
         location, fmt = view.location, view.format
+        backend = self.backend_for(fmt)
 
         def remove() -> dict[str, Any]:
-            self.backend.remove_snapshot(location, fmt, snapshot)
+            backend.remove_snapshot(location, fmt, snapshot)
             return {}
 
         params = {"snapshot": snapshot, "location": location, "format": fmt}
         view, _ = self._operate(
-            disk_stream(disk), view, "remove-snapshot", _new_op_id(), params, (), remove
+            backend, disk_stream(disk), view, "remove-snapshot", _new_op_id(), params, (), remove
         )
         return view
 
@@ -358,9 +409,10 @@ class Engine:
         view = self._live_disk(disk)
         assert view.location and view.format
         location, fmt, snapshots = view.location, view.format, view.snapshot_names
+        backend = self.backend_for(fmt)
 
         def delete() -> dict[str, Any]:
-            self.backend.delete(location, fmt, snapshots)
+            backend.delete(location, fmt, snapshots)
             return {}
 
         params = {
@@ -369,7 +421,9 @@ class Engine:
             "snapshots": list(snapshots),
             "template": view.template,
         }
-        view, _ = self._operate(disk_stream(disk), view, "delete", _new_op_id(), params, (), delete)
+        view, _ = self._operate(
+            backend, disk_stream(disk), view, "delete", _new_op_id(), params, (), delete
+        )
         return view
 
     def export(self, disk: str, target: str | os.PathLike[str], fmt: str | None = None) -> Export:
@@ -381,15 +435,18 @@ class Engine:
             raise InvalidInput(f"export format {out_format!r} is not one of {', '.join(FORMATS)}")
         target_path = _new_file_target(Path(target))
         location, disk_format = view.location, view.format
+        backend = self.backend_for(disk_format)
         op_id = _new_op_id()
-        artifacts = self.backend.export_artifacts(str(target_path), op_id)
+        artifacts = backend.export_artifacts(str(target_path), op_id)
         params = {"target": str(target_path), "format": out_format, "location": location}
 
         def export() -> dict[str, Any]:
-            seen = self.backend.export(location, disk_format, str(target_path), out_format, op_id)
+            seen = backend.export(location, disk_format, str(target_path), out_format, op_id)
             return {"target": str(target_path), "format": out_format, "size": seen.size}
 
-        _, data = self._operate(disk_stream(disk), view, "export", op_id, params, artifacts, export)
+        _, data = self._operate(
+            backend, disk_stream(disk), view, "export", op_id, params, artifacts, export
+        )
         return Export(disk=disk, target=str(target_path), format=out_format, size=data["size"])
 
     def show(self, disk: str) -> DiskView:
@@ -414,6 +471,7 @@ class Engine:
 
     def _operate(
         self,
+        backend: Backend,
         stream: str,
         view: View,
         op: str,
@@ -436,14 +494,14 @@ class Engine:
             meta,
         )
         self._validate(stream, view, [*prelude, intent])
-        self._refuse_unowned(stream, artifacts)
+        self._refuse_unowned(backend, stream, artifacts)
         view = fold(view, self.store.append(stream, view.version, [*prelude, intent]))
         try:
             faults.reach("after-intent", op)
             observed = effect()
             faults.reach("after-effect", op)
         except BaseException as exc:
-            removed = self._compensate(artifacts, exc)
+            removed = self._compensate(backend, artifacts, exc)
             failure = operation_event(
                 kind,
                 op,
@@ -466,7 +524,8 @@ class Engine:
         faults.reach("after-outcome", op)
         return view, observed
 
-    def _refuse_unowned(self, stream: str, artifacts: Sequence[Artifact]) -> None:
+    @staticmethod
+    def _refuse_unowned(backend: Backend, stream: str, artifacts: Sequence[Artifact]) -> None:
         """Refuse to start when a final artifact the intent names already exists.
 
         The ledger does not own it (no disk or template here names it), and compensation would
@@ -474,21 +533,22 @@ class Engine:
         overwrite silently.
         """
         finals = [a for a in artifacts if not a.temporary]
-        for seen in self.backend.probe(finals) if finals else ():
+        for seen in backend.probe(finals) if finals else ():
             if seen.exists:
                 where = seen.artifact.location + (
                     f" @{seen.artifact.name}" if seen.artifact.name else ""
                 )
                 raise Conflict(f"{stream}: {where} exists but the ledger does not own it")
 
+    @staticmethod
     def _compensate(
-        self, artifacts: Sequence[Artifact], cause: BaseException
+        backend: Backend, artifacts: Sequence[Artifact], cause: BaseException
     ) -> builtins.list[Artifact]:
         """Remove what the intent named. Failing to, leaves the operation for recovery."""
         if not artifacts:
             return []
         try:
-            self.backend.remove(artifacts)
+            backend.remove(artifacts)
         except DiskLedgerError as exc:
             cause.add_note(f"removing {len(artifacts)} artifact(s) failed: {exc}")
             log.warning("compensation failed, leaving the operation for recovery: %s", exc)
@@ -505,12 +565,14 @@ class Engine:
                 raise IllegalTransition(stream, view.state, event.type)
             view = evolve(view, event)
 
-    def _metadata(self, op_id: str, *, causation: str | None = None) -> Metadata:
+    def _metadata(
+        self, op_id: str, *, causation: str | None = None, actor: str | None = None
+    ) -> Metadata:
         return Metadata(
             op_id=op_id,
             host=self.host,
             pid=os.getpid(),
-            actor=self.actor,
+            actor=actor or self.actor,
             causation=causation,
             process=current_process(),
         )

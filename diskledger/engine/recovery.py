@@ -1,0 +1,383 @@
+"""Crash recovery: finish or undo every operation whose intent has no outcome.
+
+For each entry of the pending index whose writer is dead, recovery probes the artifacts the intent
+named (and, for operations that change a disk in place, the disk itself), picks the first row of
+``RULES`` for the operation whose condition holds, and acts:
+
+- ``roll-forward``: the effect is provably complete; leftover temporary names are removed and
+  ``<op>.completed`` is recorded from what the probe saw;
+- ``finish``: an in-place effect that can be neither proven complete nor undone (a rollback, a
+  half-done delete) is idempotent, so it is run again to the end and ``completed`` recorded;
+- ``roll-back``: the effect is not complete; exactly the named artifacts are removed (idempotently)
+  and ``<op>.failed`` recorded;
+- ``needs-operator``: the evidence contradicts itself; ``<op>.needs-operator`` is recorded and the
+  operation stays pending until a person decides.
+
+Every outcome carries ``recovery: {decision, rule, evidence}``. Removing artifacts goes through the
+backend's ``remove``, the same compensation the engine runs for in-process failures.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from diskledger.backends import Artifact, Backend, Observation
+from diskledger.engine.liveness import is_alive
+from diskledger.errors import ConcurrencyError, DiskLedgerError
+from diskledger.events import COMPLETED, FAILED, NEEDS_OPERATOR, NewEvent, operation_event
+from diskledger.states import DiskState, DiskView, TemplateView
+from diskledger.states.streams import DISK, stream_kind
+from diskledger.store import PendingEntry
+
+if TYPE_CHECKING:
+    from diskledger.engine.engine import Engine
+
+__all__ = ["RULES", "Decision", "Evidence", "RecoveryReport", "Rule", "recover"]
+
+log = logging.getLogger(__name__)
+
+
+class Decision(StrEnum):
+    FORWARD = "roll-forward"
+    FINISH = "finish"
+    BACK = "roll-back"
+    OPERATOR = "needs-operator"
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What the probe saw: the intent's named artifacts, and the parts of the disk it changes."""
+
+    named: tuple[Observation, ...]
+    parts: tuple[Observation, ...] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def finals(self) -> tuple[Observation, ...]:
+        return tuple(o for o in self.named if not o.artifact.temporary)
+
+    @property
+    def disk(self) -> Observation | None:
+        return self.parts[0] if self.parts else None
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [o.to_json() for o in (*self.named, *self.parts)]
+
+
+Condition = Callable[[Evidence], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    op: str
+    when: str
+    decision: Decision
+    reason: str
+
+
+def _finals_exist(e: Evidence) -> bool:
+    return bool(e.finals) and all(o.exists for o in e.finals)
+
+
+def _finals_missing(e: Evidence) -> bool:
+    return not any(o.exists for o in e.finals)
+
+
+def _created_as_asked(e: Evidence) -> bool:
+    return _finals_exist(e) and all(
+        o.size == e.params.get("size") and o.format == e.params.get("format") for o in e.finals
+    )
+
+
+def _temporary_survives(e: Evidence) -> bool:
+    return any(o.exists for o in e.named if o.artifact.temporary)
+
+
+def _disk_at_new_size(e: Evidence) -> bool:
+    return e.disk is not None and e.disk.exists and e.disk.size == e.params.get("size")
+
+
+def _disk_at_old_size(e: Evidence) -> bool:
+    return e.disk is not None and e.disk.exists and e.disk.size == e.params.get("previous_size")
+
+
+def _disk_exists(e: Evidence) -> bool:
+    return e.disk is not None and e.disk.exists
+
+
+def _parts_gone(e: Evidence) -> bool:
+    return not any(o.exists for o in e.parts)
+
+
+def _parts_whole(e: Evidence) -> bool:
+    return all(o.exists for o in e.parts)
+
+
+def _snapshot_gone(e: Evidence) -> bool:
+    return _disk_exists(e) and not any(o.exists for o in e.parts[1:])
+
+
+def _snapshot_present(e: Evidence) -> bool:
+    return _disk_exists(e) and all(o.exists for o in e.parts[1:])
+
+
+def _always(e: Evidence) -> bool:
+    return True
+
+
+CONDITIONS: dict[str, Condition] = {
+    "created as asked": _created_as_asked,
+    "final names missing": _finals_missing,
+    "final names exist": _finals_exist,
+    "a temporary name survives": _temporary_survives,
+    "disk at the new size": _disk_at_new_size,
+    "disk at the old size": _disk_at_old_size,
+    "disk exists": _disk_exists,
+    "disk and snapshots gone": _parts_gone,
+    "disk and snapshots all present": _parts_whole,
+    "snapshot gone, disk present": _snapshot_gone,
+    "snapshot and disk present": _snapshot_present,
+    "otherwise": _always,
+}
+
+FORWARD, FINISH, BACK, OPERATOR = Decision  # the table below reads better unqualified
+RULES: tuple[Rule, ...] = (
+    # Publication is an atomic rename: a final name that exists holds a whole disk.
+    Rule("create", "created as asked", FORWARD, "the disk was published whole"),
+    Rule("create", "final names missing", BACK, "the disk was never published"),
+    # A published disk of another size or format is not ours to adopt or to delete.
+    Rule("create", "otherwise", OPERATOR, "a disk is published but not as the intent asked"),
+    # qemu-img resize changes the size in one metadata update.
+    Rule("resize", "disk at the new size", FORWARD, "the disk has the size asked for"),
+    Rule("resize", "disk at the old size", BACK, "the disk was not resized"),
+    Rule("resize", "otherwise", OPERATOR, "the disk is missing or at a size nobody asked for"),
+    Rule("snapshot", "final names exist", FORWARD, "the snapshot was taken"),
+    Rule("snapshot", "final names missing", BACK, "the snapshot was never published"),
+    # A raw rollback publishes by renaming its temporary copy over the disk: while the copy
+    # survives, the disk was not touched.
+    Rule("rollback", "a temporary name survives", BACK, "the reverted copy was never published"),
+    # Otherwise the disk may or may not hold the snapshot's data (qcow2 reverts in place), and the
+    # old data is gone if it does: running the rollback again is the only way to a known state.
+    Rule("rollback", "disk exists", FINISH, "a rollback is idempotent: run to the end"),
+    Rule("rollback", "otherwise", OPERATOR, "the disk is missing"),
+    Rule("remove-snapshot", "snapshot gone, disk present", FORWARD, "the snapshot is gone"),
+    Rule("remove-snapshot", "snapshot and disk present", BACK, "the snapshot is still there"),
+    Rule("remove-snapshot", "otherwise", OPERATOR, "the disk is missing"),
+    Rule("delete", "disk and snapshots gone", FORWARD, "everything was removed"),
+    Rule("delete", "disk and snapshots all present", BACK, "nothing was removed"),
+    # Half a delete is worse than either end: removing the rest is idempotent.
+    Rule("delete", "otherwise", FINISH, "part was removed: remove the rest"),
+    Rule("export", "final names exist", FORWARD, "the export was published whole"),
+    Rule("export", "final names missing", BACK, "the export was never published"),
+    Rule("fetch", "final names exist", FORWARD, "the template was published whole"),
+    Rule("fetch", "final names missing", BACK, "the template was never published"),
+)
+del FORWARD, FINISH, BACK, OPERATOR
+
+
+def decide(op: str, evidence: Evidence) -> Rule:
+    for rule in RULES:
+        if rule.op == op and CONDITIONS[rule.when](evidence):
+            return rule
+    return Rule(op, "otherwise", Decision.OPERATOR, f"no recovery rule for {op}")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    stream: str
+    op: str
+    op_id: str
+    decision: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        kind = stream_kind(self.stream)
+        return {
+            kind: self.stream.partition(":")[2],
+            "stream": self.stream,
+            "op": self.op,
+            "op_id": self.op_id,
+            "decision": self.decision,
+            "reason": self.reason,
+        }
+
+
+@dataclass(slots=True)
+class RecoveryReport:
+    """``pending``: every operation found without an outcome; the other lists say what became of
+    each (``in_flight``: its writer is alive, so it was left alone)."""
+
+    dry_run: bool = False
+    pending: list[Outcome] = field(default_factory=list)
+    rolled_forward: list[Outcome] = field(default_factory=list)
+    rolled_back: list[Outcome] = field(default_factory=list)
+    needs_operator: list[Outcome] = field(default_factory=list)
+    in_flight: list[Outcome] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "pending": [o.to_json() for o in self.pending],
+            "rolled_forward": [o.to_json() for o in self.rolled_forward],
+            "rolled_back": [o.to_json() for o in self.rolled_back],
+            "needs_operator": [o.to_json() for o in self.needs_operator],
+            "in_flight": [o.to_json() for o in self.in_flight],
+        }
+
+
+def recover(engine: Engine, *, dry_run: bool = False) -> RecoveryReport:
+    """Resolve every pending operation whose writer is dead. Cost: the pending index, then one
+    stream read and one probe per pending operation."""
+    report = RecoveryReport(dry_run=dry_run)
+    run_id = uuid.uuid4().hex
+    for entry in engine.store.pending():
+        op = entry.operation
+        intent = engine.store.read_stream(entry.stream, after_version=op.started_version - 1)
+        if not intent:
+            continue  # resolved since the index was read
+        started = intent[0].metadata
+        found = Outcome(entry.stream, op.op, op.op_id, "pending", "no outcome recorded")
+        report.pending.append(found)
+        if is_alive(started.process, started.host, engine.host):
+            report.in_flight.append(_with(found, "in-flight", "its writer is still running"))
+            continue
+        try:
+            outcome = _resolve(engine, entry, intent, run_id, dry_run=dry_run)
+        except ConcurrencyError:
+            continue  # another recovery got there first
+        {
+            Decision.FORWARD: report.rolled_forward,
+            Decision.FINISH: report.rolled_forward,
+            Decision.BACK: report.rolled_back,
+            Decision.OPERATOR: report.needs_operator,
+        }[Decision(outcome.decision)].append(outcome)
+    return report
+
+
+def _with(outcome: Outcome, decision: str, reason: str) -> Outcome:
+    return Outcome(outcome.stream, outcome.op, outcome.op_id, decision, reason)
+
+
+def _resolve(
+    engine: Engine,
+    entry: PendingEntry,
+    since_intent: Sequence[Any],
+    run_id: str,
+    *,
+    dry_run: bool,
+) -> Outcome:
+    op = entry.operation
+    kind = stream_kind(entry.stream)
+    view = engine.store.disk(entry.stream) if kind == DISK else engine.store.template(entry.stream)
+    assert view is not None and view.pending is not None
+    backend = engine.backend_for(op.params.get("format"))
+    named = tuple(Artifact.from_json(a) for a in op.artifacts)
+    parts = _parts(backend, op.op, op.params)
+    evidence = Evidence(
+        named=backend.probe(named) if named else (),
+        parts=backend.probe(parts) if parts else (),
+        params=op.params,
+    )
+    rule = decide(op.op, evidence)
+    outcome = Outcome(entry.stream, op.op, op.op_id, rule.decision.value, rule.reason)
+    last = since_intent[-1]
+    if dry_run or (rule.decision is Decision.OPERATOR and last.type.endswith(NEEDS_OPERATOR)):
+        return outcome  # nothing to do, or already reported to the operator
+
+    recovery = {"decision": rule.decision.value, "rule": rule.when, "evidence": evidence.to_json()}
+    meta = engine.recovery_metadata(op.op_id, run_id)
+    events: list[NewEvent]
+    if rule.decision is Decision.OPERATOR:
+        events = [
+            operation_event(
+                kind, op.op, NEEDS_OPERATOR, {"reason": rule.reason, "recovery": recovery}, meta
+            )
+        ]
+    elif rule.decision is Decision.BACK:
+        backend.remove(named)
+        data = {
+            "error": f"recovered after a crash: {rule.reason}",
+            "error_type": "Crash",
+            "removed": [a.to_json() for a in named],
+            "recovery": recovery,
+        }
+        events = [operation_event(kind, op.op, FAILED, data, meta)]
+        if isinstance(view, DiskView) and view.state is DiskState.TEMPLATE_CACHED:
+            events.append(NewEvent("disk.template-released", {"template": view.template}, meta))
+    else:
+        if rule.decision is Decision.FINISH:
+            _finish(backend, op.op, op.params, op.op_id)
+        backend.remove([a for a in named if a.temporary])
+        data = _completed_data(engine, backend, op.op, op.params, view, evidence)
+        events = [operation_event(kind, op.op, COMPLETED, {**data, "recovery": recovery}, meta)]
+    try:
+        engine.store.append(entry.stream, view.version, events)
+    except DiskLedgerError:
+        log.exception("recording the recovery of %s %s failed", entry.stream, op.op_id)
+        raise
+    return outcome
+
+
+def _parts(backend: Backend, op: str, params: Mapping[str, Any]) -> tuple[Artifact, ...]:
+    """The parts of the disk an in-place operation changes, probed beside the named artifacts."""
+    location = params.get("location")
+    if location is None:
+        return ()
+    if op in ("resize", "rollback"):
+        return backend.disk_artifacts(location, ())
+    if op == "remove-snapshot":
+        return backend.disk_artifacts(location, (params["snapshot"],))
+    if op == "delete":
+        return backend.disk_artifacts(location, tuple(params.get("snapshots", ())))
+    return ()
+
+
+def _finish(backend: Backend, op: str, params: Mapping[str, Any], op_id: str) -> None:
+    if op == "rollback":
+        backend.rollback(
+            params["location"], params["format"], params["snapshot"], op_id, size=params["size"]
+        )
+    elif op == "delete":
+        backend.delete(params["location"], params["format"], tuple(params.get("snapshots", ())))
+    else:
+        raise AssertionError(f"no way to finish {op}")
+
+
+def _completed_data(
+    engine: Engine,
+    backend: Backend,
+    op: str,
+    params: Mapping[str, Any],
+    view: DiskView | TemplateView,
+    evidence: Evidence,
+) -> dict[str, Any]:
+    """What the outcome would have recorded, had the writer lived: observed again now."""
+    if op == "fetch":
+        seen = engine.templates.observe(params["template"], params["format"])
+        return {
+            "format": params["format"],
+            "virtual_size": seen.size,
+            "location": seen.artifact.location,
+            "allocated": seen.allocated,
+        }
+    if op == "create":
+        (seen,) = [o for o in evidence.finals]
+        return {
+            "format": seen.format,
+            "size": seen.size,
+            "backing": seen.backing,
+            "location": seen.artifact.location,
+            "allocated": seen.allocated,
+        }
+    if op in ("resize", "rollback", "snapshot"):
+        (disk,) = backend.probe(backend.disk_artifacts(params["location"], ()))
+        return {"size": disk.size}
+    if op == "export":
+        assert isinstance(view, DiskView)
+        return {"target": params["target"], "format": params["format"], "size": view.size}
+    return {}

@@ -1,0 +1,214 @@
+"""``verify``: does the ledger hold together, and does storage hold exactly what it says?
+
+Four checks, each reported on its own:
+
+- the hash chain: positions 1..head with no gap, each event's ``prev_hash`` the hash before it, each
+  hash recomputed from the event; the first bad position is named;
+- the read models: every stream folded from the log equals the stored view, and the pending index
+  holds exactly the operations the fold leaves pending;
+- orphans: files under the root that no live artifact of the ledger names (the ledger's own
+  database files aside; artifacts named by an operation still pending are not orphans);
+- drift: live artifacts that are missing, or whose size, format or backing file differ from what the
+  ledger recorded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from diskledger.backends import Artifact, ArtifactKind, Observation
+from diskledger.errors import IllegalTransition
+from diskledger.events import RecordedEvent
+from diskledger.states import DiskState, DiskView, TemplateState, TemplateView, evolve
+from diskledger.states.streams import empty_view
+from diskledger.store import GENESIS, canonical_json, event_hash
+
+if TYPE_CHECKING:
+    from diskledger.engine.engine import Engine
+
+__all__ = ["VerifyReport", "verify"]
+
+_LEDGER_FILES = ("ledger.db", "ledger.db-wal", "ledger.db-shm", "ledger.db-journal")
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    events: int = 0
+    chain_error: str | None = None
+    first_bad_position: int | None = None
+    model_mismatches: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+    drift: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.chain_error is None
+            and not self.model_mismatches
+            and not self.orphans
+            and not self.drift
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "events": self.events,
+            "chain": {
+                "ok": self.chain_error is None,
+                "first_bad_position": self.first_bad_position,
+                "error": self.chain_error,
+            },
+            "read_models": {"ok": not self.model_mismatches, "mismatches": self.model_mismatches},
+            "orphans": self.orphans,
+            "drift": self.drift,
+        }
+
+
+def verify(engine: Engine) -> VerifyReport:
+    report = VerifyReport()
+    views = _check_chain_and_fold(engine, report)
+    _check_read_models(engine, views, report)
+    _check_storage(engine, report)
+    return report
+
+
+def _check_chain_and_fold(
+    engine: Engine, report: VerifyReport
+) -> dict[str, DiskView | TemplateView]:
+    views: dict[str, DiskView | TemplateView] = {}
+    prev_hash, expected = GENESIS, 1
+    for event in engine.store.read_all(batch=10_000):
+        report.events += 1
+        if report.chain_error is None:
+            problem = _chain_problem(event, expected, prev_hash)
+            if problem:
+                report.chain_error, report.first_bad_position = problem, event.position
+        prev_hash, expected = event.hash, event.position + 1
+        view = views.get(event.stream) or empty_view(event.stream)
+        try:
+            views[event.stream] = evolve(view, event)
+        except IllegalTransition as exc:
+            report.model_mismatches.append(f"position {event.position}: {exc}")
+    head = engine.store.head()
+    if report.chain_error is None and head != expected - 1:
+        report.chain_error = f"the ledger head is at {head} but the last event is {expected - 1}"
+        report.first_bad_position = expected
+    return views
+
+
+def _chain_problem(event: RecordedEvent, expected: int, prev_hash: str) -> str | None:
+    if event.position != expected:
+        return f"expected position {expected}, found {event.position} (an event is missing)"
+    if event.prev_hash != prev_hash:
+        return "prev_hash does not match the event before it (removed, reordered or forged)"
+    digest = event_hash(
+        event.prev_hash,
+        event.position,
+        event.stream,
+        event.version,
+        event.type,
+        event.schema,
+        canonical_json(event.data),
+        canonical_json(event.metadata.to_json()),
+        event.time.isoformat(timespec="microseconds"),
+    )
+    if digest != event.hash:
+        return "the event's content does not match its hash (edited)"
+    return None
+
+
+def _check_read_models(
+    engine: Engine, views: dict[str, DiskView | TemplateView], report: VerifyReport
+) -> None:
+    stored_disks = {f"disk:{d.disk}": d for d in engine.store.disks()}
+    for stream, view in views.items():
+        if isinstance(view, DiskView):
+            stored: DiskView | TemplateView | None = stored_disks.pop(stream, None)
+        else:
+            stored = engine.store.template(stream)
+        if stored != view:
+            report.model_mismatches.append(f"{stream}: the stored view differs from the log")
+    report.model_mismatches.extend(f"{s}: a stored view without events" for s in stored_disks)
+    pending = {v.pending.op_id for v in views.values() if v.pending is not None}
+    indexed = {entry.operation.op_id for entry in engine.store.pending()}
+    if pending != indexed:
+        report.model_mismatches.append(
+            f"the pending index {sorted(indexed)} differs from the log's {sorted(pending)}"
+        )
+
+
+def _check_storage(engine: Engine, report: VerifyReport) -> None:
+    root = Path(engine.templates.root)
+    owned: set[str] = set()
+    for entry in engine.store.pending():
+        owned.update(a["location"] for a in entry.operation.artifacts)
+    for disk in engine.store.disks():
+        if disk.state in (DiskState.ABSENT, DiskState.TEMPLATE_CACHED) or disk.pending:
+            if disk.location:
+                owned.add(disk.location)
+                owned.update(_files(engine, disk))
+            continue
+        owned.update(_files(engine, disk))
+        _check_disk(engine, disk, report)
+    for template in engine.store.templates():
+        if template.state is TemplateState.CACHED and template.location:
+            owned.add(template.location)
+            _check_template(engine, template, report)
+    for path in _walk(root):
+        if path not in owned and os.path.basename(path) not in _LEDGER_FILES:
+            report.orphans.append(path)
+
+
+def _files(engine: Engine, disk: DiskView) -> Iterable[str]:
+    if not disk.location or not disk.format:
+        return ()
+    parts = engine.backend_for(disk.format).disk_artifacts(disk.location, disk.snapshot_names)
+    return (a.location for a in parts if a.kind is ArtifactKind.FILE)
+
+
+def _check_disk(engine: Engine, disk: DiskView, report: VerifyReport) -> None:
+    assert disk.location and disk.format
+    backend = engine.backend_for(disk.format)
+    parts = backend.disk_artifacts(disk.location, disk.snapshot_names)
+    seen = backend.probe(parts)
+    whole = seen[0]
+    if not whole.exists:
+        _drift(report, disk.disk, whole.artifact, "missing")
+        return
+    for problem, differs in (
+        (f"format {whole.format} recorded {disk.format}", whole.format != disk.format),
+        (f"size {whole.size} recorded {disk.size}", whole.size != disk.size),
+        (f"backing {whole.backing} recorded {disk.backing}", whole.backing != disk.backing),
+    ):
+        if differs:
+            _drift(report, disk.disk, whole.artifact, problem)
+    for snapshot in seen[1:]:
+        if not snapshot.exists:
+            _drift(report, disk.disk, snapshot.artifact, "snapshot missing")
+    if len(whole.snapshots) > len(disk.snapshots) and disk.format == "qcow2":
+        extra = sorted(set(whole.snapshots) - set(disk.snapshot_names))
+        _drift(report, disk.disk, whole.artifact, f"snapshots the ledger does not know: {extra}")
+
+
+def _check_template(engine: Engine, template: TemplateView, report: VerifyReport) -> None:
+    assert template.format and template.location
+    seen: Observation = engine.templates.observe(template.template, template.format)
+    if not seen.exists:
+        _drift(report, f"template {template.template}", seen.artifact, "missing")
+    elif seen.size != template.virtual_size:
+        problem = f"virtual size {seen.size} recorded {template.virtual_size}"
+        _drift(report, f"template {template.template}", seen.artifact, problem)
+
+
+def _drift(report: VerifyReport, owner: str, artifact: Artifact, problem: str) -> None:
+    report.drift.append({"owner": owner, "artifact": artifact.to_json(), "problem": problem})
+
+
+def _walk(root: Path) -> Iterable[str]:
+    for directory, _, files in os.walk(root):
+        for name in files:
+            yield os.path.join(directory, name)
