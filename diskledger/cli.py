@@ -57,8 +57,20 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
+def _mutating() -> argparse.ArgumentParser:
+    mutating = argparse.ArgumentParser(add_help=False)
+    mutating.add_argument(
+        "--op-id",
+        default=None,
+        metavar="OP_ID",
+        help="idempotency key: repeating a completed operation with it returns its result",
+    )
+    return mutating
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
+    mutating = _mutating()
     parser = _Parser(
         prog="diskledger",
         description="Virtual-machine disks whose every transition is recorded in a ledger.",
@@ -66,10 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
 
     def leaf(
-        subparsers: Any, name: str, handler: Handler, help_text: str
+        subparsers: Any, name: str, handler: Handler, help_text: str, *, mutates: bool = False
     ) -> argparse.ArgumentParser:
+        parents = [common, mutating] if mutates else [common]
         sub: argparse.ArgumentParser = subparsers.add_parser(
-            name, parents=[common], help=help_text, description=help_text
+            name, parents=parents, help=help_text, description=help_text
         )
         sub.set_defaults(handler=handler)
         return sub
@@ -77,7 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     template = groups.add_parser("template", help="cached templates").add_subparsers(
         dest="command", required=True, metavar="ACTION"
     )
-    add = leaf(template, "add", _template_add, "import a local image file into the template cache")
+    add = leaf(
+        template,
+        "add",
+        _template_add,
+        "import a local image file into the template cache",
+        mutates=True,
+    )
     add.add_argument("template", metavar="TEMPLATE_ID")
     add.add_argument("source", metavar="SOURCE_FILE")
     add.add_argument("--format", required=True, choices=FORMATS)
@@ -88,13 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     disk = groups.add_parser("disk", help="disks").add_subparsers(
         dest="command", required=True, metavar="ACTION"
     )
-    create = leaf(disk, "create", _disk_create, "create a disk from a template, or blank")
+    create = leaf(
+        disk, "create", _disk_create, "create a disk from a template, or blank", mutates=True
+    )
     create.add_argument("disk", metavar="INSTANCE/NAME")
     source = create.add_mutually_exclusive_group(required=True)
     source.add_argument("--template", metavar="TEMPLATE_ID")
     source.add_argument("--blank", action="store_true", help="a blank disk (needs --size)")
     create.add_argument("--size", metavar="SIZE", help="bytes or K/M/G/T (binary)")
-    resize = leaf(disk, "resize", _disk_resize, "grow a disk")
+    resize = leaf(disk, "resize", _disk_resize, "grow a disk", mutates=True)
     resize.add_argument("disk", metavar="INSTANCE/NAME")
     resize.add_argument("size", metavar="SIZE")
     for name, handler, text in (
@@ -102,14 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
         ("rollback", _disk_rollback, "revert a disk to a snapshot"),
         ("remove-snapshot", _disk_remove_snapshot, "remove a snapshot"),
     ):
-        sub = leaf(disk, name, handler, text)
+        sub = leaf(disk, name, handler, text, mutates=True)
         sub.add_argument("disk", metavar="INSTANCE/NAME")
         sub.add_argument("snapshot", metavar="SNAP")
-    export = leaf(disk, "export", _disk_export, "write a standalone copy of a disk to a new file")
+    export = leaf(
+        disk,
+        "export",
+        _disk_export,
+        "write a standalone copy of a disk to a new file",
+        mutates=True,
+    )
     export.add_argument("disk", metavar="INSTANCE/NAME")
     export.add_argument("target", metavar="TARGET_FILE")
     export.add_argument("--format", choices=FORMATS, default=None)
-    delete = leaf(disk, "delete", _disk_delete, "delete a disk and its snapshots")
+    delete = leaf(disk, "delete", _disk_delete, "delete a disk and its snapshots", mutates=True)
     delete.add_argument("disk", metavar="INSTANCE/NAME")
     show_disk = leaf(disk, "show", _disk_show, "show one disk")
     show_disk.add_argument("disk", metavar="INSTANCE/NAME")
@@ -171,7 +198,7 @@ class _Failed:
 
 
 def _template_add(engine: Engine, args: argparse.Namespace) -> Any:
-    view = engine.add_template(args.template, args.source, args.format)
+    view = engine.add_template(args.template, args.source, args.format, op_id=args.op_id)
     if not args.json:
         print_template(view, engine.template_users(view.template))
     return template_json(view, [])
@@ -200,28 +227,30 @@ def _show_disk(engine: Engine, args: argparse.Namespace, view: Any) -> Any:
 
 
 def _disk_create(engine: Engine, args: argparse.Namespace) -> Any:
-    view = engine.create(args.disk, template=args.template, size=args.size)
+    view = engine.create(args.disk, template=args.template, size=args.size, op_id=args.op_id)
     return _show_disk(engine, args, view)
 
 
 def _disk_resize(engine: Engine, args: argparse.Namespace) -> Any:
-    return _show_disk(engine, args, engine.resize(args.disk, args.size))
+    return _show_disk(engine, args, engine.resize(args.disk, args.size, op_id=args.op_id))
 
 
 def _disk_snapshot(engine: Engine, args: argparse.Namespace) -> Any:
-    return _show_disk(engine, args, engine.snapshot(args.disk, args.snapshot))
+    return _show_disk(engine, args, engine.snapshot(args.disk, args.snapshot, op_id=args.op_id))
 
 
 def _disk_rollback(engine: Engine, args: argparse.Namespace) -> Any:
-    return _show_disk(engine, args, engine.rollback(args.disk, args.snapshot))
+    return _show_disk(engine, args, engine.rollback(args.disk, args.snapshot, op_id=args.op_id))
 
 
 def _disk_remove_snapshot(engine: Engine, args: argparse.Namespace) -> Any:
-    return _show_disk(engine, args, engine.remove_snapshot(args.disk, args.snapshot))
+    return _show_disk(
+        engine, args, engine.remove_snapshot(args.disk, args.snapshot, op_id=args.op_id)
+    )
 
 
 def _disk_delete(engine: Engine, args: argparse.Namespace) -> Any:
-    return _show_disk(engine, args, engine.delete(args.disk))
+    return _show_disk(engine, args, engine.delete(args.disk, op_id=args.op_id))
 
 
 def _disk_show(engine: Engine, args: argparse.Namespace) -> Any:
@@ -229,7 +258,7 @@ def _disk_show(engine: Engine, args: argparse.Namespace) -> Any:
 
 
 def _disk_export(engine: Engine, args: argparse.Namespace) -> Any:
-    result = engine.export(args.disk, args.target, args.format)
+    result = engine.export(args.disk, args.target, args.format, op_id=args.op_id)
     if not args.json:
         print(f"exported {result.disk} to {result.target} ({result.format}, {result.size} bytes)")
     return result.to_json()

@@ -47,6 +47,7 @@ from diskledger.events import (
     NewEvent,
     RecordedEvent,
     operation_event,
+    split_type,
 )
 from diskledger.states import (
     DISK_TABLE,
@@ -60,7 +61,7 @@ from diskledger.states import (
     params_of,
 )
 from diskledger.states.machine import Validator
-from diskledger.states.streams import DISK, TEMPLATE, disk_stream, template_stream
+from diskledger.states.streams import DISK, TEMPLATE, disk_stream, empty_view, template_stream
 from diskledger.store import EventStore, open_store
 
 __all__ = ["FORMATS", "Engine", "Export"]
@@ -183,19 +184,29 @@ class Engine:
 
     # -- templates -----------------------------------------------------------------------------
 
-    def add_template(self, template: str, source: str | os.PathLike[str], fmt: str) -> TemplateView:
+    def add_template(
+        self,
+        template: str,
+        source: str | os.PathLike[str],
+        fmt: str,
+        *,
+        op_id: str | None = None,
+    ) -> TemplateView:
         """Import ``source`` into the template cache as ``template``, declared as ``fmt``."""
         check_name(template, "template")
         if fmt not in FORMATS:
             raise InvalidInput(f"template format {fmt!r} is not one of {', '.join(FORMATS)}")
-        source_path = _readable_file(Path(source))
         stream = template_stream(self.host, template)
+        request = {"op": "template add", "template": template, "source": str(source), "format": fmt}
+        if (done := self._repeat(op_id, request)) is not None:
+            return self._template_after(done)
+        source_path = _readable_file(Path(source))
         view = self.store.template(stream) or TemplateView(template=template)
         if view.state is not TemplateState.ABSENT:
             raise IllegalTransition(stream, view.state, "template.fetch.started", "already cached")
         self._refuse_pending(stream, view)
 
-        op_id = _new_op_id()
+        op_id = op_id or _new_op_id()
         artifacts = self.templates.import_artifacts(template, op_id)
         params = {"template": template, "source": str(source_path), "format": fmt}
 
@@ -209,7 +220,7 @@ class Engine:
             }
 
         view, _ = self._operate(
-            self.backend, stream, view, "fetch", op_id, params, artifacts, fetch
+            self.backend, stream, view, "fetch", op_id, params, artifacts, fetch, request=request
         )
         return view
 
@@ -234,12 +245,21 @@ class Engine:
     # -- disks ---------------------------------------------------------------------------------
 
     def create(
-        self, disk: str, *, template: str | None = None, size: int | str | None = None
+        self,
+        disk: str,
+        *,
+        template: str | None = None,
+        size: int | str | None = None,
+        op_id: str | None = None,
     ) -> DiskView:
         """Create ``disk`` from a cached ``template`` (at least the template's virtual size; no
         size means exactly that) or, without a template, blank with ``size``."""
         check_disk(disk)
         stream = disk_stream(disk)
+        asked = None if size in (None, 0, "0") else parse_size(size)
+        request = {"op": "create", "disk": disk, "template": template, "size": asked}
+        if (done := self._repeat(op_id, request)) is not None:
+            return self._disk_after(done)
         view = self._disk_view(disk, must_exist=False)
         if view.state is not DiskState.ABSENT:
             raise IllegalTransition(stream, view.state, "disk.create.started", "the disk exists")
@@ -247,7 +267,7 @@ class Engine:
 
         source: TemplateSource | None = None
         prelude: list[NewEvent] = []
-        op_id = _new_op_id()
+        op_id = op_id or _new_op_id()
         if template is None:
             if size is None:
                 raise InvalidSize("a blank disk needs a size")
@@ -306,13 +326,18 @@ class Engine:
             create,
             prelude=prelude,
             on_failure=postlude if template is not None else (),
+            request=request,
         )
         return view
 
-    def resize(self, disk: str, size: int | str) -> DiskView:
+    def resize(self, disk: str, size: int | str, *, op_id: str | None = None) -> DiskView:
         """Grow ``disk`` to ``size``. The same size changes nothing; a smaller one is refused."""
-        view = self._live_disk(disk)
+        check_disk(disk)
         wanted = parse_size(size)
+        request = {"op": "resize", "disk": disk, "size": wanted}
+        if (done := self._repeat(op_id, request)) is not None:
+            return self._disk_after(done)
+        view = self._live_disk(disk)
         assert view.size is not None and view.location and view.format
         if wanted < view.size:
             raise InvalidSize(
@@ -322,7 +347,7 @@ class Engine:
             return view
         location, fmt = view.location, view.format
         backend = self.backend_for(fmt)
-        op_id = _new_op_id()
+        op_id = op_id or _new_op_id()
         params = {"size": wanted, "previous_size": view.size, "location": location, "format": fmt}
         view, _ = self._operate(
             backend,
@@ -333,13 +358,18 @@ class Engine:
             params,
             (),
             lambda: {"size": backend.resize(location, fmt, wanted).size},
+            request=request,
         )
         return view
 
-    def snapshot(self, disk: str, snapshot: str) -> DiskView:
+    def snapshot(self, disk: str, snapshot: str, *, op_id: str | None = None) -> DiskView:
         """Take a snapshot named ``snapshot`` (unique per disk)."""
-        view = self._live_disk(disk)
+        check_disk(disk)
         check_snapshot(snapshot)
+        request = {"op": "snapshot", "disk": disk, "snapshot": snapshot}
+        if (done := self._repeat(op_id, request)) is not None:
+            return self._disk_after(done)
+        view = self._live_disk(disk)
         if view.snapshot(snapshot) is not None:
             raise IllegalTransition(
                 disk_stream(disk),
@@ -350,7 +380,7 @@ class Engine:
         assert view.location and view.format
         location, fmt = view.location, view.format
         backend = self.backend_for(fmt)
-        op_id = _new_op_id()
+        op_id = op_id or _new_op_id()
         artifacts = backend.snapshot_artifacts(location, snapshot, op_id)
         params = {"snapshot": snapshot, "location": location, "format": fmt}
         view, _ = self._operate(
@@ -362,17 +392,23 @@ class Engine:
             params,
             artifacts,
             lambda: {"size": backend.snapshot(location, fmt, snapshot, op_id).size},
+            request=request,
         )
         return view
 
-    def rollback(self, disk: str, snapshot: str) -> DiskView:
+    def rollback(self, disk: str, snapshot: str, *, op_id: str | None = None) -> DiskView:
         """Revert the disk's data to ``snapshot``; the disk keeps its current size."""
+        check_disk(disk)
+        check_snapshot(snapshot)
+        request = {"op": "rollback", "disk": disk, "snapshot": snapshot}
+        if (done := self._repeat(op_id, request)) is not None:
+            return self._disk_after(done)
         view = self._live_disk(disk)
         self._existing_snapshot(disk, view, snapshot)
         assert view.location and view.format and view.size is not None
         location, fmt, size = view.location, view.format, view.size
         backend = self.backend_for(fmt)
-        op_id = _new_op_id()
+        op_id = op_id or _new_op_id()
         artifacts = backend.rollback_artifacts(location, snapshot, op_id)
         params = {"snapshot": snapshot, "location": location, "format": fmt, "size": size}
         view, _ = self._operate(
@@ -384,10 +420,16 @@ class Engine:
             params,
             artifacts,
             lambda: {"size": backend.rollback(location, fmt, snapshot, op_id, size=size).size},
+            request=request,
         )
         return view
 
-    def remove_snapshot(self, disk: str, snapshot: str) -> DiskView:
+    def remove_snapshot(self, disk: str, snapshot: str, *, op_id: str | None = None) -> DiskView:
+        check_disk(disk)
+        check_snapshot(snapshot)
+        request = {"op": "remove-snapshot", "disk": disk, "snapshot": snapshot}
+        if (done := self._repeat(op_id, request)) is not None:
+            return self._disk_after(done)
         view = self._live_disk(disk)
         self._existing_snapshot(disk, view, snapshot)
         assert view.location and view.format
@@ -400,12 +442,24 @@ class Engine:
 
         params = {"snapshot": snapshot, "location": location, "format": fmt}
         view, _ = self._operate(
-            backend, disk_stream(disk), view, "remove-snapshot", _new_op_id(), params, (), remove
+            backend,
+            disk_stream(disk),
+            view,
+            "remove-snapshot",
+            op_id or _new_op_id(),
+            params,
+            (),
+            remove,
+            request=request,
         )
         return view
 
-    def delete(self, disk: str) -> DiskView:
+    def delete(self, disk: str, *, op_id: str | None = None) -> DiskView:
         """Remove the disk and all its snapshots; the disk's history stays in the ledger."""
+        check_disk(disk)
+        request = {"op": "delete", "disk": disk}
+        if (done := self._repeat(op_id, request)) is not None:
+            return self._disk_after(done)
         view = self._live_disk(disk)
         assert view.location and view.format
         location, fmt, snapshots = view.location, view.format, view.snapshot_names
@@ -422,12 +476,36 @@ class Engine:
             "template": view.template,
         }
         view, _ = self._operate(
-            backend, disk_stream(disk), view, "delete", _new_op_id(), params, (), delete
+            backend,
+            disk_stream(disk),
+            view,
+            "delete",
+            op_id or _new_op_id(),
+            params,
+            (),
+            delete,
+            request=request,
         )
         return view
 
-    def export(self, disk: str, target: str | os.PathLike[str], fmt: str | None = None) -> Export:
+    def export(
+        self,
+        disk: str,
+        target: str | os.PathLike[str],
+        fmt: str | None = None,
+        *,
+        op_id: str | None = None,
+    ) -> Export:
         """Write a standalone copy of ``disk`` (no backing file) to a new file ``target``."""
+        check_disk(disk)
+        request = {
+            "op": "export",
+            "disk": disk,
+            "target": str(Path(target).absolute()),
+            "format": fmt,
+        }
+        if (done := self._repeat(op_id, request)) is not None:
+            return Export(disk, done.data["target"], done.data["format"], done.data["size"])
         view = self._live_disk(disk)
         assert view.location and view.format
         out_format = fmt or view.format
@@ -436,7 +514,7 @@ class Engine:
         target_path = _new_file_target(Path(target))
         location, disk_format = view.location, view.format
         backend = self.backend_for(disk_format)
-        op_id = _new_op_id()
+        op_id = op_id or _new_op_id()
         artifacts = backend.export_artifacts(str(target_path), op_id)
         params = {"target": str(target_path), "format": out_format, "location": location}
 
@@ -445,7 +523,15 @@ class Engine:
             return {"target": str(target_path), "format": out_format, "size": seen.size}
 
         _, data = self._operate(
-            backend, disk_stream(disk), view, "export", op_id, params, artifacts, export
+            backend,
+            disk_stream(disk),
+            view,
+            "export",
+            op_id,
+            params,
+            artifacts,
+            export,
+            request=request,
         )
         return Export(disk=disk, target=str(target_path), format=out_format, size=data["size"])
 
@@ -482,6 +568,7 @@ class Engine:
         *,
         prelude: Sequence[NewEvent] = (),
         on_failure: Sequence[NewEvent] = (),
+        request: Mapping[str, Any] | None = None,
     ) -> tuple[View, dict[str, Any]]:
         """Intent, effect, outcome. Returns the view after the outcome and the observed data."""
         kind = DISK if isinstance(view, DiskView) else TEMPLATE
@@ -490,7 +577,11 @@ class Engine:
             kind,
             op,
             STARTED,
-            {"params": dict(params), "artifacts": [a.to_json() for a in artifacts]},
+            {
+                "params": dict(params),
+                "artifacts": [a.to_json() for a in artifacts],
+                "request": dict(request or {}),
+            },
             meta,
         )
         self._validate(stream, view, [*prelude, intent])
@@ -523,6 +614,41 @@ class Engine:
         view = fold(view, self.store.append(stream, view.version, [outcome]))
         faults.reach("after-outcome", op)
         return view, observed
+
+    def _repeat(self, op_id: str | None, request: Mapping[str, Any]) -> RecordedEvent | None:
+        """The outcome of an earlier operation with idempotency key ``op_id``, when it made the
+        same request and completed; None when ``op_id`` is new. Anything else is refused."""
+        if op_id is None:
+            return None
+        check_name(op_id, "op id")
+        events = self.store.read_operation(op_id)
+        intent = next((e for e in events if split_type(e.type)[2] == STARTED), None)
+        if intent is None:
+            return None
+        if intent.data.get("request") != dict(request):
+            raise Conflict(
+                f"op id {op_id} was used for {_describe(intent.data.get('request', {}))}, "
+                f"not {_describe(request)}"
+            )
+        outcome = events[-1]
+        _, op, phase = split_type(outcome.type)
+        if phase == COMPLETED:
+            return outcome
+        if phase == FAILED:
+            raise Conflict(
+                f"operation {op_id} failed: {outcome.data.get('error')}; retry with a new op id"
+            )
+        raise OperationPending(intent.stream, op, op_id)
+
+    def _disk_after(self, event: RecordedEvent) -> DiskView:
+        events = self.store.read_stream(event.stream)
+        return fold(DiskView(disk=event.stream.partition(":")[2]), events[: event.version])
+
+    def _template_after(self, event: RecordedEvent) -> TemplateView:
+        events = self.store.read_stream(event.stream)
+        view = empty_view(event.stream)
+        assert isinstance(view, TemplateView)
+        return fold(view, events[: event.version])
 
     @staticmethod
     def _refuse_unowned(backend: Backend, stream: str, artifacts: Sequence[Artifact]) -> None:
@@ -605,6 +731,11 @@ class Engine:
         check_snapshot(snapshot)
         if view.snapshot(snapshot) is None:
             raise SnapshotNotFound(disk, snapshot)
+
+
+def _describe(request: Mapping[str, Any]) -> str:
+    words = [request.get("op"), *(v for k, v in request.items() if k != "op")]
+    return " ".join(str(w) for w in words if w is not None) or "another request"
 
 
 def _new_op_id() -> str:

@@ -381,3 +381,17 @@ def _completed_data(
         assert isinstance(view, DiskView)
         return {"target": params["target"], "format": params["format"], "size": view.size}
     return {}
+
+
+def rules_markdown() -> str:
+    """The decision table as docs/recovery.md shows it (a test keeps the two equal)."""
+    lines = [
+        "| operation | when the probe shows | decision | why |",
+        "|---|---|---|---|",
+    ]
+    lines.extend(f"| `{r.op}` | {r.when} | **{r.decision.value}** | {r.reason} |" for r in RULES)
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(rules_markdown(), end="")

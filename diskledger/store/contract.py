@@ -53,6 +53,10 @@ class EventStore(Protocol):
         """The events of one stream with a version above ``after_version``, in order."""
         ...
 
+    def read_operation(self, op_id: str) -> list[RecordedEvent]:
+        """The events of one operation (its intent, outcome and any facts it recorded), in order."""
+        ...
+
     def read_all(self, after_position: int = 0, *, batch: int = 1000) -> Iterator[RecordedEvent]:
         """Every event with a position above ``after_position``, in ledger order."""
         ...

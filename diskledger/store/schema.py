@@ -20,7 +20,7 @@ events = sa.Table(
     # Canonical JSON text, kept byte for byte: the hash is computed over exactly this text.
     sa.Column("data", sa.Text, nullable=False),
     sa.Column("metadata", sa.Text, nullable=False),
-    sa.Column("op_id", sa.String(64), nullable=True),
+    sa.Column("op_id", sa.String(64), nullable=True, index=True),
     sa.Column("recorded_at", sa.String(40), nullable=False),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),

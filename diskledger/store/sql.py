@@ -62,6 +62,9 @@ _QUERIES: dict[str, sa.Executable] = {
     "read_stream": sa.select(*_EVENT_COLUMNS)
     .where(events.c.stream_id == sa.bindparam("stream"), events.c.version > sa.bindparam("after"))
     .order_by(events.c.version),
+    "read_operation": sa.select(*_EVENT_COLUMNS)
+    .where(events.c.op_id == sa.bindparam("op_id"))
+    .order_by(events.c.position),
     "head": sa.select(ledger_head.c.position).where(ledger_head.c.id == 1),
     "stream_version": sa.select(sa.func.max(events.c.version)).where(
         events.c.stream_id == sa.bindparam("stream")
@@ -388,6 +391,9 @@ class SqlEventStore:
     def read_stream(self, stream: str, after_version: int = 0) -> list[RecordedEvent]:
         rows = self._fetch("read_stream", {"stream": stream, "after": after_version})
         return [_recorded(row) for row in rows]
+
+    def read_operation(self, op_id: str) -> list[RecordedEvent]:
+        return [_recorded(row) for row in self._fetch("read_operation", {"op_id": op_id})]
 
     def read_all(self, after_position: int = 0, *, batch: int = 1000) -> Iterator[RecordedEvent]:
         while True:
