@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--template", metavar="TEMPLATE_ID")
     source.add_argument("--blank", action="store_true", help="a blank disk (needs --size)")
     create.add_argument("--size", metavar="SIZE", help="bytes or K/M/G/T (binary)")
+    create.add_argument(
+        "--template-source",
+        metavar="FILE",
+        help="fetch the template from FILE first unless it is cached (once, however many ask)",
+    )
+    create.add_argument("--template-format", choices=FORMATS, help="the format of FILE")
     resize = leaf(disk, "resize", _disk_resize, "grow a disk", mutates=True)
     resize.add_argument("disk", metavar="INSTANCE/NAME")
     resize.add_argument("size", metavar="SIZE")
@@ -158,8 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.group == "disk" and args.command == "create" and args.blank and args.size is None:
-        build_parser().error("disk create --blank needs --size")
+    if args.group == "disk" and args.command == "create":
+        if args.blank and args.size is None:
+            build_parser().error("disk create --blank needs --size")
+        if (args.template_source is None) != (args.template_format is None):
+            build_parser().error("--template-source and --template-format go together")
+        if args.template_source is not None and args.template is None:
+            build_parser().error("--template-source needs --template")
     try:
         config = Config.load(
             root=args.root,
@@ -227,6 +238,8 @@ def _show_disk(engine: Engine, args: argparse.Namespace, view: Any) -> Any:
 
 
 def _disk_create(engine: Engine, args: argparse.Namespace) -> Any:
+    if args.template_source is not None:
+        engine.ensure_template(args.template, args.template_source, args.template_format)
     view = engine.create(args.disk, template=args.template, size=args.size, op_id=args.op_id)
     return _show_disk(engine, args, view)
 

@@ -24,6 +24,7 @@ from typing import Any, Final, Literal
 __all__ = [
     "COMPLETED",
     "FAILED",
+    "LEASE_RENEWED",
     "NEEDS_OPERATOR",
     "STARTED",
     "Metadata",
@@ -34,13 +35,15 @@ __all__ = [
     "split_type",
 ]
 
-Phase = Literal["started", "completed", "failed", "needs-operator"]
+Phase = Literal["started", "completed", "failed", "needs-operator", "lease-renewed"]
 STARTED: Final = "started"
 COMPLETED: Final = "completed"
 FAILED: Final = "failed"
 NEEDS_OPERATOR: Final = "needs-operator"
 """Recovery found contradictory evidence: the operation stays pending until a person decides."""
-_PHASES: Final = frozenset({STARTED, COMPLETED, FAILED, NEEDS_OPERATOR})
+LEASE_RENEWED: Final = "lease-renewed"
+"""The writer of a leased operation is still at work: its lease runs until the new expiry."""
+_PHASES: Final = frozenset({STARTED, COMPLETED, FAILED, NEEDS_OPERATOR, LEASE_RENEWED})
 
 JSON = Mapping[str, Any]
 

@@ -6,6 +6,7 @@ import builtins
 import logging
 import os
 import stat
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ from diskledger.backends import (
 )
 from diskledger.engine.config import Config
 from diskledger.engine.inputs import check_disk, check_name, check_snapshot, parse_size
-from diskledger.engine.liveness import current_process
+from diskledger.engine.leases import LeaseKeeper, expired, expiry
+from diskledger.engine.liveness import current_process, is_alive
 from diskledger.engine.recovery import RecoveryReport, recover
 from diskledger.engine.verify import VerifyReport, verify
 from diskledger.errors import (
@@ -208,7 +210,12 @@ class Engine:
 
         op_id = op_id or _new_op_id()
         artifacts = self.templates.import_artifacts(template, op_id)
-        params = {"template": template, "source": str(source_path), "format": fmt}
+        params = {
+            "template": template,
+            "source": str(source_path),
+            "format": fmt,
+            "lease_expires": expiry(),
+        }
 
         def fetch() -> dict[str, Any]:
             seen = self.templates.import_file(str(source_path), fmt, template, op_id)
@@ -220,9 +227,62 @@ class Engine:
             }
 
         view, _ = self._operate(
-            self.backend, stream, view, "fetch", op_id, params, artifacts, fetch, request=request
+            self.backend,
+            stream,
+            view,
+            "fetch",
+            op_id,
+            params,
+            artifacts,
+            fetch,
+            request=request,
+            leased=True,
         )
         return view
+
+    def ensure_template(
+        self,
+        template: str,
+        source: str | os.PathLike[str],
+        fmt: str,
+        *,
+        timeout: float = 3600.0,
+    ) -> TemplateView:
+        """The cached ``template``, fetched from ``source`` when nobody has.
+
+        When another process is fetching it, wait for its outcome rather than fetch again; when
+        that process has died or stopped renewing its lease, recover its fetch (removing the
+        partial copy) and fetch it here. Many concurrent callers fetch a template exactly once.
+        """
+        check_name(template, "template")
+        stream = template_stream(self.host, template)
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            view = self.store.template(stream)
+            if view is not None and view.state is TemplateState.CACHED:
+                return view
+            if view is None or view.pending is None:
+                try:
+                    return self.add_template(template, source, fmt)
+                except (Conflict, IllegalTransition):
+                    continue  # another process started the fetch first: wait for it
+            if self._abandoned(view):
+                self.recover()
+                continue
+            if time.monotonic() > deadline:
+                raise Conflict(f"{stream}: still being fetched after {timeout:g} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+    def _abandoned(self, view: TemplateView) -> bool:
+        """Whether the fetch in flight has lost its writer (dead, or its lease ran out)."""
+        assert view.pending is not None
+        if expired(view.lease_expires):
+            return True
+        intent = self.store.read_operation(view.pending.op_id)
+        meta = intent[0].metadata if intent else None
+        return meta is not None and not is_alive(meta.process, meta.host, self.host)
 
     def template(self, template: str) -> TemplateView:
         check_name(template, "template")
@@ -569,6 +629,7 @@ class Engine:
         prelude: Sequence[NewEvent] = (),
         on_failure: Sequence[NewEvent] = (),
         request: Mapping[str, Any] | None = None,
+        leased: bool = False,
     ) -> tuple[View, dict[str, Any]]:
         """Intent, effect, outcome. Returns the view after the outcome and the observed data."""
         kind = DISK if isinstance(view, DiskView) else TEMPLATE
@@ -587,9 +648,15 @@ class Engine:
         self._validate(stream, view, [*prelude, intent])
         self._refuse_unowned(backend, stream, artifacts)
         view = fold(view, self.store.append(stream, view.version, [*prelude, intent]))
+        keeper = LeaseKeeper(self.store, stream, view.version, kind, op, meta) if leased else None
         try:
             faults.reach("after-intent", op)
-            observed = effect()
+            if keeper is None:
+                observed = effect()
+            else:
+                with keeper:
+                    observed = effect()
+                view = self._reread(stream, view)
             faults.reach("after-effect", op)
         except BaseException as exc:
             removed = self._compensate(backend, artifacts, exc)
@@ -604,6 +671,8 @@ class Engine:
                 },
                 meta,
             )
+            if keeper is not None:
+                view = self._reread(stream, view)
             try:
                 self.store.append(stream, view.version, [failure, *on_failure])
             except DiskLedgerError as ledger_exc:
@@ -614,6 +683,14 @@ class Engine:
         view = fold(view, self.store.append(stream, view.version, [outcome]))
         faults.reach("after-outcome", op)
         return view, observed
+
+    def _reread(self, stream: str, view: View) -> View:
+        """The stream's view as stored now (a lease keeper appended renewals meanwhile)."""
+        stored = (
+            self.store.disk(stream) if isinstance(view, DiskView) else self.store.template(stream)
+        )
+        assert stored is not None
+        return stored
 
     def _repeat(self, op_id: str | None, request: Mapping[str, Any]) -> RecordedEvent | None:
         """The outcome of an earlier operation with idempotency key ``op_id``, when it made the

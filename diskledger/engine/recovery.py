@@ -27,11 +27,12 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from diskledger.backends import Artifact, Backend, Observation
+from diskledger.engine.leases import expired
 from diskledger.engine.liveness import is_alive
 from diskledger.errors import ConcurrencyError, DiskLedgerError
 from diskledger.events import COMPLETED, FAILED, NEEDS_OPERATOR, NewEvent, operation_event
 from diskledger.states import DiskState, DiskView, TemplateView
-from diskledger.states.streams import DISK, stream_kind
+from diskledger.states.streams import DISK, TEMPLATE, stream_kind
 from diskledger.store import PendingEntry
 
 if TYPE_CHECKING:
@@ -243,7 +244,9 @@ def recover(engine: Engine, *, dry_run: bool = False) -> RecoveryReport:
         started = intent[0].metadata
         found = Outcome(entry.stream, op.op, op.op_id, "pending", "no outcome recorded")
         report.pending.append(found)
-        if is_alive(started.process, started.host, engine.host):
+        if is_alive(started.process, started.host, engine.host) and not _lease_ran_out(
+            engine, entry.stream
+        ):
             report.in_flight.append(_with(found, "in-flight", "its writer is still running"))
             continue
         try:
@@ -257,6 +260,13 @@ def recover(engine: Engine, *, dry_run: bool = False) -> RecoveryReport:
             Decision.OPERATOR: report.needs_operator,
         }[Decision(outcome.decision)].append(outcome)
     return report
+
+
+def _lease_ran_out(engine: Engine, stream: str) -> bool:
+    if stream_kind(stream) != TEMPLATE:
+        return False
+    view = engine.store.template(stream)
+    return view is not None and expired(view.lease_expires)
 
 
 def _with(outcome: Outcome, decision: str, reason: str) -> Outcome:

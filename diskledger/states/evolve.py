@@ -85,7 +85,7 @@ def evolve(view: DiskView | TemplateView, event: EventLike) -> DiskView | Templa
             started_version=view.version + 1,
         )
     elif phase in (COMPLETED, FAILED):
-        pending = None
+        pending = None  # needs-operator and lease-renewed leave the operation pending
     changes: dict[str, Any] = {
         "state": transition.dest,
         "version": view.version + 1,

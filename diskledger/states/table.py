@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
-from diskledger.events import COMPLETED, FAILED, NEEDS_OPERATOR, STARTED
+from diskledger.events import COMPLETED, FAILED, LEASE_RENEWED, NEEDS_OPERATOR, STARTED
 
 __all__ = ["Guard", "Row", "Table", "Transition"]
 
@@ -43,6 +43,8 @@ class Row(Generic[S]):
     busy: S | None = None
     when: tuple[str, ...] = ()
     fact: bool = False
+    leased: bool = False
+    """The writer holds a lease it renews while working (``<op>.lease-renewed``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +95,15 @@ class Table(Generic[S]):
         if row.fact:
             return [Transition(name, row.source, row.dest, row.when)]
         busy = row.busy or row.source
-        return [
+        expanded = [
             Transition(f"{name}.{STARTED}", row.source, busy, row.when),
             Transition(f"{name}.{COMPLETED}", busy, row.dest, row.when),
             Transition(f"{name}.{FAILED}", busy, row.source, ()),
             Transition(f"{name}.{NEEDS_OPERATOR}", busy, busy, ()),
         ]
+        if row.leased:
+            expanded.append(Transition(f"{name}.{LEASE_RENEWED}", busy, busy, ()))
+        return expanded
 
     def candidates(self, state: S, event_type: str) -> tuple[Transition[S], ...]:
         return self._index.get((state, event_type), ())

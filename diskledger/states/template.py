@@ -35,6 +35,8 @@ class TemplateView:
     location: str | None = None
     source: str | None = None
     pending: PendingOperation | None = None
+    lease_expires: str | None = None
+    """While fetching: until when (UTC, ISO 8601) the fetcher's lease runs."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -46,6 +48,7 @@ class TemplateView:
             "location": self.location,
             "source": self.source,
             "pending": self.pending.to_json() if self.pending else None,
+            "lease_expires": self.lease_expires,
         }
 
     @classmethod
@@ -60,14 +63,16 @@ class TemplateView:
             location=raw.get("location"),
             source=raw.get("source"),
             pending=PendingOperation.from_json(pending) if pending else None,
+            lease_expires=raw.get("lease_expires"),
         )
 
 
 S = TemplateState
 TEMPLATE_ROWS: tuple[Row[TemplateState], ...] = (
     # Import a template into the cache; while the copy runs the template shows as fetching, and
-    # a failed fetch returns it to absent.
-    Row("fetch", S.ABSENT, S.CACHED, busy=S.FETCHING),
+    # a failed fetch returns it to absent. The fetcher holds a lease so that other processes wait
+    # for it instead of fetching again, and take over when it dies.
+    Row("fetch", S.ABSENT, S.CACHED, busy=S.FETCHING, leased=True),
 )
 del S
 
@@ -84,11 +89,20 @@ def template_changes(
     params: Mapping[str, Any],
 ) -> dict[str, Any]:
     """The fields an event's payload changes, beyond state, version and pending operation."""
-    if op == "fetch" and phase == "completed":
+    if op != "fetch":
+        return {}
+    if phase == "started":
+        return {"lease_expires": params.get("lease_expires")}
+    if phase == "lease-renewed":
+        return {"lease_expires": data.get("expires")}
+    if phase == "completed":
         return {
             "format": data["format"],
             "virtual_size": data["virtual_size"],
             "location": data["location"],
             "source": params.get("source"),
+            "lease_expires": None,
         }
+    if phase == "failed":
+        return {"lease_expires": None}
     return {}
