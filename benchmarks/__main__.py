@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--markdown] [--profile-append] [engine] [append] [replay]``
+"""``python -m benchmarks [--markdown] [--profile-append] [engine] [append] [replay] [recovery]``
 
 Environment: ``DISKLEDGER_BENCH_EVENTS`` (replay ledger size, default 1,000,000) and
 ``DISKLEDGER_BENCH_TRIALS`` (trials per side for the engine and append benchmarks, defaults 200
@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from benchmarks import engine_overhead, ledger_append, replay
+from benchmarks import engine_overhead, ledger_append, recovery_scan, replay
 from benchmarks.timing import Report, env_int, render_markdown, render_text
 
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         "only",
         nargs="*",
         metavar="BENCHMARK",
-        help="run only these, of engine, append and replay (default: all three)",
+        help="run only these, of engine, append, replay and recovery (default: all)",
     )
     parser.add_argument(
         "--markdown", action="store_true", help="also print a section for docs/performance.md"
@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         "append": lambda: ledger_append.run(trials or ledger_append.DEFAULT_TRIALS),
         "replay": lambda: replay.run(
             events, min(trials or replay.DEFAULT_RUNS, replay.DEFAULT_RUNS)
+        ),
+        "recovery": lambda: recovery_scan.run(
+            recovery_scan.DEFAULT_DISKS, min(trials or recovery_scan.DEFAULT_TRIALS, 10)
         ),
     }
     chosen: list[str] = args.only or list(benchmarks)
