@@ -66,7 +66,9 @@ def test_every_operation_row_expands_to_the_protocol_phases() -> None:
             if row.fact:
                 assert types == {f"{table.kind}.{row.op}"}
             else:
-                phases = ("started", "completed", "failed", "needs-operator")
+                phases = ["started", "completed", "failed", "needs-operator"]
+                if row.leased:
+                    phases.append("lease-renewed")
                 assert types == {f"{table.kind}.{row.op}.{p}" for p in phases}
 
 
