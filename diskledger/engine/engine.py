@@ -18,11 +18,11 @@ from diskledger import faults
 from diskledger.backends import (
     Artifact,
     Backend,
-    Observation,
     TemplateCache,
     TemplateSource,
     backend_for,
 )
+from diskledger.engine import outcomes
 from diskledger.engine.config import Config
 from diskledger.engine.inputs import check_disk, check_name, check_snapshot, parse_size
 from diskledger.engine.leases import LeaseKeeper, expired, expiry
@@ -218,13 +218,9 @@ class Engine:
         }
 
         def fetch() -> dict[str, Any]:
-            seen = self.templates.import_file(str(source_path), fmt, template, op_id)
-            return {
-                "format": fmt,
-                "virtual_size": seen.size,
-                "location": seen.artifact.location,
-                "allocated": seen.allocated,
-            }
+            return outcomes.fetched(
+                fmt, self.templates.import_file(str(source_path), fmt, template, op_id)
+            )
 
         view, _ = self._operate(
             self.backend,
@@ -370,7 +366,7 @@ class Engine:
 
         def create() -> dict[str, Any]:
             seen = self.backend.create(location, op_id, size=wanted, template=source)
-            return _disk_observation(seen)
+            return outcomes.created(seen)
 
         postlude = [
             NewEvent("disk.template-released", {"template": template}, self._metadata(op_id))
@@ -817,16 +813,6 @@ def _describe(request: Mapping[str, Any]) -> str:
 
 def _new_op_id() -> str:
     return uuid.uuid4().hex
-
-
-def _disk_observation(seen: Observation) -> dict[str, Any]:
-    return {
-        "format": seen.format,
-        "size": seen.size,
-        "backing": seen.backing,
-        "location": seen.artifact.location,
-        "allocated": seen.allocated,
-    }
 
 
 def _readable_file(path: Path) -> Path:

@@ -27,6 +27,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from diskledger.backends import Artifact, Backend, Observation
+from diskledger.engine import outcomes
 from diskledger.engine.leases import expired
 from diskledger.engine.liveness import is_alive
 from diskledger.errors import ConcurrencyError, DiskLedgerError
@@ -368,22 +369,12 @@ def _completed_data(
 ) -> dict[str, Any]:
     """What the outcome would have recorded, had the writer lived: observed again now."""
     if op == "fetch":
-        seen = engine.templates.observe(params["template"], params["format"])
-        return {
-            "format": params["format"],
-            "virtual_size": seen.size,
-            "location": seen.artifact.location,
-            "allocated": seen.allocated,
-        }
+        return outcomes.fetched(
+            params["format"], engine.templates.observe(params["template"], params["format"])
+        )
     if op == "create":
-        (seen,) = [o for o in evidence.finals]
-        return {
-            "format": seen.format,
-            "size": seen.size,
-            "backing": seen.backing,
-            "location": seen.artifact.location,
-            "allocated": seen.allocated,
-        }
+        (seen,) = evidence.finals
+        return outcomes.created(seen)
     if op in ("resize", "rollback", "snapshot"):
         (disk,) = backend.probe(backend.disk_artifacts(params["location"], ()))
         return {"size": disk.size}

@@ -37,16 +37,21 @@ def crashed_intent(
     return op_id
 
 
-def test_a_dead_writers_resize_that_never_ran_is_rolled_back(engine: Engine, base: str) -> None:
-    view = engine.create("vm-1/root", template=base)
-    assert view.location and view.size
+def crashed_resize(engine: Engine, disk: str, size: int, *, process: str = DEAD) -> str:
+    view = engine.show(disk)
     params = {
-        "size": view.size * 2,
+        "size": size,
         "previous_size": view.size,
         "location": view.location,
         "format": view.format,
     }
-    crashed_intent(engine, "vm-1/root", "resize", params)
+    return crashed_intent(engine, disk, "resize", params, process=process)
+
+
+def test_a_dead_writers_resize_that_never_ran_is_rolled_back(engine: Engine, base: str) -> None:
+    view = engine.create("vm-1/root", template=base)
+    assert view.location and view.size
+    crashed_resize(engine, "vm-1/root", view.size * 2)
     report = engine.recover()
     assert [o.decision for o in report.rolled_back] == ["roll-back"]
     assert engine.show("vm-1/root").pending is None
@@ -60,13 +65,7 @@ def test_a_dead_writers_resize_that_never_ran_is_rolled_back(engine: Engine, bas
 def test_a_dead_writers_resize_that_ran_is_rolled_forward(engine: Engine, base: str) -> None:
     view = engine.create("vm-1/root", template=base)
     assert view.location and view.size and view.format
-    params = {
-        "size": view.size * 2,
-        "previous_size": view.size,
-        "location": view.location,
-        "format": view.format,
-    }
-    crashed_intent(engine, "vm-1/root", "resize", params)
+    crashed_resize(engine, "vm-1/root", view.size * 2)
     engine.backend_for(view.format).resize(view.location, view.format, view.size * 2)
     report = engine.recover()
     assert [o.op for o in report.rolled_forward] == ["resize"]
@@ -79,13 +78,7 @@ def test_contradictory_evidence_needs_an_operator_and_is_reported_once(
 ) -> None:
     view = engine.create("vm-1/root", template=base)
     assert view.location and view.size
-    params = {
-        "size": view.size * 4,
-        "previous_size": view.size,
-        "location": view.location,
-        "format": view.format,
-    }
-    crashed_intent(engine, "vm-1/root", "resize", params)
+    crashed_resize(engine, "vm-1/root", view.size * 4)
     engine.backend_for(view.format).resize(view.location, view.format or "", view.size * 2)
     first = engine.recover()
     assert [o.decision for o in first.needs_operator] == ["needs-operator"]
@@ -100,13 +93,7 @@ def test_a_live_writers_operation_is_left_alone(engine: Engine, base: str) -> No
     from diskledger.engine.liveness import current_process
 
     view = engine.create("vm-1/root", template=base)
-    params = {
-        "size": (view.size or 0) * 2,
-        "previous_size": view.size,
-        "location": view.location,
-        "format": view.format,
-    }
-    crashed_intent(engine, "vm-1/root", "resize", params, process=current_process())
+    crashed_resize(engine, "vm-1/root", (view.size or 0) * 2, process=current_process())
     report = engine.recover()
     assert [o.decision for o in report.in_flight] == ["in-flight"]
     assert report.rolled_back == [] and engine.show("vm-1/root").pending is not None
@@ -114,13 +101,7 @@ def test_a_live_writers_operation_is_left_alone(engine: Engine, base: str) -> No
 
 def test_dry_run_changes_nothing(engine: Engine, base: str) -> None:
     view = engine.create("vm-1/root", template=base)
-    params = {
-        "size": (view.size or 0) * 2,
-        "previous_size": view.size,
-        "location": view.location,
-        "format": view.format,
-    }
-    crashed_intent(engine, "vm-1/root", "resize", params)
+    crashed_resize(engine, "vm-1/root", (view.size or 0) * 2)
     head = engine.store.head()
     report = engine.recover(dry_run=True)
     assert report.dry_run and len(report.rolled_back) == 1
