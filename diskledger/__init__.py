@@ -21,6 +21,7 @@ from diskledger.errors import (
     SnapshotNotFound,
     StoreError,
     TemplateNotFound,
+    UnsafeImage,
 )
 from diskledger.events import Metadata, NewEvent, RecordedEvent
 from diskledger.states import DiskState, DiskView, TemplateState, TemplateView
@@ -58,6 +59,7 @@ __all__ = [
     "TemplateNotFound",
     "TemplateState",
     "TemplateView",
+    "UnsafeImage",
     "open_store",
     "parse_size",
 ]

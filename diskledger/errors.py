@@ -8,7 +8,8 @@ translated where they cross into diskledger, with ``raise ... from`` so the caus
     ├── InvalidInput            bad input refused before anything is touched
     │   ├── InvalidName         an instance, disk, template or snapshot name that is not allowed
     │   ├── InvalidSize         a size that is unparsable, negative, zero, too small or a shrink
-    │   └── InvalidSource       a template source that is missing, unreadable or not a file
+    │   ├── InvalidSource       a template source that is missing, unreadable or not a file
+    │   └── UnsafeImage         an image the safety inspection refuses
     ├── NotFound
     │   ├── DiskNotFound
     │   ├── TemplateNotFound
@@ -49,6 +50,7 @@ __all__ = [
     "StorageIOError",
     "StoreError",
     "TemplateNotFound",
+    "UnsafeImage",
 ]
 
 
@@ -70,6 +72,12 @@ class InvalidSize(InvalidInput):
 
 class InvalidSource(InvalidInput):
     """A template source file that is missing, unreadable or not a regular file."""
+
+
+class UnsafeImage(InvalidInput):
+    """An image refused by the safety inspection: a format other than the one declared, a
+    reference to another file (backing file, data file, VMDK extent), truncated, empty, or a
+    virtual size above the ceiling."""
 
 
 class NotFound(DiskLedgerError, LookupError):

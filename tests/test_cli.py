@@ -264,11 +264,6 @@ def bad_inputs(tmp_path: Path, template_files: dict[str, Path]) -> list[tuple[st
             "does not exist",
         ),
         (
-            "source is a directory",
-            ["template", "add", "t2", str(tmp_path), "--format", "raw"],
-            "not a regular file",
-        ),
-        (
             "unreadable source file",
             ["template", "add", "t2", "/proc/self/mem", "--format", "raw"],
             "cannot be read",

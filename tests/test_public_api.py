@@ -37,6 +37,7 @@ EXPECTED = {
     "TemplateNotFound",
     "TemplateState",
     "TemplateView",
+    "UnsafeImage",
     "open_store",
     "parse_size",
 }

@@ -9,7 +9,7 @@ import errno
 import os
 
 from diskledger.backends import runner
-from diskledger.errors import InvalidName, StorageIOError
+from diskledger.errors import BackendError, InvalidName, StorageIOError
 
 __all__ = [
     "IMAGE_DIR_MODE",
@@ -84,6 +84,21 @@ def remove_dir(path: str, *, only_if_empty: bool = False) -> None:
             return
         raise _io_error(f"cannot remove directory {path}", exc) from exc
     _fsync_dir(os.path.dirname(path))
+
+
+def ensure_dir_under(root: str, path: str, mode: int = 0o700) -> None:
+    """``ensure_dir(path)``, refusing when an entry between ``root`` and ``path`` is a symbolic
+    link: a link planted under the root must not lead a write somewhere else on the host."""
+    root = os.path.abspath(root)
+    relative = os.path.relpath(os.path.abspath(path), root)
+    if relative.startswith(os.pardir):
+        raise BackendError(f"{path} is outside {root}")
+    current = root
+    for part in relative.split(os.sep):
+        current = os.path.join(current, part)
+        if os.path.islink(current):
+            raise BackendError(f"{current} is a symbolic link: refusing to write through it")
+    ensure_dir(path, mode)
 
 
 def ensure_dir(path: str, mode: int = 0o700) -> None:

@@ -94,10 +94,11 @@ def convert(src: str, src_fmt: str, dst: str, dst_fmt: str) -> None:
     )
 
 
-def info(path: str, fmt: str, *, timeout: float = 300.0) -> dict[str, Any]:
-    """``qemu-img info`` as a dict; ``--force-share`` so a disk in use can still be looked at."""
+def info(path: str, fmt: str, *, timeout: float = 300.0, untrusted: bool = False) -> dict[str, Any]:
+    """``qemu-img info`` as a dict; ``--force-share`` so a disk in use can still be looked at;
+    under resource limits when the image is ``untrusted``."""
     argv = ["qemu-img", "info", "-f", fmt, "--output=json", "--force-share", os.path.abspath(path)]
-    out = runner.run(argv, timeout=timeout)
+    out = runner.run(argv, timeout=timeout, untrusted=untrusted)
     try:
         result = json.loads(out)
     except ValueError as exc:

@@ -48,7 +48,7 @@ class FileBackend:
             return self._observe(location)
         if template is None and size is None:
             raise InvalidSize("a blank disk needs a size")
-        files.ensure_dir(os.path.dirname(location), files.IMAGE_DIR_MODE)
+        files.ensure_dir_under(self.root, os.path.dirname(location), files.IMAGE_DIR_MODE)
         temp = temporary_path(location, token)
         self._write_new(temp, size, template)
         faults.reach("mid-effect", "create")
@@ -153,7 +153,7 @@ class RawBackend(FileBackend):
         self._check_format(fmt)
         path = _snapshot_path(location, snapshot)
         if files.stat(path) is None:
-            files.ensure_dir(os.path.dirname(path), files.IMAGE_DIR_MODE)
+            files.ensure_dir_under(self.root, os.path.dirname(path), files.IMAGE_DIR_MODE)
             temp = temporary_path(path, token)
             files.sparse_copy(location, temp)
             faults.reach("mid-effect", "snapshot")

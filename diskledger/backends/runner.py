@@ -22,7 +22,16 @@ __all__ = ["run"]
 log = logging.getLogger(__name__)
 
 # Where each tool comes from on Debian, so a missing one is one `apt-get install` away.
-_PACKAGES = {"qemu-img": "qemu-utils", "qemu-io": "qemu-utils", "cp": "coreutils"}
+_PACKAGES = {
+    "qemu-img": "qemu-utils",
+    "qemu-io": "qemu-utils",
+    "cp": "coreutils",
+    "prlimit": "util-linux",
+}
+
+UNTRUSTED_LIMITS = ("--cpu=30", f"--as={1 << 30}")
+"""What a tool looking at an untrusted image may use, as Nova limits ``qemu-img info``: 30 s of
+CPU time and 1 GiB of address space, so a crafted image cannot spin or exhaust the host."""
 
 # Failures the file system reported through the tool: typed so callers can tell a full disk
 # from a bad command.
@@ -32,10 +41,13 @@ _IO_ERRORS = (
 )
 
 
-def run(argv: Sequence[str], *, timeout: float = 300.0) -> str:
-    """Run ``argv`` and return its stdout; raise a ``BackendError`` subclass on any failure."""
-    command = tuple(argv)
-    tool = os.path.basename(command[0])
+def run(argv: Sequence[str], *, timeout: float = 300.0, untrusted: bool = False) -> str:
+    """Run ``argv`` and return its stdout; raise a ``BackendError`` subclass on any failure.
+
+    ``untrusted``: the command reads an image not yet trusted; run it under ``UNTRUSTED_LIMITS``.
+    """
+    tool = os.path.basename(argv[0])
+    command = ("prlimit", *UNTRUSTED_LIMITS, "--", *argv) if untrusted else tuple(argv)
     log.debug("running %s", command)
     try:
         process = subprocess.Popen(

@@ -10,6 +10,7 @@ from diskledger import faults
 from diskledger.backends import files, qemu
 from diskledger.backends.contract import Artifact, ArtifactKind, Observation
 from diskledger.backends.files import check_component, temporary_path
+from diskledger.backends.inspection import inspect_image
 from diskledger.errors import BackendError, InvalidSource
 
 __all__ = ["TemplateCache"]
@@ -17,9 +18,14 @@ __all__ = ["TemplateCache"]
 FILE = ArtifactKind.FILE
 
 
+DEFAULT_MAX_VIRTUAL_SIZE = 16 << 40
+"""16 TiB: no template is larger, and a tiny file claiming exabytes is refused."""
+
+
 class TemplateCache:
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, *, max_virtual_size: int = DEFAULT_MAX_VIRTUAL_SIZE) -> None:
         self.root = os.path.abspath(root)
+        self.max_virtual_size = max_virtual_size
         self._dir = os.path.join(self.root, "templates")
 
     def location(self, template_id: str) -> str:
@@ -39,24 +45,32 @@ class TemplateCache:
     def import_file(self, source: str, fmt: str, template_id: str, token: str) -> Observation:
         """Copy ``source``, declared to be ``fmt``, into the cache and observe it.
 
-        The copy is inspected with the format pinned, and refused when it refers to other files
-        (a backing file, an external data file, VMDK extents): a template must stand alone.
-        An already cached template is observed, not copied again.
+        The source must be a regular file, not a symlink. The copy — what will be kept, so what
+        is checked cannot change afterwards — passes oslo.utils' safety inspection (detected
+        format == declared, no reference to another file, a virtual size under the ceiling) and
+        then ``qemu-img info`` with the format pinned, under resource limits. An already cached
+        template is observed, not copied again.
         """
         final = self.location(template_id)
         artifact = Artifact(FILE, final)
         if files.stat(final) is not None:
             return qemu.observe(artifact, fmt)
-        source_stat = files.stat(source)
-        if source_stat is None or not stat.S_ISREG(source_stat.st_mode):
+        try:
+            mode = os.lstat(source).st_mode
+        except OSError as exc:
+            raise InvalidSource(f"template source {source}: {exc.strerror}") from exc
+        if stat.S_ISLNK(mode):
+            raise InvalidSource(f"template source {source} is a symbolic link")
+        if not stat.S_ISREG(mode):
             raise InvalidSource(f"template source {source} is not a regular file")
-        files.ensure_dir(self._dir, files.IMAGE_DIR_MODE)
+        files.ensure_dir_under(self.root, self._dir, files.IMAGE_DIR_MODE)
         temp = temporary_path(final, token)
         # A failure leaves the temporary copy for the caller's compensation (or recovery) to
         # remove: it is named in the intent, and there is one cleanup path.
         files.sparse_copy(source, temp)
         faults.reach("mid-effect", "fetch")
-        data = qemu.info(temp, fmt, timeout=60.0)
+        inspect_image(temp, fmt, max_virtual_size=self.max_virtual_size)
+        data = qemu.info(temp, fmt, timeout=60.0, untrusted=True)
         _check_standalone(data, temp)
         files.publish(temp, final)
         return Observation(

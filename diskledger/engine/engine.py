@@ -816,20 +816,26 @@ def _new_op_id() -> str:
 
 
 def _readable_file(path: Path) -> Path:
-    """The absolute path of a regular file we can read, or ``InvalidSource``."""
+    """The absolute path of ``path`` if it exists and, when a regular file, can be read.
+
+    A missing or unreadable source is a typo and changes nothing. Anything else that is not a
+    plain regular file (a symlink, a directory, a FIFO) is a hostile source: it goes on to the
+    fetch, which refuses it there, so that the refusal is recorded for the audit trail.
+    """
     try:
-        mode = path.stat().st_mode
+        mode = path.lstat().st_mode
     except FileNotFoundError as exc:
         raise InvalidSource(f"source file {str(path)!r} does not exist") from exc
     except OSError as exc:
         raise InvalidSource(f"source file {str(path)!r} cannot be read: {exc.strerror}") from exc
-    if not stat.S_ISREG(mode):
-        raise InvalidSource(f"source {str(path)!r} is not a regular file")
-    try:
-        with path.open("rb") as handle:
-            handle.read(1)
-    except OSError as exc:
-        raise InvalidSource(f"source file {str(path)!r} cannot be read: {exc.strerror}") from exc
+    if stat.S_ISREG(mode):
+        try:
+            with path.open("rb") as handle:
+                handle.read(1)
+        except OSError as exc:
+            raise InvalidSource(
+                f"source file {str(path)!r} cannot be read: {exc.strerror}"
+            ) from exc
     return path.absolute()
 
 

@@ -43,10 +43,10 @@ def commands(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, ...]]]
     calls: list[tuple[str, ...]] = []
     real = runner.run
 
-    def recording(argv: Sequence[str], *, timeout: float = 300.0) -> str:
+    def recording(argv: Sequence[str], *, timeout: float = 300.0, untrusted: bool = False) -> str:
         _assert_pinned(argv)
-        calls.append(tuple(argv))
-        return real(argv, timeout=timeout)
+        calls.append(("prlimit", *argv) if untrusted else tuple(argv))
+        return real(argv, timeout=timeout, untrusted=untrusted)
 
     monkeypatch.setattr(runner, "run", recording)
     yield calls

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from diskledger.backends import Backend, TemplateCache, backend_for
-from diskledger.errors import BackendError, InvalidInput, InvalidSource
+from diskledger.errors import InvalidInput, InvalidSource, UnsafeImage
 from tests.backends.helpers import MiB, make_image, temporaries
 
 
@@ -57,7 +57,7 @@ def test_a_template_with_a_backing_file_is_refused(tmp_path: Path) -> None:
     subprocess.run(rebase, check=True)
     cache = TemplateCache(str(tmp_path))
 
-    with pytest.raises(BackendError, match="backing file"):
+    with pytest.raises(UnsafeImage, match="backing_file: Image has a backing file"):
         cache.import_file(str(source), "qcow2", "t1", "op")
 
     assert not os.path.exists(cache.location("t1"))
@@ -68,7 +68,7 @@ def test_a_file_that_is_not_the_declared_format_is_refused(tmp_path: Path) -> No
     source = tmp_path / "really.raw"
     make_image(source, "raw", MiB)
     cache = TemplateCache(str(tmp_path))
-    with pytest.raises(BackendError, match="qemu-img failed"):
+    with pytest.raises(UnsafeImage, match="declared qcow2, but the image is raw"):
         cache.import_file(str(source), "qcow2", "t1", "op")
     assert_compensation_leaves_nothing(cache, tmp_path)
 

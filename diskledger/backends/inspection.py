@@ -1,0 +1,44 @@
+"""Safety inspection of an image not yet trusted, with oslo.utils' format inspector.
+
+The inspector is the one Nova, Glance and Cinder use. It reads the image's own structures without
+running qemu, detects its format, and refuses what refers to other files: a qcow2 backing file or
+external data file, VMDK extents or a createType outside its allow-list, and more.
+"""
+
+from __future__ import annotations
+
+from oslo_utils.imageutils import format_inspector
+
+from diskledger.errors import UnsafeImage
+
+__all__ = ["inspect_image"]
+
+
+def inspect_image(path: str, declared: str, *, max_virtual_size: int) -> int:
+    """The virtual size of the image at ``path`` if it is a safe ``declared`` image; otherwise
+    ``UnsafeImage`` saying why."""
+    try:
+        inspector = format_inspector.detect_file_format(path)
+    except format_inspector.ImageFormatError as exc:
+        raise UnsafeImage(f"the image cannot be inspected: {exc}") from exc
+    if inspector is None:
+        raise UnsafeImage("the image's format is not one the inspector knows")
+    detected = inspector.NAME
+    if detected != declared:
+        raise UnsafeImage(f"declared {declared}, but the image is {detected}")
+    try:
+        inspector.safety_check()
+    except format_inspector.SafetyCheckFailed as exc:
+        reasons = "; ".join(f"{name}: {why}" for name, why in exc.failures.items())
+        raise UnsafeImage(f"the {detected} image fails the safety check ({reasons})") from exc
+    except format_inspector.ImageFormatError as exc:
+        raise UnsafeImage(f"the {detected} image cannot be checked: {exc}") from exc
+    size = int(inspector.virtual_size)
+    if size <= 0:
+        raise UnsafeImage("the image is empty")
+    if size > max_virtual_size:
+        raise UnsafeImage(
+            f"the image claims a virtual size of {size} bytes, above the {max_virtual_size} "
+            "byte ceiling"
+        )
+    return size
