@@ -16,6 +16,7 @@ import pytest
 
 from diskledger.cli import main
 from diskledger.engine import Config, Engine
+from diskledger.errors import UnsafeImage
 from tests.engine.test_recovery import crashed_resize
 
 MiB = 1 << 20
@@ -50,9 +51,7 @@ def vmdk_descriptor(create_type: str) -> Callable[[Path], Path]:
 
 
 def raw_with_qcow2_header(d: Path) -> Path:
-    qimg(
-        "create", "-f", "qcow2", "-b", "/etc/shadow", "-F", "raw", "-u", str(d / "h.qcow2"), "1M"
-    )
+    qimg("create", "-f", "qcow2", "-b", "/etc/shadow", "-F", "raw", "-u", str(d / "h.qcow2"), "1M")
     data = (d / "h.qcow2").read_bytes()
     (d / "x.raw").write_bytes(data.ljust(MiB, b"\0"))
     return d / "x.raw"
@@ -225,3 +224,20 @@ def test_cve_2026_24708_a_guest_written_qcow2_header_never_changes_a_raw_disk(
             for e in engine.history("vm-1/root")
             if e.type == "disk.create.completed"
         } == {"raw"}
+
+
+def test_the_template_size_ceiling_is_configurable(tmp_path: Path, qemu_img: None) -> None:
+    source = tmp_path / "two-megs.qcow2"
+    qimg("create", "-f", "qcow2", str(source), "2M")
+    environ = {"DISKLEDGER_MAX_TEMPLATE_SIZE": "1M"}
+    with Engine.open(Config.load(root=tmp_path / "root", environ=environ)) as engine:
+        with pytest.raises(UnsafeImage, match="ceiling"):
+            engine.add_template("t", source, "qcow2")
+        assert files_under(tmp_path / "root") == []
+
+
+def test_the_ledger_and_the_root_are_private(tmp_path: Path) -> None:
+    with Engine.open(Config.load(root=tmp_path / "root", environ={})):
+        pass
+    assert (tmp_path / "root").stat().st_mode & 0o077 == 0
+    assert (tmp_path / "root" / "ledger.db").stat().st_mode & 0o077 == 0

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from diskledger.engine.inputs import parse_size
+
 __all__ = ["DEFAULT_ROOT", "Config"]
 
 DEFAULT_ROOT = "/var/lib/diskledger"
@@ -18,7 +20,8 @@ class Config:
     """``DISKLEDGER_ROOT`` (local artifacts), ``DISKLEDGER_LEDGER`` (a SQLAlchemy URL, default a
     SQLite file under the root), ``DISKLEDGER_BACKEND`` (``raw`` or ``qcow2``),
     ``DISKLEDGER_HOST`` (the template cache's scope and the events' host; default the hostname),
-    ``DISKLEDGER_RECOVER`` (``0`` to not recover pending operations when an engine opens).
+    ``DISKLEDGER_RECOVER`` (``0`` to not recover pending operations when an engine opens),
+    ``DISKLEDGER_MAX_TEMPLATE_SIZE`` (the virtual size ceiling for templates, default ``16T``).
     """
 
     root: Path
@@ -28,6 +31,8 @@ class Config:
     actor: str = "diskledger"
     recover: bool = True
     """Recover operations left pending by dead processes when an engine opens."""
+    max_template_size: int = 16 << 40
+    """The largest virtual size a template may claim (a tiny file claiming exabytes is refused)."""
 
     @classmethod
     def load(
@@ -49,6 +54,10 @@ class Config:
             backend=backend or environ.get("DISKLEDGER_BACKEND") or "qcow2",
             host=environ.get("DISKLEDGER_HOST") or socket.gethostname(),
             actor=actor or environ.get("DISKLEDGER_ACTOR") or "diskledger",
+            max_template_size=parse_size(
+                environ.get("DISKLEDGER_MAX_TEMPLATE_SIZE", "16T"),
+                what="DISKLEDGER_MAX_TEMPLATE_SIZE",
+            ),
             recover=(
                 recover
                 if recover is not None

@@ -133,7 +133,11 @@ class Engine:
         config.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         store = open_store(config.ledger)
         engine = cls(
-            store, backend, TemplateCache(str(config.root)), host=config.host, actor=config.actor
+            store,
+            backend,
+            TemplateCache(str(config.root), max_virtual_size=config.max_template_size),
+            host=config.host,
+            actor=config.actor,
         )
         if config.recover:
             try:

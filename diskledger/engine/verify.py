@@ -38,6 +38,9 @@ _LEDGER_FILES = ("ledger.db", "ledger.db-wal", "ledger.db-shm", "ledger.db-journ
 @dataclass(slots=True)
 class VerifyReport:
     events: int = 0
+    head_hash: str | None = None
+    """The last event's hash: kept elsewhere, it proves later that the whole chain was not
+    rewritten from the first event."""
     chain_error: str | None = None
     first_bad_position: int | None = None
     model_mismatches: list[str] = field(default_factory=list)
@@ -60,6 +63,7 @@ class VerifyReport:
             "chain": {
                 "ok": self.chain_error is None,
                 "first_bad_position": self.first_bad_position,
+                "head_hash": self.head_hash,
                 "error": self.chain_error,
             },
             "read_models": {"ok": not self.model_mismatches, "mismatches": self.model_mismatches},
@@ -93,6 +97,7 @@ def _check_chain_and_fold(
             views[event.stream] = evolve(view, event)
         except IllegalTransition as exc:
             report.model_mismatches.append(f"position {event.position}: {exc}")
+    report.head_hash = prev_hash if report.events else None
     head = engine.store.head()
     if report.chain_error is None and head != expected - 1:
         report.chain_error = f"the ledger head is at {head} but the last event is {expected - 1}"
