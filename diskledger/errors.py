@@ -108,7 +108,7 @@ class IllegalTransition(DiskLedgerError):
 
     def __init__(self, stream: str, state: str, event_type: str, reason: str = "") -> None:
         detail = f": {reason}" if reason else ""
-        super().__init__(f"{stream}: {event_type} is not allowed in state {state!r}{detail}")
+        super().__init__(f"{stream}: {event_type} is not allowed in state '{state}'{detail}")
         self.stream = stream
         self.state = state
         self.event_type = event_type

@@ -188,12 +188,14 @@ class RawBackend(FileBackend):
 
     def delete(self, location: str, fmt: str, snapshots: Sequence[str]) -> None:
         self._check_format(fmt)
+        faults.reach("mid-effect", "delete")
+        # The disk goes first: a delete that fails before it changed nothing and is recorded as
+        # failed; one that dies after it is finished by recovery (its snapshots are named).
+        files.remove_file(location)
         for snapshot in snapshots:
             files.remove_file(_snapshot_path(location, snapshot))
-        faults.reach("mid-effect", "delete")
         # Not lenient: a file left in there is one the ledger does not know, i.e. a leak.
         files.remove_dir(f"{location}.snapshots")
-        files.remove_file(location)
         self._remove_instance_dir(location)
 
     def _write_new(self, temp: str, size: int | None, template: TemplateSource | None) -> None:

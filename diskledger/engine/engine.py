@@ -208,9 +208,9 @@ class Engine:
             return self._template_after(done)
         source_path = _readable_file(Path(source))
         view = self.store.template(stream) or TemplateView(template=template)
+        self._refuse_pending(stream, view)
         if view.state is not TemplateState.ABSENT:
             raise IllegalTransition(stream, view.state, "template.fetch.started", "already cached")
-        self._refuse_pending(stream, view)
 
         op_id = op_id or _new_op_id()
         artifacts = self.templates.import_artifacts(template, op_id)
@@ -321,9 +321,9 @@ class Engine:
         if (done := self._repeat(op_id, request)) is not None:
             return self._disk_after(done)
         view = self._disk_view(disk, must_exist=False)
+        self._refuse_pending(stream, view)
         if view.state is not DiskState.ABSENT:
             raise IllegalTransition(stream, view.state, "disk.create.started", "the disk exists")
-        self._refuse_pending(stream, view)
 
         source: TemplateSource | None = None
         prelude: list[NewEvent] = []
