@@ -26,6 +26,10 @@ format: setup
 	$(VENV)/bin/ruff check --fix diskledger tests benchmarks
 	$(VENV)/bin/ruff format diskledger tests benchmarks
 
+.PHONY: torture
+torture: setup  ## SIGKILL operations at random moments, 2000 times; prints the outcome counts
+	DISKLEDGER_TORTURE_KILLS=2000 $(PY) -m pytest -q -s tests/recovery/test_torture.py
+
 bench: setup  ## side-by-side benchmarks; figures go into docs/performance.md
 	$(PY) -m benchmarks
 

@@ -27,7 +27,7 @@ from diskledger.engine.config import Config
 from diskledger.engine.inputs import check_disk, check_name, check_snapshot, parse_size
 from diskledger.engine.leases import LeaseKeeper, expired, expiry
 from diskledger.engine.liveness import current_process, is_alive
-from diskledger.engine.recovery import RecoveryReport, recover
+from diskledger.engine.recovery import RecoveryReport, recover, settle
 from diskledger.engine.verify import VerifyReport, verify
 from diskledger.errors import (
     Conflict,
@@ -372,9 +372,6 @@ class Engine:
             seen = self.backend.create(location, op_id, size=wanted, template=source)
             return outcomes.created(seen)
 
-        postlude = [
-            NewEvent("disk.template-released", {"template": template}, self._metadata(op_id))
-        ]
         view, _ = self._operate(
             self.backend,
             stream,
@@ -385,7 +382,6 @@ class Engine:
             artifacts,
             create,
             prelude=prelude,
-            on_failure=postlude if template is not None else (),
             request=request,
         )
         return view
@@ -627,7 +623,6 @@ class Engine:
         effect: Callable[[], dict[str, Any]],
         *,
         prelude: Sequence[NewEvent] = (),
-        on_failure: Sequence[NewEvent] = (),
         request: Mapping[str, Any] | None = None,
         leased: bool = False,
     ) -> tuple[View, dict[str, Any]]:
@@ -659,25 +654,14 @@ class Engine:
                 view = self._reread(stream, view)
             faults.reach("after-effect", op)
         except BaseException as exc:
-            removed = self._compensate(backend, artifacts, exc)
-            failure = operation_event(
-                kind,
-                op,
-                FAILED,
-                {
-                    "error": str(exc) or exc.__class__.__name__,
-                    "error_type": exc.__class__.__name__,
-                    "removed": [a.to_json() for a in removed],
-                },
-                meta,
-            )
             if keeper is not None:
                 view = self._reread(stream, view)
             try:
-                self.store.append(stream, view.version, [failure, *on_failure])
+                # The same probe, decision table and compensation a crash recovery runs.
+                settle(self, stream, view, meta, error=exc)
             except DiskLedgerError as ledger_exc:
-                # The intent stays pending; recovery will find it and undo it.
-                exc.add_note(f"recording the failure also failed: {ledger_exc}")
+                # The intent stays pending; a recovery in another process will resolve it.
+                exc.add_note(f"recording the outcome also failed: {ledger_exc}")
             raise
         outcome = operation_event(kind, op, COMPLETED, observed, meta)
         view = fold(view, self.store.append(stream, view.version, [outcome]))
@@ -742,21 +726,6 @@ class Engine:
                     f" @{seen.artifact.name}" if seen.artifact.name else ""
                 )
                 raise Conflict(f"{stream}: {where} exists but the ledger does not own it")
-
-    @staticmethod
-    def _compensate(
-        backend: Backend, artifacts: Sequence[Artifact], cause: BaseException
-    ) -> builtins.list[Artifact]:
-        """Remove what the intent named. Failing to, leaves the operation for recovery."""
-        if not artifacts:
-            return []
-        try:
-            backend.remove(artifacts)
-        except DiskLedgerError as exc:
-            cause.add_note(f"removing {len(artifacts)} artifact(s) failed: {exc}")
-            log.warning("compensation failed, leaving the operation for recovery: %s", exc)
-            return []
-        return list(artifacts)
 
     @staticmethod
     def _validate(stream: str, view: DiskView | TemplateView, events: Sequence[NewEvent]) -> None:

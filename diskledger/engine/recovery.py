@@ -31,7 +31,14 @@ from diskledger.engine import outcomes
 from diskledger.engine.leases import expired
 from diskledger.engine.liveness import is_alive
 from diskledger.errors import ConcurrencyError, DiskLedgerError
-from diskledger.events import COMPLETED, FAILED, NEEDS_OPERATOR, NewEvent, operation_event
+from diskledger.events import (
+    COMPLETED,
+    FAILED,
+    NEEDS_OPERATOR,
+    Metadata,
+    NewEvent,
+    operation_event,
+)
 from diskledger.states import DiskState, DiskView, TemplateView
 from diskledger.states.streams import DISK, TEMPLATE, stream_kind
 from diskledger.store import PendingEntry
@@ -39,7 +46,7 @@ from diskledger.store import PendingEntry
 if TYPE_CHECKING:
     from diskledger.engine.engine import Engine
 
-__all__ = ["RULES", "Decision", "Evidence", "RecoveryReport", "Rule", "recover"]
+__all__ = ["RULES", "Decision", "Evidence", "RecoveryReport", "Rule", "recover", "settle"]
 
 log = logging.getLogger(__name__)
 
@@ -282,10 +289,39 @@ def _resolve(
     *,
     dry_run: bool,
 ) -> Outcome:
-    op = entry.operation
     kind = stream_kind(entry.stream)
     view = engine.store.disk(entry.stream) if kind == DISK else engine.store.template(entry.stream)
     assert view is not None and view.pending is not None
+    already_reported = since_intent[-1].type.endswith(NEEDS_OPERATOR)
+    return settle(
+        engine,
+        entry.stream,
+        view,
+        engine.recovery_metadata(entry.operation.op_id, run_id),
+        error=None,
+        dry_run=dry_run,
+        already_reported=already_reported,
+    )
+
+
+def settle(
+    engine: Engine,
+    stream: str,
+    view: DiskView | TemplateView,
+    meta: Metadata,
+    *,
+    error: BaseException | None,
+    dry_run: bool = False,
+    already_reported: bool = False,
+) -> Outcome:
+    """Probe, decide by ``RULES`` and record the outcome of ``view``'s pending operation.
+
+    Recovery calls it for a dead writer's operation (``error`` None); the engine calls it at once
+    when an operation's effect raised (``error``): one compensation path for both.
+    """
+    op = view.pending
+    assert op is not None
+    kind = stream_kind(stream)
     backend = engine.backend_for(op.params.get("format"))
     named = tuple(Artifact.from_json(a) for a in op.artifacts)
     parts = _parts(backend, op.op, op.params)
@@ -295,43 +331,49 @@ def _resolve(
         params=op.params,
     )
     rule = decide(op.op, evidence)
-    outcome = Outcome(entry.stream, op.op, op.op_id, rule.decision.value, rule.reason)
-    last = since_intent[-1]
-    if dry_run or (rule.decision is Decision.OPERATOR and last.type.endswith(NEEDS_OPERATOR)):
+    outcome = Outcome(stream, op.op, op.op_id, rule.decision.value, rule.reason)
+    if dry_run or (rule.decision is Decision.OPERATOR and already_reported):
         return outcome  # nothing to do, or already reported to the operator
 
     recovery = {"decision": rule.decision.value, "rule": rule.when, "evidence": evidence.to_json()}
-    meta = engine.recovery_metadata(op.op_id, run_id)
+    cause = f"{error}" if error is not None else "a crash"
     events: list[NewEvent]
-    if rule.decision is Decision.OPERATOR:
-        events = [
-            operation_event(
-                kind, op.op, NEEDS_OPERATOR, {"reason": rule.reason, "recovery": recovery}, meta
-            )
-        ]
-    elif rule.decision is Decision.BACK:
-        backend.remove(named)
-        data = {
-            "error": f"recovered after a crash: {rule.reason}",
-            "error_type": "Crash",
-            "removed": [a.to_json() for a in named],
-            "recovery": recovery,
-        }
-        events = [operation_event(kind, op.op, FAILED, data, meta)]
-        if isinstance(view, DiskView) and view.state is DiskState.TEMPLATE_CACHED:
-            events.append(NewEvent("disk.template-released", {"template": view.template}, meta))
-    else:
-        if rule.decision is Decision.FINISH:
-            _finish(backend, op.op, op.params, op.op_id)
-        backend.remove([a for a in named if a.temporary])
-        data = _completed_data(engine, backend, op.op, op.params, view, evidence)
-        events = [operation_event(kind, op.op, COMPLETED, {**data, "recovery": recovery}, meta)]
     try:
-        engine.store.append(entry.stream, view.version, events)
-    except DiskLedgerError:
-        log.exception("recording the recovery of %s %s failed", entry.stream, op.op_id)
-        raise
+        if rule.decision is Decision.OPERATOR:
+            raise _NeedsOperator(rule.reason)
+        if rule.decision is Decision.BACK:
+            backend.remove(named)
+            data = {
+                "error": str(error)
+                if error is not None
+                else f"recovered after a crash: {rule.reason}",
+                "error_type": type(error).__name__ if error is not None else "Crash",
+                "removed": [a.to_json() for a in named],
+                "recovery": recovery,
+            }
+            events = [operation_event(kind, op.op, FAILED, data, meta)]
+            if isinstance(view, DiskView) and view.state is DiskState.TEMPLATE_CACHED:
+                events.append(NewEvent("disk.template-released", {"template": view.template}, meta))
+        else:
+            if rule.decision is Decision.FINISH:
+                _finish(backend, op.op, op.params, op.op_id)
+            backend.remove([a for a in named if a.temporary])
+            data = _completed_data(engine, backend, op.op, op.params, view, evidence)
+            events = [operation_event(kind, op.op, COMPLETED, {**data, "recovery": recovery}, meta)]
+    except (DiskLedgerError, _NeedsOperator) as exc:
+        # The evidence contradicts itself, or acting on it failed: a person decides.
+        if already_reported:
+            return Outcome(stream, op.op, op.op_id, Decision.OPERATOR.value, str(exc))
+        reason = rule.reason if isinstance(exc, _NeedsOperator) else f"{rule.reason}, but: {exc}"
+        data = {"reason": reason, "error": cause, "recovery": recovery}
+        events = [operation_event(kind, op.op, NEEDS_OPERATOR, data, meta)]
+        outcome = Outcome(stream, op.op, op.op_id, Decision.OPERATOR.value, reason)
+    engine.store.append(stream, view.version, events)
     return outcome
+
+
+class _NeedsOperator(Exception):
+    """The table says a person must decide."""
 
 
 def _parts(backend: Backend, op: str, params: Mapping[str, Any]) -> tuple[Artifact, ...]:

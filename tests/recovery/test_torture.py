@@ -1,0 +1,313 @@
+"""SIGKILL at random moments: operations on real disks killed wherever they happen to be.
+
+A loop picks a disk (two raw, one qcow2, all from a template whose copies take real time) and an
+operation legal for its state, runs it in a CLI process and SIGKILLs that process after a random
+delay between 0 and the time the operation typically takes to answer on this machine (measured
+first, and kept up to date from the runs that were not killed). Most kills take down the whole
+process group, tools included, as a power cut would; a share kill only the Python process, as the
+OOM killer would, and the tools it ran (cp, qemu-img) are waited for before recovery. After each
+kill the test process recovers, and checks: the disk is exactly as before or exactly as after the
+operation, and the one the recovery decision names; an export target is whole or absent; the
+ledger verifies (no orphan, no drift); no temporary name is left; nothing is pending.
+
+``DISKLEDGER_TORTURE_KILLS`` (default 200) kills; ``DISKLEDGER_TORTURE_SEED`` replays the choices
+of a run; the summary line is printed (``pytest -s``) and written to
+``DISKLEDGER_TORTURE_REPORT`` if set.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diskledger.engine import Engine
+from diskledger.engine.recovery import RecoveryReport
+from tests.backends.helpers import info
+from tests.recovery.helpers import (
+    ABSENT,
+    Finished,
+    MiB,
+    WarmPool,
+    after,
+    cli,
+    cli_env,
+    created_state,
+    disk_state,
+    open_engine,
+    temp_leftovers,
+)
+
+KILLS = int(os.environ.get("DISKLEDGER_TORTURE_KILLS", "200"))
+SEED = int(os.environ.get("DISKLEDGER_TORTURE_SEED") or random.randrange(1 << 32))
+PROCESS_ONLY = 0.2
+"""The share of kills that hit only the Python process, not the tools it runs."""
+LATE = 0.6
+"""The share of delays drawn from the second half of the typical duration, where the effect ends
+and the outcome is written: a window that delays uniform over the whole would seldom hit."""
+DISKS = {"vm-r1/root": "raw", "vm-r2/root": "raw", "vm-q1/root": "qcow2"}
+MAX_SNAPSHOTS = 2
+GROW = 16 * MiB
+MAX_GROWTH = 64 * MiB
+WEIGHTS = {
+    "snapshot": 3,
+    "rollback": 3,
+    "export": 2,
+    "resize": 2,
+    "remove-snapshot": 1,
+    "delete": 1,
+}
+CALIBRATION = ("create", "snapshot", "resize", "rollback", "export", "remove-snapshot", "delete")
+
+
+@dataclass
+class Step:
+    op: str
+    argv: list[str]
+    new: dict[str, Any]
+    """The disk's state once the operation completed."""
+    target: Path | None = None
+    """An export's target."""
+
+
+@dataclass
+class Tally:
+    kills: int = 0
+    rolled_forward: int = 0
+    rolled_back: int = 0
+    finished: int = 0
+    """Recovery decisions ``finish``: an idempotent in-place effect run again to its end."""
+    needs_operator: int = 0
+    leaks: int = 0
+    """Orphans verify found, and temporary names left."""
+    drift: int = 0
+    completed: int = 0
+    """Operations that ran to their end before the kill came."""
+    nothing_pending: int = 0
+    """Kills that left nothing to recover: before the intent, or after the outcome."""
+    process_only: int = 0
+    outlived: int = 0
+    """Process-only kills after which a tool (cp, qemu-img) ran on and was waited for."""
+    iterations: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def count(self, report: RecoveryReport) -> None:
+        for outcome in report.rolled_forward:
+            if outcome.decision == "finish":
+                self.finished += 1
+            else:
+                self.rolled_forward += 1
+        self.rolled_back += len(report.rolled_back)
+        self.needs_operator += len(report.needs_operator)
+
+    def line(self, seconds: float, measured: str) -> str:
+        return (
+            f"torture: kills={self.kills} rolled_forward={self.rolled_forward} "
+            f"rolled_back={self.rolled_back} finished={self.finished} "
+            f"needs_operator={self.needs_operator} leaks={self.leaks} drift={self.drift} "
+            f"completed_before_kill={self.completed} nothing_pending={self.nothing_pending} "
+            f"process_only_kills={self.process_only} tools_outlived={self.outlived} "
+            f"iterations={self.iterations} problems={len(self.problems)} "
+            f"seconds={seconds:.1f} seed={SEED} {measured}"
+        )
+
+
+class Torture:
+    def __init__(self, tmp_path: Path, template: Path) -> None:
+        self.root = tmp_path / "root"
+        self.exports = tmp_path / "exports"
+        self.exports.mkdir()
+        self.rng = random.Random(SEED)
+        self.engine: Engine = open_engine(self.root)
+        self.template = self.engine.add_template("big", template, "raw")
+        self.pool = WarmPool(cli_env())
+        self.durations: dict[tuple[str, str], list[float]] = {}
+        """Per operation and backend: seconds from ``go`` to the answer, of runs not killed."""
+        self.cold_create = 0.0
+        self.serial = 0
+
+    def close(self) -> None:
+        self.pool.close()
+        self.engine.close()
+
+    # -- choosing ------------------------------------------------------------------------------
+
+    def create(self, disk: str, backend: str) -> Step:
+        backing = self.template.location if backend == "qcow2" else None
+        assert self.template.virtual_size is not None
+        new = created_state(
+            self.root, disk, backend, self.template.virtual_size, template="big", backing=backing
+        )
+        return Step("create", ["disk", "create", disk, "--template", "big"], new)
+
+    def step(self, disk: str, backend: str, op: str, old: dict[str, Any]) -> Step:
+        """``op`` on the live disk ``disk`` whose state is ``old``."""
+        self.serial += 1
+        if op == "snapshot":
+            name = f"s{self.serial}"
+            return Step(op, ["disk", op, disk, name], after(old, op, name))
+        if op in ("rollback", "remove-snapshot"):
+            name = self.rng.choice(old["snapshots"])
+            resized = self.engine.show(disk).resized
+            return Step(op, ["disk", op, disk, name], after(old, op, name, resized=resized))
+        if op == "resize":
+            size = old["size"] + GROW
+            return Step(op, ["disk", op, disk, str(size)], after(old, op, size))
+        if op == "export":
+            target = self.exports / f"export-{self.serial}.img"
+            return Step(op, ["disk", op, disk, str(target)], after(old, op), target)
+        assert op == "delete"
+        return Step(op, ["disk", op, disk], after(old, op))
+
+    def choose(self, disk: str, backend: str, old: dict[str, Any]) -> Step:
+        if old == ABSENT:
+            return self.create(disk, backend)
+        assert self.template.virtual_size is not None
+        legal = {
+            "snapshot": len(old["snapshots"]) < MAX_SNAPSHOTS,
+            "rollback": bool(old["snapshots"]),
+            "remove-snapshot": bool(old["snapshots"]),
+            "resize": old["size"] + GROW <= self.template.virtual_size + MAX_GROWTH,
+            "export": True,
+            "delete": True,
+        }
+        ops = [op for op, ok in legal.items() if ok]
+        op = self.rng.choices(ops, [WEIGHTS[o] for o in ops])[0]
+        return self.step(disk, backend, op, old)
+
+    # -- running -------------------------------------------------------------------------------
+
+    def run(self, backend: str, step: Step, *, kill_after: float | None, group: bool) -> Finished:
+        worker = self.pool.take()
+        worker.go(self.root, backend, step.argv)
+        if kill_after is not None:
+            time.sleep(max(0.0, worker.started + kill_after - time.monotonic()))
+            worker.kill(group=group)
+        done = worker.finish()
+        if done.returncode not in (0, -signal.SIGKILL):
+            raise AssertionError(f"{step.argv} exited {done.returncode}: {done.stderr}")
+        if done.returncode == 0 and done.answered is not None:
+            self.durations.setdefault((step.op, backend), []).append(done.answered)
+        return done
+
+    def typical(self, op: str, backend: str) -> float:
+        """The median time ``op`` took to answer, over its recent runs on this machine."""
+        return statistics.median(self.durations[op, backend][-15:])
+
+    def calibrate(self) -> None:
+        """Run every operation to its end on each backend, twice, to know how long each takes
+        here; and time one raw ``disk create`` as a whole new CLI process."""
+        for backend in ("raw", "qcow2"):
+            disk = f"cal-{backend}/root"
+            for _ in range(2):
+                state = ABSENT
+                for op in CALIBRATION:
+                    step = self.create(disk, backend) if op == "create" else None
+                    step = step or self.step(disk, backend, op, state)
+                    assert self.run(backend, step, kill_after=None, group=True).returncode == 0
+                    state = step.new
+                    if step.target:
+                        step.target.unlink()
+        started = time.monotonic()
+        done = cli(self.root, "disk", "create", "cal-cold/root", "--template", "big")
+        self.cold_create = time.monotonic() - started
+        assert done.returncode == 0, done.stderr
+        self.engine.delete("cal-cold/root")
+
+    def measured(self) -> str:
+        typical = " ".join(f"{o}/{b}={self.typical(o, b):.2f}" for o, b in sorted(self.durations))
+        return f"cold_cli_raw_create={self.cold_create:.2f}s typical_answer_after_go: {typical}"
+
+    # -- one kill ------------------------------------------------------------------------------
+
+    def iterate(self, tally: Tally) -> None:
+        disk = self.rng.choice(list(DISKS))
+        backend = DISKS[disk]
+        old = disk_state(self.engine, disk)
+        step = self.choose(disk, backend, old)
+        group = self.rng.random() >= PROCESS_ONLY
+        typical = self.typical(step.op, backend)
+        delay = self.rng.uniform(0.5 * typical if self.rng.random() < LATE else 0, typical)
+        done = self.run(backend, step, kill_after=delay, group=group)
+        what = f"{step.argv} killed after {delay:.3f} s ({'group' if group else 'process'})"
+        killed = done.returncode != 0
+        tally.completed += not killed
+        tally.kills += killed
+        tally.process_only += killed and not group
+        tally.outlived += done.outlived > 0
+
+        report = self.engine.recover()
+        tally.count(report)
+        if report.in_flight or report.needs_operator:
+            tally.problems.append(f"{what}: recovery left {report.to_json()}")
+            return
+        decisions = [o.decision for o in (*report.rolled_forward, *report.rolled_back)]
+        if not decisions:
+            tally.nothing_pending += killed
+            expected = [old, step.new] if killed else [step.new]
+        else:
+            expected = [old] if decisions == ["roll-back"] else [step.new]
+        state = disk_state(self.engine, disk)
+        if state not in expected:
+            tally.problems.append(f"{what}: {decisions} left {state}, expected one of {expected}")
+        if step.target is not None:
+            self.check_export(step, disk, decisions, killed, what, tally)
+        self.check_storage(what, tally)
+
+    def check_export(
+        self, step: Step, disk: str, decisions: list[str], killed: bool, what: str, tally: Tally
+    ) -> None:
+        """A target that exists is whole; it exists when the export completed or was rolled
+        forward, and not when it was rolled back. Removed after, as its user would take it."""
+        assert step.target is not None
+        exists = step.target.exists()
+        must: bool | None = None  # killed with nothing pending: before the intent or after
+        if decisions or not killed:
+            must = decisions != ["roll-back"]
+        if must is not None and exists != must:
+            tally.problems.append(f"{what}: export target exists={exists} after {decisions}")
+        if exists:
+            seen = info(str(step.target), DISKS[disk])
+            if (seen["virtual-size"], seen.get("backing-filename")) != (step.new["size"], None):
+                tally.problems.append(f"{what}: the export is not a whole copy: {seen}")
+            step.target.unlink()
+
+    def check_storage(self, what: str, tally: Tally) -> None:
+        verified = self.engine.verify()
+        tally.leaks += len(verified.orphans)
+        tally.drift += len(verified.drift)
+        if not verified.ok:
+            tally.problems.append(f"{what}: verify {verified.to_json()}")
+        leftovers = temp_leftovers(self.root, self.exports)
+        tally.leaks += len(leftovers)
+        if leftovers:
+            tally.problems.append(f"{what}: temporary names left: {leftovers}")
+        if self.engine.recover(dry_run=True).pending:
+            tally.problems.append(f"{what}: still pending after recovery")
+
+
+def test_random_sigkills_leave_old_or_new_and_nothing_behind(
+    tmp_path: Path, big_template: Path
+) -> None:
+    torture = Torture(tmp_path, big_template)
+    tally = Tally()
+    started = time.monotonic()
+    try:
+        torture.calibrate()
+        while tally.kills < KILLS and tally.iterations < 3 * KILLS + 10 and not tally.problems:
+            tally.iterations += 1
+            torture.iterate(tally)
+    finally:
+        torture.close()
+        summary = tally.line(time.monotonic() - started, torture.measured())
+        print(f"\n{summary}")
+        if report := os.environ.get("DISKLEDGER_TORTURE_REPORT"):
+            Path(report).write_text(summary + "\n")
+    assert tally.problems == [], "\n".join(tally.problems)
+    assert (tally.leaks, tally.drift, tally.needs_operator) == (0, 0, 0), summary
+    assert tally.kills == KILLS, summary
