@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-import logging
 import os
 import stat
 import time
@@ -67,8 +66,6 @@ from diskledger.states.streams import DISK, TEMPLATE, disk_stream, empty_view, t
 from diskledger.store import EventStore, open_store
 
 __all__ = ["FORMATS", "Engine", "Export"]
-
-log = logging.getLogger(__name__)
 
 FORMATS = ("raw", "qcow2")
 """Formats a template may be declared as and an export may be written in."""

@@ -261,6 +261,15 @@ def recover(engine: Engine, *, dry_run: bool = False) -> RecoveryReport:
             outcome = _resolve(engine, entry, intent, run_id, dry_run=dry_run)
         except ConcurrencyError:
             continue  # another recovery got there first
+        log.log(
+            logging.WARNING if outcome.decision == Decision.OPERATOR else logging.INFO,
+            "recovery: %s %s (%s): %s, %s",
+            entry.stream,
+            op.op,
+            op.op_id,
+            outcome.decision,
+            outcome.reason,
+        )
         {
             Decision.FORWARD: report.rolled_forward,
             Decision.FINISH: report.rolled_forward,
