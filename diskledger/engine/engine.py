@@ -29,6 +29,7 @@ from diskledger.engine.liveness import current_process, is_alive
 from diskledger.engine.recovery import RecoveryReport, recover, settle
 from diskledger.engine.verify import VerifyReport, verify
 from diskledger.errors import (
+    ConcurrencyError,
     Conflict,
     DiskLedgerError,
     DiskNotFound,
@@ -262,7 +263,12 @@ class Engine:
             if view is None or view.pending is None:
                 try:
                     return self.add_template(template, source, fmt)
-                except (Conflict, IllegalTransition):
+                except (ConcurrencyError, OperationPending, IllegalTransition):
+                    raced = self.store.template(stream)
+                    if raced is None or (
+                        raced.pending is None and raced.state is TemplateState.ABSENT
+                    ):
+                        raise  # not a race: nobody else is fetching or has fetched it
                     continue  # another process started the fetch first: wait for it
             if self._abandoned(view):
                 self.recover()
@@ -333,7 +339,7 @@ class Engine:
             cached = self.template(template)
             assert cached.location and cached.format and cached.virtual_size is not None
             source = TemplateSource(cached.location, cached.format, cached.virtual_size)
-            wanted = None if size in (None, 0, "0") else parse_size(size)
+            wanted = asked
             if wanted is not None and wanted < source.virtual_size:
                 raise InvalidSize(
                     f"size {wanted} is smaller than template {template}'s virtual size "

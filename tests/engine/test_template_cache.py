@@ -130,3 +130,15 @@ def test_a_fetch_renews_its_lease_while_it_works(
     assert types[0] == "template.fetch.started" and types[-1] == "template.fetch.completed"
     assert "template.fetch.lease-renewed" in types
     assert view.lease_expires is None and view.state.value == "cached"
+
+
+def test_ensure_template_does_not_spin_on_a_refusal(tmp_path: Path, big_template: Path) -> None:
+    """A cached file nobody owns is a refusal, not a race to wait out."""
+    from diskledger.errors import Conflict
+
+    root = tmp_path / "root"
+    (root / "templates").mkdir(parents=True)
+    (root / "templates" / "base").write_bytes(b"planted")
+    config = Config.load(root=root, backend="raw", environ={})
+    with Engine.open(config) as engine, pytest.raises(Conflict, match="does not own"):
+        engine.ensure_template("base", big_template, "raw", timeout=5)
