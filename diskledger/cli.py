@@ -163,14 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.group == "disk" and args.command == "create":
         if args.blank and args.size is None:
-            build_parser().error("disk create --blank needs --size")
+            parser.error("disk create --blank needs --size")
         if (args.template_source is None) != (args.template_format is None):
-            build_parser().error("--template-source and --template-format go together")
+            parser.error("--template-source and --template-format go together")
         if args.template_source is not None and args.template is None:
-            build_parser().error("--template-source needs --template")
+            parser.error("--template-source needs --template")
     try:
         config = Config.load(
             root=args.root,
@@ -184,9 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(exc).split())
         print(f"diskledger: error: {message}", file=sys.stderr)
         return 1
-    status = 1 if isinstance(result, _Failed) else 0
+    status = 0
     if isinstance(result, _Failed):
-        result = result.document
+        status, result = 1, result.document
     if args.json:
         try:
             json.dump(result, sys.stdout, indent=2, sort_keys=True, default=str)
