@@ -26,6 +26,18 @@ format: setup
 	$(VENV)/bin/ruff check --fix diskledger tests benchmarks
 	$(VENV)/bin/ruff format diskledger tests benchmarks
 
+CEPH_DEV ?= $(CURDIR)/var/ceph
+
+.PHONY: ceph-dev ceph-dev-stop
+ceph-dev: setup  ## start a one-node Ceph cluster under ./var/ceph and print its settings
+	@./scripts/ceph-dev.sh start $(CEPH_DEV) >/dev/null
+	@echo "# a one-node Ceph cluster runs under $(CEPH_DEV); to use it:"
+	@./scripts/ceph-dev.sh env $(CEPH_DEV)
+
+ceph-dev-stop:  ## stop the cluster started by ceph-dev (by its pid files)
+	@./scripts/ceph-dev.sh stop $(CEPH_DEV)
+	@rm -rf $(CEPH_DEV)
+
 .PHONY: torture
 torture: setup  ## SIGKILL operations at random moments, 2000 times; prints the outcome counts
 	DISKLEDGER_TORTURE_KILLS=2000 $(PY) -m pytest -q -s tests/recovery/test_torture.py

@@ -4,14 +4,17 @@ The embedding API is ``Engine``; everything a caller may catch is in ``diskledge
 """
 
 from diskledger.backends import Artifact, Backend, Observation
-from diskledger.engine import Config, Engine, Export, parse_size
+from diskledger.engine import Config, DirectSnapshot, Engine, Export, parse_size
 from diskledger.errors import (
     BackendError,
+    CephError,
+    CephUnavailable,
     ConcurrencyError,
     Conflict,
     DiskLedgerError,
     DiskNotFound,
     IllegalTransition,
+    ImageBusy,
     InvalidInput,
     InvalidName,
     InvalidSize,
@@ -33,9 +36,12 @@ __all__ = [
     "Artifact",
     "Backend",
     "BackendError",
+    "CephError",
+    "CephUnavailable",
     "ConcurrencyError",
     "Config",
     "Conflict",
+    "DirectSnapshot",
     "DiskLedgerError",
     "DiskNotFound",
     "DiskState",
@@ -44,6 +50,7 @@ __all__ = [
     "EventStore",
     "Export",
     "IllegalTransition",
+    "ImageBusy",
     "InvalidInput",
     "InvalidName",
     "InvalidSize",

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from diskledger.backends import BACKENDS
 from diskledger.engine import FORMATS, Config, Engine
 from diskledger.errors import DiskLedgerError
 from diskledger.events import RecordedEvent
@@ -50,7 +51,7 @@ def _common() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--backend",
-        choices=("raw", "qcow2"),
+        choices=BACKENDS,
         default=None,
         help="disk backend ($DISKLEDGER_BACKEND)",
     )
@@ -142,6 +143,26 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("disk", metavar="INSTANCE/NAME")
     export.add_argument("target", metavar="TARGET_FILE")
     export.add_argument("--format", choices=FORMATS, default=None)
+    imported = leaf(
+        disk, "import", _disk_import, "make a new disk from a local image file", mutates=True
+    )
+    imported.add_argument("disk", metavar="INSTANCE/NAME")
+    imported.add_argument("source", metavar="SOURCE_FILE")
+    imported.add_argument("--format", required=True, choices=FORMATS)
+    flatten = leaf(
+        disk, "flatten", _disk_flatten, "detach a clone from its template (rbd)", mutates=True
+    )
+    flatten.add_argument("disk", metavar="INSTANCE/NAME")
+    direct = leaf(
+        disk,
+        "direct-snapshot",
+        _disk_direct_snapshot,
+        "copy a disk into the snapshot pool as IMAGE_ID@snap and print its rbd:// URL (rbd)",
+        mutates=True,
+    )
+    direct.add_argument("disk", metavar="INSTANCE/NAME")
+    direct.add_argument("snapshot", metavar="SNAP", help="the short-lived snapshot to copy from")
+    direct.add_argument("image_id", metavar="IMAGE_ID")
     delete = leaf(disk, "delete", _disk_delete, "delete a disk and its snapshots", mutates=True)
     delete.add_argument("disk", metavar="INSTANCE/NAME")
     show_disk = leaf(disk, "show", _disk_show, "show one disk")
@@ -265,6 +286,22 @@ def _disk_remove_snapshot(engine: Engine, args: argparse.Namespace) -> Any:
 
 def _disk_delete(engine: Engine, args: argparse.Namespace) -> Any:
     return _show_disk(engine, args, engine.delete(args.disk, op_id=args.op_id))
+
+
+def _disk_import(engine: Engine, args: argparse.Namespace) -> Any:
+    view = engine.import_disk(args.disk, args.source, args.format, op_id=args.op_id)
+    return _show_disk(engine, args, view)
+
+
+def _disk_flatten(engine: Engine, args: argparse.Namespace) -> Any:
+    return _show_disk(engine, args, engine.flatten(args.disk, op_id=args.op_id))
+
+
+def _disk_direct_snapshot(engine: Engine, args: argparse.Namespace) -> Any:
+    result = engine.direct_snapshot(args.disk, args.snapshot, args.image_id, op_id=args.op_id)
+    if not args.json:
+        print(result.url)
+    return result.to_json()
 
 
 def _disk_show(engine: Engine, args: argparse.Namespace) -> Any:

@@ -23,7 +23,10 @@ translated where they cross into diskledger, with ``raise ... from`` so the caus
         ├── CommandNotFound     a required tool (``qemu-img``) is not installed
         ├── CommandFailed       a tool exited non-zero
         ├── CommandTimedOut     a tool ran past its deadline
-        └── StorageIOError      the file system refused (ENOSPC, EIO, EACCES...)
+        ├── StorageIOError      the file system or the cluster refused (ENOSPC, EIO, EACCES...)
+        └── CephError           the Ceph cluster refused an RBD request (carries the errno)
+            ├── CephUnavailable no answer within the retry budget (timeouts, lost connection)
+            └── ImageBusy       an image stayed in use (watchers, clones) past the retry budget
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from collections.abc import Sequence
 
 __all__ = [
     "BackendError",
+    "CephError",
+    "CephUnavailable",
     "CommandFailed",
     "CommandNotFound",
     "CommandTimedOut",
@@ -40,6 +45,7 @@ __all__ = [
     "DiskLedgerError",
     "DiskNotFound",
     "IllegalTransition",
+    "ImageBusy",
     "InvalidInput",
     "InvalidName",
     "InvalidSize",
@@ -178,3 +184,20 @@ class StorageIOError(BackendError):
     def __init__(self, message: str, *, errno: int | None = None) -> None:
         super().__init__(message)
         self.errno = errno
+
+
+class CephError(BackendError):
+    """The Ceph cluster refused an RBD or RADOS request. ``errno`` is librados' error number."""
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class CephUnavailable(CephError):
+    """The cluster did not answer within the retry budget (timeouts, a lost connection)."""
+
+
+class ImageBusy(CephError):
+    """The image stayed in use past the retry budget: a client still watches it, or clones
+    depend on its snapshot."""

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Install everything diskledger needs on a fresh Debian 12 machine, idempotently:
-# system packages (qemu-utils, PostgreSQL for the ledger tests, python3-venv) and a venv made from
+# system packages (qemu-utils, PostgreSQL for the ledger tests, a one-node Ceph cluster's daemons,
+# the rados/rbd Python bindings and qemu's rbd driver, python3-venv) and a venv made from
 # /usr/bin/python3 with --system-site-packages (Debian's rados/rbd/libvirt bindings live there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
-packages=(qemu-utils python3-venv postgresql)
+packages=(
+    qemu-utils python3-venv postgresql
+    ceph-mon ceph-osd ceph-common python3-rados python3-rbd qemu-block-extra
+)
 
 missing=()
 for p in "${packages[@]}"; do

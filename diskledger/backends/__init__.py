@@ -2,40 +2,66 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+from diskledger.backends.ceph import CephConfig
 from diskledger.backends.contract import (
     Artifact,
     ArtifactKind,
     Backend,
     Capability,
+    DirectSnapshots,
+    Flattens,
     Observation,
     TemplateSource,
+    TemplateStore,
 )
 from diskledger.backends.qcow2 import Qcow2Backend
 from diskledger.backends.raw import RawBackend
-from diskledger.backends.templates import TemplateCache
+from diskledger.backends.rbd import RbdBackend, RbdTemplateStore
+from diskledger.backends.templates import DEFAULT_MAX_VIRTUAL_SIZE, TemplateCache
 from diskledger.errors import InvalidInput
 
 __all__ = [
+    "BACKENDS",
     "Artifact",
     "ArtifactKind",
     "Backend",
     "Capability",
+    "CephConfig",
+    "DirectSnapshots",
+    "Flattens",
     "Observation",
     "Qcow2Backend",
     "RawBackend",
+    "RbdBackend",
+    "RbdTemplateStore",
     "TemplateCache",
     "TemplateSource",
+    "TemplateStore",
     "backend_for",
+    "template_store_for",
 ]
 
-_BACKENDS: dict[str, Callable[[str], Backend]] = {"raw": RawBackend, "qcow2": Qcow2Backend}
+BACKENDS = ("raw", "qcow2", "rbd")
 
 
-def backend_for(name: str, root: str) -> Backend:
-    """The backend configured as ``name``, keeping its files under ``root``."""
-    factory = _BACKENDS.get(name)
-    if factory is None:
-        raise InvalidInput(f"unknown backend {name!r}; choose one of: {', '.join(_BACKENDS)}")
-    return factory(root)
+def backend_for(name: str, root: str, *, ceph: CephConfig | None = None) -> Backend:
+    """The backend configured as ``name``; file backends keep their files under ``root``, the
+    ``rbd`` backend needs ``ceph``."""
+    if name == "raw":
+        return RawBackend(root)
+    if name == "qcow2":
+        return Qcow2Backend(root)
+    if name == "rbd":
+        if ceph is None:
+            raise InvalidInput("the rbd backend needs a Ceph configuration (DISKLEDGER_CEPH_CONF)")
+        return RbdBackend(root, ceph)
+    raise InvalidInput(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+
+
+def template_store_for(
+    backend: Backend, root: str, *, max_virtual_size: int = DEFAULT_MAX_VIRTUAL_SIZE
+) -> TemplateStore:
+    """Where ``backend`` keeps its templates: in its pool for RBD, as local files otherwise."""
+    if isinstance(backend, RbdBackend):
+        return RbdTemplateStore(root, backend, max_virtual_size=max_virtual_size)
+    return TemplateCache(root, max_virtual_size=max_virtual_size)

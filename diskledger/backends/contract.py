@@ -30,8 +30,11 @@ __all__ = [
     "ArtifactKind",
     "Backend",
     "Capability",
+    "DirectSnapshots",
+    "Flattens",
     "Observation",
     "TemplateSource",
+    "TemplateStore",
 ]
 
 
@@ -40,6 +43,10 @@ class ArtifactKind(StrEnum):
     """A file at ``location``."""
     INTERNAL_SNAPSHOT = "internal-snapshot"
     """A snapshot named ``name`` inside the qcow2 image at ``location``."""
+    RBD_IMAGE = "rbd-image"
+    """The RBD image ``location`` (``pool/image``), with whatever snapshots it holds."""
+    RBD_SNAPSHOT = "rbd-snapshot"
+    """The snapshot ``name`` of the RBD image ``location`` (``pool/image``)."""
 
 
 class Capability(StrEnum):
@@ -47,6 +54,10 @@ class Capability(StrEnum):
     """Snapshots live inside the disk image (qcow2) rather than beside it."""
     BACKING_OVERLAY = "backing-overlay"
     """Disks made from a template are copy-on-write overlays that keep the template as backing."""
+    FLATTEN = "flatten"
+    """A disk can be detached from its template by copying the data it shares (``flatten``)."""
+    DIRECT_SNAPSHOT = "direct-snapshot"
+    """A snapshot can be cloned into an image pool and handed off (``direct_snapshot``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +102,11 @@ class Observation:
     allocated: int | None = None
     backing: str | None = None
     snapshots: tuple[str, ...] = ()
+    protected: bool | None = None
+    """For a snapshot that can be protected (RBD): whether it is; None elsewhere."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        raw = {
             "artifact": self.artifact.to_json(),
             "exists": self.exists,
             "format": self.format,
@@ -102,6 +115,9 @@ class Observation:
             "backing": self.backing,
             "snapshots": list(self.snapshots),
         }
+        if self.protected is not None:
+            raw["protected"] = self.protected
+        return raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +152,16 @@ class Backend(Protocol):
 
         An existing disk at ``location`` is never re-created: it is observed and returned.
         """
+        ...
+
+    def import_artifacts(self, location: str, token: str) -> tuple[Artifact, ...]: ...
+
+    def import_file(
+        self, location: str, token: str, source: str, fmt: str, *, max_virtual_size: int
+    ) -> Observation:
+        """Make the disk from the local image ``source`` declared as ``fmt``: copied, inspected
+        (``diskledger.backends.staging``) and converted to the backend's format. An existing disk
+        at ``location`` is observed and returned, never replaced."""
         ...
 
     def resize(self, location: str, fmt: str, size: int) -> Observation:
@@ -186,4 +212,70 @@ class Backend(Protocol):
 
     def remove(self, artifacts: Sequence[Artifact]) -> None:
         """Remove the named artifacts, idempotently: the one compensation path."""
+        ...
+
+    def inventory(self) -> tuple[Artifact, ...]:
+        """Everything this backend keeps outside the root directory (which ``verify`` walks
+        itself): for RBD, every image and snapshot in the pool. File backends return ``()``."""
+        ...
+
+
+@runtime_checkable
+class Flattens(Protocol):
+    """A backend with ``Capability.FLATTEN``."""
+
+    def flatten(self, location: str, fmt: str) -> Observation:
+        """Copy what the disk shares with its parent into it; a flat disk is left alone."""
+        ...
+
+
+@runtime_checkable
+class DirectSnapshots(Protocol):
+    """A backend with ``Capability.DIRECT_SNAPSHOT``."""
+
+    def direct_snapshot_url(self, image_id: str) -> str:
+        """Where the copy ``image_id`` will be found (known before it exists)."""
+        ...
+
+    def direct_snapshot_artifacts(
+        self, location: str, snapshot: str, image_id: str, token: str
+    ) -> tuple[Artifact, ...]: ...
+
+    def direct_snapshot(
+        self, location: str, fmt: str, snapshot: str, image_id: str, token: str
+    ) -> str:
+        """Copy the disk's current data to a standalone image ``image_id``; return its URL."""
+        ...
+
+
+@runtime_checkable
+class TemplateStore(Protocol):
+    """Where cached templates live: local files (``TemplateCache``) or images in a pool.
+
+    Import follows the protocol: the intent names ``import_artifacts``, the import writes under
+    them and publishes atomically; an already cached template is observed, not imported again.
+    """
+
+    root: str
+
+    @property
+    def scope(self) -> str | None:
+        """The template streams' scope: None for this host, a cluster id for a shared pool."""
+        ...
+
+    def cached_format(self, declared: str) -> str:
+        """The format a template declared as ``declared`` is kept in (RBD converts to raw)."""
+        ...
+
+    def location(self, template_id: str) -> str: ...
+
+    def observe(self, template_id: str, fmt: str) -> Observation:
+        """The cached template as the recorded format reads it (virtual size)."""
+        ...
+
+    def import_artifacts(self, template_id: str, token: str) -> tuple[Artifact, ...]: ...
+
+    def import_file(self, source: str, fmt: str, template_id: str, token: str) -> Observation:
+        """Bring ``source``, declared to be ``fmt``, into the store after the safety inspection
+        of ``diskledger.backends.staging``, and observe the cached template."""
         ...

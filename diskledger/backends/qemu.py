@@ -80,18 +80,19 @@ def resize(path: str, fmt: str, size: int) -> None:
 
 
 def convert(src: str, src_fmt: str, dst: str, dst_fmt: str) -> None:
-    runner.run(
-        [
-            "qemu-img",
-            "convert",
-            "-f",
-            src_fmt,
-            "-O",
-            dst_fmt,
-            os.path.abspath(src),
-            os.path.abspath(dst),
-        ]
-    )
+    convert_spec(os.path.abspath(src), src_fmt, os.path.abspath(dst), dst_fmt)
+
+
+def convert_spec(
+    src: str, src_fmt: str, dst: str, dst_fmt: str, *, target_exists: bool = False
+) -> None:
+    """``qemu-img convert`` between filenames or protocol specs (``rbd:pool/image:...``), taken
+    as given. ``target_exists``: write into an existing image (``-n``) instead of creating one.
+    Zeroed areas are skipped either way, so the target stays sparse."""
+    argv = ["qemu-img", "convert", "-f", src_fmt, "-O", dst_fmt]
+    if target_exists:
+        argv.append("-n")
+    runner.run([*argv, src, dst], timeout=3600.0)
 
 
 def info(path: str, fmt: str, *, timeout: float = 300.0, untrusted: bool = False) -> dict[str, Any]:

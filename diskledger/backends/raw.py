@@ -15,6 +15,7 @@ from diskledger.backends.contract import (
     TemplateSource,
 )
 from diskledger.backends.files import check_component, temporary_path
+from diskledger.backends.staging import stage
 from diskledger.errors import BackendError, InvalidInput, InvalidSize
 
 __all__ = ["FileBackend", "RawBackend"]
@@ -55,6 +56,27 @@ class FileBackend:
         files.publish(temp, location)
         return self._observe(location)
 
+    def import_artifacts(self, location: str, token: str) -> tuple[Artifact, ...]:
+        copy = Artifact(FILE, temporary_path(f"{location}.import", token), temporary=True)
+        return (copy, *_file_pair(location, token))
+
+    def import_file(
+        self, location: str, token: str, source: str, fmt: str, *, max_virtual_size: int
+    ) -> Observation:
+        if files.stat(location) is not None:
+            return self._observe(location)
+        files.ensure_dir_under(self.root, os.path.dirname(location), files.IMAGE_DIR_MODE)
+        copy = temporary_path(f"{location}.import", token)
+        stage(source, fmt, copy, op="import", max_virtual_size=max_virtual_size)
+        temp = temporary_path(location, token)
+        if fmt == self.disk_format:
+            files.publish(copy, temp)
+        else:
+            qemu.convert(copy, fmt, temp, self.disk_format)
+            files.remove_file(copy)
+        files.publish(temp, location)
+        return self._observe(location)
+
     def resize(self, location: str, fmt: str, size: int) -> Observation:
         self._check_format(fmt)
         if self._virtual_size(location) < size:
@@ -90,6 +112,9 @@ class FileBackend:
 
     def probe(self, artifacts: Sequence[Artifact]) -> tuple[Observation, ...]:
         return tuple(self._probe(artifact) for artifact in artifacts)
+
+    def inventory(self) -> tuple[Artifact, ...]:
+        return ()  # everything is a file under the root, which verify walks
 
     def remove(self, artifacts: Sequence[Artifact]) -> None:
         for artifact in artifacts:

@@ -8,7 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from diskledger.backends.ceph import CephConfig
 from diskledger.engine.inputs import parse_size
+from diskledger.errors import InvalidInput
 
 __all__ = ["DEFAULT_ROOT", "Config"]
 
@@ -18,10 +20,16 @@ DEFAULT_ROOT = "/var/lib/diskledger"
 @dataclass(frozen=True, slots=True)
 class Config:
     """``DISKLEDGER_ROOT`` (local artifacts), ``DISKLEDGER_LEDGER`` (a SQLAlchemy URL, default a
-    SQLite file under the root), ``DISKLEDGER_BACKEND`` (``raw`` or ``qcow2``),
+    SQLite file under the root), ``DISKLEDGER_BACKEND`` (``raw``, ``qcow2`` or ``rbd``),
     ``DISKLEDGER_HOST`` (the template cache's scope and the events' host; default the hostname),
     ``DISKLEDGER_RECOVER`` (``0`` to not recover pending operations when an engine opens),
     ``DISKLEDGER_MAX_TEMPLATE_SIZE`` (the virtual size ceiling for templates, default ``16T``).
+
+    For ``rbd``: ``DISKLEDGER_CEPH_CONF`` (default ``/etc/ceph/ceph.conf``), ``DISKLEDGER_RBD_POOL``
+    (default ``rbd``), ``DISKLEDGER_RBD_USER`` (the cephx client id, without ``client.``),
+    ``DISKLEDGER_CEPH_KEYRING``, ``DISKLEDGER_RBD_SNAPSHOT_POOL`` (where direct snapshots go),
+    ``DISKLEDGER_CEPH_OP_TIMEOUT`` (seconds before an unanswered request fails, default 10),
+    ``DISKLEDGER_CEPH_RETRY_BUDGET`` (seconds of retries for transient and busy errors, default 30).
     """
 
     root: Path
@@ -33,6 +41,8 @@ class Config:
     """Recover operations left pending by dead processes when an engine opens."""
     max_template_size: int = 16 << 40
     """The largest virtual size a template may claim (a tiny file claiming exabytes is refused)."""
+    ceph: CephConfig | None = None
+    """How the ``rbd`` backend reaches the cluster (None for the file backends)."""
 
     @classmethod
     def load(
@@ -46,12 +56,14 @@ class Config:
         environ: Mapping[str, str] = os.environ,
     ) -> Config:
         root_path = Path(root or environ.get("DISKLEDGER_ROOT") or DEFAULT_ROOT).absolute()
+        backend = backend or environ.get("DISKLEDGER_BACKEND") or "qcow2"
         return cls(
             root=root_path,
             ledger=ledger
             or environ.get("DISKLEDGER_LEDGER")
             or f"sqlite:///{root_path / 'ledger.db'}",
-            backend=backend or environ.get("DISKLEDGER_BACKEND") or "qcow2",
+            backend=backend,
+            ceph=_ceph(environ) if backend == "rbd" else None,
             host=environ.get("DISKLEDGER_HOST") or socket.gethostname(),
             actor=actor or environ.get("DISKLEDGER_ACTOR") or "diskledger",
             max_template_size=parse_size(
@@ -65,3 +77,30 @@ class Config:
                 not in ("0", "no", "off", "false")
             ),
         )
+
+
+def _ceph(environ: Mapping[str, str]) -> CephConfig:
+    budget = _seconds(environ, "DISKLEDGER_CEPH_RETRY_BUDGET", 30.0)
+    return CephConfig(
+        conf=environ.get("DISKLEDGER_CEPH_CONF") or "/etc/ceph/ceph.conf",
+        pool=environ.get("DISKLEDGER_RBD_POOL") or "rbd",
+        user=environ.get("DISKLEDGER_RBD_USER") or None,
+        keyring=environ.get("DISKLEDGER_CEPH_KEYRING") or None,
+        snapshot_pool=environ.get("DISKLEDGER_RBD_SNAPSHOT_POOL") or None,
+        op_timeout=_seconds(environ, "DISKLEDGER_CEPH_OP_TIMEOUT", 10.0),
+        retry_budget=budget,
+        busy_budget=budget,
+    )
+
+
+def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidInput(f"{name}={raw!r} is not a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise InvalidInput(f"{name}={raw!r} is not between 0 and 3600 seconds")
+    return value

@@ -17,9 +17,14 @@ from diskledger import faults
 from diskledger.backends import (
     Artifact,
     Backend,
-    TemplateCache,
+    Capability,
+    CephConfig,
+    DirectSnapshots,
+    Flattens,
     TemplateSource,
+    TemplateStore,
     backend_for,
+    template_store_for,
 )
 from diskledger.engine import outcomes
 from diskledger.engine.config import Config
@@ -66,7 +71,7 @@ from diskledger.states.machine import Validator
 from diskledger.states.streams import DISK, TEMPLATE, disk_stream, empty_view, template_stream
 from diskledger.store import EventStore, open_store
 
-__all__ = ["FORMATS", "Engine", "Export"]
+__all__ = ["FORMATS", "DirectSnapshot", "Engine", "Export"]
 
 FORMATS = ("raw", "qcow2")
 """Formats a template may be declared as and an export may be written in."""
@@ -90,6 +95,19 @@ class Export:
         return {"disk": self.disk, "target": self.target, "format": self.format, "size": self.size}
 
 
+@dataclass(frozen=True, slots=True)
+class DirectSnapshot:
+    """A copy of a disk handed to the snapshot pool by ``Engine.direct_snapshot``."""
+
+    disk: str
+    url: str
+    """``rbd://<fsid>/<pool>/<image>/snap``, the location Glance records."""
+    size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"disk": self.disk, "url": self.url, "size": self.size}
+
+
 class Engine:
     """The embedding API: every disk and template operation, recorded in the ledger.
 
@@ -107,17 +125,21 @@ class Engine:
         self,
         store: EventStore,
         backend: Backend,
-        templates: TemplateCache,
+        templates: TemplateStore,
         *,
         host: str,
         actor: str = "diskledger",
+        ceph: CephConfig | None = None,
+        max_image_size: int = 16 << 40,
     ) -> None:
         self.store = store
         self.backend = backend
         self.templates = templates
         self.host = host
         self.actor = actor
-        self._backends: dict[str, Backend] = {backend.disk_format: backend}
+        self.max_image_size = max_image_size
+        self._ceph = ceph
+        self._backends: dict[str, Backend] = {backend.name: backend}
 
     @classmethod
     def open(cls, config: Config | None = None, **overrides: Any) -> Engine:
@@ -127,15 +149,19 @@ class Engine:
         recovered before it returns (see ``recover``).
         """
         config = config or Config.load(**overrides)
-        backend = backend_for(config.backend, str(config.root))
+        backend = backend_for(config.backend, str(config.root), ceph=config.ceph)
         config.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         store = open_store(config.ledger)
         engine = cls(
             store,
             backend,
-            TemplateCache(str(config.root), max_virtual_size=config.max_template_size),
+            template_store_for(
+                backend, str(config.root), max_virtual_size=config.max_template_size
+            ),
             host=config.host,
             actor=config.actor,
+            ceph=config.ceph,
+            max_image_size=config.max_template_size,
         )
         if config.recover:
             try:
@@ -158,15 +184,24 @@ class Engine:
         """Check the hash chain, the read models against the log, and storage against the ledger."""
         return verify(self)
 
-    def backend_for(self, fmt: str | None) -> Backend:
-        """The backend that keeps disks of the recorded format ``fmt`` (the configured one when
-        ``fmt`` is None): a disk is always handled as what it was recorded to be."""
-        if fmt is None:
+    def backend_named(self, name: str | None) -> Backend:
+        """The backend called ``name`` (the configured one when None): a disk is always handled
+        by the backend that made it, as the ledger recorded."""
+        if name is None:
             return self.backend
-        backend = self._backends.get(fmt)
+        backend = self._backends.get(name)
         if backend is None:
-            backend = self._backends[fmt] = backend_for(fmt, self.templates.root)
+            backend = self._backends[name] = backend_for(name, self.templates.root, ceph=self._ceph)
         return backend
+
+    def backend_of(self, disk: DiskView) -> Backend:
+        """The backend that keeps ``disk`` (ledgers from before the ``backend`` field recorded
+        only the format, which then names a file backend)."""
+        return self.backend_named(disk.backend or disk.format)
+
+    def template_stream(self, template: str) -> str:
+        """The stream of ``template`` in this engine's template store."""
+        return template_stream(self.templates.scope or self.host, template)
 
     def recovery_metadata(self, op_id: str, run_id: str) -> Metadata:
         """Metadata for an outcome recorded by recovery on behalf of a dead writer."""
@@ -200,7 +235,7 @@ class Engine:
         check_name(template, "template")
         if fmt not in FORMATS:
             raise InvalidInput(f"template format {fmt!r} is not one of {', '.join(FORMATS)}")
-        stream = template_stream(self.host, template)
+        stream = self.template_stream(template)
         request = {"op": "template add", "template": template, "source": str(source), "format": fmt}
         if (done := self._repeat(op_id, request)) is not None:
             return self._template_after(done)
@@ -221,7 +256,8 @@ class Engine:
 
         def fetch() -> dict[str, Any]:
             return outcomes.fetched(
-                fmt, self.templates.import_file(str(source_path), fmt, template, op_id)
+                self.templates.cached_format(fmt),
+                self.templates.import_file(str(source_path), fmt, template, op_id),
             )
 
         view, _ = self._operate(
@@ -253,7 +289,7 @@ class Engine:
         partial copy) and fetch it here. Many concurrent callers fetch a template exactly once.
         """
         check_name(template, "template")
-        stream = template_stream(self.host, template)
+        stream = self.template_stream(template)
         deadline = time.monotonic() + timeout
         delay = 0.01
         while True:
@@ -289,7 +325,7 @@ class Engine:
 
     def template(self, template: str) -> TemplateView:
         check_name(template, "template")
-        view = self.store.template(template_stream(self.host, template))
+        view = self.store.template(self.template_stream(template))
         if view is None or view.state is TemplateState.ABSENT:
             raise TemplateNotFound(template)
         return view
@@ -350,7 +386,7 @@ class Engine:
                     "disk.template-bound",
                     {
                         "template": template,
-                        "template_stream": template_stream(self.host, template),
+                        "template_stream": self.template_stream(template),
                         "template_version": cached.version,
                         "format": cached.format,
                         "virtual_size": cached.virtual_size,
@@ -405,7 +441,7 @@ class Engine:
         if wanted == view.size:
             return view
         location, fmt = view.location, view.format
-        backend = self.backend_for(fmt)
+        backend = self.backend_of(view)
         op_id = op_id or _new_op_id()
         params = {"size": wanted, "previous_size": view.size, "location": location, "format": fmt}
         view, _ = self._operate(
@@ -438,7 +474,7 @@ class Engine:
             )
         assert view.location and view.format
         location, fmt = view.location, view.format
-        backend = self.backend_for(fmt)
+        backend = self.backend_of(view)
         op_id = op_id or _new_op_id()
         artifacts = backend.snapshot_artifacts(location, snapshot, op_id)
         params = {"snapshot": snapshot, "location": location, "format": fmt}
@@ -466,7 +502,7 @@ class Engine:
         self._existing_snapshot(disk, view, snapshot)
         assert view.location and view.format and view.size is not None
         location, fmt, size = view.location, view.format, view.size
-        backend = self.backend_for(fmt)
+        backend = self.backend_of(view)
         op_id = op_id or _new_op_id()
         artifacts = backend.rollback_artifacts(location, snapshot, op_id)
         params = {"snapshot": snapshot, "location": location, "format": fmt, "size": size}
@@ -493,7 +529,7 @@ class Engine:
         self._existing_snapshot(disk, view, snapshot)
         assert view.location and view.format
         location, fmt = view.location, view.format
-        backend = self.backend_for(fmt)
+        backend = self.backend_of(view)
 
         def remove() -> dict[str, Any]:
             backend.remove_snapshot(location, fmt, snapshot)
@@ -522,7 +558,7 @@ class Engine:
         view = self._live_disk(disk)
         assert view.location and view.format
         location, fmt, snapshots = view.location, view.format, view.snapshot_names
-        backend = self.backend_for(fmt)
+        backend = self.backend_of(view)
 
         def delete() -> dict[str, Any]:
             backend.delete(location, fmt, snapshots)
@@ -572,7 +608,7 @@ class Engine:
             raise InvalidInput(f"export format {out_format!r} is not one of {', '.join(FORMATS)}")
         target_path = _new_file_target(Path(target))
         location, disk_format = view.location, view.format
-        backend = self.backend_for(disk_format)
+        backend = self.backend_of(view)
         op_id = op_id or _new_op_id()
         artifacts = backend.export_artifacts(str(target_path), op_id)
         params = {"target": str(target_path), "format": out_format, "location": location}
@@ -593,6 +629,155 @@ class Engine:
             request=request,
         )
         return Export(disk=disk, target=str(target_path), format=out_format, size=data["size"])
+
+    def import_disk(
+        self,
+        disk: str,
+        source: str | os.PathLike[str],
+        fmt: str,
+        *,
+        op_id: str | None = None,
+    ) -> DiskView:
+        """Create ``disk`` from the local image file ``source``, declared as ``fmt``.
+
+        The file is copied and the copy inspected like a template (no backing or data file, the
+        declared format), then converted into the backend's format. An existing disk is never
+        replaced: delete it first (its history stays in the ledger).
+        """
+        check_disk(disk)
+        if fmt not in FORMATS:
+            raise InvalidInput(f"import format {fmt!r} is not one of {', '.join(FORMATS)}")
+        stream = disk_stream(disk)
+        request = {"op": "import", "disk": disk, "source": str(source), "format": fmt}
+        if (done := self._repeat(op_id, request)) is not None:
+            return self._disk_after(done)
+        view = self._disk_view(disk, must_exist=False)
+        self._refuse_pending(stream, view)
+        if view.state is not DiskState.ABSENT:
+            raise IllegalTransition(stream, view.state, "disk.import.started", "the disk exists")
+        source_path = _readable_file(Path(source))
+        op_id = op_id or _new_op_id()
+        instance, name = disk.split("/")
+        backend = self.backend
+        location = backend.disk_location(instance, name)
+        params = {
+            "disk": disk,
+            "source": str(source_path),
+            "source_format": fmt,
+            "format": backend.disk_format,
+            "location": location,
+        }
+
+        def import_() -> dict[str, Any]:
+            seen = backend.import_file(
+                location, op_id, str(source_path), fmt, max_virtual_size=self.max_image_size
+            )
+            return outcomes.created(seen)
+
+        view, _ = self._operate(
+            backend,
+            stream,
+            view,
+            "import",
+            op_id,
+            params,
+            backend.import_artifacts(location, op_id),
+            import_,
+            request=request,
+        )
+        return view
+
+    def flatten(self, disk: str, *, op_id: str | None = None) -> DiskView:
+        """Copy the data ``disk`` shares with its template into it, so that it no longer depends
+        on the template (RBD clones). A disk that is already flat is left as it is."""
+        check_disk(disk)
+        request = {"op": "flatten", "disk": disk}
+        if (done := self._repeat(op_id, request)) is not None:
+            return self._disk_after(done)
+        view = self._live_disk(disk)
+        assert view.location and view.format
+        backend = self.backend_of(view)
+        if Capability.FLATTEN not in backend.capabilities or not isinstance(backend, Flattens):
+            raise InvalidInput(f"the {backend.name} backend cannot flatten a disk")
+        flattens: Flattens = backend
+        location, fmt = view.location, view.format
+
+        def run() -> dict[str, Any]:
+            seen = flattens.flatten(location, fmt)
+            return {"size": seen.size, "backing": seen.backing}
+
+        view, _ = self._operate(
+            backend,
+            disk_stream(disk),
+            view,
+            "flatten",
+            op_id or _new_op_id(),
+            {"location": location, "format": fmt, "size": view.size},
+            (),
+            run,
+            request=request,
+        )
+        return view
+
+    def direct_snapshot(
+        self, disk: str, snapshot: str, image_id: str, *, op_id: str | None = None
+    ) -> DirectSnapshot:
+        """Hand a standalone copy of ``disk``'s current data to the snapshot pool as the image
+        ``image_id`` with a protected snapshot ``snap`` (what Nova gives Glance), and return its
+        ``rbd://fsid/pool/image/snap`` URL. ``snapshot`` names the short-lived snapshot of the
+        disk the copy is cloned from; it is removed again, also when the operation fails."""
+        check_disk(disk)
+        check_snapshot(snapshot)
+        check_name(image_id, "image id")
+        request = {
+            "op": "direct-snapshot",
+            "disk": disk,
+            "snapshot": snapshot,
+            "image_id": image_id,
+        }
+        if (done := self._repeat(op_id, request)) is not None:
+            return DirectSnapshot(disk, done.data["url"], done.data["size"])
+        view = self._live_disk(disk)
+        assert view.location and view.format and view.size is not None
+        if view.snapshot(snapshot) is not None:
+            raise InvalidInput(f"disk {disk} already has a snapshot {snapshot!r}")
+        backend = self.backend_of(view)
+        if Capability.DIRECT_SNAPSHOT not in backend.capabilities or not isinstance(
+            backend, DirectSnapshots
+        ):
+            raise InvalidInput(f"the {backend.name} backend cannot direct-snapshot a disk")
+        direct: DirectSnapshots = backend
+        location, fmt, size = view.location, view.format, view.size
+        op_id = op_id or _new_op_id()
+        artifacts = direct.direct_snapshot_artifacts(location, snapshot, image_id, op_id)
+        url = direct.direct_snapshot_url(image_id)
+        params = {
+            "location": location,
+            "format": fmt,
+            "snapshot": snapshot,
+            "image_id": image_id,
+            "url": url,
+            "size": size,
+        }
+
+        def run() -> dict[str, Any]:
+            return {
+                "url": direct.direct_snapshot(location, fmt, snapshot, image_id, op_id),
+                "size": size,
+            }
+
+        _, data = self._operate(
+            backend,
+            disk_stream(disk),
+            view,
+            "direct-snapshot",
+            op_id,
+            params,
+            artifacts,
+            run,
+            request=request,
+        )
+        return DirectSnapshot(disk, data["url"], data["size"])
 
     def show(self, disk: str) -> DiskView:
         """The ledger's view of ``disk`` (also of a deleted one: it shows as ``absent``)."""
@@ -637,7 +822,7 @@ class Engine:
             op,
             STARTED,
             {
-                "params": dict(params),
+                "params": {**params, "backend": backend.name},
                 "artifacts": [a.to_json() for a in artifacts],
                 "request": dict(request or {}),
             },

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from diskledger.backends import Artifact, Backend, Observation
+from diskledger.backends import Artifact, Backend, Flattens, Observation
 from diskledger.engine import outcomes
 from diskledger.engine.leases import expired
 from diskledger.engine.liveness import is_alive
@@ -183,6 +183,16 @@ RULES: tuple[Rule, ...] = (
     Rule("delete", "otherwise", FINISH, "part was removed: remove the rest"),
     Rule("export", "final names exist", FORWARD, "the export was published whole"),
     Rule("export", "final names missing", BACK, "the export was never published"),
+    # An import publishes by renaming, as a create does; its size is known only afterwards.
+    Rule("import", "final names exist", FORWARD, "the disk was published whole"),
+    Rule("import", "final names missing", BACK, "the disk was never published"),
+    # librbd flattens in place and the result is the same however often it runs.
+    Rule("flatten", "disk exists", FINISH, "a flatten is idempotent: run to the end"),
+    Rule("flatten", "otherwise", OPERATOR, "the disk is missing"),
+    # The copy is renamed into the image pool only after it was flattened and snapshotted; the
+    # disk's short-lived snapshot is a temporary either way and goes.
+    Rule("direct-snapshot", "final names exist", FORWARD, "the copy was published whole"),
+    Rule("direct-snapshot", "final names missing", BACK, "the copy was never published"),
     Rule("fetch", "final names exist", FORWARD, "the template was published whole"),
     Rule("fetch", "final names missing", BACK, "the template was never published"),
 )
@@ -331,7 +341,7 @@ def settle(
     op = view.pending
     assert op is not None
     kind = stream_kind(stream)
-    backend = engine.backend_for(op.params.get("format"))
+    backend = engine.backend_named(op.params.get("backend") or op.params.get("format"))
     named = tuple(Artifact.from_json(a) for a in op.artifacts)
     parts = _parts(backend, op.op, op.params)
     evidence = Evidence(
@@ -390,7 +400,7 @@ def _parts(backend: Backend, op: str, params: Mapping[str, Any]) -> tuple[Artifa
     location = params.get("location")
     if location is None:
         return ()
-    if op in ("resize", "rollback"):
+    if op in ("resize", "rollback", "flatten"):
         return backend.disk_artifacts(location, ())
     if op == "remove-snapshot":
         return backend.disk_artifacts(location, (params["snapshot"],))
@@ -406,6 +416,8 @@ def _finish(backend: Backend, op: str, params: Mapping[str, Any], op_id: str) ->
         )
     elif op == "delete":
         backend.delete(params["location"], params["format"], tuple(params.get("snapshots", ())))
+    elif op == "flatten" and isinstance(backend, Flattens):
+        backend.flatten(params["location"], params["format"])
     else:
         raise AssertionError(f"no way to finish {op}")
 
@@ -420,12 +432,16 @@ def _completed_data(
 ) -> dict[str, Any]:
     """What the outcome would have recorded, had the writer lived: observed again now."""
     if op == "fetch":
-        return outcomes.fetched(
-            params["format"], engine.templates.observe(params["template"], params["format"])
-        )
-    if op == "create":
+        fmt = engine.templates.cached_format(params["format"])
+        return outcomes.fetched(fmt, engine.templates.observe(params["template"], fmt))
+    if op in ("create", "import"):
         (seen,) = evidence.finals
         return outcomes.created(seen)
+    if op == "direct-snapshot":
+        return {"url": params["url"], "size": params["size"]}
+    if op == "flatten":
+        (disk,) = backend.probe(backend.disk_artifacts(params["location"], ()))
+        return {"size": disk.size, "backing": disk.backing}
     if op in ("resize", "rollback", "snapshot"):
         (disk,) = backend.probe(backend.disk_artifacts(params["location"], ()))
         return {"size": disk.size}

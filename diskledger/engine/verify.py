@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from diskledger.backends import Artifact, ArtifactKind, Observation
+from diskledger.backends import Artifact, ArtifactKind, Capability, Observation
 from diskledger.errors import IllegalTransition
 from diskledger.events import RecordedEvent
 from diskledger.states import DiskState, DiskView, TemplateState, TemplateView, evolve
@@ -157,6 +157,7 @@ def _check_storage(engine: Engine, report: VerifyReport) -> None:
                 owned.add(disk.location)
                 owned.update(_files(engine, disk))
             continue
+        owned.add(disk.location or "")
         owned.update(_files(engine, disk))
         _check_disk(engine, disk, report)
     for template in engine.store.templates():
@@ -166,18 +167,29 @@ def _check_storage(engine: Engine, report: VerifyReport) -> None:
     for path in _walk(root):
         if path not in owned and os.path.basename(path) not in _LEDGER_FILES:
             report.orphans.append(path)
+    _check_inventory(engine, owned, report)
+
+
+def _check_inventory(engine: Engine, owned: set[str], report: VerifyReport) -> None:
+    """Storage outside the root (an RBD pool): every image must be one the ledger names; an
+    image's snapshots are checked with its disk (drift) or belong to its template."""
+    for artifact in engine.backend.inventory():
+        if artifact.location in owned:
+            continue
+        where = artifact.location + (f"@{artifact.name}" if artifact.name else "")
+        report.orphans.append(where)
 
 
 def _files(engine: Engine, disk: DiskView) -> Iterable[str]:
     if not disk.location or not disk.format:
         return ()
-    parts = engine.backend_for(disk.format).disk_artifacts(disk.location, disk.snapshot_names)
+    parts = engine.backend_of(disk).disk_artifacts(disk.location, disk.snapshot_names)
     return (a.location for a in parts if a.kind is ArtifactKind.FILE)
 
 
 def _check_disk(engine: Engine, disk: DiskView, report: VerifyReport) -> None:
     assert disk.location and disk.format
-    backend = engine.backend_for(disk.format)
+    backend = engine.backend_of(disk)
     parts = backend.disk_artifacts(disk.location, disk.snapshot_names)
     seen = backend.probe(parts)
     whole = seen[0]
@@ -194,7 +206,9 @@ def _check_disk(engine: Engine, disk: DiskView, report: VerifyReport) -> None:
     for snapshot in seen[1:]:
         if not snapshot.exists:
             _drift(report, disk.disk, snapshot.artifact, "snapshot missing")
-    if len(whole.snapshots) > len(disk.snapshots) and disk.format == "qcow2":
+    if len(whole.snapshots) > len(disk.snapshots) and (
+        Capability.INTERNAL_SNAPSHOTS in backend.capabilities
+    ):
         extra = sorted(set(whole.snapshots) - set(disk.snapshot_names))
         _drift(report, disk.disk, whole.artifact, f"snapshots the ledger does not know: {extra}")
 

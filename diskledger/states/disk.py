@@ -61,8 +61,9 @@ class DiskView:
     """What the ledger knows of one disk after folding its stream.
 
     ``size`` is the virtual size in bytes; ``format`` and ``backing`` are recorded facts, never
-    re-probed; ``resized`` remembers whether the disk ever grew, so removing its last snapshot
-    returns it to ``resized`` rather than ``created``.
+    re-probed; ``backend`` names the driver that keeps it (``raw``, ``qcow2``, ``rbd``);
+    ``resized`` remembers whether the disk ever grew, so removing its last snapshot returns it to
+    ``resized`` rather than ``created``.
     """
 
     disk: str
@@ -73,6 +74,7 @@ class DiskView:
     template: str | None = None
     backing: str | None = None
     location: str | None = None
+    backend: str | None = None
     snapshots: tuple[Snapshot, ...] = ()
     resized: bool = False
     pending: PendingOperation | None = None
@@ -94,6 +96,7 @@ class DiskView:
             "template": self.template,
             "backing": self.backing,
             "location": self.location,
+            "backend": self.backend,
             "snapshots": [{"name": s.name, "size": s.size} for s in self.snapshots],
             "resized": self.resized,
             "pending": self.pending.to_json() if self.pending else None,
@@ -111,6 +114,7 @@ class DiskView:
             template=raw.get("template"),
             backing=raw.get("backing"),
             location=raw.get("location"),
+            backend=raw.get("backend"),
             snapshots=tuple(Snapshot(s["name"], s["size"]) for s in raw.get("snapshots", ())),
             resized=raw.get("resized", False),
             pending=PendingOperation.from_json(pending) if pending else None,
@@ -150,8 +154,10 @@ DISK_ROWS: tuple[Row[DiskState], ...] = (
     Row("template-released", S.TEMPLATE_CACHED, S.ABSENT, fact=True),
     # A blank disk (ephemeral, swap) has no template: it goes straight from absent to created.
     Row("create", S.ABSENT, S.CREATED),
-    # The disk is written from its pinned template: a raw copy or a qcow2 overlay.
+    # The disk is written from its pinned template: a raw copy, a qcow2 overlay or an RBD clone.
     Row("create", S.TEMPLATE_CACHED, S.CREATED),
+    # A local image file becomes a new disk (copied, inspected, converted); it has no template.
+    Row("import", S.ABSENT, S.CREATED),
     # The first growth of a disk.
     Row("resize", S.CREATED, S.RESIZED, when=("grows",)),
     # Further growth.
@@ -177,6 +183,16 @@ DISK_ROWS: tuple[Row[DiskState], ...] = (
     Row("export", S.CREATED, S.CREATED),
     Row("export", S.RESIZED, S.RESIZED),
     Row("export", S.SNAPSHOTTED, S.SNAPSHOTTED),
+    # Flatten copies the data a clone shares with its template into it (RBD); the disk no longer
+    # depends on the template, its state is unchanged.
+    Row("flatten", S.CREATED, S.CREATED),
+    Row("flatten", S.RESIZED, S.RESIZED),
+    Row("flatten", S.SNAPSHOTTED, S.SNAPSHOTTED),
+    # A direct snapshot hands a standalone copy of the disk to an image pool (RBD); the disk keeps
+    # no new snapshot, its state is unchanged.
+    Row("direct-snapshot", S.CREATED, S.CREATED),
+    Row("direct-snapshot", S.RESIZED, S.RESIZED),
+    Row("direct-snapshot", S.SNAPSHOTTED, S.SNAPSHOTTED),
     # Delete removes the disk and every snapshot of it, from any live state.
     Row("delete", S.CREATED, S.ABSENT),
     Row("delete", S.RESIZED, S.ABSENT),
@@ -221,16 +237,19 @@ def disk_changes(
         return {}
     if phase != "completed":
         return {}
-    if op == "create":
+    if op in ("create", "import"):
         return {
             "format": data["format"],
             "size": data["size"],
             "backing": data.get("backing"),
             "location": data["location"],
+            "backend": params.get("backend"),
             "template": params.get("template", view.template),
             "snapshots": (),
             "resized": False,
         }
+    if op == "flatten":
+        return {"backing": None}
     if op == "resize":
         return {"size": data["size"], "resized": True}
     if op == "snapshot":
@@ -251,6 +270,7 @@ _DELETED: dict[str, Any] = {
     "template": None,
     "backing": None,
     "location": None,
+    "backend": None,
     "snapshots": (),
     "resized": False,
 }
