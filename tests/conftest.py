@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.ceph import CephCluster, CephUnavailable
 from tests.support.fixtures import postgres_server, postgres_url  # noqa: F401
 
 IN_CI = os.environ.get("CI") == "true"
@@ -50,3 +52,47 @@ def template_files(tmp_path_factory: pytest.TempPathFactory, qemu_img: None) -> 
         ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)], check=True
     )
     return {"raw": raw, "qcow2": qcow2}
+
+
+@pytest.fixture(scope="session")
+def ceph_cluster() -> Iterator[CephCluster]:
+    """One real one-node Ceph cluster (cephx on) for the session; see tests/support/ceph.py.
+
+    Skipped when Ceph is not installed, except under CI=true, where that is a failure, and a
+    cluster that fails to start is a failure everywhere.
+    """
+    cluster = CephCluster()
+    try:
+        cluster.start()
+    except CephUnavailable as exc:
+        cluster.stop()
+        if IN_CI:
+            pytest.fail(f"{exc}; under CI=true a missing component is a failure", pytrace=False)
+        pytest.skip(str(exc))
+    except BaseException:
+        cluster.stop()
+        raise
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def ceph(ceph_cluster: CephCluster) -> Iterator[CephCluster]:
+    """The session's cluster with both pools empty before the test (tests share the pools, so
+    each starts from nothing and can compare the pool with its own ledger) and after it."""
+    ceph_cluster.thaw_osd()
+    ceph_cluster.purge()
+    yield ceph_cluster
+    ceph_cluster.thaw_osd()
+    ceph_cluster.purge()
+
+
+@pytest.fixture
+def rbd_environ(ceph: CephCluster, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """DISKLEDGER_* settings for the rbd backend on the test cluster, also set in os.environ."""
+    settings = ceph.environ()
+    for key, value in settings.items():
+        monkeypatch.setenv(key, value)
+    return settings

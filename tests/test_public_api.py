@@ -8,6 +8,10 @@ import diskledger
 from diskledger import errors
 
 EXPECTED = {
+    "DirectSnapshot",
+    "ImageBusy",
+    "CephUnavailable",
+    "CephError",
     "Artifact",
     "Backend",
     "BackendError",

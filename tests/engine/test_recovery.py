@@ -66,7 +66,7 @@ def test_a_dead_writers_resize_that_ran_is_rolled_forward(engine: Engine, base: 
     view = engine.create("vm-1/root", template=base)
     assert view.location and view.size and view.format
     crashed_resize(engine, "vm-1/root", view.size * 2)
-    engine.backend_for(view.format).resize(view.location, view.format, view.size * 2)
+    engine.backend_of(view).resize(view.location, view.format, view.size * 2)
     report = engine.recover()
     assert [o.op for o in report.rolled_forward] == ["resize"]
     assert engine.show("vm-1/root").state is DiskState.RESIZED
@@ -79,7 +79,7 @@ def test_contradictory_evidence_needs_an_operator_and_is_reported_once(
     view = engine.create("vm-1/root", template=base)
     assert view.location and view.size
     crashed_resize(engine, "vm-1/root", view.size * 4)
-    engine.backend_for(view.format).resize(view.location, view.format or "", view.size * 2)
+    engine.backend_of(view).resize(view.location, view.format or "", view.size * 2)
     first = engine.recover()
     assert [o.decision for o in first.needs_operator] == ["needs-operator"]
     second = engine.recover()
@@ -202,5 +202,8 @@ def test_the_recovery_table_is_documented() -> None:
         "remove-snapshot",
         "delete",
         "export",
+        "import",
+        "flatten",
+        "direct-snapshot",
         "fetch",
     }

@@ -1,0 +1,168 @@
+"""A throw-away one-node Ceph cluster for tests and benchmarks, started by scripts/ceph-dev.sh.
+
+``CephCluster`` starts the cluster in a temporary directory (one ceph-mon on a free loopback port,
+one memstore ceph-osd, cephx on, the pools ``diskledger`` and ``diskledger-snapshots`` and the
+restricted client ``client.diskledger``) and stops exactly those daemons by their pid files.
+
+The engine under test only ever gets the restricted client (``environ()``, ``ceph_config()``);
+the admin key is for the tests' own looking and cleaning (``pool_contents``, ``purge``).
+
+Memstore keeps data in the OSD's memory only, so a restarted OSD comes back empty: a test that
+needs the OSD "down and back" freezes it (SIGSTOP) and lets it go on (SIGCONT) instead, which is
+what a client sees of a stopped or unreachable OSD.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+from diskledger.backends import CephConfig
+
+__all__ = ["POOL", "SNAPSHOT_POOL", "CephCluster", "CephUnavailable"]
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "ceph-dev.sh"
+POOL = "diskledger"
+SNAPSHOT_POOL = "diskledger-snapshots"
+USER = "diskledger"
+_DAEMONS = ("ceph-mon", "ceph-osd", "ceph-authtool", "monmaptool", "rbd")
+
+
+class CephUnavailable(RuntimeError):
+    """The Ceph packages are not installed (skip outside CI)."""
+
+
+class CephCluster:
+    def __init__(self, directory: str | None = None) -> None:
+        self._owns_directory = directory is None
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="diskledger-ceph-"))
+        self.conf = self.directory / "ceph.conf"
+
+    def start(self) -> None:
+        missing = [tool for tool in _DAEMONS if shutil.which(tool) is None]
+        if missing:
+            raise CephUnavailable(
+                f"{', '.join(missing)} not installed (scripts/bootstrap.sh installs ceph-mon, "
+                "ceph-osd, ceph-common)"
+            )
+        done = subprocess.run(
+            [str(SCRIPT), "start", str(self.directory)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"the Ceph cluster did not start: {done.stderr.strip()}")
+
+    def stop(self) -> None:
+        self.thaw_osd()
+        subprocess.run([str(SCRIPT), "stop", str(self.directory)], check=False, timeout=60)
+        if self._owns_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    @property
+    def keyring(self) -> Path:
+        return self.directory / f"client.{USER}.keyring"
+
+    @property
+    def admin_keyring(self) -> Path:
+        return self.directory / "client.admin.keyring"
+
+    def environ(self) -> dict[str, str]:
+        """The settings that point diskledger at this cluster as the restricted client."""
+        return {
+            "DISKLEDGER_BACKEND": "rbd",
+            "DISKLEDGER_CEPH_CONF": str(self.conf),
+            "DISKLEDGER_CEPH_KEYRING": str(self.keyring),
+            "DISKLEDGER_RBD_USER": USER,
+            "DISKLEDGER_RBD_POOL": POOL,
+            "DISKLEDGER_RBD_SNAPSHOT_POOL": SNAPSHOT_POOL,
+        }
+
+    def ceph_config(self, **overrides: float) -> CephConfig:
+        return CephConfig(
+            conf=str(self.conf),
+            pool=POOL,
+            user=USER,
+            keyring=str(self.keyring),
+            snapshot_pool=SNAPSHOT_POOL,
+            **overrides,  # type: ignore[arg-type]
+        )
+
+    # -- the tests' own view, as client.admin ------------------------------------------------
+
+    def rbd(self, *args: str) -> str:
+        done = subprocess.run(
+            [
+                "rbd",
+                "-c",
+                str(self.conf),
+                "-n",
+                "client.admin",
+                "-k",
+                str(self.admin_keyring),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"rbd {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout
+
+    def pool_contents(self, pool: str = POOL) -> set[str]:
+        """Every image (``name``) and snapshot (``name@snap``) in ``pool``."""
+        listing = json.loads(self.rbd("ls", "-l", "--format", "json", pool) or "[]")
+        found: set[str] = set()
+        for entry in listing:
+            found.add(entry["image"] + (f"@{entry['snapshot']}" if "snapshot" in entry else ""))
+        return found
+
+    def purge(self, *pools: str) -> None:
+        """Remove every image and snapshot from ``pools`` (default: both), clones first."""
+        for pool in pools or (POOL, SNAPSHOT_POOL):
+            for _ in range(10):
+                images = {entry.partition("@")[0] for entry in self.pool_contents(pool)}
+                if not images:
+                    break
+                for image in sorted(images):
+                    self._remove(pool, image)
+            else:
+                raise RuntimeError(f"could not empty pool {pool}: {self.pool_contents(pool)}")
+
+    def _remove(self, pool: str, image: str) -> None:
+        spec = f"{pool}/{image}"
+        try:
+            snaps = json.loads(self.rbd("snap", "ls", "--format", "json", spec) or "[]")
+            for snap in snaps:
+                if snap.get("protected") == "true":
+                    self.rbd("snap", "unprotect", f"{spec}@{snap['name']}")
+            if snaps:
+                self.rbd("snap", "purge", spec)
+            self.rbd("rm", "--no-progress", spec)
+        except RuntimeError:
+            pass  # a parent whose clones go first; the caller loops
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def _osd_pid(self) -> int:
+        return int((self.directory / "run" / "osd.0.pid").read_text().strip())
+
+    def freeze_osd(self) -> None:
+        """Stop the OSD process (SIGSTOP): requests to it go unanswered until ``thaw_osd``."""
+        os.kill(self._osd_pid(), signal.SIGSTOP)
+
+    def thaw_osd(self) -> None:
+        pid_file = self.directory / "run" / "osd.0.pid"
+        if pid_file.exists():
+            try:
+                os.kill(self._osd_pid(), signal.SIGCONT)
+            except ProcessLookupError:
+                pass
