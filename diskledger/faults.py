@@ -15,8 +15,12 @@ Points, in the order an operation reaches them:
 ``after-outcome``  the outcome is durable
 
 Actions: ``kill`` (the default: SIGKILL to itself, as the OOM killer or a power cut would),
-``eio`` and ``enospc`` (raise ``StorageIOError`` as the file system would). Unarmed, a point costs
-one truth test of an empty dict.
+``eio`` and ``enospc`` (raise ``StorageIOError`` as the file system would), and ``crash`` (raise
+``Crash``: the operation's thread dies on the spot, no compensation runs and the intent stays
+pending, as if its process had been killed; for tests that crash operations in-process, see
+``diskledger.testing``). Unarmed, a point costs one truth test of an empty dict.
+
+``armed(spec)`` arms points for the duration of a ``with`` block, in this process only.
 """
 
 from __future__ import annotations
@@ -24,14 +28,21 @@ from __future__ import annotations
 import errno
 import os
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Final
 
 from diskledger.errors import StorageIOError
 
-__all__ = ["ACTIONS", "POINTS", "FaultSpecError", "parse", "reach"]
+__all__ = ["ACTIONS", "POINTS", "Crash", "FaultSpecError", "armed", "parse", "reach"]
 
 POINTS: Final = ("after-intent", "mid-effect", "after-effect", "after-outcome")
-ACTIONS: Final = ("kill", "eio", "enospc")
+ACTIONS: Final = ("kill", "eio", "enospc", "crash")
+
+
+class Crash(BaseException):
+    """An operation died at a fault point (action ``crash``): nothing after it runs, no
+    compensation either. A ``BaseException``, so that no ``except Exception`` swallows it."""
 
 
 class FaultSpecError(ValueError):
@@ -66,5 +77,21 @@ def reach(point: str, op: str) -> None:
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if action == "crash":
+        raise Crash(f"crash injected at {op}@{point}")
     code = errno.EIO if action == "eio" else errno.ENOSPC
     raise StorageIOError(f"fault injected at {op}@{point}: {os.strerror(code)}", errno=code)
+
+
+@contextmanager
+def armed(spec: str) -> Iterator[None]:
+    """Arm ``spec`` (the syntax of ``DISKLEDGER_FAULT``) in this process for a ``with`` block."""
+    faults = parse(spec)
+    saved = dict(_ARMED)
+    _ARMED.clear()
+    _ARMED.update(faults)
+    try:
+        yield
+    finally:
+        _ARMED.clear()
+        _ARMED.update(saved)

@@ -30,7 +30,7 @@ from diskledger.engine import outcomes
 from diskledger.engine.config import Config
 from diskledger.engine.inputs import check_disk, check_name, check_snapshot, parse_size
 from diskledger.engine.leases import LeaseKeeper, expired, expiry
-from diskledger.engine.liveness import current_process, is_alive
+from diskledger.engine.liveness import abandon, abandoned, current_process, is_alive
 from diskledger.engine.recovery import RecoveryReport, recover, settle
 from diskledger.engine.verify import VerifyReport, verify
 from diskledger.errors import (
@@ -319,6 +319,8 @@ class Engine:
         assert view.pending is not None
         if expired(view.lease_expires):
             return True
+        if abandoned(view.pending.op_id):
+            return True
         intent = self.store.read_operation(view.pending.op_id)
         meta = intent[0].metadata if intent else None
         return meta is not None and not is_alive(meta.process, meta.host, self.host)
@@ -373,6 +375,12 @@ class Engine:
             wanted: int | None = parse_size(size)
         else:
             cached = self.template(template)
+            if cached.pending is not None:
+                raise OperationPending(
+                    self.template_stream(template), cached.pending.op, cached.pending.op_id
+                )
+            if cached.state is not TemplateState.CACHED:
+                raise TemplateNotFound(template)
             assert cached.location and cached.format and cached.virtual_size is not None
             source = TemplateSource(cached.location, cached.format, cached.virtual_size)
             wanted = asked
@@ -841,6 +849,9 @@ class Engine:
                     observed = effect()
                 view = self._reread(stream, view)
             faults.reach("after-effect", op)
+        except faults.Crash:
+            abandon(op_id)  # died on the spot: no compensation, recovery decides
+            raise
         except BaseException as exc:
             if keeper is not None:
                 view = self._reread(stream, view)

@@ -6,7 +6,7 @@ import os
 from functools import cache
 from pathlib import Path
 
-__all__ = ["current_process", "is_alive"]
+__all__ = ["abandon", "abandoned", "current_process", "is_alive"]
 
 
 @cache
@@ -52,3 +52,16 @@ def is_alive(process: str | None, host: str, this_host: str) -> bool:
     if boot != _boot_id() or not pid.isdigit():
         return False
     return _start_time(int(pid)) == started
+
+
+_ABANDONED: set[str] = set()
+
+
+def abandon(op_id: str) -> None:
+    """Declare that operation ``op_id`` died in this process (its thread crashed without an
+    outcome): recovery treats it as a dead writer's although the process lives on."""
+    _ABANDONED.add(op_id)
+
+
+def abandoned(op_id: str) -> bool:
+    return op_id in _ABANDONED

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from diskledger.backends import Artifact, Backend, Flattens, Observation
 from diskledger.engine import outcomes
 from diskledger.engine.leases import expired
-from diskledger.engine.liveness import is_alive
+from diskledger.engine.liveness import abandoned, is_alive
 from diskledger.errors import ConcurrencyError, DiskLedgerError
 from diskledger.events import (
     COMPLETED,
@@ -262,8 +262,10 @@ def recover(engine: Engine, *, dry_run: bool = False) -> RecoveryReport:
         started = intent[0].metadata
         found = Outcome(entry.stream, op.op, op.op_id, "pending", "no outcome recorded")
         report.pending.append(found)
-        if is_alive(started.process, started.host, engine.host) and not _lease_ran_out(
-            engine, entry.stream
+        if (
+            not abandoned(op.op_id)
+            and is_alive(started.process, started.host, engine.host)
+            and not _lease_ran_out(engine, entry.stream)
         ):
             report.in_flight.append(_with(found, "in-flight", "its writer is still running"))
             continue
