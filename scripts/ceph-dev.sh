@@ -91,6 +91,11 @@ mon data = $DIR/mon/\$cluster-\$id
 osd data = $DIR/osd/\$cluster-\$id
 keyring = $DIR/\$name.keyring
 
+[mon]
+# Snapshot and pool changes wait for the monitor's next proposal: 1 s by default, which a
+# one-node dev cluster has no reason to batch for.
+paxos propose interval = 0.05
+
 [osd]
 keyring = $DIR/osd/\$cluster-\$id/keyring
 osd objectstore = memstore

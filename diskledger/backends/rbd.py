@@ -142,22 +142,41 @@ class _Rbd:
             if protect and not image.is_protected_snap(name):
                 self.cluster.call(f"protect {location}@{name}", lambda: image.protect_snap(name))
 
+    def clones(self, location: str, image: Any, snapshot: str | None = None) -> list[str]:
+        """The images cloned from ``snapshot`` of the open ``image`` (``pool/image``), or from
+        any of its snapshots when None, also those in the trash namespace: a snapshot removed
+        while a v2 clone still depends on it lives on there, and so does the dependency."""
+
+        def listed() -> list[str]:
+            found: list[str] = []
+            for snap in image.list_snaps():
+                if snapshot is not None and (
+                    snap["namespace"] != _user_namespace() or snap["name"] != snapshot
+                ):
+                    continue
+                image.set_snap_by_id(snap["id"])
+                try:
+                    found.extend(f"{c['pool']}/{c['image']}" for c in image.list_children2())
+                finally:
+                    image.set_snap(None)
+            return found
+
+        which = location if snapshot is None else f"{location}@{snapshot}"
+        return self.cluster.call(f"list the clones of {which}", listed)
+
     def remove_snapshot(self, location: str, name: str) -> None:
-        """Unprotect (refused while clones depend on it) and remove; gone already is fine."""
+        """Unprotect and remove; gone already is fine. Refused while clones depend on it,
+        protected or not: librbd would move a snapshot with v2 clones to the trash instead of
+        removing it, and the image could then never be removed."""
         if not self.exists(location):
             return
         with self.image(location) as image:
             if name not in _snapshot_names(image):
                 return
-            if image.is_protected_snap(name):
-                image.set_snap(name)
-                children = [f"{p}/{c}" for p, c in image.list_children()]
-                image.set_snap(None)
-                if children:
-                    raise CephError(
-                        f"{location}@{name} has clones that depend on it: {', '.join(children)}",
-                        errno=errno.EBUSY,
-                    )
+            _refuse_clones(f"{location}@{name}", self.clones(location, image, name))
+            if self.cluster.call(
+                f"look at {location}@{name}", lambda: image.is_protected_snap(name)
+            ):
                 self.cluster.call(
                     f"unprotect {location}@{name}",
                     lambda: image.unprotect_snap(name),
@@ -169,16 +188,38 @@ class _Rbd:
                 policy=self.cluster.config.busy,
             )
 
+    def wait_unwatched(self, location: str) -> None:
+        """Wait, under the busy policy, until no other client watches the image (a VM shutting
+        down, a crashed client whose watch has not expired), then return; past the budget raise
+        ``ImageBusy``. Checked before anything is removed, so a refused delete leaves the disk
+        whole rather than stripped of its snapshots. A read-only open registers no watch of its
+        own, so every watcher listed is another client."""
+        with self.image(location, read_only=True) as image:
+
+            def unwatched() -> None:
+                watchers = list(image.watchers_list())
+                if watchers:
+                    raise OSError(errno.EBUSY, f"{len(watchers)} client(s) watch {location}")
+
+            self.cluster.call(
+                f"remove {location}, which another client has open",
+                unwatched,
+                policy=self.cluster.config.busy,
+            )
+
     def remove_image(self, location: str) -> None:
         """Remove the image and its snapshots; gone already is fine. An image a client still
         watches (a running VM) is retried under the busy policy, then refused: never leaked
-        silently, never removed under a user."""
+        silently, never removed under a user. An image with clones is refused at once: they
+        are not ours to flatten or remove."""
         import rbd
 
         if not self.exists(location):
             return
-        with self.image(location) as image:
+        with self.image(location, read_only=True) as image:
             snapshots = _snapshot_names(image)
+            _refuse_clones(location, self.clones(location, image))
+        self.wait_unwatched(location)
         for snapshot in snapshots:
             self.remove_snapshot(location, snapshot)
         pool, name = split(location)
@@ -203,12 +244,30 @@ class _Rbd:
             assert artifact.name is not None
             if not self.exists(artifact.location):
                 return Observation(artifact, exists=False)
+            name, what = artifact.name, f"{artifact.location}@{artifact.name}"
             with self.image(artifact.location, read_only=True) as image:
-                if artifact.name not in _snapshot_names(image):
+                user = _user_namespace()
+                found = self.cluster.call(
+                    f"list the snapshots of {artifact.location}",
+                    lambda: [
+                        s
+                        for s in image.list_snaps()
+                        if s["namespace"] == user and s["name"] == name
+                    ],
+                )
+                if not found:
                     return Observation(artifact, exists=False)
-                protected = bool(image.is_protected_snap(artifact.name))
+                protected = self.cluster.call(
+                    f"look at {what}", lambda: image.is_protected_snap(name)
+                )
+                # The size the snapshot was taken at, which a later resize of the image does
+                # not change (a rollback restores it).
                 return Observation(
-                    artifact, exists=True, format="raw", size=image.size(), protected=protected
+                    artifact,
+                    exists=True,
+                    format="raw",
+                    size=int(found[0]["size"]),
+                    protected=bool(protected),
                 )
         if not self.exists(artifact.location):
             return Observation(artifact, exists=False)
@@ -241,8 +300,26 @@ class _Rbd:
         return spec
 
 
+def _user_namespace() -> int:
+    import rbd
+
+    namespace: int = rbd.RBD_SNAP_NAMESPACE_TYPE_USER
+    return namespace
+
+
 def _snapshot_names(image: Any) -> tuple[str, ...]:
-    return tuple(s["name"] for s in image.list_snaps())
+    """The image's own snapshots: those in the user namespace. A trashed snapshot (removed
+    while a v2 clone depends on it) has a generated name nobody can ask for."""
+    user = _user_namespace()
+    return tuple(s["name"] for s in image.list_snaps() if s["namespace"] == user)
+
+
+def _refuse_clones(what: str, clones: Sequence[str]) -> None:
+    if clones:
+        raise CephError(
+            f"{what} has clones that depend on it: {', '.join(sorted(clones))}",
+            errno=errno.EBUSY,
+        )
 
 
 def _parent(image: Any) -> str | None:
@@ -368,13 +445,18 @@ class RbdBackend:
         self._check_format(fmt)
         if not self.rbd.exists(location):
             return
+        # Every refusal comes before the first removal, so a refused delete leaves the disk
+        # whole: recovery then sees nothing removed and rolls back, not half a delete.
         with self.rbd.image(location, read_only=True) as image:
             unknown = sorted(set(_snapshot_names(image)) - set(snapshots))
+            clones = self.rbd.clones(location, image)
         if unknown:
             raise CephError(
                 f"{location} has snapshots the ledger does not know: {', '.join(unknown)}",
                 errno=errno.ENOTEMPTY,
             )
+        _refuse_clones(location, clones)
+        self.rbd.wait_unwatched(location)
         for i, snapshot in enumerate(snapshots):
             self.rbd.remove_snapshot(location, snapshot)
             if i == 0:

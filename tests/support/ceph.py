@@ -14,6 +14,7 @@ what a client sees of a stopped or unreachable OSD.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import signal
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from diskledger.backends import CephConfig
 
@@ -126,29 +128,40 @@ class CephCluster:
         return found
 
     def purge(self, *pools: str) -> None:
-        """Remove every image and snapshot from ``pools`` (default: both), clones first."""
-        for pool in pools or (POOL, SNAPSHOT_POOL):
-            for _ in range(10):
-                images = {entry.partition("@")[0] for entry in self.pool_contents(pool)}
-                if not images:
-                    break
-                for image in sorted(images):
-                    self._remove(pool, image)
-            else:
-                raise RuntimeError(f"could not empty pool {pool}: {self.pool_contents(pool)}")
+        """Remove every image and snapshot from ``pools`` (default: both) as client.admin, clones
+        first, whichever pool they are in (a direct snapshot's copy may be a clone of a disk)."""
+        import rados
+        import rbd
 
-    def _remove(self, pool: str, image: str) -> None:
-        spec = f"{pool}/{image}"
+        cluster = rados.Rados(
+            conffile=str(self.conf), rados_id="admin", conf={"keyring": str(self.admin_keyring)}
+        )
+        cluster.connect(timeout=30)
+        ioctxs: list[Any] = []
         try:
-            snaps = json.loads(self.rbd("snap", "ls", "--format", "json", spec) or "[]")
-            for snap in snaps:
-                if snap.get("protected") == "true":
-                    self.rbd("snap", "unprotect", f"{spec}@{snap['name']}")
-            if snaps:
-                self.rbd("snap", "purge", spec)
-            self.rbd("rm", "--no-progress", spec)
-        except RuntimeError:
-            pass  # a parent whose clones go first; the caller loops
+            ioctxs.extend(cluster.open_ioctx(pool) for pool in pools or (POOL, SNAPSHOT_POOL))
+            for _ in range(10):
+                names = [(ioctx, name) for ioctx in ioctxs for name in rbd.RBD().list(ioctx)]
+                if not names:
+                    return
+                for ioctx, name in names:
+                    try:
+                        with rbd.Image(ioctx, name) as image:
+                            for snap in image.list_snaps():
+                                if snap.get("namespace") != rbd.RBD_SNAP_NAMESPACE_TYPE_USER:
+                                    continue
+                                if image.is_protected_snap(snap["name"]):
+                                    image.unprotect_snap(snap["name"])
+                                image.remove_snap(snap["name"])
+                        rbd.RBD().remove(ioctx, name)
+                    except rbd.Error:
+                        pass  # a parent whose clones go first: the next round
+            left = {name for ioctx in ioctxs for name in rbd.RBD().list(ioctx)}
+            raise RuntimeError(f"could not empty the pools: {sorted(left)}")
+        finally:
+            for ioctx in ioctxs:
+                ioctx.close()
+            cluster.shutdown()
 
     # -- faults --------------------------------------------------------------------------------
 
@@ -162,7 +175,5 @@ class CephCluster:
     def thaw_osd(self) -> None:
         pid_file = self.directory / "run" / "osd.0.pid"
         if pid_file.exists():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self._osd_pid(), signal.SIGCONT)
-            except ProcessLookupError:
-                pass

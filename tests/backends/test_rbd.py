@@ -1,0 +1,852 @@
+"""The backend contract and the reference's RBD behaviours, on a real one-node Ceph cluster.
+
+Every backend here runs as the restricted ``client.diskledger`` (``mon 'profile rbd'``, ``osd
+'profile rbd'`` on the two pools): that client is enough for everything diskledger does. The
+tests look at the pools as client.admin (``ceph.rbd``, ``ceph.pool_contents``, ``rbd_helpers``)
+and move data through qemu's own rbd driver (``qemu-io`` on ``rbd:pool/image:...``), so what is
+asserted is what the cluster holds.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import rados
+import rbd
+
+from diskledger import faults
+from diskledger.backends import (
+    Artifact,
+    ArtifactKind,
+    Backend,
+    CephConfig,
+    DirectSnapshots,
+    Flattens,
+    RbdBackend,
+    RbdTemplateStore,
+    TemplateSource,
+    TemplateStore,
+)
+from diskledger.backends.ceph import Cluster, translate
+from diskledger.backends.rbd import TEMPLATE_SNAPSHOT
+from diskledger.errors import (
+    BackendError,
+    CephError,
+    CephUnavailable,
+    ImageBusy,
+    InvalidSize,
+    StorageIOError,
+    UnsafeImage,
+)
+from tests.backends.helpers import MiB, info, make_image
+from tests.backends.helpers import has_pattern as file_has_pattern
+from tests.backends.rbd_helpers import (
+    ceph_admin,
+    clear_pools,
+    has_pattern,
+    image_info,
+    snapshots,
+    temporaries,
+    watched,
+    write_pattern,
+)
+from tests.support.ceph import POOL, SNAPSHOT_POOL, USER, CephCluster
+
+IMAGE = ArtifactKind.RBD_IMAGE
+SNAPSHOT = ArtifactKind.RBD_SNAPSHOT
+RAW = "raw"
+TEMPLATE_ID = "tpl"
+
+
+def restricted(ceph: CephCluster, **overrides: float) -> CephConfig:
+    config = ceph.ceph_config(**overrides)
+    # Never admin in the code path under test.
+    assert config.user == USER and config.keyring == str(ceph.keyring)
+    return config
+
+
+@pytest.fixture(scope="module")
+def quick_monitor(ceph_cluster: CephCluster) -> Iterator[None]:
+    """Each snapshot created or removed takes a snapshot id from the monitor, and the monitor
+    batches map changes for ``paxos_propose_interval`` (1 s by default): back to back, every
+    snapshot call waited about a second. Shorter batching changes no behaviour, only the wait;
+    set for this module, restored afterwards."""
+    ceph_admin(ceph_cluster, "config", "set", "mon", "paxos_propose_interval", "0.05")
+    yield
+    ceph_admin(ceph_cluster, "config", "rm", "mon", "paxos_propose_interval")
+
+
+@pytest.fixture
+def ceph(ceph: CephCluster, quick_monitor: None) -> Iterator[CephCluster]:
+    yield ceph
+    clear_pools(ceph)  # in-process, so the shared purge after it finds little to do
+
+
+@pytest.fixture
+def backend(ceph: CephCluster, tmp_path: Path) -> Iterator[RbdBackend]:
+    backend = RbdBackend(str(tmp_path), restricted(ceph))
+    yield backend
+    backend.cluster.close()
+
+
+@pytest.fixture
+def store(backend: RbdBackend, tmp_path: Path) -> RbdTemplateStore:
+    return RbdTemplateStore(str(tmp_path), backend)
+
+
+@pytest.fixture
+def template(store: RbdTemplateStore, tmp_path: Path) -> TemplateSource:
+    """A 1 MiB template imported from a qcow2 source, holding 0x11 in its first 64 KiB."""
+    source = tmp_path / "sources" / "template.qcow2"
+    source.parent.mkdir()
+    make_image(source, "qcow2", MiB, pattern=0x11)
+    seen = store.import_file(str(source), "qcow2", TEMPLATE_ID, "op-fetch")
+    assert seen.size == MiB
+    return TemplateSource(seen.artifact.location, RAW, MiB)
+
+
+def new_disk(backend: RbdBackend, size: int = MiB, name: str = "disk0") -> str:
+    location = backend.disk_location("vm1", name)
+    backend.create(location, f"op-create-{name}", size=size, template=None)
+    return location
+
+
+def image(location: str) -> str:
+    return location.partition("/")[2]
+
+
+def fsid(ceph: CephCluster) -> str:
+    match = re.search(r"^fsid = (\S+)$", ceph.conf.read_text(), re.MULTILINE)
+    assert match is not None
+    return match.group(1)
+
+
+def clone_as_admin(ceph: CephCluster, parent: str, child: str, *, clone_format: int = 1) -> None:
+    """A clone diskledger does not own (another tenant's, or one made by hand)."""
+    ceph.rbd("clone", "--rbd-default-clone-format", str(clone_format), parent, child)
+
+
+# -- the protocols ---------------------------------------------------------------------------
+
+
+def test_satisfies_the_protocols(
+    backend: RbdBackend, store: RbdTemplateStore, ceph: CephCluster
+) -> None:
+    assert isinstance(backend, Backend)
+    assert isinstance(backend, Flattens) and isinstance(backend, DirectSnapshots)
+    assert isinstance(store, TemplateStore)
+    assert backend.disk_format == RAW and store.cached_format("qcow2") == RAW
+    assert store.scope == f"ceph-{fsid(ceph)}.{POOL}"
+
+
+# -- create ----------------------------------------------------------------------------------
+
+
+def test_blank_create(backend: RbdBackend, ceph: CephCluster) -> None:
+    location = backend.disk_location("vm1", "disk0")
+    assert location == f"{POOL}/vm1~disk0"
+    temp, final = backend.create_artifacts(location, "op1")
+    assert temp.temporary and temp.kind is IMAGE and ".tmp-op1" in temp.location
+    assert final == Artifact(IMAGE, location)
+
+    seen = backend.create(location, "op1", size=2 * MiB, template=None)
+
+    assert seen.exists and seen.artifact == final
+    assert (seen.size, seen.format, seen.backing, seen.snapshots) == (2 * MiB, RAW, None, ())
+    assert image_info(ceph, location)["size"] == 2 * MiB
+    assert ceph.pool_contents() == {"vm1~disk0"}
+    assert not backend.probe([temp])[0].exists
+    spec = backend.rbd.spec(location)
+    write_pattern(spec, 0x11)
+    assert has_pattern(spec, 0x11) and not has_pattern(spec, 0x11, offset=MiB)
+
+
+def test_blank_create_needs_a_size(backend: RbdBackend, ceph: CephCluster) -> None:
+    location = backend.disk_location("vm1", "disk0")
+    with pytest.raises(InvalidSize, match="size"):
+        backend.create(location, "op1", size=None, template=None)
+    assert ceph.pool_contents() == set()
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_template_import(
+    store: RbdTemplateStore, ceph: CephCluster, tmp_path: Path, fmt: str
+) -> None:
+    source = tmp_path / f"source.{fmt}"
+    make_image(source, fmt, MiB, pattern=0x11)
+    location = store.location(TEMPLATE_ID)
+    assert location == f"{POOL}/_base~{TEMPLATE_ID}"
+    staged, temp, final = store.import_artifacts(TEMPLATE_ID, "op-fetch")
+    assert staged.kind is ArtifactKind.FILE and staged.temporary and temp.temporary
+    assert final == Artifact(IMAGE, location)
+
+    seen = store.import_file(str(source), fmt, TEMPLATE_ID, "op-fetch")
+
+    assert seen.exists and seen.artifact == final
+    assert (seen.size, seen.format, seen.backing) == (MiB, RAW, None)
+    assert seen.snapshots == (TEMPLATE_SNAPSHOT,)
+    assert ceph.pool_contents() == {f"_base~{TEMPLATE_ID}", f"_base~{TEMPLATE_ID}@snap"}
+    assert snapshots(ceph, location) == {"snap": True}
+    # Converted to raw: the bytes read as raw are the guest's, not a qcow2 header.
+    spec = store.backend.rbd.spec(location)
+    assert has_pattern(spec, 0x11) and has_pattern(spec, 0x00, offset=MiB - 64 * 1024)
+    assert store.observe(TEMPLATE_ID, RAW) == seen
+    assert not Path(staged.location).exists()
+
+    # Already cached: observed, not imported again (a larger source changes nothing).
+    bigger = tmp_path / "bigger.raw"
+    make_image(bigger, "raw", 2 * MiB, pattern=0x22)
+    assert store.import_file(str(bigger), "raw", TEMPLATE_ID, "op-fetch2") == seen
+    assert has_pattern(spec, 0x11)
+    assert temporaries(ceph) == set()
+
+
+def test_template_import_refuses_a_backing_file(
+    store: RbdTemplateStore, ceph: CephCluster, tmp_path: Path
+) -> None:
+    base = tmp_path / "base.raw"
+    make_image(base, "raw", MiB)
+    overlay = tmp_path / "overlay.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-f", "qcow2", "-b", str(base), "-F", "raw", str(overlay)],
+        check=True,
+        capture_output=True,
+    )
+    artifacts = store.import_artifacts(TEMPLATE_ID, "op-fetch")
+
+    with pytest.raises(UnsafeImage, match="backing"):
+        store.import_file(str(overlay), "qcow2", TEMPLATE_ID, "op-fetch")
+
+    store.backend.remove(artifacts)  # the compensation
+    assert not any(o.exists for o in store.backend.probe(artifacts))
+    assert ceph.pool_contents() == set()
+
+
+@pytest.mark.parametrize("size", [None, MiB // 2, 3 * MiB])
+def test_create_from_template(
+    backend: RbdBackend, template: TemplateSource, ceph: CephCluster, size: int | None
+) -> None:
+    location = backend.disk_location("vm1", "disk0")
+
+    seen = backend.create(location, "op1", size=size, template=template)
+
+    # Grown when larger; the template's size otherwise (an RBD clone never shrinks).
+    expected = max(size or 0, template.virtual_size)
+    assert seen.size == expected and image_info(ceph, location)["size"] == expected
+    assert seen.backing == f"{POOL}/_base~{TEMPLATE_ID}@snap"
+    parent = image_info(ceph, location)["parent"]
+    assert (parent["pool"], parent["image"], parent["snapshot"]) == (
+        POOL,
+        f"_base~{TEMPLATE_ID}",
+        "snap",
+    )
+    spec = backend.rbd.spec(location)
+    assert has_pattern(spec, 0x11)
+    write_pattern(spec, 0x22)  # copy-on-write: the template keeps its data
+    assert has_pattern(backend.rbd.spec(template.location), 0x11)
+    assert ceph.pool_contents() == {"vm1~disk0", "_base~tpl", "_base~tpl@snap"}
+    assert temporaries(ceph) == set()
+
+
+def test_existing_disk_is_not_recreated(
+    backend: RbdBackend, template: TemplateSource, ceph: CephCluster
+) -> None:
+    location = new_disk(backend)
+    spec = backend.rbd.spec(location)
+    write_pattern(spec, 0x5A)
+    before = ceph.pool_contents()
+
+    again = backend.create(location, "op-again", size=4 * MiB, template=None)
+    from_template = backend.create(location, "op-again2", size=4 * MiB, template=template)
+
+    assert again.size == from_template.size == MiB
+    assert again.backing is None and from_template.backing is None
+    assert has_pattern(spec, 0x5A)
+    assert ceph.pool_contents() == before
+    assert temporaries(ceph) == set()
+
+
+# -- resize ----------------------------------------------------------------------------------
+
+
+def test_resize_grows_only(backend: RbdBackend, ceph: CephCluster) -> None:
+    location = new_disk(backend)
+    spec = backend.rbd.spec(location)
+    write_pattern(spec, 0x22)
+
+    assert backend.resize(location, RAW, 2 * MiB).size == 2 * MiB
+    assert backend.resize(location, RAW, 2 * MiB).size == 2 * MiB
+    # The reference resizes only when the requested size is larger: never shrinks.
+    assert backend.resize(location, RAW, MiB).size == 2 * MiB
+
+    assert image_info(ceph, location)["size"] == 2 * MiB
+    assert has_pattern(spec, 0x22)
+    write_pattern(spec, 0x23, offset=MiB + 64 * 1024)
+    assert has_pattern(spec, 0x23, offset=MiB + 64 * 1024)
+    assert temporaries(ceph) == set()
+
+
+def test_refuses_another_format(backend: RbdBackend) -> None:
+    location = new_disk(backend)
+    with pytest.raises(ValueError, match="raw"):
+        backend.resize(location, "qcow2", 2 * MiB)
+
+
+# -- snapshots -------------------------------------------------------------------------------
+
+
+def test_snapshot_and_rollback_restore_data(backend: RbdBackend, ceph: CephCluster) -> None:
+    location = new_disk(backend)
+    spec = backend.rbd.spec(location)
+    write_pattern(spec, 0xAB)
+    (artifact,) = backend.snapshot_artifacts(location, "s1", "op-snap")
+    assert artifact == Artifact(SNAPSHOT, location, "s1")
+
+    seen = backend.snapshot(location, RAW, "s1", "op-snap")
+    assert seen.exists and seen.artifact == artifact and seen.size == MiB
+    assert seen.protected is False
+    assert backend.snapshot(location, RAW, "s1", "op-snap2") == seen  # idempotent
+    write_pattern(spec, 0xCD)
+    assert backend.rollback_artifacts(location, "s1", "op-rollback") == ()
+
+    after = backend.rollback(location, RAW, "s1", "op-rollback", size=MiB)
+
+    assert after.size == MiB and after.snapshots == ("s1",)
+    assert has_pattern(spec, 0xAB)
+    assert ceph.pool_contents() == {"vm1~disk0", "vm1~disk0@s1"}  # no .tmp- names
+
+
+def test_rollback_grows_back_to_the_size_passed(backend: RbdBackend, ceph: CephCluster) -> None:
+    location = new_disk(backend)
+    spec = backend.rbd.spec(location)
+    write_pattern(spec, 0xAB)
+    backend.snapshot(location, RAW, "small", "op-snap")
+    backend.resize(location, RAW, 3 * MiB)
+    write_pattern(spec, 0xCD)
+    write_pattern(spec, 0xCD, offset=2 * MiB)
+
+    after = backend.rollback(location, RAW, "small", "op-rollback", size=3 * MiB)
+
+    assert after.size == 3 * MiB and image_info(ceph, location)["size"] == 3 * MiB
+    assert has_pattern(spec, 0xAB)
+    assert has_pattern(spec, 0x00, offset=2 * MiB)  # past the snapshot's end: zeroes
+
+
+def test_rollback_to_a_missing_snapshot_is_refused(backend: RbdBackend) -> None:
+    location = new_disk(backend)
+    with pytest.raises(CephError, match="no snapshot") as caught:
+        backend.rollback(location, RAW, "nope", "op-rollback", size=MiB)
+    assert caught.value.errno == errno.ENOENT
+
+
+def test_remove_snapshot_is_idempotent(backend: RbdBackend, ceph: CephCluster) -> None:
+    location = new_disk(backend)
+    backend.snapshot(location, RAW, "s1", "op-snap")
+    backend.snapshot(location, RAW, "s2", "op-snap2")
+    backend.snapshot(location, RAW, "s3", "op-snap3")
+    ceph.rbd("snap", "protect", f"{location}@s3")
+    s1, s2, s3 = (backend.snapshot_artifacts(location, s, "t")[0] for s in ("s1", "s2", "s3"))
+
+    backend.remove_snapshot(location, RAW, "s1")
+    backend.remove_snapshot(location, RAW, "s1")
+    backend.remove_snapshot(location, RAW, "s3")  # protected: unprotected, then removed
+
+    assert [o.exists for o in backend.probe([s1, s2, s3])] == [False, True, False]
+    assert snapshots(ceph, location) == {"s2": False}
+    assert temporaries(ceph) == set()
+
+
+@pytest.mark.parametrize("protected", [True, False], ids=["protected", "clone-v2"])
+def test_remove_snapshot_with_clones_is_refused(
+    backend: RbdBackend, ceph: CephCluster, protected: bool
+) -> None:
+    location = new_disk(backend)
+    backend.snapshot(location, RAW, "s1", "op-snap")
+    if protected:
+        ceph.rbd("snap", "protect", f"{location}@s1")
+    clone_as_admin(ceph, f"{location}@s1", f"{POOL}/foreign", clone_format=1 if protected else 2)
+
+    with pytest.raises(CephError, match=r"clones.*foreign") as caught:
+        backend.remove_snapshot(location, RAW, "s1")
+
+    assert "\n" not in str(caught.value)
+    assert snapshots(ceph, location) == {"s1": protected}
+    assert image_info(ceph, f"{POOL}/foreign")["parent"]["image"] == "vm1~disk0"
+
+
+# -- delete ----------------------------------------------------------------------------------
+
+
+def test_delete_removes_the_image_and_its_snapshots(backend: RbdBackend, ceph: CephCluster) -> None:
+    location = new_disk(backend)
+    backend.snapshot(location, RAW, "s1", "op-snap")
+    backend.snapshot(location, RAW, "s2", "op-snap2")
+    ceph.rbd("snap", "protect", f"{location}@s2")
+
+    backend.delete(location, RAW, ["s1", "s2"])
+    backend.delete(location, RAW, ["s1", "s2"])
+
+    assert ceph.pool_contents() == set()
+    assert not any(o.exists for o in backend.probe(backend.disk_artifacts(location, ["s1", "s2"])))
+
+
+def test_delete_keeps_the_other_disks(backend: RbdBackend, ceph: CephCluster) -> None:
+    one, two = new_disk(backend, name="one"), new_disk(backend, name="two")
+
+    backend.delete(one, RAW, [])
+
+    assert ceph.pool_contents() == {image(two)}
+
+
+@pytest.mark.parametrize("protected", [True, False], ids=["protected", "clone-v2"])
+def test_delete_refuses_while_a_snapshot_has_a_clone(
+    backend: RbdBackend, ceph: CephCluster, protected: bool
+) -> None:
+    """diskledger never flattens or removes an image it does not own: refused, nothing touched
+    (not even the snapshots without clones, so the disk stays whole)."""
+    location = new_disk(backend)
+    backend.snapshot(location, RAW, "s1", "op-snap")
+    backend.snapshot(location, RAW, "s2", "op-snap2")
+    if protected:
+        ceph.rbd("snap", "protect", f"{location}@s2")
+    clone_as_admin(ceph, f"{location}@s2", f"{POOL}/foreign", clone_format=1 if protected else 2)
+    before = ceph.pool_contents()
+
+    with pytest.raises(CephError, match=r"clones.*foreign"):
+        backend.delete(location, RAW, ["s1", "s2"])
+
+    assert ceph.pool_contents() == before
+    assert "parent" in image_info(ceph, f"{POOL}/foreign")  # not flattened
+
+
+def test_delete_refuses_snapshots_the_ledger_did_not_name(
+    backend: RbdBackend, ceph: CephCluster
+) -> None:
+    location = new_disk(backend)
+    backend.snapshot(location, RAW, "s1", "op-snap")
+    ceph.rbd("snap", "create", f"{location}@by-hand")
+
+    with pytest.raises(CephError, match="by-hand") as caught:
+        backend.delete(location, RAW, ["s1"])
+
+    assert caught.value.errno == errno.ENOTEMPTY
+    assert ceph.pool_contents() == {"vm1~disk0", "vm1~disk0@s1", "vm1~disk0@by-hand"}
+
+
+def test_delete_of_a_watched_image_gives_up_as_busy(
+    ceph: CephCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client still watching the image (a running VM) is waited for under the busy policy; past
+    the budget the delete raises ImageBusy and the disk is still whole: neither removed under its
+    user nor half removed (its snapshots stay too)."""
+    budget = 2.0
+    backend = RbdBackend(str(tmp_path), restricted(ceph, busy_budget=budget))
+    location = new_disk(backend)
+    backend.snapshot(location, RAW, "s1", "op-snap")
+    before = ceph.pool_contents()
+
+    with watched(ceph, location):
+        start = time.monotonic()
+        with pytest.raises(ImageBusy, match="in use") as caught:
+            backend.delete(location, RAW, ["s1"])
+        elapsed = time.monotonic() - start
+
+    # Retried (backoff from 0.5 s), then given up within the budget plus one backoff step.
+    retries = [r for r in caplog.records if "retrying under the busy policy" in r.getMessage()]
+    assert len(retries) >= 2 and 1.0 <= elapsed < budget + 4.5, (len(retries), elapsed)
+    assert caught.value.errno == errno.EBUSY and "\n" not in str(caught.value)
+    assert ceph.pool_contents() == before
+    assert "parent" not in image_info(ceph, location)  # and not flattened or otherwise changed
+    backend.cluster.close()
+
+
+def test_delete_waits_for_a_watcher_that_goes_away(ceph: CephCluster, tmp_path: Path) -> None:
+    backend = RbdBackend(str(tmp_path), restricted(ceph, busy_budget=20.0))
+    location = new_disk(backend)
+    backend.snapshot(location, RAW, "s1", "op-snap")
+
+    with watched(ceph, location, release_after=1.0):
+        start = time.monotonic()
+        backend.delete(location, RAW, ["s1"])
+        elapsed = time.monotonic() - start
+
+    assert 0.9 <= elapsed < 15, elapsed
+    assert ceph.pool_contents() == set()
+    backend.cluster.close()
+
+
+# -- flatten ---------------------------------------------------------------------------------
+
+
+def test_flatten(backend: RbdBackend, template: TemplateSource, ceph: CephCluster) -> None:
+    location = backend.disk_location("vm1", "disk0")
+    backend.create(location, "op1", size=2 * MiB, template=template)
+    spec = backend.rbd.spec(location)
+    write_pattern(spec, 0x22, offset=MiB)
+
+    seen = backend.flatten(location, RAW)
+
+    assert seen.backing is None and seen.size == 2 * MiB
+    assert "parent" not in image_info(ceph, location)
+    assert has_pattern(spec, 0x11) and has_pattern(spec, 0x22, offset=MiB)
+    assert ceph.rbd("children", f"{template.location}@snap").strip() == ""
+    assert backend.flatten(location, RAW) == seen  # a flat image is left alone
+    assert temporaries(ceph) == set()
+
+
+# -- direct snapshot -------------------------------------------------------------------------
+
+
+def test_direct_snapshot(backend: RbdBackend, template: TemplateSource, ceph: CephCluster) -> None:
+    location = backend.disk_location("vm1", "disk0")
+    backend.create(location, "op1", size=2 * MiB, template=template)
+    write_pattern(backend.rbd.spec(location), 0x44, offset=MiB)
+    temp, source_snapshot, target = backend.direct_snapshot_artifacts(
+        location, "handoff", "img1", "op-ds"
+    )
+    assert temp.temporary and source_snapshot.temporary and not target.temporary
+    assert source_snapshot == Artifact(SNAPSHOT, location, "handoff", temporary=True)
+    assert target == Artifact(IMAGE, f"{SNAPSHOT_POOL}/img1")
+    url = f"rbd://{fsid(ceph)}/{SNAPSHOT_POOL}/img1/snap"
+    assert backend.direct_snapshot_url("img1") == url
+
+    assert backend.direct_snapshot(location, RAW, "handoff", "img1", "op-ds") == url
+
+    assert "parent" not in image_info(ceph, target.location)
+    assert snapshots(ceph, target.location) == {"snap": True}
+    target_spec = backend.rbd.spec(target.location)
+    assert has_pattern(target_spec, 0x11) and has_pattern(target_spec, 0x44, offset=MiB)
+    assert ceph.pool_contents(SNAPSHOT_POOL) == {"img1", "img1@snap"}
+    # The source snapshot is gone; the disk and the template are as they were.
+    assert ceph.pool_contents() == {"vm1~disk0", "_base~tpl", "_base~tpl@snap"}
+    assert image_info(ceph, location)["parent"]["image"] == "_base~tpl"
+    # Run again (a retry after the outcome was lost): the published copy is returned as is.
+    assert backend.direct_snapshot(location, RAW, "handoff", "img1", "op-ds") == url
+    assert ceph.pool_contents(SNAPSHOT_POOL) == {"img1", "img1@snap"}
+    assert temporaries(ceph) == set()
+
+
+def test_direct_snapshot_failing_mid_way_leaves_nothing_after_compensation(
+    backend: RbdBackend,
+    ceph: CephCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    # Should the compensation fail, the shared purge (one pool after the other) would meet a
+    # clone in the snapshot pool of an image in the disk pool; clear_pools takes it first.
+    request.addfinalizer(lambda: clear_pools(ceph))
+    location = new_disk(backend)
+    write_pattern(backend.rbd.spec(location), 0x44)
+    artifacts = backend.direct_snapshot_artifacts(location, "handoff", "img1", "op-ds")
+    # DISKLEDGER_FAULT is read once at import; arm the same point the same syntax names.
+    for key, action in faults.parse("direct-snapshot@mid-effect:eio").items():
+        monkeypatch.setitem(faults._ARMED, key, action)
+
+    with pytest.raises(StorageIOError, match="direct-snapshot@mid-effect"):
+        backend.direct_snapshot(location, RAW, "handoff", "img1", "op-ds")
+
+    # Half done: the temporary clone and the protected source snapshot exist.
+    temp_seen, snap_seen, target_seen = backend.probe(artifacts)
+    assert temp_seen.exists and temp_seen.backing == f"{location}@handoff"
+    assert snap_seen.exists and snap_seen.protected is True
+    assert not target_seen.exists
+
+    backend.remove(artifacts)  # what the engine's compensation runs
+    backend.remove(artifacts)
+
+    assert not any(o.exists for o in backend.probe(artifacts))
+    assert ceph.pool_contents() == {"vm1~disk0"}
+    assert ceph.pool_contents(SNAPSHOT_POOL) == set()
+    assert has_pattern(backend.rbd.spec(location), 0x44)
+
+
+# -- export and import -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target_format", ["raw", "qcow2"])
+def test_export_is_standalone(
+    backend: RbdBackend,
+    template: TemplateSource,
+    ceph: CephCluster,
+    tmp_path: Path,
+    target_format: str,
+) -> None:
+    location = backend.disk_location("vm1", "disk0")
+    backend.create(location, "op1", size=2 * MiB, template=template)
+    spec = backend.rbd.spec(location)
+    write_pattern(spec, 0x33, offset=MiB)
+    target = str(tmp_path / "out" / f"export.{target_format}")
+    Path(target).parent.mkdir()
+    temp, final = backend.export_artifacts(target, "op-export")
+    assert temp.temporary and final == Artifact(ArtifactKind.FILE, target)
+
+    seen = backend.export(location, RAW, target, target_format, "op-export")
+
+    assert seen.exists and seen.size == 2 * MiB and seen.format == target_format
+    assert seen.backing is None and "backing-filename" not in info(target, target_format)
+    assert file_has_pattern(target, target_format, 0x11)
+    assert file_has_pattern(target, target_format, 0x33, MiB)
+    compare = ["qemu-img", "compare", "-f", RAW, "-F", target_format, spec, target]
+    assert subprocess.run(compare, capture_output=True, check=False).returncode == 0
+    assert sorted(p.name for p in Path(target).parent.iterdir()) == [Path(target).name]
+    assert ceph.pool_contents() == {"vm1~disk0", "_base~tpl", "_base~tpl@snap"}
+    assert temporaries(ceph) == set()
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_import_file(backend: RbdBackend, ceph: CephCluster, tmp_path: Path, fmt: str) -> None:
+    source = tmp_path / f"source.{fmt}"
+    make_image(source, fmt, 2 * MiB, pattern=0x55)
+    location = backend.disk_location("vm1", "imported")
+    staged, temp, final = backend.import_artifacts(location, "op-import")
+    assert staged.kind is ArtifactKind.FILE and staged.temporary and temp.temporary
+    assert final == Artifact(IMAGE, location)
+
+    seen = backend.import_file(location, "op-import", str(source), fmt, max_virtual_size=64 * MiB)
+
+    assert seen.exists and (seen.size, seen.format, seen.backing) == (2 * MiB, RAW, None)
+    spec = backend.rbd.spec(location)
+    assert has_pattern(spec, 0x55) and has_pattern(spec, 0x00, offset=MiB)
+    assert ceph.pool_contents() == {"vm1~imported"}
+    assert not Path(staged.location).exists()
+
+    # The reference: a disk that already exists is not imported again.
+    other = tmp_path / "other.raw"
+    make_image(other, "raw", 4 * MiB, pattern=0x66)
+    again = backend.import_file(
+        location, "op-import2", str(other), "raw", max_virtual_size=64 * MiB
+    )
+    assert again == seen and has_pattern(spec, 0x55)
+    assert temporaries(ceph) == set()
+
+
+def test_import_file_refuses_a_backing_file(
+    backend: RbdBackend, ceph: CephCluster, tmp_path: Path
+) -> None:
+    base = tmp_path / "base.raw"
+    make_image(base, "raw", MiB)
+    overlay = tmp_path / "overlay.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-f", "qcow2", "-b", str(base), "-F", "raw", str(overlay)],
+        check=True,
+        capture_output=True,
+    )
+    location = backend.disk_location("vm1", "imported")
+    artifacts = backend.import_artifacts(location, "op-import")
+
+    with pytest.raises(UnsafeImage, match="backing"):
+        backend.import_file(location, "op-import", str(overlay), "qcow2", max_virtual_size=64 * MiB)
+
+    backend.remove(artifacts)
+    assert not any(o.exists for o in backend.probe(artifacts))
+    assert ceph.pool_contents() == set()
+
+
+# -- probe, remove, inventory ----------------------------------------------------------------
+
+
+def test_probe(backend: RbdBackend, ceph: CephCluster) -> None:
+    location = backend.disk_location("vm1", "disk0")
+    temp, final = backend.create_artifacts(location, "op1")
+    snap = backend.snapshot_artifacts(location, "s1", "op2")[0]
+    assert [o.exists for o in backend.probe([temp, final, snap])] == [False, False, False]
+
+    ceph.rbd("create", "--size", "1M", temp.location)  # left by a crash mid-create
+    temp_seen, final_seen = backend.probe([temp, final])
+    assert temp_seen.exists and temp_seen.size == MiB and not final_seen.exists
+    ceph.rbd("rm", "--no-progress", temp.location)
+
+    backend.create(location, "op1", size=MiB, template=None)
+    final_seen, snap_seen = backend.probe([final, snap])
+    assert final_seen.exists and (final_seen.size, final_seen.format) == (MiB, RAW)
+    assert final_seen.backing is None and final_seen.snapshots == ()
+    assert not snap_seen.exists
+
+    backend.snapshot(location, RAW, "s1", "op2")
+    (snap_seen,) = backend.probe([snap])
+    assert snap_seen.exists and snap_seen.size == MiB and snap_seen.protected is False
+    ceph.rbd("snap", "protect", f"{location}@s1")
+    backend.resize(location, RAW, 2 * MiB)
+    final_seen, snap_seen = backend.probe([final, snap])
+    assert snap_seen.protected is True and final_seen.snapshots == ("s1",)
+    # The size the snapshot was taken at, not the image's size now.
+    assert snap_seen.size == MiB and final_seen.size == 2 * MiB
+    missing = Artifact(SNAPSHOT, f"{POOL}/nothing", "s1")
+    assert backend.probe([missing])[0].exists is False
+
+
+def test_remove_is_idempotent_and_takes_protected_snapshots(
+    backend: RbdBackend, ceph: CephCluster
+) -> None:
+    location = backend.disk_location("vm1", "disk0")
+    created = backend.create_artifacts(location, "op1")
+    backend.create(location, "op1", size=MiB, template=None)
+    snapped = backend.snapshot_artifacts(location, "s1", "op2")
+    backend.snapshot(location, RAW, "s1", "op2")
+    # A temporary image left by a crash, with a protected snapshot (as a template import makes).
+    temp = created[0].location
+    ceph.rbd("create", "--size", "1M", temp)
+    ceph.rbd("snap", "create", f"{temp}@snap")
+    ceph.rbd("snap", "protect", f"{temp}@snap")
+    named = [*created, *snapped]
+
+    backend.remove(named)
+    backend.remove(named)
+
+    assert not any(o.exists for o in backend.probe(named))
+    assert ceph.pool_contents() == set()
+
+
+def test_remove_refuses_an_image_with_clones(
+    backend: RbdBackend, template: TemplateSource, ceph: CephCluster
+) -> None:
+    """A template with disks cloned from it is not removed (nor are the disks flattened)."""
+    location = backend.disk_location("vm1", "disk0")
+    backend.create(location, "op1", size=None, template=template)
+    before = ceph.pool_contents()
+
+    with pytest.raises(CephError, match="clones that depend on it: diskledger/vm1~disk0"):
+        backend.remove([Artifact(IMAGE, template.location)])
+
+    assert ceph.pool_contents() == before
+    assert image_info(ceph, location)["parent"]["image"] == "_base~tpl"
+
+
+def test_inventory_lists_every_image_and_snapshot(
+    backend: RbdBackend, template: TemplateSource, ceph: CephCluster
+) -> None:
+    one = new_disk(backend, name="one")
+    backend.snapshot(one, RAW, "s1", "op-snap")
+    backend.snapshot(one, RAW, "s2", "op-snap2")
+    two = backend.disk_location("vm1", "two")
+    backend.create(two, "op-two", size=None, template=template)
+    ceph.rbd("create", "--size", "1M", f"{POOL}/leftover.tmp-op9")
+
+    found = backend.inventory()
+
+    assert sorted(found, key=str) == sorted(
+        [
+            Artifact(IMAGE, one),
+            Artifact(SNAPSHOT, one, "s1"),
+            Artifact(SNAPSHOT, one, "s2"),
+            Artifact(IMAGE, two),
+            Artifact(IMAGE, template.location),
+            Artifact(SNAPSHOT, template.location, "snap"),
+            Artifact(IMAGE, f"{POOL}/leftover.tmp-op9"),
+        ],
+        key=str,
+    )
+    as_listed = {a.location.partition("/")[2] + (f"@{a.name}" if a.name else "") for a in found}
+    assert as_listed == ceph.pool_contents()
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def test_a_missing_pool_is_a_typed_error(ceph: CephCluster, tmp_path: Path) -> None:
+    config = CephConfig(
+        conf=str(ceph.conf), pool="no-such-pool", user=USER, keyring=str(ceph.keyring)
+    )
+    backend = RbdBackend(str(tmp_path), config)
+    location = backend.disk_location("vm1", "disk0")
+    try:
+        with pytest.raises(CephError) as caught:
+            backend.create(location, "op1", size=MiB, template=None)
+        assert type(caught.value) is CephError and caught.value.errno == errno.ENOENT
+        message = str(caught.value)
+        assert "no-such-pool" in message and "\n" not in message
+        with pytest.raises(CephError):
+            backend.probe([Artifact(IMAGE, location)])
+    finally:
+        backend.cluster.close()
+
+
+@pytest.fixture
+def foreign_pool(ceph: CephCluster) -> Iterator[str]:
+    """A pool the restricted client has no caps on."""
+    name = "diskledger-foreign"
+    ceph_admin(ceph, "osd", "pool", "create", name, "1")
+    yield name
+    ceph_admin(ceph, "osd", "pool", "rm", name, name, "--yes-i-really-really-mean-it")
+
+
+def test_a_pool_without_caps_is_refused(
+    ceph: CephCluster, foreign_pool: str, tmp_path: Path
+) -> None:
+    config = CephConfig(
+        conf=str(ceph.conf), pool=foreign_pool, user=USER, keyring=str(ceph.keyring)
+    )
+    backend = RbdBackend(str(tmp_path), config)
+    try:
+        with pytest.raises(CephError, match="permission denied") as caught:
+            backend.create(backend.disk_location("vm1", "disk0"), "op1", size=MiB, template=None)
+        assert caught.value.errno in (errno.EPERM, errno.EACCES)
+        assert "\n" not in str(caught.value)
+    finally:
+        backend.cluster.close()
+
+
+TRANSLATIONS = [
+    (rados.TimedOut, errno.ETIMEDOUT, CephUnavailable),
+    (rbd.Timeout, errno.ETIMEDOUT, CephUnavailable),
+    (rbd.ConnectionShutdown, errno.ESHUTDOWN, CephUnavailable),
+    (rbd.ImageBusy, errno.EBUSY, ImageBusy),
+    (rbd.NoSpace, errno.ENOSPC, StorageIOError),
+    (rados.NoSpace, errno.ENOSPC, StorageIOError),
+    (rbd.PermissionError, errno.EPERM, CephError),
+    (rados.PermissionError, errno.EACCES, CephError),
+    (rbd.ImageNotFound, errno.ENOENT, CephError),
+    (rados.ObjectNotFound, errno.ENOENT, CephError),
+]
+
+
+@pytest.mark.parametrize(
+    ("cls", "code", "expected"),
+    TRANSLATIONS,
+    ids=[f"{cls.__module__}.{cls.__name__}" for cls, _, _ in TRANSLATIONS],
+)
+def test_translate(cls: type[Exception], code: int, expected: type[CephError]) -> None:
+    """librados/librbd exceptions, as the bindings raise them, to the error tree by errno."""
+    exc = cls("refused", errno=code)  # type: ignore[call-arg]
+    error = translate(exc, "resize pool/image", CephConfig(conf="c", pool=POOL).transient)
+    assert type(error) is expected and error.errno == code
+    assert str(error).startswith("ceph: resize pool/image: ") and "\n" not in str(error)
+    if expected is ImageBusy:
+        assert "in use" in str(error)
+    if code in (errno.EPERM, errno.EACCES):
+        assert "permission denied" in str(error)
+
+
+def test_translate_of_a_foreign_exception_is_a_backend_error() -> None:
+    error = translate(KeyError("x"), "list pool p", CephConfig(conf="c", pool=POOL).transient)
+    assert type(error) is BackendError and "KeyError" in str(error)
+
+
+def test_call_retries_transient_errors_within_the_budget_then_translates() -> None:
+    cluster = Cluster(CephConfig(conf="/nonexistent/ceph.conf", pool=POOL, retry_budget=0.5))
+    attempts: list[float] = []
+
+    def timing_out() -> None:
+        attempts.append(time.monotonic())
+        raise rados.TimedOut("timed out", errno=errno.ETIMEDOUT)
+
+    with pytest.raises(CephUnavailable, match=r"within 0\.5 s") as caught:
+        cluster.call("stat pool/image", timing_out)
+    assert len(attempts) >= 2 and attempts[-1] - attempts[0] < 2
+    assert isinstance(caught.value.__cause__, rados.TimedOut)
+
+    denied: list[int] = []
+
+    def refusing() -> None:
+        denied.append(1)
+        raise rbd.PermissionError("denied", errno=errno.EPERM)
+
+    with pytest.raises(CephError, match="permission denied"):
+        cluster.call("create pool/image", refusing)
+    assert denied == [1]  # permanent: not retried
