@@ -38,6 +38,10 @@ ceph-dev-stop:  ## stop the cluster started by ceph-dev (by its pid files)
 	@./scripts/ceph-dev.sh stop $(CEPH_DEV)
 	@rm -rf $(CEPH_DEV)
 
+.PHONY: soak
+soak: setup  ## the property-based harness on raw, qcow2 and rbd for 100,000 steps; prints the counts
+	$(PY) -m tests.testing.soak
+
 .PHONY: torture
 torture: setup  ## SIGKILL operations at random moments, 2000 times; prints the outcome counts
 	DISKLEDGER_TORTURE_KILLS=2000 $(PY) -m pytest -q -s tests/recovery/test_torture.py

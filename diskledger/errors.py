@@ -26,7 +26,7 @@ translated where they cross into diskledger, with ``raise ... from`` so the caus
         ├── StorageIOError      the file system or the cluster refused (ENOSPC, EIO, EACCES...)
         └── CephError           the Ceph cluster refused an RBD request (carries the errno)
             ├── CephUnavailable no answer within the retry budget (timeouts, lost connection)
-            └── ImageBusy       an image stayed in use (watchers, clones) past the retry budget
+            └── ImageBusy       an image stayed in use (a client watches it) past the retry budget
 """
 
 from __future__ import annotations
@@ -199,5 +199,5 @@ class CephUnavailable(CephError):
 
 
 class ImageBusy(CephError):
-    """The image stayed in use past the retry budget: a client still watches it, or clones
-    depend on its snapshot."""
+    """The image stayed in use past the retry budget: a client (a running VM) still watches it.
+    Clones that depend on a snapshot are a permanent refusal instead (``CephError``, EBUSY)."""

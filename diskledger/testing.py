@@ -602,7 +602,8 @@ class DiskLifecycle(RuleBasedStateMachine):
             except DiskLedgerError as exc:
                 self._violate(INVARIANTS[7], f"{what} was refused: {exc}")
             apply(self.model)
-            self.last_completed = (request, op_id, what)
+            if writes:  # an operation that changed nothing recorded nothing to repeat
+                self.last_completed = (request, op_id, what)
             return produced
         point, how = crash
         STATS.crashes += 1
@@ -648,11 +649,11 @@ class DiskLifecycle(RuleBasedStateMachine):
     def _resolve(self) -> None:
         """Apply to the model every crashed operation whose outcome is now recorded."""
         for op_id, change in list(self.unresolved.items()):
-            events = self.engine.store.read_operation(op_id)
-            phase = split_type(events[-1].type)[2] if events else FAILED
-            if phase == COMPLETED:
+            # Not the last event: a rolled-back create ends with disk.template-released.
+            phases = {split_type(e.type)[2] for e in self.engine.store.read_operation(op_id)}
+            if COMPLETED in phases:
                 change.apply(self.model)
-            elif phase != FAILED:
+            elif FAILED not in phases and phases:
                 continue  # still pending
             del self.unresolved[op_id]
 
