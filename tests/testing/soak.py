@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
 import time
 import traceback
@@ -37,6 +38,8 @@ def _delta(after: HarnessStats, before: HarnessStats) -> HarnessStats:
 
 def main() -> int:
     target = int(os.environ.get("DISKLEDGER_SOAK_STEPS", "100000"))
+    # A terminated soak still stops the cluster it started (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cluster = CephCluster()
     cluster.start()
     failures = 0
