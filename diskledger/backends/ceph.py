@@ -3,17 +3,50 @@
 Every librados/librbd call the RBD backend makes goes through ``Cluster.call``, which retries it
 under one of two declared, bounded policies and translates what is left into the error tree:
 
-- **transient**: timeouts (``ETIMEDOUT``), a lost connection (``ESHUTDOWN``, ``ECONNRESET``,
-  ``ENOTCONN``; the connection is re-opened), ``EAGAIN``/``EINTR``. Exponential backoff from
-  0.2 s to 2 s, for at most ``retry_budget`` seconds (30).
-- **busy**: the above and ``EBUSY`` (an image a client still watches: a VM shutting down, or a
-  crashed client whose watch has not expired yet). Backoff from 0.5 s to 4 s, for at most
-  ``busy_budget`` seconds (30). Used for removing images and snapshots.
+================  =============================================  ============  ===============
+policy            retried errnos                                 backoff       budget
+================  =============================================  ============  ===============
+**transient**     ``ETIMEDOUT``; ``EAGAIN``, ``EINTR``,           0.2 s → 2 s   ``retry_budget``
+                  ``ECONNRESET``; ``EROFS``, ``EBADMSG`` (see                  (30 s)
+                  below); ``ESHUTDOWN``, ``ENOTCONN`` (see
+                  below)
+**busy**          the above and ``EBUSY`` (an image a client      0.5 s → 4 s   ``busy_budget``
+                  still watches: a VM shutting down, or a                      (30 s)
+                  crashed client whose watch has not expired)
+================  =============================================  ============  ===============
+
+The busy policy is used for removing images and snapshots. Waits grow exponentially; no attempt
+starts once the next wait would end past the budget, so a call gives up within the budget plus
+the length of one attempt (at most ``op_timeout`` when the cluster does not answer).
+
+- librados is told to give up on an unanswered request after ``op_timeout`` seconds
+  (``rados_osd_op_timeout``, ``rados_mon_op_timeout``), so an OSD that is down turns into a
+  retried ``ETIMEDOUT`` rather than a hang.
+- librbd answers a change to an image whose exclusive lock it could not take with ``EROFS``; with
+  an OSD down the lock request goes unanswered, so it is retried like a timeout. A snapshot
+  request by the lock owner whose notification goes unanswered fails with ``EBADMSG``: the same.
+- ``ESHUTDOWN`` (the client was blocklisted, or its connection shut down) and ``ENOTCONN`` mean
+  the connection is gone, and every pool and image handle opened on it with it. The connection is
+  retired (shut down once the last handle on it is closed) and the next request opens a new one;
+  the request that saw it is retried only when it opens its handles itself (opening a pool,
+  reading the fsid, monitor commands). Any other request fails at once: its caller's handles are
+  dead, and retrying on them would only fail again (or hang in librados).
 
 Permanent errors fail at once: ``ENOENT``, ``EEXIST``, ``EPERM``/``EACCES`` (a client without the
-caps), ``ENOSPC``/``EDQUOT``, ``EINVAL``. librados is told to give up on an unanswered request after
-``op_timeout`` seconds (``rados_osd_op_timeout``, ``rados_mon_op_timeout``), so an OSD that is down
-turns into a retried ``ETIMEDOUT`` rather than a hang.
+caps), ``ENOSPC``/``EDQUOT``, ``EINVAL``.
+
+Past the budget the caller gets one of:
+
+- ``CephUnavailable``: "no answer from the cluster within N s" (timeouts, or a lock request that
+  went unanswered), or "lost its connection to the cluster";
+- ``ImageBusy``: "still in use after N s" (``EBUSY``), or another client holds the image's
+  exclusive lock (``EROFS`` answered at once);
+- ``StorageIOError`` for ``ENOSPC``/``EDQUOT``; ``CephError`` for everything else, with ``errno``.
+
+Once a call has run out of its budget without an answer, the cluster is taken to be down: for
+the next budget's length each call makes one attempt instead of retrying for the whole budget
+again (the compensation that follows a failed operation then fails fast, leaving the intent to
+``recover``), until a librbd request is answered.
 """
 
 from __future__ import annotations
@@ -21,6 +54,8 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,15 +71,22 @@ from diskledger.errors import (
     StorageIOError,
 )
 
-__all__ = ["CephConfig", "Cluster", "Policy"]
+__all__ = ["CephConfig", "Cluster", "Policy", "errno_of", "translate"]
 
 log = logging.getLogger(__name__)
+# The library never configures logging; without a handler anywhere, Python's last-resort handler
+# would print the retry warnings on stderr, under the CLI's one error line.
+log.addHandler(logging.NullHandler())
 
 T = TypeVar("T")
 
-_TRANSIENT = frozenset(
-    {errno.ETIMEDOUT, errno.ESHUTDOWN, errno.ECONNRESET, errno.ENOTCONN, errno.EAGAIN, errno.EINTR}
-)
+_LOST = frozenset({errno.ESHUTDOWN, errno.ENOTCONN})
+"""The connection is gone (blocklisted, or shut down): the handles opened on it are dead."""
+_NO_ANSWER = frozenset({errno.ETIMEDOUT, errno.EAGAIN, errno.EINTR, errno.ECONNRESET})
+_LOCK = frozenset({errno.EROFS, errno.EBADMSG})
+"""librbd could not take the image's exclusive lock, or a notification went unanswered: with an
+OSD down, both mean a request nobody answered."""
+_TRANSIENT = _NO_ANSWER | _LOCK | _LOST
 _BUSY = _TRANSIENT | {errno.EBUSY}
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _DENIED = frozenset({errno.EPERM, errno.EACCES})
@@ -85,36 +127,105 @@ class CephConfig:
         return Policy("busy", _BUSY, self.busy_budget, 0.5, 4.0)
 
 
+class _Slot:
+    """The current connection, in an object the finalizer can hold without holding the
+    ``Cluster``."""
+
+    __slots__ = ("connection",)
+
+    def __init__(self) -> None:
+        self.connection: _Connection | None = None
+
+    def close(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None and connection.users == 0:
+            _shutdown(connection)
+
+
+class _Connection:
+    """One librados handle and how many pool handles are open on it."""
+
+    __slots__ = ("generation", "handle", "retired", "users")
+
+    def __init__(self, handle: Any, generation: int) -> None:
+        self.handle = handle
+        self.generation = generation
+        self.users = 0
+        self.retired = False
+
+
+@dataclass(slots=True)
+class _Attempts:
+    """What the attempts of one call saw."""
+
+    generation: int = 0
+    unanswered: bool = False
+    """Some attempt went unanswered (a timeout, or a lock request that took ``op_timeout``)."""
+
+
 class Cluster:
     """A lazily opened, shared connection as ``config.user``; re-opened after a lost connection.
 
     Thread-safe: librados handles may be shared between threads; (re)connecting is serialised.
+    A lost connection is retired, not shut down under the pool and image handles still open on
+    it (librados hangs or crashes on those): it is shut down when the last of them is closed.
     """
 
     def __init__(self, config: CephConfig) -> None:
         self.config = config
         self._lock = threading.Lock()
-        self._handle: Any = None
+        self._slot = _Slot()
+        # librados does not shut a handle down when it is garbage-collected: an engine closed
+        # without closing its cluster would leave a connection (and its ~15 threads) behind.
+        weakref.finalize(self, self._slot.close).atexit = False
+        self._generation = 0
+        self._down_until = 0.0
 
     def call(self, what: str, fn: Callable[[], T], *, policy: Policy | None = None) -> T:
         """Run ``fn`` under ``policy`` (default: transient); translate what still fails.
 
         ``what`` names the request for the error message (``"clone pool/image@snap"``).
         """
-        policy = policy or self.config.transient
+        return self._call(what, fn, policy or self.config.transient, reconnects=False)
+
+    def _call(self, what: str, fn: Callable[[], T], policy: Policy, *, reconnects: bool) -> T:
+        """``reconnects``: ``fn`` gets its handles from ``_connected`` itself on each attempt, so
+        it may be retried after a lost connection; it is answered by librados or the monitor
+        alone (opening a pool, the fsid, monitor commands), so its success says nothing of the
+        OSDs and does not end the one-attempt window."""
+        seen = _Attempts()
+        slow = self.config.op_timeout / 2
 
         def attempt() -> T:
+            seen.generation = self._generation
+            started = time.monotonic()
             try:
-                return fn()
+                result = fn()
             except Exception as exc:
                 code = errno_of(exc)
-                if code in (errno.ESHUTDOWN, errno.ENOTCONN):
-                    self.reset()
+                if code in _LOST:
+                    self._lose(seen.generation)
+                if code == errno.ETIMEDOUT or (
+                    code in _LOCK and time.monotonic() - started >= slow
+                ):
+                    seen.unanswered = True
                 raise
+            return result
 
+        def retried(exc: BaseException) -> bool:
+            code = errno_of(exc)
+            if code in _LOST and not reconnects:
+                return False  # the caller's handles died with the connection
+            return code in policy.retry_on
+
+        one_attempt = time.monotonic() < self._down_until
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(lambda e: errno_of(e) in policy.retry_on),
-            stop=tenacity.stop_after_delay(policy.budget),
+            retry=tenacity.retry_if_exception(retried),
+            stop=(
+                tenacity.stop_after_attempt(1)
+                if one_attempt
+                else tenacity.stop_before_delay(policy.budget)
+            ),
             wait=tenacity.wait_exponential(multiplier=policy.first_wait, max=policy.max_wait),
             before_sleep=lambda state: log.warning(
                 "ceph: %s failed (%s), retrying under the %s policy (attempt %d)",
@@ -126,23 +237,59 @@ class Cluster:
             reraise=True,
         )
         try:
-            return retrying(attempt)
+            result = retrying(attempt)
         except BackendError:
             raise
         except Exception as exc:
-            raise translate(exc, what, policy) from exc
+            error = translate(exc, what, policy, unanswered=seen.unanswered, tried_once=one_attempt)
+            if isinstance(error, CephUnavailable) and errno_of(exc) not in _LOST:
+                self._down_until = time.monotonic() + policy.budget
+            elif errno_of(exc) not in _TRANSIENT and not reconnects:
+                self._down_until = 0.0  # the OSDs answered, if only with a refusal
+            raise error from exc
+        if not reconnects:
+            # Answered by the OSDs. Opening a pool or reading the fsid is answered by librados
+            # or the monitor alone, and proves nothing about the OSDs.
+            self._down_until = 0.0
+        return result
 
     @contextmanager
     def ioctx(self, pool: str) -> Iterator[Any]:
         """An I/O context on ``pool``, closed afterwards."""
-        ctx = self.call(f"open pool {pool}", lambda: self._connected().open_ioctx(pool))
+        connection, ctx = self._call(
+            f"open pool {pool}",
+            lambda: self._open_ioctx(pool),
+            self.config.transient,
+            reconnects=True,
+        )
         try:
             yield ctx
         finally:
-            ctx.close()
+            try:
+                ctx.close()
+            finally:
+                self._release(connection)
 
     def fsid(self) -> str:
-        return str(self.call("read the cluster fsid", lambda: self._connected().get_fsid()))
+        return str(
+            self._call(
+                "read the cluster fsid",
+                lambda: self._connected().get_fsid(),
+                self.config.transient,
+                reconnects=True,
+            )
+        )
+
+    def instance_id(self) -> int:
+        """This client's global id (``client.<id>``): the id its watches and locks carry."""
+        return int(
+            self._call(
+                "read the client id",
+                lambda: self._connected().get_instance_id(),
+                self.config.transient,
+                reconnects=True,
+            )
+        )
 
     def mon_command(self, command: dict[str, Any]) -> Any:
         import json
@@ -153,24 +300,57 @@ class Cluster:
                 raise OSError(-ret, err or f"mon command {command['prefix']} failed")
             return json.loads(out) if out else None
 
-        return self.call(f"mon command {command['prefix']}", run)
+        return self._call(
+            f"mon command {command['prefix']}", run, self.config.transient, reconnects=True
+        )
 
     def reset(self) -> None:
+        """Retire the connection: the next request opens a new one; this one is shut down now
+        when nothing is open on it, or else when the last handle on it is closed."""
         with self._lock:
-            handle, self._handle = self._handle, None
-        if handle is not None:
-            try:
-                handle.shutdown()
-            except Exception:  # a dead connection may refuse to shut down cleanly
-                log.debug("ceph: shutting down a lost connection failed", exc_info=True)
+            connection, self._slot.connection = self._slot.connection, None
+            if connection is None:
+                return
+            connection.retired = True
+            idle = connection.users == 0
+        if idle:
+            _shutdown(connection)
 
     close = reset
 
     def _connected(self) -> Any:
+        return self._connection().handle
+
+    def _connection(self) -> _Connection:
         with self._lock:
-            if self._handle is None:
-                self._handle = self._connect()
-            return self._handle
+            if self._slot.connection is None:
+                self._generation += 1
+                self._slot.connection = _Connection(self._connect(), self._generation)
+            return self._slot.connection
+
+    def _open_ioctx(self, pool: str) -> tuple[_Connection, Any]:
+        connection = self._connection()
+        with self._lock:
+            connection.users += 1
+        try:
+            return connection, connection.handle.open_ioctx(pool)
+        except BaseException:
+            self._release(connection)
+            raise
+
+    def _release(self, connection: _Connection) -> None:
+        with self._lock:
+            connection.users -= 1
+            idle = connection.retired and connection.users == 0
+        if idle:
+            _shutdown(connection)
+
+    def _lose(self, generation: int) -> None:
+        """The connection an attempt used is gone: retire it, unless a newer one replaced it."""
+        current = self._slot.connection
+        if current is not None and current.generation <= generation:
+            log.warning("ceph: the connection to the cluster was lost; the next request reconnects")
+            self.reset()
 
     def _connect(self) -> Any:
         import rados
@@ -185,11 +365,18 @@ class Cluster:
             options["keyring"] = config.keyring
         handle = rados.Rados(conffile=config.conf, rados_id=config.user, conf=options)
         try:
-            handle.connect(timeout=int(config.connect_timeout))
+            handle.connect(timeout=max(1, round(config.connect_timeout)))
         except Exception:
             handle.shutdown()
             raise
         return handle
+
+
+def _shutdown(connection: _Connection) -> None:
+    try:
+        connection.handle.shutdown()
+    except Exception:  # a dead connection may refuse to shut down cleanly
+        log.debug("ceph: shutting down a lost connection failed", exc_info=True)
 
 
 def errno_of(exc: BaseException) -> int | None:
@@ -200,15 +387,42 @@ def errno_of(exc: BaseException) -> int | None:
     return None
 
 
-def translate(exc: Exception, what: str, policy: Policy) -> BackendError:
-    """The diskledger error for a librados/librbd exception that is not retried (any more)."""
+def translate(
+    exc: Exception,
+    what: str,
+    policy: Policy,
+    *,
+    unanswered: bool = False,
+    tried_once: bool = False,
+) -> BackendError:
+    """The diskledger error for a librados/librbd exception that is not retried (any more).
+
+    ``unanswered``: some attempt went unanswered (an ``EROFS``/``EBADMSG`` then means a lock
+    request nobody answered, not a lock held by another client). ``tried_once``: the call made a
+    single attempt because the cluster had just run another call out of its budget.
+    """
     code = errno_of(exc)
     reason = str(exc) or type(exc).__name__
+    if code in _LOST:
+        return CephUnavailable(
+            f"ceph: {what}: lost its connection to the cluster ({reason}); "
+            "the next request reconnects",
+            errno=code,
+        )
+    if code in _NO_ANSWER or (code in _LOCK and unanswered):
+        within = (
+            f"(tried once: it gave none within {policy.budget:g} s just before)"
+            if tried_once
+            else f"within {policy.budget:g} s"
+        )
+        return CephUnavailable(
+            f"ceph: {what}: no answer from the cluster {within} ({reason})", errno=code
+        )
     if code == errno.EBUSY:
         return ImageBusy(f"ceph: {what}: still in use after {policy.budget:g} s", errno=code)
-    if code in _TRANSIENT:
-        return CephUnavailable(
-            f"ceph: {what}: no answer from the cluster within {policy.budget:g} s ({reason})",
+    if code == errno.EROFS:
+        return ImageBusy(
+            f"ceph: {what}: another client holds the image's exclusive lock ({reason})",
             errno=code,
         )
     if code in _NO_SPACE:
