@@ -69,6 +69,10 @@ def _mutating() -> argparse.ArgumentParser:
     return mutating
 
 
+Leaf = Callable[..., argparse.ArgumentParser]
+"""``leaf(subparsers, name, handler, help_text, *, mutates=False)``: one command."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     mutating = _mutating()
@@ -88,6 +92,23 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
+    _template_commands(groups, leaf)
+    _disk_commands(groups, leaf)
+
+    history = leaf(groups, "history", _history, "the audit trail of one disk, or of everything")
+    history.add_argument("disk", nargs="?", metavar="INSTANCE/NAME")
+    recover = leaf(groups, "recover", _recover, "finish or undo operations a crash left pending")
+    recover.add_argument("--dry-run", action="store_true", help="decide and report, change nothing")
+    recover.set_defaults(recover_on_open=False)
+    verify = leaf(groups, "verify", _verify, "check the hash chain, the read models and storage")
+    verify.set_defaults(recover_on_open=False)
+    leaf(
+        groups, "demo", _demo, "cache a template, create, resize and snapshot disks, show the trail"
+    )
+    return parser
+
+
+def _template_commands(groups: Any, leaf: Leaf) -> None:
     template = groups.add_parser("template", help="cached templates").add_subparsers(
         dest="command", required=True, metavar="ACTION"
     )
@@ -105,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     show = leaf(template, "show", _template_show, "show one template")
     show.add_argument("template", metavar="TEMPLATE_ID")
 
+
+def _disk_commands(groups: Any, leaf: Leaf) -> None:
     disk = groups.add_parser("disk", help="disks").add_subparsers(
         dest="command", required=True, metavar="ACTION"
     )
@@ -169,18 +192,6 @@ def build_parser() -> argparse.ArgumentParser:
     show_disk.add_argument("disk", metavar="INSTANCE/NAME")
     listing = leaf(disk, "list", _disk_list, "list disks")
     listing.add_argument("--all", action="store_true", help="include deleted disks")
-
-    history = leaf(groups, "history", _history, "the audit trail of one disk, or of everything")
-    history.add_argument("disk", nargs="?", metavar="INSTANCE/NAME")
-    recover = leaf(groups, "recover", _recover, "finish or undo operations a crash left pending")
-    recover.add_argument("--dry-run", action="store_true", help="decide and report, change nothing")
-    recover.set_defaults(recover_on_open=False)
-    verify = leaf(groups, "verify", _verify, "check the hash chain, the read models and storage")
-    verify.set_defaults(recover_on_open=False)
-    leaf(
-        groups, "demo", _demo, "cache a template, create, resize and snapshot disks, show the trail"
-    )
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,6 @@
-"""The command line contract: every command, its --json document, and every kind of bad input."""
+"""The command line contract: every command, its --json document, and every kind of bad input,
+on every backend (``rbd`` on the session's Ceph cluster, its settings in the environment as an
+operator would set them). The rbd-only commands and ``disk import`` have tests/test_cli_rbd.py."""
 
 from __future__ import annotations
 
@@ -14,14 +16,28 @@ import pytest
 
 from diskledger.cli import main
 from diskledger.store import open_store
+from tests.recovery.helpers import PoolView, template_location
+from tests.support.ceph import POOL, SNAPSHOT_POOL, CephCluster
 
 MiB = 1 << 20
+BACKENDS = ("qcow2", "raw", "rbd")
 
 
 class Cli:
-    def __init__(self, root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``diskledger ... --root ROOT`` run in this process; ``backend`` comes from the environment
+    (DISKLEDGER_BACKEND and, for rbd, the cluster's settings), as an operator would set it."""
+
+    def __init__(
+        self,
+        root: Path,
+        capsys: pytest.CaptureFixture[str],
+        backend: str = "qcow2",
+        ceph: CephCluster | None = None,
+    ) -> None:
         self.root = root
         self.capsys = capsys
+        self.backend = backend
+        self.ceph = ceph
 
     def run(self, *argv: str) -> tuple[int, str, str]:
         self.capsys.readouterr()
@@ -38,7 +54,8 @@ class Cli:
         return json.loads(out)
 
     def fingerprint(self) -> tuple[int, list[tuple[str, int]]]:
-        """The ledger head and every file under the root: what bad input must not change."""
+        """The ledger head, every file under the root and, on rbd, every image and snapshot in
+        both pools: what bad input must not change."""
         store = open_store(f"sqlite:///{self.root}/ledger.db")
         try:
             head = store.head()
@@ -49,19 +66,45 @@ class Cli:
             for p in self.root.rglob("*")
             if p.is_file() and not p.name.startswith("ledger.db")
         )
+        if self.ceph is not None:
+            with PoolView(self.ceph) as pools:
+                files += sorted(
+                    (f"{pool}/{name}", 0)
+                    for pool in (POOL, SNAPSHOT_POOL)
+                    for name in pools.contents(pool)
+                )
         return head, files
 
 
-@pytest.fixture
+def cli_for(
+    backend: str,
+    root: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> Cli:
+    """A ``Cli`` on ``backend``: the environment cleared of DISKLEDGER_* settings but the
+    backend's (for rbd, the ``rbd_environ`` fixture: the cluster's, its pools emptied)."""
+    for name in ("DISKLEDGER_ROOT", "DISKLEDGER_LEDGER", "DISKLEDGER_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    ceph: CephCluster | None = None
+    if backend == "rbd":
+        request.getfixturevalue("rbd_environ")
+        ceph = request.getfixturevalue("ceph")
+    else:
+        monkeypatch.setenv("DISKLEDGER_BACKEND", backend)
+    return Cli(root, capsys, backend, ceph)
+
+
+@pytest.fixture(params=BACKENDS)
 def cli(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     qemu_img: None,
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Cli]:
-    for name in ("DISKLEDGER_ROOT", "DISKLEDGER_LEDGER", "DISKLEDGER_BACKEND"):
-        monkeypatch.delenv(name, raising=False)
-    yield Cli(tmp_path / "root", capsys)
+    yield cli_for(request.param, tmp_path / "root", capsys, monkeypatch, request)
 
 
 @pytest.fixture
@@ -82,7 +125,8 @@ def test_template_commands(cli: Cli, template_files: dict[str, Path]) -> None:
     )
     assert [t["template"] for t in cli.json("template", "list")] == ["base"]
     shown = cli.json("template", "show", "base")
-    assert shown["users"] == [] and shown["location"].endswith("templates/base")
+    assert shown["users"] == []
+    assert shown["location"] == template_location(cli.root, "base", cli.backend)
     code, out, _ = cli.run("template", "list")
     assert code == 0 and "base" in out and "cached" in out
 

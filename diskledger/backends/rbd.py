@@ -13,7 +13,9 @@ Every call goes through ``Cluster.call`` (bounded retries, translated errors; se
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator, Sequence
+import functools
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -29,7 +31,7 @@ from diskledger.backends.contract import (
 )
 from diskledger.backends.files import check_component, temporary_path
 from diskledger.backends.staging import stage
-from diskledger.errors import CephError, InvalidInput, InvalidSize
+from diskledger.errors import CephError, InvalidInput, InvalidSize, StorageIOError
 
 __all__ = ["TEMPLATE_SNAPSHOT", "RbdBackend", "RbdTemplateStore", "image_name", "split"]
 
@@ -172,6 +174,7 @@ class _Rbd:
             return
         with self.image(location) as image:
             if name not in _snapshot_names(image):
+                self._purge_trashed(location, image, name)
                 return
             _refuse_clones(f"{location}@{name}", self.clones(location, image, name))
             if self.cluster.call(
@@ -187,6 +190,32 @@ class _Rbd:
                 lambda: image.remove_snap(name),
                 policy=self.cluster.config.busy,
             )
+
+    def _purge_trashed(self, location: str, image: Any, name: str) -> None:
+        """Finish a removal of the snapshot ``name`` that was cut short. librbd first moves a
+        snapshot it removes to the trash namespace (under a generated name), then removes it: a
+        process killed in between leaves it there, holding its data, invisible to every lookup
+        by name. A trashed snapshot that clones still depend on stays (librbd removes it with
+        its last clone)."""
+        import rbd
+
+        def purge() -> None:
+            for snap in image.list_snaps():
+                if snap["namespace"] != rbd.RBD_SNAP_NAMESPACE_TYPE_TRASH:
+                    continue
+                if snap.get("trash", {}).get("original_name") != name:
+                    continue
+                image.set_snap_by_id(snap["id"])
+                try:
+                    children = list(image.list_children2())
+                finally:
+                    image.set_snap(None)
+                if not children:
+                    image.remove_snap_by_id(snap["id"])
+
+        self.cluster.call(
+            f"finish removing snapshot {location}@{name}", purge, policy=self.cluster.config.busy
+        )
 
     def wait_unwatched(self, location: str) -> None:
         """Wait, under the busy policy, until no other client watches the image (a VM shutting
@@ -215,6 +244,9 @@ class _Rbd:
         import rbd
 
         if not self.exists(location):
+            self._remove_half_made(location)
+            return
+        if self._finish_cut_short_rename(location):
             return
         with self.image(location, read_only=True) as image:
             snapshots = _snapshot_names(image)
@@ -227,6 +259,26 @@ class _Rbd:
             try:
                 self.cluster.call(
                     f"remove {location}",
+                    lambda: rbd.RBD().remove(ioctx, name),
+                    policy=self.cluster.config.busy,
+                )
+            except CephError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+
+    def _remove_half_made(self, location: str) -> None:
+        """Remove what a create or clone killed part way left: a name the pool lists whose
+        image does not open (no header yet). librbd's remove takes such a name out of the pool
+        directory; opening it never could, so without this it would stay listed for good."""
+        import rbd
+
+        pool, name = split(location)
+        if name not in self.list_pool(pool):
+            return
+        with self.cluster.ioctx(pool) as ioctx:
+            try:
+                self.cluster.call(
+                    f"remove the half-made {location}",
                     lambda: rbd.RBD().remove(ioctx, name),
                     policy=self.cluster.config.busy,
                 )
@@ -280,6 +332,82 @@ class _Rbd:
                 backing=_parent(image),
                 snapshots=_snapshot_names(image),
             )
+
+    def read_into(self, location: str, fd: int, path: str) -> None:
+        """Copy the image's data into the empty file open as ``fd`` (``path`` names it in
+        errors), the image opened read-only (no watch); holes stay holes."""
+        chunk = 4 << 20
+        with self.image(location, read_only=True) as image:
+            size: int = self.cluster.call(f"size of {location}", image.size)
+            extents: list[tuple[int, int]] = []
+
+            def allocated(offset: int, length: int, exists: bool) -> int:
+                if exists:
+                    extents.append((offset, length))
+                return 0
+
+            self.cluster.call(
+                f"list the data of {location}",
+                lambda: image.diff_iterate(0, size, None, allocated, include_parent=True),
+            )
+            try:
+                os.ftruncate(fd, size)
+                for offset, length in extents:
+                    for at in range(offset, offset + length, chunk):
+                        n = min(chunk, offset + length - at)
+                        data: bytes = self.cluster.call(
+                            f"read {location}", functools.partial(image.read, at, n)
+                        )
+                        os.pwrite(fd, data, at)
+                os.fsync(fd)
+            except OSError as exc:
+                raise StorageIOError(
+                    f"cannot write {path}: {exc.strerror or exc}", errno=exc.errno
+                ) from exc
+
+    def _finish_cut_short_rename(self, location: str) -> bool:
+        """Whether the temporary name ``location`` is one of two names of a rename cut short,
+        which is then finished: nothing is left to remove under ``location``.
+
+        librbd renames in steps: it writes ``rbd_id.<new>`` (the new name now opens the image),
+        renames the pool directory's entry, removes ``rbd_id.<old>``. Killed between two steps,
+        the temporary and the final name open the same image, and librbd's remove of the
+        temporary name would remove the published image with it. When both open the same
+        image: if the directory lists the final name, only the temporary's ``rbd_id`` object is
+        left over and goes; if it still lists the temporary, the final's ``rbd_id`` object goes
+        and the rename is run again. Either way the image is then the final name's alone, as
+        the recovery that found the final name whole decided.
+        """
+        final, sep, _ = location.partition(".tmp-")
+        if not sep or not self.exists(final) or self._image_id(location) != self._image_id(final):
+            return False
+        pool, name = split(location)
+        final_name = split(final)[1]
+        stale = name if final_name in self.list_pool(pool) else final_name
+        with self.cluster.ioctx(pool) as ioctx:
+            self.cluster.call(
+                f"remove the stale rbd_id.{stale} of a rename cut short",
+                lambda: ioctx.remove_object(f"rbd_id.{stale}"),
+            )
+        if stale == final_name:
+            self.rename(location, final)
+        return True
+
+    def _image_id(self, location: str) -> str:
+        with self.image(location, read_only=True) as image:
+            image_id: str = self.cluster.call(f"the id of {location}", image.id)
+        return image_id
+
+    def watchers(self, location: str) -> list[dict[str, Any]]:
+        """The clients watching the image (``addr``, ``id``); none when it does not exist. A
+        read-only open registers no watch: every watcher listed is another client."""
+        if not self.exists(location):
+            return []
+        with self.image(location, read_only=True) as image:
+            found: list[dict[str, Any]] = self.cluster.call(
+                f"list the watchers of {location}", lambda: list(image.watchers_list())
+            )
+        return found
 
     def list_pool(self, pool: str) -> list[str]:
         import rbd
@@ -444,6 +572,9 @@ class RbdBackend:
         holds snapshots the ledger does not know."""
         self._check_format(fmt)
         if not self.rbd.exists(location):
+            # Gone, or half gone: a removal killed part way leaves the name listed in the pool
+            # without an image that opens; librbd's remove takes that out too.
+            self.rbd.remove_image(location)
             return
         # Every refusal comes before the first removal, so a refused delete leaves the disk
         # whole: recovery then sees nothing removed and rolls back, not half a delete.
@@ -485,6 +616,43 @@ class RbdBackend:
             Artifact(IMAGE, target),
         )
 
+    def writer(self) -> dict[str, Any]:
+        """Who this process is to the cluster, recorded in each intent (see ``fence``)."""
+        return {"ceph_client": self.cluster.instance_id()}
+
+    def fence(self, writer: Mapping[str, Any] | None, artifacts: Sequence[Artifact]) -> list[str]:
+        """Cut off the clients of a dead writer that still hold the images its unfinished
+        operation touched; returns the addresses blocklisted.
+
+        A client killed with an image open keeps its watch, and its exclusive lock, until the
+        OSD expires the watch (``osd_client_watch_timeout``, 30 s): until then the image cannot
+        be removed and librbd will not break the lock, so recovery could neither undo nor finish
+        the operation. Blocklisted (what ``rbd lock break`` does), the watch goes at once. Fenced
+        are the watchers whose id is the writer's (as recorded in its intent) and any watcher of
+        a temporary image (its name is the operation's alone: the writer, or a tool it ran such
+        as qemu-img); never this process's own client, nor a stranger on a final image (a VM).
+        """
+        dead = (writer or {}).get("ceph_client")
+        me = self.cluster.instance_id()
+        images: dict[str, bool] = {}
+        for artifact in artifacts:
+            if artifact.kind in (IMAGE, SNAPSHOT):
+                temporary = artifact.temporary and artifact.kind is IMAGE
+                images[artifact.location] = images.get(artifact.location, False) or temporary
+        addresses = sorted(
+            {
+                str(watcher["addr"])
+                for location, temporary in images.items()
+                for watcher in self.rbd.watchers(location)
+                if watcher["id"] != me and (temporary or watcher["id"] == dead)
+            }
+        )
+        for address in addresses:
+            self.cluster.mon_command(
+                {"prefix": "osd blocklist", "blocklistop": "add", "addr": address, "expire": 3600.0}
+            )
+        return addresses
+
     def direct_snapshot_url(self, image_id: str) -> str:
         target = self._snapshot_target(image_id)
         return f"rbd://{self.cluster.fsid()}/{target}/{TEMPLATE_SNAPSHOT}"
@@ -524,9 +692,20 @@ class RbdBackend:
     def export(
         self, location: str, fmt: str, target: str, target_format: str, token: str
     ) -> Observation:
+        """Read the disk through librbd, opened read-only, never through qemu-img: qemu's rbd
+        driver opens every image read-write, and the watch that registers outlives a killed
+        export for the OSD's watch timeout (30 s), keeping the disk from being deleted. A client
+        that only reads registers none. A qcow2 target is converted from a raw copy in an
+        unnamed file beside it (nothing to leak when the process dies)."""
         self._check_format(fmt)
         temp = temporary_path(target, token)
-        qemu.convert_spec(self.rbd.spec(location), "raw", temp, target_format)
+        if target_format == "raw":
+            with _new_file(temp) as fd:
+                self.rbd.read_into(location, fd, temp)
+        else:
+            with _unnamed_file(os.path.dirname(temp)) as fd:
+                self.rbd.read_into(location, fd, temp)
+                qemu.convert(f"/proc/{os.getpid()}/fd/{fd}", "raw", temp, target_format)
         faults.reach("mid-effect", "export")
         files.publish(temp, target)
         return qemu.observe(Artifact(FILE, target), target_format)
@@ -636,6 +815,46 @@ class RbdTemplateStore:
         files.remove_file(copy)
         rbd.rename(temp, final)
         return rbd.observe(Artifact(IMAGE, final))
+
+
+@contextmanager
+def _new_file(path: str) -> Iterator[int]:
+    """A new file at ``path`` (never an existing one, never through a symbolic link)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        raise StorageIOError(
+            f"cannot create {path}: {exc.strerror or exc}", errno=exc.errno
+        ) from exc
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _unnamed_file(directory: str) -> Iterator[int]:
+    """A file in ``directory`` with no name (``O_TMPFILE``): it is gone when closed, also when
+    the process dies. Where the file system has no ``O_TMPFILE``, a file unlinked at once."""
+    try:
+        try:
+            fd = os.open(directory, os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+            import tempfile
+
+            fd, name = tempfile.mkstemp(dir=directory, prefix=".export-")
+            os.unlink(name)
+    except OSError as exc:
+        raise StorageIOError(
+            f"cannot create a file in {directory}: {exc.strerror or exc}", errno=exc.errno
+        ) from exc
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _image_pair(location: str, token: str) -> tuple[Artifact, ...]:

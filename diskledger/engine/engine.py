@@ -31,7 +31,7 @@ from diskledger.engine.config import Config
 from diskledger.engine.inputs import check_disk, check_name, check_snapshot, parse_size
 from diskledger.engine.leases import LeaseKeeper, expired, expiry
 from diskledger.engine.liveness import abandon, abandoned, current_process, is_alive
-from diskledger.engine.recovery import RecoveryReport, recover, settle
+from diskledger.engine.recovery import Fences, RecoveryReport, recover, settle
 from diskledger.engine.verify import VerifyReport, verify
 from diskledger.errors import (
     ConcurrencyError,
@@ -825,12 +825,14 @@ class Engine:
         """Intent, effect, outcome. Returns the view after the outcome and the observed data."""
         kind = DISK if isinstance(view, DiskView) else TEMPLATE
         meta = self._metadata(op_id)
+        # Who the writer is to shared storage, for recovery to fence it should it die.
+        writer = {"writer": backend.writer()} if isinstance(backend, Fences) else {}
         intent = operation_event(
             kind,
             op,
             STARTED,
             {
-                "params": {**params, "backend": backend.name},
+                "params": {**params, "backend": backend.name, **writer},
                 "artifacts": [a.to_json() for a in artifacts],
                 "request": dict(request or {}),
             },

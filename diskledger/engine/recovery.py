@@ -15,6 +15,12 @@ named (and, for operations that change a disk in place, the disk itself), picks 
 
 Every outcome carries ``recovery: {decision, rule, evidence}``. Removing artifacts goes through the
 backend's ``remove``, the same compensation the engine runs for in-process failures.
+
+Before it probes, recovery **fences** a dead writer on shared storage (``Fences``; RBD): a client
+killed with an image open keeps its watch and exclusive lock for the OSD's watch timeout, during
+which the image can be neither removed nor changed. Its clients are blocklisted first (recorded as
+``recovery.fenced``), as ``rbd lock break`` would; the in-process compensation never fences (its
+writer is alive: itself).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from diskledger.backends import Artifact, Backend, Flattens, Observation
 from diskledger.engine import outcomes
@@ -46,9 +52,35 @@ from diskledger.store import PendingEntry
 if TYPE_CHECKING:
     from diskledger.engine.engine import Engine
 
-__all__ = ["RULES", "Decision", "Evidence", "RecoveryReport", "Rule", "recover", "settle"]
+__all__ = [
+    "RULES",
+    "Decision",
+    "Evidence",
+    "Fences",
+    "RecoveryReport",
+    "Rule",
+    "recover",
+    "settle",
+]
 
 log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Fences(Protocol):
+    """A backend on shared storage whose dead writers must be cut off before recovery acts.
+
+    ``writer()`` names this process to the storage (recorded in every intent as
+    ``params.writer``); ``fence(writer, artifacts)`` cuts that writer, and whatever it ran on the
+    operation's temporary artifacts, off the storage the artifacts name, and returns what it
+    fenced (never this process itself).
+    """
+
+    def writer(self) -> dict[str, Any]: ...
+
+    def fence(
+        self, writer: Mapping[str, Any] | None, artifacts: Sequence[Artifact]
+    ) -> list[str]: ...
 
 
 class Decision(StrEnum):
@@ -174,10 +206,19 @@ RULES: tuple[Rule, ...] = (
     # old data is gone if it does: running the rollback again is the only way to a known state.
     Rule("rollback", "disk exists", FINISH, "a rollback is idempotent: run to the end"),
     Rule("rollback", "otherwise", OPERATOR, "the disk is missing"),
-    Rule("remove-snapshot", "snapshot gone, disk present", FORWARD, "the snapshot is gone"),
+    # Gone by name is not always gone: librbd moves a snapshot it removes to the trash first, and
+    # a removal cut short leaves it there. Removing it again is idempotent and finishes that.
+    Rule(
+        "remove-snapshot",
+        "snapshot gone, disk present",
+        FINISH,
+        "the snapshot is gone or going: remove the rest",
+    ),
     Rule("remove-snapshot", "snapshot and disk present", BACK, "the snapshot is still there"),
     Rule("remove-snapshot", "otherwise", OPERATOR, "the disk is missing"),
-    Rule("delete", "disk and snapshots gone", FORWARD, "everything was removed"),
+    # Gone by name is not always gone: an RBD image whose removal was cut short no longer opens
+    # but is still listed in its pool. Removing what is left is idempotent and finishes that.
+    Rule("delete", "disk and snapshots gone", FINISH, "everything was removed, or is going"),
     Rule("delete", "disk and snapshots all present", BACK, "nothing was removed"),
     # Half a delete is worse than either end: removing the rest is idempotent.
     Rule("delete", "otherwise", FINISH, "part was removed: remove the rest"),
@@ -322,7 +363,36 @@ def _resolve(
         error=None,
         dry_run=dry_run,
         already_reported=already_reported,
+        fenced=() if dry_run else _fence(engine, entry.stream, view),
     )
+
+
+def _fence(engine: Engine, stream: str, view: DiskView | TemplateView) -> list[str]:
+    """Cut the dead writer of ``view``'s pending operation off the storage it touched (see
+    ``Fences``); what was fenced, for the outcome. A failure to fence is logged, not raised:
+    acting on the evidence may still work, and if not, that failure is recorded."""
+    op = view.pending
+    assert op is not None
+    backend = engine.backend_named(op.params.get("backend") or op.params.get("format"))
+    if not isinstance(backend, Fences):
+        return []
+    touched = (*(Artifact.from_json(a) for a in op.artifacts), *_parts(backend, op.op, op.params))
+    try:
+        fenced = backend.fence(op.params.get("writer"), touched)
+    except DiskLedgerError as exc:
+        log.warning(
+            "recovery: %s %s (%s): fencing its writer failed: %s", stream, op.op, op.op_id, exc
+        )
+        return []
+    if fenced:
+        log.warning(
+            "recovery: %s %s (%s): fenced the dead writer's clients %s",
+            stream,
+            op.op,
+            op.op_id,
+            ", ".join(fenced),
+        )
+    return fenced
 
 
 def settle(
@@ -334,11 +404,13 @@ def settle(
     error: BaseException | None,
     dry_run: bool = False,
     already_reported: bool = False,
+    fenced: Sequence[str] = (),
 ) -> Outcome:
     """Probe, decide by ``RULES`` and record the outcome of ``view``'s pending operation.
 
-    Recovery calls it for a dead writer's operation (``error`` None); the engine calls it at once
-    when an operation's effect raised (``error``): one compensation path for both.
+    Recovery calls it for a dead writer's operation (``error`` None), after fencing that writer
+    (``fenced``: what it cut off, recorded with the decision); the engine calls it at once when
+    an operation's effect raised (``error``): one compensation path for both.
     """
     op = view.pending
     assert op is not None
@@ -356,7 +428,13 @@ def settle(
     if dry_run or (rule.decision is Decision.OPERATOR and already_reported):
         return outcome  # nothing to do, or already reported to the operator
 
-    recovery = {"decision": rule.decision.value, "rule": rule.when, "evidence": evidence.to_json()}
+    recovery: dict[str, Any] = {
+        "decision": rule.decision.value,
+        "rule": rule.when,
+        "evidence": evidence.to_json(),
+    }
+    if fenced:
+        recovery["fenced"] = list(fenced)
     cause = f"{error}" if error is not None else "a crash"
     events: list[NewEvent]
     try:
@@ -418,6 +496,8 @@ def _finish(backend: Backend, op: str, params: Mapping[str, Any], op_id: str) ->
         )
     elif op == "delete":
         backend.delete(params["location"], params["format"], tuple(params.get("snapshots", ())))
+    elif op == "remove-snapshot":
+        backend.remove_snapshot(params["location"], params["format"], params["snapshot"])
     elif op == "flatten" and isinstance(backend, Flattens):
         backend.flatten(params["location"], params["format"])
     else:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -26,6 +26,7 @@ import pytest
 from diskledger.engine import Config, Engine
 from diskledger.errors import DiskNotFound, TemplateNotFound
 from diskledger.render import disk_json, template_json
+from tests.support.ceph import POOL, SNAPSHOT_POOL, CephCluster
 
 MiB = 1 << 20
 CLI = (sys.executable, "-m", "diskledger.cli")
@@ -61,10 +62,14 @@ def write_data_image(path: Path, size: int, *, chunk: int, every: int, seed: int
 # -- CLI processes -----------------------------------------------------------------------------
 
 
-def cli_env(*, fault: str | None = None) -> dict[str, str]:
-    """A CLI process's environment: nothing DISKLEDGER_* from outside, no recovery when its
-    engine opens (the test decides when recovery runs), and ``fault`` armed if given."""
+def cli_env(
+    *, fault: str | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """A CLI process's environment: nothing DISKLEDGER_* from outside but ``environ`` (the rbd
+    backend's cluster settings, see ``CephCluster.environ``), no recovery when its engine opens
+    (the test decides when recovery runs), and ``fault`` armed if given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISKLEDGER_")}
+    env.update(environ or {})
     env["DISKLEDGER_RECOVER"] = "0"
     if fault is not None:
         env["DISKLEDGER_FAULT"] = fault
@@ -76,20 +81,28 @@ def cli_args(root: Path, backend: str, argv: Sequence[str]) -> list[str]:
 
 
 def cli(
-    root: Path, *argv: str, backend: str = "raw", fault: str | None = None, timeout: float = 120
+    root: Path,
+    *argv: str,
+    backend: str = "raw",
+    fault: str | None = None,
+    timeout: float = 120,
+    environ: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run one CLI command with ``--json`` in a new process and wait for it."""
+    """Run one CLI command with ``--json`` in a new process and wait for it (``environ``: extra
+    DISKLEDGER_* settings, the cluster's for ``rbd``)."""
     return subprocess.run(
         [*CLI, *cli_args(root, backend, argv)],
-        env=cli_env(fault=fault),
+        env=cli_env(fault=fault, environ=environ),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
 
 
-def cli_json(root: Path, *argv: str, backend: str = "raw") -> Any:
-    done = cli(root, *argv, backend=backend)
+def cli_json(
+    root: Path, *argv: str, backend: str = "raw", environ: Mapping[str, str] | None = None
+) -> Any:
+    done = cli(root, *argv, backend=backend, environ=environ)
     assert done.returncode == 0, f"{argv}: exit {done.returncode}: {done.stderr}"
     return json.loads(done.stdout)
 
@@ -245,9 +258,14 @@ def wait_group_gone(pgid: int, timeout: float = 120) -> None:
 # -- engines and states ------------------------------------------------------------------------
 
 
-def open_engine(root: Path, backend: str = "raw") -> Engine:
-    """An engine on ``root`` that does not recover on open: the test says when it recovers."""
-    return Engine.open(Config.load(root=root, backend=backend, environ={}, recover=False))
+def open_engine(
+    root: Path, backend: str = "raw", environ: Mapping[str, str] | None = None
+) -> Engine:
+    """An engine on ``root`` that does not recover on open: the test says when it recovers.
+    ``environ``: DISKLEDGER_* settings beyond root and backend (the cluster's, for ``rbd``)."""
+    return Engine.open(
+        Config.load(root=root, backend=backend, environ=dict(environ or {}), recover=False)
+    )
 
 
 def disk_state(engine: Engine, disk: str) -> dict[str, Any]:
@@ -267,27 +285,52 @@ def template_state(engine: Engine, template: str) -> dict[str, Any]:
     return {k: doc[k] for k in TEMPLATE_KEYS}
 
 
-def disk_location(root: Path, disk: str) -> str:
+def disk_location(root: Path, disk: str, backend: str = "raw") -> str:
+    """Where ``backend`` keeps ``disk``: a file under the root, or ``pool/instance~name``."""
+    if backend == "rbd":
+        return f"{POOL}/{disk.replace('/', '~')}"
     return str(root / "disks" / disk)
+
+
+def template_location(root: Path, template: str, backend: str = "raw") -> str:
+    if backend == "rbd":
+        return f"{POOL}/_base~{template}"
+    return str(root / "templates" / template)
+
+
+def disk_format(backend: str) -> str:
+    """The format of the disks ``backend`` makes (RBD images are raw)."""
+    return "raw" if backend == "rbd" else backend
+
+
+def clone_backing(root: Path, template: str, backend: str) -> str | None:
+    """The backing a disk made from ``template`` records: the cached template for a qcow2
+    overlay, the template's protected snapshot for an RBD clone, none for a raw copy."""
+    if backend == "qcow2":
+        return template_location(root, template, backend)
+    if backend == "rbd":
+        return f"{template_location(root, template, backend)}@snap"
+    return None
 
 
 def created_state(
     root: Path,
     disk: str,
-    fmt: str,
+    backend: str,
     size: int,
     *,
     template: str | None = None,
     backing: str | None = None,
 ) -> dict[str, Any]:
+    """A disk just created by ``backend`` (``raw``, ``qcow2`` or ``rbd``)."""
     return {
         "state": "created",
         "size": size,
-        "format": fmt,
+        "format": disk_format(backend),
         "template": template,
         "backing": backing,
         "snapshots": [],
-        "location": disk_location(root, disk),
+        "location": disk_location(root, disk, backend),
     }
 
 
@@ -321,13 +364,113 @@ def temp_leftovers(*directories: Path) -> list[str]:
     return found
 
 
-def assert_consistent(root: Path, *beside: Path) -> None:
+def assert_consistent(
+    root: Path,
+    *beside: Path,
+    backend: str = "raw",
+    ceph: CephCluster | None = None,
+) -> None:
     """What every crash must end in: the ledger verifies (chain, read models, no orphan and no
-    drift under the root), nothing is pending, and no temporary name is left under the root or
-    in ``beside`` (where exports were written)."""
-    with open_engine(root) as engine:
+    drift under the root or in the pool), nothing is pending, and no temporary name is left under
+    the root or in ``beside`` (where exports were written). With ``ceph`` (the rbd backend), the
+    pools hold exactly what the ledger names, too (``assert_pools_match_ledger``)."""
+    environ = ceph.environ() if ceph is not None else None
+    with open_engine(root, backend, environ) as engine:
         report = engine.verify()
         assert report.ok, json.dumps(report.to_json(), indent=2)
         again = engine.recover(dry_run=True)
         assert again.pending == [], again.to_json()
+        if ceph is not None:
+            with PoolView(ceph) as pools:
+                assert_pools_match_ledger(engine, pools)
     assert temp_leftovers(root, *beside) == []
+
+
+# -- the pools, as client.admin sees them -------------------------------------------------------
+
+
+def ledger_pool_names(engine: Engine) -> dict[str, set[str]]:
+    """What the ledger says each pool holds, as ``image`` and ``image@snapshot`` names: every
+    live rbd disk with each snapshot it recorded, every cached template with its protected
+    ``snap``, and in the snapshot pool each image a completed direct-snapshot published."""
+    names: dict[str, set[str]] = {POOL: set(), SNAPSHOT_POOL: set()}
+
+    def add(location: str, snapshots: Sequence[str]) -> None:
+        pool, _, image = location.partition("/")
+        names.setdefault(pool, set()).update([image, *(f"{image}@{s}" for s in snapshots)])
+
+    for disk in engine.list():
+        if disk.location and disk.backend == "rbd":
+            add(disk.location, disk.snapshot_names)
+    for template in engine.list_templates():
+        if template.location and template.location.startswith(f"{POOL}/"):
+            add(template.location, ["snap"])
+    for event in engine.history():
+        if event.type == "disk.direct-snapshot.completed":
+            # rbd://<fsid>/<pool>/<image>/<snap>
+            pool, image, snap = event.data["url"].removeprefix("rbd://").split("/")[1:]
+            add(f"{pool}/{image}", [snap])
+    return names
+
+
+class PoolView:
+    """The pools as client.admin sees them, through librbd in this process (an ``rbd ls``
+    process per look would cost a tenth of a second each: the torture looks after every kill)."""
+
+    def __init__(self, ceph: CephCluster) -> None:
+        import rados
+
+        self.cluster = rados.Rados(
+            conffile=str(ceph.conf), rados_id="admin", conf={"keyring": str(ceph.admin_keyring)}
+        )
+        self.cluster.connect(timeout=10)
+
+    def contents(self, pool: str) -> set[str]:
+        """Every image (``name``) and snapshot (``name@snap``) in ``pool``."""
+        import rbd
+
+        found: set[str] = set()
+        with self.cluster.open_ioctx(pool) as ioctx:
+            for name in rbd.RBD().list(ioctx):
+                found.add(name)
+                try:
+                    with rbd.Image(ioctx, name, read_only=True) as image:
+                        found.update(f"{name}@{s['name']}" for s in image.list_snaps())
+                except rbd.ImageNotFound:
+                    continue
+        return found
+
+    def close(self) -> None:
+        self.cluster.shutdown()
+
+    def __enter__(self) -> PoolView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def pool_mismatch(engine: Engine, pools: PoolView) -> dict[str, Any]:
+    """How the pools differ from what the ledger names (empty when they are the same); a
+    temporary (``.tmp-``) name is always a difference."""
+    problems: dict[str, Any] = {}
+    for pool, expected in ledger_pool_names(engine).items():
+        found = pools.contents(pool)
+        if found != expected:
+            problems[pool] = {
+                "unexpected": sorted(found - expected),
+                "missing": sorted(expected - found),
+            }
+        if temporary := sorted(n for n in found if TEMP_MARK in n):
+            problems.setdefault(pool, {})["temporary"] = temporary
+    return problems
+
+
+def assert_pools_match_ledger(engine: Engine, pools: PoolView) -> None:
+    problems = pool_mismatch(engine, pools)
+    assert problems == {}, json.dumps(problems, indent=2)
+
+
+def rbd_spec(ceph: CephCluster, location: str) -> str:
+    """``pool/image`` as qemu's rbd driver names it, as client.admin (for qemu-io)."""
+    return f"rbd:{location}:id=admin:conf={ceph.conf}:keyring={ceph.admin_keyring}"

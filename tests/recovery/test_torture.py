@@ -10,9 +10,15 @@ kill the test process recovers, and checks: the disk is exactly as before or exa
 operation, and the one the recovery decision names; an export target is whole or absent; the
 ledger verifies (no orphan, no drift); no temporary name is left; nothing is pending.
 
-``DISKLEDGER_TORTURE_KILLS`` (default 200) kills; ``DISKLEDGER_TORTURE_SEED`` replays the choices
-of a run; the summary line is printed (``pytest -s``) and written to
-``DISKLEDGER_TORTURE_REPORT`` if set.
+The same runs on ``rbd`` (a real one-node Ceph cluster; the CLI processes get its settings
+through their environment), two disks made from a template in the pool, with the operations only
+rbd has (``flatten``, ``direct-snapshot``) and ``import``; after every kill the pools must also
+hold exactly what the ledger names (``assert_pools_match_ledger``), no ``.tmp-`` name anywhere.
+
+``DISKLEDGER_TORTURE_KILLS`` (default 200) kills on the file backends,
+``DISKLEDGER_TORTURE_RBD_KILLS`` (default 100) on rbd; ``DISKLEDGER_TORTURE_SEED`` replays the
+choices of a run; the summary lines are printed (``pytest -s``) and written to
+``DISKLEDGER_TORTURE_REPORT`` if set (``<name>.rbd`` beside it for rbd).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from diskledger.engine import Engine
 from diskledger.engine.recovery import RecoveryReport
 from tests.backends.helpers import info
@@ -33,17 +41,23 @@ from tests.recovery.helpers import (
     ABSENT,
     Finished,
     MiB,
+    PoolView,
     WarmPool,
     after,
     cli,
     cli_env,
+    clone_backing,
     created_state,
+    disk_format,
     disk_state,
     open_engine,
+    pool_mismatch,
     temp_leftovers,
 )
+from tests.support.ceph import CephCluster
 
 KILLS = int(os.environ.get("DISKLEDGER_TORTURE_KILLS", "200"))
+RBD_KILLS = int(os.environ.get("DISKLEDGER_TORTURE_RBD_KILLS", "100"))
 SEED = int(os.environ.get("DISKLEDGER_TORTURE_SEED") or random.randrange(1 << 32))
 PROCESS_ONLY = 0.2
 """The share of kills that hit only the Python process, not the tools it runs."""
@@ -63,6 +77,24 @@ WEIGHTS = {
     "delete": 1,
 }
 CALIBRATION = ("create", "snapshot", "resize", "rollback", "export", "remove-snapshot", "delete")
+
+RBD_DISKS = {"vm-b1/root": "rbd", "vm-b2/root": "rbd"}
+RBD_WEIGHTS = {**WEIGHTS, "flatten": 2, "direct-snapshot": 1}
+RBD_CREATE = {"create": 3, "import": 1}
+"""How an absent rbd disk is made: cloned from the template, or imported from a local file."""
+RBD_CALIBRATION = (
+    "import",
+    "snapshot",
+    "resize",
+    "rollback",
+    "direct-snapshot",
+    "export",
+    "remove-snapshot",
+    "delete",
+    "create",
+    "flatten",
+    "delete",
+)
 
 
 @dataclass
@@ -118,14 +150,30 @@ class Tally:
 
 
 class Torture:
-    def __init__(self, tmp_path: Path, template: Path) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        template: Path,
+        *,
+        disks: dict[str, str] = DISKS,
+        ceph: CephCluster | None = None,
+    ) -> None:
+        """``disks``: the disks and their backends (all of one kind: the file backends share a
+        root; ``rbd`` needs ``ceph``, its pools empty)."""
         self.root = tmp_path / "root"
         self.exports = tmp_path / "exports"
         self.exports.mkdir()
         self.rng = random.Random(SEED)
-        self.engine: Engine = open_engine(self.root)
+        self.disks = disks
+        self.backends = tuple(dict.fromkeys(disks.values()))
+        self.ceph = ceph
+        self.environ = ceph.environ() if ceph is not None else None
+        self.rbd = ceph is not None
+        self.engine: Engine = open_engine(self.root, "rbd" if self.rbd else "raw", self.environ)
+        self.source = template
         self.template = self.engine.add_template("big", template, "raw")
-        self.pool = WarmPool(cli_env())
+        self.pool = WarmPool(cli_env(environ=self.environ))
+        self.pools = PoolView(ceph) if ceph is not None else None
         self.durations: dict[tuple[str, str], list[float]] = {}
         """Per operation and backend: seconds from ``go`` to the answer, of runs not killed."""
         self.cold_create = 0.0
@@ -134,12 +182,18 @@ class Torture:
     def close(self) -> None:
         self.pool.close()
         self.engine.close()
+        if self.pools is not None:
+            self.pools.close()
 
     # -- choosing ------------------------------------------------------------------------------
 
-    def create(self, disk: str, backend: str) -> Step:
-        backing = self.template.location if backend == "qcow2" else None
+    def create(self, disk: str, backend: str, op: str = "create") -> Step:
         assert self.template.virtual_size is not None
+        if op == "import":  # the template's source file, as a disk of its own
+            new = created_state(self.root, disk, backend, self.template.virtual_size)
+            argv = ["disk", "import", disk, str(self.source), "--format", "raw"]
+            return Step(op, argv, new)
+        backing = clone_backing(self.root, "big", backend)
         new = created_state(
             self.root, disk, backend, self.template.virtual_size, template="big", backing=backing
         )
@@ -161,12 +215,20 @@ class Torture:
         if op == "export":
             target = self.exports / f"export-{self.serial}.img"
             return Step(op, ["disk", op, disk, str(target)], after(old, op), target)
+        if op == "flatten":
+            return Step(op, ["disk", op, disk], {**old, "backing": None})
+        if op == "direct-snapshot":
+            # The disk is left as it was; the copy in the snapshot pool is checked with the pools.
+            return Step(op, ["disk", op, disk, f"ds{self.serial}", f"img-{self.serial}"], old)
         assert op == "delete"
         return Step(op, ["disk", op, disk], after(old, op))
 
     def choose(self, disk: str, backend: str, old: dict[str, Any]) -> Step:
         if old == ABSENT:
-            return self.create(disk, backend)
+            if not self.rbd:
+                return self.create(disk, backend)
+            made = self.rng.choices(list(RBD_CREATE), list(RBD_CREATE.values()))[0]
+            return self.create(disk, backend, made)
         assert self.template.virtual_size is not None
         legal = {
             "snapshot": len(old["snapshots"]) < MAX_SNAPSHOTS,
@@ -176,8 +238,12 @@ class Torture:
             "export": True,
             "delete": True,
         }
+        weights = WEIGHTS
+        if self.rbd:
+            legal.update({"flatten": old["backing"] is not None, "direct-snapshot": True})
+            weights = RBD_WEIGHTS
         ops = [op for op, ok in legal.items() if ok]
-        op = self.rng.choices(ops, [WEIGHTS[o] for o in ops])[0]
+        op = self.rng.choices(ops, [weights[o] for o in ops])[0]
         return self.step(disk, backend, op, old)
 
     # -- running -------------------------------------------------------------------------------
@@ -201,33 +267,43 @@ class Torture:
 
     def calibrate(self) -> None:
         """Run every operation to its end on each backend, twice, to know how long each takes
-        here; and time one raw ``disk create`` as a whole new CLI process."""
-        for backend in ("raw", "qcow2"):
+        here; and time one ``disk create`` as a whole new CLI process."""
+        calibration = RBD_CALIBRATION if self.rbd else CALIBRATION
+        for backend in self.backends:
             disk = f"cal-{backend}/root"
             for _ in range(2):
                 state = ABSENT
-                for op in CALIBRATION:
-                    step = self.create(disk, backend) if op == "create" else None
-                    step = step or self.step(disk, backend, op, state)
+                for op in calibration:
+                    if op in ("create", "import"):
+                        step = self.create(disk, backend, op)
+                    else:
+                        step = self.step(disk, backend, op, state)
                     assert self.run(backend, step, kill_after=None, group=True).returncode == 0
                     state = step.new
                     if step.target:
                         step.target.unlink()
         started = time.monotonic()
-        done = cli(self.root, "disk", "create", "cal-cold/root", "--template", "big")
+        backend = self.backends[0]
+        done = cli(
+            self.root,
+            *("disk", "create", "cal-cold/root", "--template", "big"),
+            backend=backend,
+            environ=self.environ,
+        )
         self.cold_create = time.monotonic() - started
         assert done.returncode == 0, done.stderr
         self.engine.delete("cal-cold/root")
 
     def measured(self) -> str:
         typical = " ".join(f"{o}/{b}={self.typical(o, b):.2f}" for o, b in sorted(self.durations))
-        return f"cold_cli_raw_create={self.cold_create:.2f}s typical_answer_after_go: {typical}"
+        cold = f"cold_cli_{self.backends[0]}_create={self.cold_create:.2f}s"
+        return f"{cold} typical_answer_after_go: {typical}"
 
     # -- one kill ------------------------------------------------------------------------------
 
     def iterate(self, tally: Tally) -> None:
-        disk = self.rng.choice(list(DISKS))
-        backend = DISKS[disk]
+        disk = self.rng.choice(list(self.disks))
+        backend = self.disks[disk]
         old = disk_state(self.engine, disk)
         step = self.choose(disk, backend, old)
         group = self.rng.random() >= PROCESS_ONLY
@@ -272,7 +348,7 @@ class Torture:
         if must is not None and exists != must:
             tally.problems.append(f"{what}: export target exists={exists} after {decisions}")
         if exists:
-            seen = info(str(step.target), DISKS[disk])
+            seen = info(str(step.target), disk_format(self.disks[disk]))
             if (seen["virtual-size"], seen.get("backing-filename")) != (step.new["size"], None):
                 tally.problems.append(f"{what}: the export is not a whole copy: {seen}")
             step.target.unlink()
@@ -287,27 +363,45 @@ class Torture:
         tally.leaks += len(leftovers)
         if leftovers:
             tally.problems.append(f"{what}: temporary names left: {leftovers}")
+        if self.pools is not None and (mismatch := pool_mismatch(self.engine, self.pools)):
+            tally.leaks += sum(
+                len(m.get("unexpected", ())) + len(m.get("temporary", ()))
+                for m in mismatch.values()
+            )
+            tally.drift += sum(len(m.get("missing", ())) for m in mismatch.values())
+            tally.problems.append(f"{what}: the pools differ from the ledger: {mismatch}")
         if self.engine.recover(dry_run=True).pending:
             tally.problems.append(f"{what}: still pending after recovery")
 
 
-def test_random_sigkills_leave_old_or_new_and_nothing_behind(
-    tmp_path: Path, big_template: Path
-) -> None:
-    torture = Torture(tmp_path, big_template)
+def torture(torture: Torture, kills: int, report_suffix: str = "") -> None:
     tally = Tally()
     started = time.monotonic()
     try:
         torture.calibrate()
-        while tally.kills < KILLS and tally.iterations < 3 * KILLS + 10 and not tally.problems:
+        while tally.kills < kills and tally.iterations < 3 * kills + 10 and not tally.problems:
             tally.iterations += 1
             torture.iterate(tally)
     finally:
         torture.close()
         summary = tally.line(time.monotonic() - started, torture.measured())
+        summary = f"{'/'.join(torture.backends)} {summary}"
         print(f"\n{summary}")
         if report := os.environ.get("DISKLEDGER_TORTURE_REPORT"):
-            Path(report).write_text(summary + "\n")
+            Path(report + report_suffix).write_text(summary + "\n")
     assert tally.problems == [], "\n".join(tally.problems)
     assert (tally.leaks, tally.drift, tally.needs_operator) == (0, 0, 0), summary
-    assert tally.kills == KILLS, summary
+    assert tally.kills == kills, summary
+
+
+def test_random_sigkills_leave_old_or_new_and_nothing_behind(
+    tmp_path: Path, big_template: Path
+) -> None:
+    torture(Torture(tmp_path, big_template), KILLS)
+
+
+@pytest.mark.skipif(RBD_KILLS == 0, reason="DISKLEDGER_TORTURE_RBD_KILLS=0")
+def test_random_sigkills_on_rbd_leave_the_pools_as_the_ledger_says(
+    tmp_path: Path, rbd_template: Path, rbd_pools: CephCluster
+) -> None:
+    torture(Torture(tmp_path, rbd_template, disks=RBD_DISKS, ceph=rbd_pools), RBD_KILLS, ".rbd")
