@@ -214,6 +214,10 @@ class Backend(Protocol):
         """Remove the named artifacts, idempotently: the one compensation path."""
         ...
 
+    def close(self) -> None:
+        """Let go of connections to storage (RBD's cluster connection); file backends hold none."""
+        ...
+
     def inventory(self) -> tuple[Artifact, ...]:
         """Everything this backend keeps outside the root directory (which ``verify`` walks
         itself): for RBD, every image and snapshot in the pool. File backends return ``()``."""

@@ -113,6 +113,9 @@ class FileBackend:
     def probe(self, artifacts: Sequence[Artifact]) -> tuple[Observation, ...]:
         return tuple(self._probe(artifact) for artifact in artifacts)
 
+    def close(self) -> None:
+        pass  # nothing held open
+
     def inventory(self) -> tuple[Artifact, ...]:
         return ()  # everything is a file under the root, which verify walks
 

@@ -480,6 +480,9 @@ class RbdBackend:
         self.cluster = cluster or Cluster(config)
         self.rbd = _Rbd(self.cluster)
 
+    def close(self) -> None:
+        self.cluster.close()
+
     def disk_location(self, instance: str, disk: str) -> str:
         return f"{self.config.pool}/{image_name(instance, disk)}"
 

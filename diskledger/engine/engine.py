@@ -208,7 +208,11 @@ class Engine:
         return self._metadata(op_id, causation=run_id, actor="diskledger-recover")
 
     def close(self) -> None:
-        self.store.close()
+        try:
+            for backend in self._backends.values():
+                backend.close()
+        finally:
+            self.store.close()
 
     def __enter__(self) -> Self:
         return self
