@@ -38,9 +38,14 @@ def _delta(after: HarnessStats, before: HarnessStats) -> HarnessStats:
 
 def main() -> int:
     target = int(os.environ.get("DISKLEDGER_SOAK_STEPS", "100000"))
-    # A terminated soak still stops the cluster it started (the finally below).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cluster = CephCluster()
+
+    def terminated(*_: object) -> None:
+        # Hypothesis may swallow a SystemExit raised inside a step: stop the cluster here.
+        cluster.stop()
+        os._exit(143)
+
+    signal.signal(signal.SIGTERM, terminated)
     cluster.start()
     failures = 0
     started = time.monotonic()
@@ -63,6 +68,8 @@ def main() -> int:
                 except Exception:  # an InvariantViolation, or Hypothesis's group of several
                     failures += 1
                     traceback.print_exc()
+                progress = _delta(STATS, before)
+                print(f"  {name}: {progress.steps} steps so far", file=sys.stderr, flush=True)
             done = _delta(STATS, before)
             print(f"{name:6} {time.monotonic() - t0:7.0f} s  {done.line()}", flush=True)
     finally:
