@@ -400,12 +400,32 @@ class _Rbd:
 
     def watchers(self, location: str) -> list[dict[str, Any]]:
         """The clients watching the image (``addr``, ``id``); none when it does not exist. A
-        read-only open registers no watch: every watcher listed is another client."""
-        if not self.exists(location):
+        read-only open registers no watch: every watcher listed is another client. An image
+        whose removal was cut short may no longer open by its name while its header, and the
+        watch of the client that was removing it, remain: it is opened by the id the pool's
+        directory lists for the name."""
+        import rbd
+
+        pool, name = split(location)
+
+        def listed(ioctx: Any) -> list[dict[str, Any]]:
+            try:
+                with rbd.Image(ioctx, name, read_only=True) as image:
+                    return list(image.watchers_list())
+            except rbd.ImageNotFound:
+                pass
+            for entry in rbd.RBD().list2(ioctx):
+                if entry["name"] == name:
+                    try:
+                        with rbd.Image(ioctx, image_id=entry["id"], read_only=True) as image:
+                            return list(image.watchers_list())
+                    except rbd.ImageNotFound:
+                        pass
             return []
-        with self.image(location, read_only=True) as image:
+
+        with self.cluster.ioctx(pool) as ioctx:
             found: list[dict[str, Any]] = self.cluster.call(
-                f"list the watchers of {location}", lambda: list(image.watchers_list())
+                f"list the watchers of {location}", lambda: listed(ioctx)
             )
         return found
 

@@ -126,6 +126,9 @@ class Tally:
     outlived: int = 0
     """Process-only kills after which a tool (cp, qemu-img) ran on and was waited for."""
     iterations: int = 0
+    slowest: float = 0.0
+    """The longest iteration (operation, kill, recovery and checks), in seconds."""
+    slowest_step: str = ""
     problems: list[str] = field(default_factory=list)
 
     def count(self, report: RecoveryReport) -> None:
@@ -145,6 +148,7 @@ class Tally:
             f"completed_before_kill={self.completed} nothing_pending={self.nothing_pending} "
             f"process_only_kills={self.process_only} tools_outlived={self.outlived} "
             f"iterations={self.iterations} problems={len(self.problems)} "
+            f"slowest_iteration={self.slowest:.1f}s ({self.slowest_step}) "
             f"seconds={seconds:.1f} seed={SEED} {measured}"
         )
 
@@ -301,7 +305,8 @@ class Torture:
 
     # -- one kill ------------------------------------------------------------------------------
 
-    def iterate(self, tally: Tally) -> None:
+    def iterate(self, tally: Tally) -> str:
+        """One operation, killed at random, recovered and checked; returns what it ran."""
         disk = self.rng.choice(list(self.disks))
         backend = self.disks[disk]
         old = disk_state(self.engine, disk)
@@ -321,7 +326,7 @@ class Torture:
         tally.count(report)
         if report.in_flight or report.needs_operator:
             tally.problems.append(f"{what}: recovery left {report.to_json()}")
-            return
+            return what
         decisions = [o.decision for o in (*report.rolled_forward, *report.rolled_back)]
         if not decisions:
             tally.nothing_pending += killed
@@ -334,6 +339,7 @@ class Torture:
         if step.target is not None:
             self.check_export(step, disk, decisions, killed, what, tally)
         self.check_storage(what, tally)
+        return f"{step.op} killed after {delay:.2f} s: {decisions or 'nothing pending'}"
 
     def check_export(
         self, step: Step, disk: str, decisions: list[str], killed: bool, what: str, tally: Tally
@@ -381,7 +387,10 @@ def torture(torture: Torture, kills: int, report_suffix: str = "") -> None:
         torture.calibrate()
         while tally.kills < kills and tally.iterations < 3 * kills + 10 and not tally.problems:
             tally.iterations += 1
-            torture.iterate(tally)
+            began = time.monotonic()
+            step = torture.iterate(tally)
+            if (took := time.monotonic() - began) > tally.slowest:
+                tally.slowest, tally.slowest_step = took, step
     finally:
         torture.close()
         summary = tally.line(time.monotonic() - started, torture.measured())
