@@ -241,7 +241,6 @@ class _Rbd:
         watches (a running VM) is retried under the busy policy, then refused: never leaked
         silently, never removed under a user. An image with clones is refused at once: they
         are not ours to flatten or remove."""
-        import rbd
 
         if not self.exists(location):
             self._remove_half_made(location)
@@ -254,13 +253,17 @@ class _Rbd:
         self.wait_unwatched(location)
         for snapshot in snapshots:
             self.remove_snapshot(location, snapshot)
+        self._remove_name(location, f"remove {location}")
+
+    def _remove_name(self, location: str, what: str) -> None:
+        """librbd's remove of the name, under the busy policy; gone already is fine."""
+        import rbd
+
         pool, name = split(location)
         with self.cluster.ioctx(pool) as ioctx:
             try:
                 self.cluster.call(
-                    f"remove {location}",
-                    lambda: rbd.RBD().remove(ioctx, name),
-                    policy=self.cluster.config.busy,
+                    what, lambda: rbd.RBD().remove(ioctx, name), policy=self.cluster.config.busy
                 )
             except CephError as exc:
                 if exc.errno != errno.ENOENT:
@@ -270,21 +273,10 @@ class _Rbd:
         """Remove what a create or clone killed part way left: a name the pool lists whose
         image does not open (no header yet). librbd's remove takes such a name out of the pool
         directory; opening it never could, so without this it would stay listed for good."""
-        import rbd
 
         pool, name = split(location)
-        if name not in self.list_pool(pool):
-            return
-        with self.cluster.ioctx(pool) as ioctx:
-            try:
-                self.cluster.call(
-                    f"remove the half-made {location}",
-                    lambda: rbd.RBD().remove(ioctx, name),
-                    policy=self.cluster.config.busy,
-                )
-            except CephError as exc:
-                if exc.errno != errno.ENOENT:
-                    raise
+        if name in self.list_pool(pool):
+            self._remove_name(location, f"remove the half-made {location}")
 
     def flatten(self, location: str) -> None:
         with self.image(location) as image:

@@ -23,7 +23,6 @@ from tests.support.ceph import POOL, SNAPSHOT_POOL, CephCluster
 __all__ = [
     "admin_ioctx",
     "ceph_admin",
-    "clear_pools",
     "has_pattern",
     "image_info",
     "snapshots",
@@ -95,29 +94,6 @@ def admin_ioctx(ceph: CephCluster, pool: str = POOL) -> Iterator[Any]:
             ioctx.close()
     finally:
         cluster.shutdown()
-
-
-def clear_pools(ceph: CephCluster) -> None:
-    """Remove every image and snapshot from both pools, in-process as client.admin, clones
-    first, whichever pool they are in. Best effort and quick (no ``rbd`` process per step): the
-    ``ceph`` fixture's own purge runs afterwards and is the one that must succeed."""
-    with admin_ioctx(ceph, POOL) as disks, admin_ioctx(ceph, SNAPSHOT_POOL) as copies:
-        for _ in range(5):
-            names = [(ioctx, name) for ioctx in (disks, copies) for name in rbd.RBD().list(ioctx)]
-            if not names:
-                return
-            for ioctx, name in names:
-                try:
-                    with rbd.Image(ioctx, name) as image:
-                        for snap in image.list_snaps():
-                            if snap["namespace"] != rbd.RBD_SNAP_NAMESPACE_TYPE_USER:
-                                continue
-                            if image.is_protected_snap(snap["name"]):
-                                image.unprotect_snap(snap["name"])
-                            image.remove_snap(snap["name"])
-                    rbd.RBD().remove(ioctx, name)
-                except rbd.Error:
-                    pass  # a parent whose clones go first: the next round
 
 
 @contextmanager

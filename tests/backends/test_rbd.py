@@ -48,7 +48,6 @@ from tests.backends.helpers import MiB, info, make_image
 from tests.backends.helpers import has_pattern as file_has_pattern
 from tests.backends.rbd_helpers import (
     ceph_admin,
-    clear_pools,
     has_pattern,
     image_info,
     snapshots,
@@ -85,7 +84,7 @@ def quick_monitor(ceph_cluster: CephCluster) -> Iterator[None]:
 @pytest.fixture
 def ceph(ceph: CephCluster, quick_monitor: None) -> Iterator[CephCluster]:
     yield ceph
-    clear_pools(ceph)  # in-process, so the shared purge after it finds little to do
+    ceph.purge()
 
 
 @pytest.fixture
@@ -539,8 +538,8 @@ def test_direct_snapshot_failing_mid_way_leaves_nothing_after_compensation(
     request: pytest.FixtureRequest,
 ) -> None:
     # Should the compensation fail, the shared purge (one pool after the other) would meet a
-    # clone in the snapshot pool of an image in the disk pool; clear_pools takes it first.
-    request.addfinalizer(lambda: clear_pools(ceph))
+    # clone in the snapshot pool of an image in the disk pool; purge takes it first.
+    request.addfinalizer(ceph.purge)
     location = new_disk(backend)
     write_pattern(backend.rbd.spec(location), 0x44)
     artifacts = backend.direct_snapshot_artifacts(location, "handoff", "img1", "op-ds")
