@@ -38,6 +38,18 @@ ceph-dev-stop:  ## stop the cluster started by ceph-dev (by its pid files)
 	@./scripts/ceph-dev.sh stop $(CEPH_DEV)
 	@rm -rf $(CEPH_DEV)
 
+LIBVIRT_DEV ?= $(CURDIR)/var/libvirt
+
+.PHONY: libvirt-dev libvirt-dev-stop
+libvirt-dev: setup  ## use or start (as root) a libvirtd at qemu:///system; pid files under ./var/libvirt
+	@./scripts/libvirt-dev.sh start $(LIBVIRT_DEV) >/dev/null
+	@echo "# libvirtd answers at qemu:///system (pid files of what this started: $(LIBVIRT_DEV)); to use it:"
+	@echo "virsh -c qemu:///system list --all"
+
+libvirt-dev-stop:  ## stop the daemons started by libvirt-dev (by their pid files; never one found running)
+	@./scripts/libvirt-dev.sh stop $(LIBVIRT_DEV)
+	@rm -rf $(LIBVIRT_DEV)
+
 .PHONY: soak
 soak: setup  ## the property-based harness on raw, qcow2 and rbd for 100,000 steps; prints the counts
 	$(PY) -m tests.testing.soak

@@ -3,7 +3,7 @@
 The embedding API is ``Engine``; everything a caller may catch is in ``diskledger.errors``.
 """
 
-from diskledger.backends import Artifact, Backend, Observation
+from diskledger.backends import Artifact, Backend, DiskSource, Observation
 from diskledger.engine import Config, DirectSnapshot, Engine, Export, parse_size
 from diskledger.errors import (
     BackendError,
@@ -11,8 +11,12 @@ from diskledger.errors import (
     CephUnavailable,
     ConcurrencyError,
     Conflict,
+    DiskAttached,
     DiskLedgerError,
     DiskNotFound,
+    DomainNotFound,
+    HypervisorError,
+    HypervisorUnavailable,
     IllegalTransition,
     ImageBusy,
     InvalidInput,
@@ -27,13 +31,14 @@ from diskledger.errors import (
     UnsafeImage,
 )
 from diskledger.events import Metadata, NewEvent, RecordedEvent
-from diskledger.states import DiskState, DiskView, TemplateState, TemplateView
+from diskledger.states import Attachment, DiskState, DiskView, TemplateState, TemplateView
 from diskledger.store import EventStore, open_store
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Artifact",
+    "Attachment",
     "Backend",
     "BackendError",
     "CephError",
@@ -42,13 +47,18 @@ __all__ = [
     "Config",
     "Conflict",
     "DirectSnapshot",
+    "DiskAttached",
     "DiskLedgerError",
     "DiskNotFound",
+    "DiskSource",
     "DiskState",
     "DiskView",
+    "DomainNotFound",
     "Engine",
     "EventStore",
     "Export",
+    "HypervisorError",
+    "HypervisorUnavailable",
     "IllegalTransition",
     "ImageBusy",
     "InvalidInput",

@@ -15,8 +15,9 @@ from typing import Any, NoReturn
 
 from diskledger.backends import BACKENDS
 from diskledger.engine import FORMATS, Config, Engine
-from diskledger.errors import DiskLedgerError
+from diskledger.errors import DiskLedgerError, InvalidInput
 from diskledger.events import RecordedEvent
+from diskledger.hypervisor import BUSES, CACHE_MODES, DISCARD_MODES
 from diskledger.render import (
     disk_json,
     event_json,
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _template_commands(groups, leaf)
     _disk_commands(groups, leaf)
+    _libvirt_commands(groups, leaf)
 
     history = leaf(groups, "history", _history, "the audit trail of one disk, or of everything")
     history.add_argument("disk", nargs="?", metavar="INSTANCE/NAME")
@@ -186,12 +188,69 @@ def _disk_commands(groups: Any, leaf: Leaf) -> None:
     direct.add_argument("disk", metavar="INSTANCE/NAME")
     direct.add_argument("snapshot", metavar="SNAP", help="the short-lived snapshot to copy from")
     direct.add_argument("image_id", metavar="IMAGE_ID")
+    xml = leaf(
+        disk, "xml", _disk_xml, "print the libvirt <disk> element that gives a guest the disk"
+    )
+    xml.add_argument("disk", metavar="INSTANCE/NAME")
+    _device_options(xml)
+    xml.add_argument("--boot-order", type=int, metavar="N", help="boot order (from 1)")
+    attach = leaf(
+        disk,
+        "attach",
+        _disk_attach,
+        "record that a domain uses the disk (hot-plugging it when the domain lacks it)",
+        mutates=True,
+    )
+    attach.add_argument("disk", metavar="INSTANCE/NAME")
+    attach.add_argument("domain", metavar="DOMAIN", help="the libvirt domain's name")
+    _device_options(attach)
+    detach = leaf(
+        disk,
+        "detach",
+        _disk_detach,
+        "record that no domain uses the disk (unplugging it from a running domain)",
+        mutates=True,
+    )
+    detach.add_argument("disk", metavar="INSTANCE/NAME")
     delete = leaf(disk, "delete", _disk_delete, "delete a disk and its snapshots", mutates=True)
     delete.add_argument("disk", metavar="INSTANCE/NAME")
     show_disk = leaf(disk, "show", _disk_show, "show one disk")
     show_disk.add_argument("disk", metavar="INSTANCE/NAME")
     listing = leaf(disk, "list", _disk_list, "list disks")
     listing.add_argument("--all", action="store_true", help="include deleted disks")
+
+
+def _device_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--dev", required=True, metavar="DEV", help="target device: vda, sdb, ...")
+    sub.add_argument("--bus", default="virtio", help=f"{', '.join(BUSES)} (default virtio)")
+    sub.add_argument("--cache", default="none", help=f"{', '.join(CACHE_MODES)} (default none)")
+    sub.add_argument("--discard", default=None, help=f"{', '.join(DISCARD_MODES)}")
+    sub.add_argument("--unit", type=int, metavar="N", help="SCSI drive unit (bus scsi only)")
+    sub.add_argument(
+        "--extra-spec",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a flavor extra spec; quota:disk_* keys become <iotune> limits (repeatable)",
+    )
+
+
+def _libvirt_commands(groups: Any, leaf: Leaf) -> None:
+    libvirt = groups.add_parser("libvirt", help="libvirt wiring").add_subparsers(
+        dest="command", required=True, metavar="ACTION"
+    )
+    leaf(
+        libvirt,
+        "define-secret",
+        _libvirt_define_secret,
+        "define (or update) the libvirt ceph secret holding the RBD user's key; print its UUID",
+    )
+    leaf(
+        libvirt,
+        "undefine-secret",
+        _libvirt_undefine_secret,
+        "remove the libvirt ceph secret define-secret made",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -313,6 +372,53 @@ def _disk_direct_snapshot(engine: Engine, args: argparse.Namespace) -> Any:
     if not args.json:
         print(result.url)
     return result.to_json()
+
+
+def _device_choices(args: argparse.Namespace) -> dict[str, Any]:
+    specs: dict[str, str] = {}
+    for item in args.extra_spec:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"extra spec {item!r} is not KEY=VALUE")
+        specs[key] = value
+    return {
+        "target_dev": args.dev,
+        "bus": args.bus,
+        "cache": args.cache,
+        "discard": args.discard,
+        "disk_unit": args.unit,
+        "extra_specs": specs,
+    }
+
+
+def _disk_xml(engine: Engine, args: argparse.Namespace) -> Any:
+    xml = engine.libvirt_disk(args.disk, boot_order=args.boot_order, **_device_choices(args))
+    if not args.json:
+        print(xml)
+    return {"disk": args.disk, "xml": xml}
+
+
+def _disk_attach(engine: Engine, args: argparse.Namespace) -> Any:
+    view = engine.attach(args.disk, args.domain, op_id=args.op_id, **_device_choices(args))
+    return _show_disk(engine, args, view)
+
+
+def _disk_detach(engine: Engine, args: argparse.Namespace) -> Any:
+    return _show_disk(engine, args, engine.detach(args.disk, op_id=args.op_id))
+
+
+def _libvirt_define_secret(engine: Engine, args: argparse.Namespace) -> Any:
+    secret_uuid = engine.define_ceph_secret()
+    if not args.json:
+        print(f"export DISKLEDGER_RBD_SECRET_UUID={secret_uuid}")
+    return {"uuid": secret_uuid}
+
+
+def _libvirt_undefine_secret(engine: Engine, args: argparse.Namespace) -> Any:
+    secret_uuid = engine.undefine_ceph_secret()
+    if not args.json:
+        print(f"removed secret {secret_uuid}" if secret_uuid else "no secret to remove")
+    return {"uuid": secret_uuid}
 
 
 def _disk_show(engine: Engine, args: argparse.Namespace) -> Any:

@@ -13,12 +13,17 @@ translated where they cross into diskledger, with ``raise ... from`` so the caus
     ├── NotFound
     │   ├── DiskNotFound
     │   ├── TemplateNotFound
-    │   └── SnapshotNotFound
+    │   ├── SnapshotNotFound
+    │   └── DomainNotFound      libvirt has no such domain
     ├── IllegalTransition       the lifecycle table has no such transition from the current state
     ├── Conflict
     │   ├── ConcurrencyError    the stream moved since it was read (UNIQUE(stream_id, version))
-    │   └── OperationPending    the disk or template has an operation in flight
+    │   ├── OperationPending    the disk or template has an operation in flight
+    │   └── DiskAttached        a domain uses the disk, and the operation would change it under
+    │                           the guest (or the disk is attached elsewhere already)
     ├── StoreError              the ledger database failed or refused (e.g. append-only triggers)
+    ├── HypervisorError         libvirt refused or failed (carries libvirt's error code)
+    │   └── HypervisorUnavailable  libvirtd cannot be reached (or python3-libvirt is missing)
     └── BackendError            storage failed; carries the command and its stderr
         ├── CommandNotFound     a required tool (``qemu-img``) is not installed
         ├── CommandFailed       a tool exited non-zero
@@ -42,8 +47,12 @@ __all__ = [
     "CommandTimedOut",
     "ConcurrencyError",
     "Conflict",
+    "DiskAttached",
     "DiskLedgerError",
     "DiskNotFound",
+    "DomainNotFound",
+    "HypervisorError",
+    "HypervisorUnavailable",
     "IllegalTransition",
     "ImageBusy",
     "InvalidInput",
@@ -109,6 +118,12 @@ class SnapshotNotFound(NotFound):
         self.snapshot = snapshot
 
 
+class DomainNotFound(NotFound):
+    def __init__(self, domain: str) -> None:
+        super().__init__(f"no such domain: {domain}")
+        self.domain = domain
+
+
 class IllegalTransition(DiskLedgerError):
     """The lifecycle table allows no such event from the stream's current state."""
 
@@ -145,8 +160,31 @@ class OperationPending(Conflict):
         self.op_id = op_id
 
 
+class DiskAttached(Conflict):
+    """A domain uses the disk: the operation would change it under the running guest (or attach
+    it a second time). ``domain`` and ``target_dev`` say where it is attached."""
+
+    def __init__(self, disk: str, domain: str, target_dev: str, refused: str) -> None:
+        super().__init__(f"disk {disk} is attached to domain {domain} as {target_dev}: {refused}")
+        self.disk = disk
+        self.domain = domain
+        self.target_dev = target_dev
+
+
 class StoreError(DiskLedgerError):
     """The ledger database failed or refused a write."""
+
+
+class HypervisorError(DiskLedgerError):
+    """libvirt refused or failed. ``code`` is libvirt's error number (``virErrorNumber``)."""
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class HypervisorUnavailable(HypervisorError):
+    """libvirtd did not answer at the configured URI, or the libvirt binding is not installed."""
 
 
 class BackendError(DiskLedgerError):

@@ -37,6 +37,7 @@ def disk_json(view: DiskView) -> dict[str, Any]:
         "version": view.version,
         "pending": view.pending.to_json() if view.pending else None,
         "location": view.location,
+        "attachment": view.attachment.to_json() if view.attachment else None,
     }
 
 
@@ -112,11 +113,17 @@ def print_disk(view: DiskView) -> None:
         ("backing", view.backing or "-"),
         ("snapshots", ", ".join(view.snapshot_names) or "-"),
         ("location", view.location or "-"),
+        ("attached", _attached(view)),
         ("version", str(view.version)),
         ("pending", _pending(view)),
     ]
     for key, value in fields:
         print(f"{key + ':':<11}{value}")
+
+
+def _attached(view: DiskView) -> str:
+    a = view.attachment
+    return f"{a.domain} as {a.target_dev} ({a.bus}, domain {a.domain_uuid})" if a else "-"
 
 
 def print_templates(views: Sequence[TemplateView], users: dict[str, list[str]]) -> None:

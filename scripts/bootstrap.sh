@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Install everything diskledger needs on a fresh Debian 12 machine, idempotently:
 # system packages (qemu-utils, PostgreSQL for the ledger tests, a one-node Ceph cluster's daemons,
-# the rados/rbd Python bindings and qemu's rbd driver, python3-venv) and a venv made from
-# /usr/bin/python3 with --system-site-packages (Debian's rados/rbd/libvirt bindings live there).
+# the rados/rbd Python bindings and qemu's rbd driver, libvirtd with its qemu and rbd drivers,
+# KVM's qemu-system-x86 and the libvirt Python bindings for the tests that boot real domains,
+# python3-venv) and a venv made from /usr/bin/python3 with --system-site-packages (Debian's
+# rados/rbd/libvirt bindings live there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +12,8 @@ VENV=${VENV:-.venv}
 packages=(
     qemu-utils python3-venv postgresql
     ceph-mon ceph-osd ceph-common python3-rados python3-rbd qemu-block-extra
+    libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-daemon-driver-storage-rbd
+    python3-libvirt qemu-system-x86
 )
 
 missing=()

@@ -5,7 +5,9 @@
 #   scripts/ceph-dev.sh stop DIR           stop the daemons by their pid files, keep DIR
 #   scripts/ceph-dev.sh env DIR            print the DISKLEDGER_* settings for the cluster
 #
-# One ceph-mon (v2:127.0.0.1:PORT) and one ceph-osd on memstore (data lives in memory: a stopped
+# One ceph-mon (v2:127.0.0.1:PORT, and msgr1 on another free port: qemu's rbd driver, which libvirt
+# hands monitor hosts and ports, takes an address without a v2: prefix for msgr1 unless its port
+# is 3300) and one ceph-osd on memstore (data lives in memory: a stopped
 # cluster does not come back), pool size 1. Two keyrings: client.admin for set-up only, and the
 # restricted client.diskledger (mon 'profile rbd', osd 'profile rbd' on the two pools) that
 # diskledger uses. No ceph-mgr: nothing diskledger does needs one, so "healthy" here means a mon
@@ -59,17 +61,17 @@ start() {
     [ ! -e "$DIR/ceph.conf" ] || die "$DIR holds a stopped cluster (memstore data is gone); remove it first"
     command -v ceph-mon >/dev/null && command -v ceph-osd >/dev/null ||
         die "ceph-mon/ceph-osd are not installed (run scripts/bootstrap.sh --ceph)"
-    local port=${PORT:-$(free_port)}
+    local port=${PORT:-$(free_port)} v1port
+    v1port=$(free_port)
     local fsid
     fsid=$(python3 -c 'import uuid; print(uuid.uuid4())')
     mkdir -p "$DIR"/{run,log,mon/ceph-a,osd/ceph-0}
     cat >"$DIR/ceph.conf" <<EOF
 [global]
 fsid = $fsid
-mon host = v2:127.0.0.1:$port
+mon host = [v2:127.0.0.1:$port,v1:127.0.0.1:$v1port]
 public addr = 127.0.0.1
 ms bind ipv6 = false
-ms bind msgr1 = false
 auth cluster required = cephx
 auth service required = cephx
 auth client required = cephx
@@ -107,7 +109,7 @@ EOF
     ceph-authtool --create-keyring "$DIR/client.admin.keyring" --gen-key -n client.admin \
         --cap mon 'allow *' --cap osd 'allow *' --cap mgr 'allow *' >/dev/null
     ceph-authtool "$DIR/mon.a.keyring" --import-keyring "$DIR/client.admin.keyring" >/dev/null
-    monmaptool --create --addv a "[v2:127.0.0.1:$port]" --fsid "$fsid" "$DIR/monmap" >/dev/null
+    monmaptool --create --addv a "[v2:127.0.0.1:$port,v1:127.0.0.1:$v1port]" --fsid "$fsid" "$DIR/monmap" >/dev/null
     ceph-mon -c "$DIR/ceph.conf" --mkfs -i a --monmap "$DIR/monmap" --keyring "$DIR/mon.a.keyring"
     ceph-mon -c "$DIR/ceph.conf" -i a 2>>"$DIR/log/mon.a.stderr"
     wait_for "the monitor" admin mon stat

@@ -5,13 +5,19 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.support.ceph import CephCluster, CephUnavailable
 from tests.support.fixtures import postgres_server, postgres_url  # noqa: F401
+from tests.support.libvirt import Domains, LibvirtDaemon, LibvirtUnavailable
+
+if TYPE_CHECKING:
+    import libvirt
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -96,3 +102,64 @@ def rbd_environ(ceph: CephCluster, monkeypatch: pytest.MonkeyPatch) -> dict[str,
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
     return settings
+
+
+@pytest.fixture(scope="session")
+def libvirt_daemon() -> Iterator[LibvirtDaemon]:
+    """A libvirtd answering at qemu:///system for the session; see tests/support/libvirt.py.
+
+    One already running is used and left running; otherwise one is started (as root) and stopped
+    at the end. Skipped when libvirt or KVM is missing, except under CI=true, where that is a
+    failure, and a libvirtd that fails to start is a failure everywhere.
+    """
+    daemon = LibvirtDaemon()
+    try:
+        daemon.start()
+    except LibvirtUnavailable as exc:
+        daemon.stop()
+        if IN_CI:
+            pytest.fail(f"{exc}; under CI=true a missing component is a failure", pytrace=False)
+        pytest.skip(str(exc))
+    except BaseException:
+        daemon.stop()
+        raise
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def libvirt_conn(libvirt_daemon: LibvirtDaemon) -> Iterator[libvirt.virConnect]:
+    """One read-write connection to qemu:///system for the session."""
+    conn = libvirt_daemon.connect()
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def domains(libvirt_conn: libvirt.virConnect) -> Iterator[Domains]:
+    """Boots transient test domains; every domain and tracked secret is gone after the test,
+    passed or failed."""
+    booted = Domains(libvirt_conn)
+    try:
+        yield booted
+    finally:
+        booted.cleanup()
+
+
+@pytest.fixture
+def libvirt_root() -> Iterator[Path]:
+    """A fresh directory for disk images that libvirt domains open, removed after the test.
+
+    qemu runs as libvirt-qemu, which must traverse every directory above an image; pytest's tmp
+    dirs are 0700 root, so this one is under /var/tmp and 0711 (searchable, not listable).
+    """
+    directory = Path(tempfile.mkdtemp(prefix="diskledger-libvirt-", dir="/var/tmp"))
+    try:
+        directory.chmod(0o711)
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

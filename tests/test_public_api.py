@@ -8,6 +8,12 @@ import diskledger
 from diskledger import errors
 
 EXPECTED = {
+    "Attachment",
+    "DiskAttached",
+    "DiskSource",
+    "DomainNotFound",
+    "HypervisorError",
+    "HypervisorUnavailable",
     "DirectSnapshot",
     "ImageBusy",
     "CephUnavailable",

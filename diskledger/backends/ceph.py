@@ -52,6 +52,7 @@ again (the compensation that follows a failed operation then fails fast, leaving
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import threading
 import time
@@ -68,10 +69,11 @@ from diskledger.errors import (
     CephError,
     CephUnavailable,
     ImageBusy,
+    InvalidInput,
     StorageIOError,
 )
 
-__all__ = ["CephConfig", "Cluster", "Policy", "errno_of", "translate"]
+__all__ = ["MSGR2_PORT", "CephConfig", "Cluster", "Policy", "client_key", "errno_of", "translate"]
 
 log = logging.getLogger(__name__)
 # The library never configures logging; without a handler anywhere, Python's last-resort handler
@@ -90,6 +92,10 @@ _TRANSIENT = _NO_ANSWER | _LOCK | _LOST
 _BUSY = _TRANSIENT | {errno.EBUSY}
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _DENIED = frozenset({errno.EPERM, errno.EACCES})
+
+
+MSGR2_PORT = 3300
+"""The IANA port of Ceph's msgr2 protocol."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +131,28 @@ class CephConfig:
     @property
     def busy(self) -> Policy:
         return Policy("busy", _BUSY, self.busy_budget, 0.5, 4.0)
+
+
+def client_key(config: CephConfig) -> str:
+    """The cephx key of ``config.user`` from ``config.keyring`` (base64, as the keyring holds it):
+    what a hypervisor is given, in a secret, to reach the cluster as that user."""
+    import configparser
+
+    if not config.user or not config.keyring:
+        raise InvalidInput(
+            "a libvirt secret needs the RBD user and its keyring "
+            "(DISKLEDGER_RBD_USER, DISKLEDGER_CEPH_KEYRING)"
+        )
+    keyring = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(config.keyring, encoding="utf-8") as handle:
+            keyring.read_file(handle)
+    except (OSError, configparser.Error) as exc:
+        raise InvalidInput(f"cannot read keyring {config.keyring}: {exc}") from exc
+    key = keyring.get(f"client.{config.user}", "key", fallback=None)
+    if not key:
+        raise InvalidInput(f"keyring {config.keyring} holds no key for client.{config.user}")
+    return key
 
 
 class _Slot:
@@ -292,8 +320,6 @@ class Cluster:
         )
 
     def mon_command(self, command: dict[str, Any]) -> Any:
-        import json
-
         def run() -> Any:
             ret, out, err = self._connected().mon_command(json.dumps(command), b"")
             if ret != 0:
@@ -303,6 +329,28 @@ class Cluster:
         return self._call(
             f"mon command {command['prefix']}", run, self.config.transient, reconnects=True
         )
+
+    def monitors(self) -> tuple[tuple[str, int], ...]:
+        """(host, port) of each monitor, as a hypervisor's rbd driver must be told them.
+
+        qemu takes an address without a ``v2:`` prefix for msgr1 unless its port is 3300 (what
+        Ceph does with an untyped ``mon_host``), so each monitor's msgr1 address is given, or
+        its msgr2 address when that is on 3300; a monitor with neither cannot be reached so.
+        """
+        found: list[tuple[str, int]] = []
+        for mon in self.mon_command({"prefix": "mon dump", "format": "json"})["mons"]:
+            addrs = {a["type"]: a["addr"] for a in mon.get("public_addrs", {}).get("addrvec", ())}
+            usable = addrs.get("v1") or (
+                addrs["v2"] if addrs.get("v2", "").endswith(f":{MSGR2_PORT}") else None
+            )
+            if usable is None:
+                raise CephError(
+                    f"monitor {mon.get('name')} listens on msgr2 only ({addrs.get('v2')}), not "
+                    f"on port {MSGR2_PORT}: qemu's rbd driver cannot be pointed at it"
+                )
+            host, _, port = usable.rpartition(":")
+            found.append((host.strip("[]"), int(port)))
+        return tuple(found)
 
     def reset(self) -> None:
         """Retire the connection: the next request opens a new one; this one is shut down now

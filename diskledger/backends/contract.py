@@ -15,7 +15,9 @@ the effect; the effect then writes under exactly those names. Every effect:
 
 ``remove`` is the one compensation path: it deletes the named artifacts, idempotently, whether the
 caller is the in-process failure handler or crash recovery. ``probe`` reports, for each named
-artifact, whether it exists and what it looks like.
+artifact, whether it exists and what it looks like. ``disk_source`` tells a hypervisor how to
+reach a disk (what libvirt's ``<disk>`` element says of its source), without touching storage
+beyond asking a cluster where its monitors are.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ __all__ = [
     "Backend",
     "Capability",
     "DirectSnapshots",
+    "DiskSource",
     "Flattens",
     "Observation",
+    "SourceKind",
     "TemplateSource",
     "TemplateStore",
 ]
@@ -58,6 +62,10 @@ class Capability(StrEnum):
     """A disk can be detached from its template by copying the data it shares (``flatten``)."""
     DIRECT_SNAPSHOT = "direct-snapshot"
     """A snapshot can be cloned into an image pool and handed off (``direct_snapshot``)."""
+    SNAPSHOT_IN_USE = "snapshot-in-use"
+    """Snapshots can be taken and removed while a running guest writes to the disk: the storage
+    hands the request to the guest's own client (RBD's exclusive lock), so the snapshot is
+    crash-consistent and nothing is written behind the guest's back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +135,33 @@ class TemplateSource:
     location: str
     format: str
     virtual_size: int
+
+
+class SourceKind(StrEnum):
+    FILE = "file"
+    """A file on this host: ``path``."""
+    BLOCK = "block"
+    """A block device on this host (LVM): ``path``."""
+    NETWORK = "network"
+    """Storage reached over the network: ``protocol``, ``name`` and the ``hosts`` to ask."""
+
+
+@dataclass(frozen=True, slots=True)
+class DiskSource:
+    """How a hypervisor reaches a disk: the source half of a libvirt ``<disk>`` element.
+
+    ``hosts`` are (host, port) pairs of the cluster's monitors; ``user`` is the client the
+    hypervisor authenticates as (cephx id, without ``client.``); ``preallocated`` says the disk's
+    space was reserved when it was made, so native AIO will not block on allocation.
+    """
+
+    kind: SourceKind
+    path: str | None = None
+    protocol: str | None = None
+    name: str | None = None
+    hosts: tuple[tuple[str, int], ...] = ()
+    user: str | None = None
+    preallocated: bool = False
 
 
 @runtime_checkable
@@ -221,6 +256,10 @@ class Backend(Protocol):
     def inventory(self) -> tuple[Artifact, ...]:
         """Everything this backend keeps outside the root directory (which ``verify`` walks
         itself): for RBD, every image and snapshot in the pool. File backends return ``()``."""
+        ...
+
+    def disk_source(self, location: str) -> DiskSource:
+        """How a hypervisor on this host reaches the disk at ``location``."""
         ...
 
 

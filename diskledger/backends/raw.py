@@ -11,7 +11,9 @@ from diskledger.backends.contract import (
     Artifact,
     ArtifactKind,
     Capability,
+    DiskSource,
     Observation,
+    SourceKind,
     TemplateSource,
 )
 from diskledger.backends.files import check_component, temporary_path
@@ -118,6 +120,9 @@ class FileBackend:
 
     def inventory(self) -> tuple[Artifact, ...]:
         return ()  # everything is a file under the root, which verify walks
+
+    def disk_source(self, location: str) -> DiskSource:
+        return DiskSource(SourceKind.FILE, path=location)
 
     def remove(self, artifacts: Sequence[Artifact]) -> None:
         for artifact in artifacts:

@@ -26,7 +26,9 @@ from diskledger.backends.contract import (
     Artifact,
     ArtifactKind,
     Capability,
+    DiskSource,
     Observation,
+    SourceKind,
     TemplateSource,
 )
 from diskledger.backends.files import check_component, temporary_path
@@ -483,6 +485,7 @@ class RbdBackend:
             Capability.BACKING_OVERLAY,
             Capability.FLATTEN,
             Capability.DIRECT_SNAPSHOT,
+            Capability.SNAPSHOT_IN_USE,
         }
     )
 
@@ -740,6 +743,15 @@ class RbdBackend:
                 self.rbd.remove_snapshot(artifact.location, artifact.name)
             else:
                 self.rbd.remove_image(artifact.location)
+
+    def disk_source(self, location: str) -> DiskSource:
+        return DiskSource(
+            SourceKind.NETWORK,
+            protocol="rbd",
+            name=location,
+            hosts=self.cluster.monitors(),
+            user=self.config.user,
+        )
 
     def inventory(self) -> tuple[Artifact, ...]:
         found: list[Artifact] = []

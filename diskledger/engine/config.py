@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 from diskledger.backends.ceph import CephConfig
 from diskledger.engine.inputs import parse_size
 from diskledger.errors import InvalidInput
+from diskledger.hypervisor.libvirt_host import DEFAULT_URI
 
 __all__ = ["DEFAULT_ROOT", "Config"]
 
@@ -29,7 +31,12 @@ class Config:
     (default ``rbd``), ``DISKLEDGER_RBD_USER`` (the cephx client id, without ``client.``),
     ``DISKLEDGER_CEPH_KEYRING``, ``DISKLEDGER_RBD_SNAPSHOT_POOL`` (where direct snapshots go),
     ``DISKLEDGER_CEPH_OP_TIMEOUT`` (seconds before an unanswered request fails, default 10),
-    ``DISKLEDGER_CEPH_RETRY_BUDGET`` (seconds of retries for transient and busy errors, default 30).
+    ``DISKLEDGER_CEPH_RETRY_BUDGET`` (seconds of retries for transient and busy errors, default 30),
+    ``DISKLEDGER_RBD_SECRET_UUID`` (the libvirt secret holding the RBD user's key: disk
+    descriptions authenticate with it; ``diskledger libvirt secret define`` makes it).
+
+    For attached disks: ``DISKLEDGER_LIBVIRT_URI`` (default ``qemu:///system``),
+    ``DISKLEDGER_DETACH_TIMEOUT`` (seconds a guest has to release an unplugged disk, default 30).
     """
 
     root: Path
@@ -43,6 +50,9 @@ class Config:
     """The largest virtual size a template may claim (a tiny file claiming exabytes is refused)."""
     ceph: CephConfig | None = None
     """How the ``rbd`` backend reaches the cluster (None for the file backends)."""
+    libvirt_uri: str = DEFAULT_URI
+    rbd_secret_uuid: str | None = None
+    detach_timeout: float = 30.0
 
     @classmethod
     def load(
@@ -70,6 +80,9 @@ class Config:
                 environ.get("DISKLEDGER_MAX_TEMPLATE_SIZE", "16T"),
                 what="DISKLEDGER_MAX_TEMPLATE_SIZE",
             ),
+            libvirt_uri=environ.get("DISKLEDGER_LIBVIRT_URI") or DEFAULT_URI,
+            rbd_secret_uuid=_uuid(environ, "DISKLEDGER_RBD_SECRET_UUID"),
+            detach_timeout=_seconds(environ, "DISKLEDGER_DETACH_TIMEOUT", 30.0),
             recover=(
                 recover
                 if recover is not None
@@ -91,6 +104,16 @@ def _ceph(environ: Mapping[str, str]) -> CephConfig:
         retry_budget=budget,
         busy_budget=budget,
     )
+
+
+def _uuid(environ: Mapping[str, str], name: str) -> str | None:
+    raw = environ.get(name)
+    if not raw:
+        return None
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise InvalidInput(f"{name}={raw!r} is not a UUID") from None
 
 
 def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:

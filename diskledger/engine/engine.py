@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import builtins
 import os
 import stat
@@ -26,7 +27,13 @@ from diskledger.backends import (
     backend_for,
     template_store_for,
 )
+from diskledger.backends.ceph import client_key
 from diskledger.engine import outcomes
+from diskledger.engine.attachments import (
+    refuse_while_attached,
+    source_json,
+    uses,
+)
 from diskledger.engine.config import Config
 from diskledger.engine.inputs import check_disk, check_name, check_snapshot, parse_size
 from diskledger.engine.leases import LeaseKeeper, expired, expiry
@@ -36,6 +43,7 @@ from diskledger.engine.verify import VerifyReport, verify
 from diskledger.errors import (
     ConcurrencyError,
     Conflict,
+    DiskAttached,
     DiskLedgerError,
     DiskNotFound,
     IllegalTransition,
@@ -56,6 +64,7 @@ from diskledger.events import (
     operation_event,
     split_type,
 )
+from diskledger.hypervisor import DiskDevice, Hypervisor, describe, same_source
 from diskledger.states import (
     DISK_TABLE,
     TEMPLATE_TABLE,
@@ -131,6 +140,8 @@ class Engine:
         actor: str = "diskledger",
         ceph: CephConfig | None = None,
         max_image_size: int = 16 << 40,
+        hypervisor: Hypervisor | None = None,
+        rbd_secret_uuid: str | None = None,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -138,6 +149,10 @@ class Engine:
         self.host = host
         self.actor = actor
         self.max_image_size = max_image_size
+        self.hypervisor = hypervisor or Hypervisor()
+        """libvirtd, for attached disks (connected on first use)."""
+        self.rbd_secret_uuid = rbd_secret_uuid
+        """The libvirt secret network disk descriptions authenticate with."""
         self._ceph = ceph
         self._backends: dict[str, Backend] = {backend.name: backend}
 
@@ -162,6 +177,8 @@ class Engine:
             actor=config.actor,
             ceph=config.ceph,
             max_image_size=config.max_template_size,
+            hypervisor=Hypervisor(config.libvirt_uri, detach_timeout=config.detach_timeout),
+            rbd_secret_uuid=config.rbd_secret_uuid,
         )
         if config.recover:
             try:
@@ -211,6 +228,7 @@ class Engine:
         try:
             for backend in self._backends.values():
                 backend.close()
+            self.hypervisor.close()
         finally:
             self.store.close()
 
@@ -444,7 +462,7 @@ class Engine:
         request = {"op": "resize", "disk": disk, "size": wanted}
         if (done := self._repeat(op_id, request)) is not None:
             return self._disk_after(done)
-        view = self._live_disk(disk)
+        view = self._live_disk(disk, for_op="resize")
         assert view.size is not None and view.location and view.format
         if wanted < view.size:
             raise InvalidSize(
@@ -455,17 +473,28 @@ class Engine:
         location, fmt = view.location, view.format
         backend = self.backend_of(view)
         op_id = op_id or _new_op_id()
-        params = {"size": wanted, "previous_size": view.size, "location": location, "format": fmt}
+        params: dict[str, Any] = {
+            "size": wanted,
+            "previous_size": view.size,
+            "location": location,
+            "format": fmt,
+        }
+        live = self._running_with(view)
+        if live is None:
+
+            def resize() -> dict[str, Any]:
+                return {"size": backend.resize(location, fmt, wanted).size}
+
+        else:
+            # qemu holds the image: only it may change the size, and then the guest sees it.
+            domain, target_dev = live
+            params["live"] = {"domain": domain, "target_dev": target_dev}
+
+            def resize() -> dict[str, Any]:
+                return {"size": self.hypervisor.block_resize(domain, target_dev, wanted)}
+
         view, _ = self._operate(
-            backend,
-            disk_stream(disk),
-            view,
-            "resize",
-            op_id,
-            params,
-            (),
-            lambda: {"size": backend.resize(location, fmt, wanted).size},
-            request=request,
+            backend, disk_stream(disk), view, "resize", op_id, params, (), resize, request=request
         )
         return view
 
@@ -476,7 +505,7 @@ class Engine:
         request = {"op": "snapshot", "disk": disk, "snapshot": snapshot}
         if (done := self._repeat(op_id, request)) is not None:
             return self._disk_after(done)
-        view = self._live_disk(disk)
+        view = self._live_disk(disk, for_op="snapshot")
         if view.snapshot(snapshot) is not None:
             raise IllegalTransition(
                 disk_stream(disk),
@@ -510,7 +539,7 @@ class Engine:
         request = {"op": "rollback", "disk": disk, "snapshot": snapshot}
         if (done := self._repeat(op_id, request)) is not None:
             return self._disk_after(done)
-        view = self._live_disk(disk)
+        view = self._live_disk(disk, for_op="rollback")
         self._existing_snapshot(disk, view, snapshot)
         assert view.location and view.format and view.size is not None
         location, fmt, size = view.location, view.format, view.size
@@ -537,7 +566,7 @@ class Engine:
         request = {"op": "remove-snapshot", "disk": disk, "snapshot": snapshot}
         if (done := self._repeat(op_id, request)) is not None:
             return self._disk_after(done)
-        view = self._live_disk(disk)
+        view = self._live_disk(disk, for_op="remove-snapshot")
         self._existing_snapshot(disk, view, snapshot)
         assert view.location and view.format
         location, fmt = view.location, view.format
@@ -567,7 +596,7 @@ class Engine:
         request = {"op": "delete", "disk": disk}
         if (done := self._repeat(op_id, request)) is not None:
             return self._disk_after(done)
-        view = self._live_disk(disk)
+        view = self._live_disk(disk, for_op="delete")
         assert view.location and view.format
         location, fmt, snapshots = view.location, view.format, view.snapshot_names
         backend = self.backend_of(view)
@@ -613,7 +642,7 @@ class Engine:
         }
         if (done := self._repeat(op_id, request)) is not None:
             return Export(disk, done.data["target"], done.data["format"], done.data["size"])
-        view = self._live_disk(disk)
+        view = self._live_disk(disk, for_op="export")
         assert view.location and view.format
         out_format = fmt or view.format
         if out_format not in FORMATS:
@@ -706,7 +735,7 @@ class Engine:
         request = {"op": "flatten", "disk": disk}
         if (done := self._repeat(op_id, request)) is not None:
             return self._disk_after(done)
-        view = self._live_disk(disk)
+        view = self._live_disk(disk, for_op="flatten")
         assert view.location and view.format
         backend = self.backend_of(view)
         if Capability.FLATTEN not in backend.capabilities or not isinstance(backend, Flattens):
@@ -749,7 +778,7 @@ class Engine:
         }
         if (done := self._repeat(op_id, request)) is not None:
             return DirectSnapshot(disk, done.data["url"], done.data["size"])
-        view = self._live_disk(disk)
+        view = self._live_disk(disk, for_op="direct-snapshot")
         assert view.location and view.format and view.size is not None
         if view.snapshot(snapshot) is not None:
             raise InvalidInput(f"disk {disk} already has a snapshot {snapshot!r}")
@@ -790,6 +819,216 @@ class Engine:
             request=request,
         )
         return DirectSnapshot(disk, data["url"], data["size"])
+
+    # -- libvirt ---------------------------------------------------------------------------------
+
+    def libvirt_disk(
+        self,
+        disk: str,
+        *,
+        target_dev: str,
+        bus: str = "virtio",
+        cache: str | None = "none",
+        discard: str | None = None,
+        boot_order: int | None = None,
+        disk_unit: int | None = None,
+        extra_specs: Mapping[str, object] | None = None,
+    ) -> str:
+        """The libvirt ``<disk>`` element that gives a guest ``disk`` at ``target_dev``.
+
+        The driver type is the format the ledger recorded (never probed); the source is where the
+        disk's backend keeps it (a file, or an RBD image with the cluster's monitors, and the
+        ``rbd_secret_uuid`` secret when a cephx user is configured). ``io='native'`` is set for
+        preallocated disks; ``disk_unit`` addresses a SCSI drive (controller 0) and needs
+        ``bus='scsi'``; ``extra_specs`` are a flavor's, whose ``quota:disk_*`` keys become
+        ``<iotune>`` limits. Bad choices raise ``InvalidInput``; nothing is recorded.
+        """
+        view = self._live_disk(disk)
+        return self._device(
+            view,
+            target_dev=target_dev,
+            bus=bus,
+            cache=cache,
+            discard=discard,
+            boot_order=boot_order,
+            disk_unit=disk_unit,
+            extra_specs=extra_specs,
+        ).to_xml()
+
+    def attach(
+        self,
+        disk: str,
+        domain: str,
+        *,
+        target_dev: str,
+        bus: str = "virtio",
+        cache: str | None = "none",
+        discard: str | None = None,
+        disk_unit: int | None = None,
+        extra_specs: Mapping[str, object] | None = None,
+        op_id: str | None = None,
+    ) -> DiskView:
+        """Record that ``domain`` uses ``disk`` at ``target_dev``: ``disk.attach``.
+
+        A domain that already has the disk there (it was booted with ``libvirt_disk``'s XML) is
+        only recorded; a domain without it gets it hot-plugged first (and into its stored
+        definition, if it has one). From then on the disk cannot be deleted, rolled back,
+        exported or flattened, a resize goes through the running guest, and snapshots are taken
+        only where the storage allows it under a running guest (RBD) — see ``DiskAttached``.
+        """
+        check_disk(disk)
+        check_name(domain, "domain")
+        request = {"op": "attach", "disk": disk, "domain": domain, "target_dev": target_dev}
+        if (done := self._repeat(op_id, request)) is not None:
+            return self._disk_after(done)
+        view = self._live_disk(disk, for_op="attach")
+        device = self._device(
+            view,
+            target_dev=target_dev,
+            bus=bus,
+            cache=cache,
+            discard=discard,
+            disk_unit=disk_unit,
+            extra_specs=extra_specs,
+        )
+        info = self.hypervisor.domain(domain)
+        plugged = {dev for dev, source in info.disks.items() if same_source(source, device.source)}
+        if plugged - {target_dev}:
+            raise InvalidInput(
+                f"domain {domain} has disk {disk} as {', '.join(sorted(plugged))}, not {target_dev}"
+            )
+        if target_dev in info.disks and target_dev not in plugged:
+            raise InvalidInput(f"domain {domain} already has another disk as {target_dev}")
+        present = target_dev in plugged
+        xml = device.to_xml()
+        params = {
+            "domain": info.name,
+            "domain_uuid": info.uuid,
+            "target_dev": target_dev,
+            "bus": bus,
+            "source": source_json(device.source),
+            "location": view.location,
+            "format": view.format,
+        }
+
+        def attach() -> dict[str, Any]:
+            if not present:
+                self.hypervisor.attach(info.name, xml)
+            return {
+                "domain": info.name,
+                "domain_uuid": info.uuid,
+                "target_dev": target_dev,
+                "bus": bus,
+                "hotplugged": not present,
+            }
+
+        view, _ = self._operate(
+            self.backend_of(view),
+            disk_stream(disk),
+            view,
+            "attach",
+            op_id or _new_op_id(),
+            params,
+            (),
+            attach,
+            request=request,
+        )
+        return view
+
+    def detach(self, disk: str, *, op_id: str | None = None) -> DiskView:
+        """Record that no domain uses ``disk`` any more: ``disk.detach``.
+
+        When the domain is running with the disk, it is hot-unplugged first and the engine waits
+        (``Config.detach_timeout``) for the guest to let go of it; a guest that does not keeps
+        the disk, and the detach fails. A domain that is gone, or no longer has the disk, is only
+        recorded.
+        """
+        check_disk(disk)
+        request = {"op": "detach", "disk": disk}
+        if (done := self._repeat(op_id, request)) is not None:
+            return self._disk_after(done)
+        view = self._live_disk(disk)
+        attachment = view.attachment
+        if attachment is None:
+            raise InvalidInput(f"disk {disk} is not attached to a domain")
+        device = self._device(view, target_dev=attachment.target_dev, bus=attachment.bus)
+        info = self.hypervisor.find(attachment.domain)
+        present = uses(info, attachment.domain_uuid, attachment.target_dev, device.source)
+        xml = device.to_xml()
+        params = {
+            "domain": attachment.domain,
+            "domain_uuid": attachment.domain_uuid,
+            "target_dev": attachment.target_dev,
+            "bus": attachment.bus,
+            "source": source_json(device.source),
+            "location": view.location,
+            "format": view.format,
+        }
+
+        def detach() -> dict[str, Any]:
+            if present:
+                self.hypervisor.detach(attachment.domain, xml, attachment.target_dev)
+            return {"domain": attachment.domain, "unplugged": present}
+
+        view, _ = self._operate(
+            self.backend_of(view),
+            disk_stream(disk),
+            view,
+            "detach",
+            op_id or _new_op_id(),
+            params,
+            (),
+            detach,
+            request=request,
+        )
+        return view
+
+    def define_ceph_secret(self) -> str:
+        """Define (or update) the libvirt secret that holds the configured RBD user's key, so
+        that qemu can reach the cluster as that user; its UUID (``rbd_secret_uuid`` when set).
+
+        The secret is private (libvirt never shows its value) and named
+        ``client.<user> secret``, as Nova's deployment guides name it.
+        """
+        ceph = self._ceph_config()
+        key = base64.b64decode(client_key(ceph), validate=True)
+        return self.hypervisor.define_ceph_secret(
+            _secret_usage(ceph), key, secret_uuid=self.rbd_secret_uuid
+        )
+
+    def undefine_ceph_secret(self) -> str | None:
+        """Remove the secret ``define_ceph_secret`` made; its UUID, or None when there was none."""
+        return self.hypervisor.undefine_secret(_secret_usage(self._ceph_config()))
+
+    def _ceph_config(self) -> CephConfig:
+        if self._ceph is None:
+            raise InvalidInput("no Ceph cluster is configured (DISKLEDGER_CEPH_CONF)")
+        return self._ceph
+
+    def _device(self, view: DiskView, **choices: Any) -> DiskDevice:
+        assert view.location and view.format
+        source = self.backend_of(view).disk_source(view.location)
+        return describe(source, view.format, secret_uuid=self.rbd_secret_uuid, **choices)
+
+    def _running_with(self, view: DiskView) -> tuple[str, str] | None:
+        """(domain, target device) when a running domain uses the disk now; None when no domain
+        does (the disk may then be changed offline). Raises when libvirt cannot be asked."""
+        attachment = view.attachment
+        if attachment is None:
+            return None
+        assert view.location
+        info = self.hypervisor.find(attachment.domain)
+        source = self.backend_of(view).disk_source(view.location)
+        if info is None or not info.active:
+            return None
+        if not uses(info, attachment.domain_uuid, attachment.target_dev, source):
+            raise DiskAttached(
+                view.disk,
+                attachment.domain,
+                attachment.target_dev,
+                "the domain runs but no longer shows the disk there; detach it to record that",
+            )
+        return attachment.domain, attachment.target_dev
 
     def show(self, disk: str) -> DiskView:
         """The ledger's view of ``disk`` (also of a deleted one: it shows as ``absent``)."""
@@ -964,12 +1203,15 @@ class Engine:
             return DiskView(disk=disk)
         return view
 
-    def _live_disk(self, disk: str) -> DiskView:
+    def _live_disk(self, disk: str, *, for_op: str | None = None) -> DiskView:
+        """The view of an existing disk with nothing in flight, that ``for_op`` may change."""
         check_disk(disk)
         view = self._disk_view(disk, must_exist=True)
         self._refuse_pending(disk_stream(disk), view)
         if view.state in (DiskState.ABSENT, DiskState.TEMPLATE_CACHED):
             raise DiskNotFound(disk)
+        if for_op is not None:
+            refuse_while_attached(view, for_op, self.backend_of(view))
         return view
 
     @staticmethod
@@ -982,6 +1224,10 @@ class Engine:
         check_snapshot(snapshot)
         if view.snapshot(snapshot) is None:
             raise SnapshotNotFound(disk, snapshot)
+
+
+def _secret_usage(ceph: CephConfig) -> str:
+    return f"client.{ceph.user} secret"
 
 
 def _describe(request: Mapping[str, Any]) -> str:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from diskledger.backends import Artifact, Backend, Flattens, Observation
 from diskledger.engine import outcomes
+from diskledger.engine.attachments import source_from_json, uses
 from diskledger.engine.leases import expired
 from diskledger.engine.liveness import abandoned, is_alive
 from diskledger.errors import ConcurrencyError, DiskLedgerError
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RULES",
     "Decision",
+    "DomainEvidence",
     "Evidence",
     "Fences",
     "RecoveryReport",
@@ -91,12 +93,33 @@ class Decision(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class DomainEvidence:
+    """What libvirt showed of the domain an attach or detach names."""
+
+    domain: str
+    exists: bool
+    active: bool
+    uses_disk: bool
+    """The same domain (by UUID) has the disk at the intent's target device."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "domain": self.domain,
+            "exists": self.exists,
+            "active": self.active,
+            "uses_disk": self.uses_disk,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Evidence:
-    """What the probe saw: the intent's named artifacts, and the parts of the disk it changes."""
+    """What the probe saw: the intent's named artifacts, the parts of the disk it changes, and
+    for an attach or detach, the domain."""
 
     named: tuple[Observation, ...]
     parts: tuple[Observation, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
+    domain: DomainEvidence | None = None
 
     @property
     def finals(self) -> tuple[Observation, ...]:
@@ -107,7 +130,8 @@ class Evidence:
         return self.parts[0] if self.parts else None
 
     def to_json(self) -> list[dict[str, Any]]:
-        return [o.to_json() for o in (*self.named, *self.parts)]
+        seen = [o.to_json() for o in (*self.named, *self.parts)]
+        return [*seen, self.domain.to_json()] if self.domain is not None else seen
 
 
 Condition = Callable[[Evidence], bool]
@@ -167,6 +191,10 @@ def _snapshot_present(e: Evidence) -> bool:
     return _disk_exists(e) and all(o.exists for o in e.parts[1:])
 
 
+def _domain_uses_disk(e: Evidence) -> bool:
+    return e.domain is not None and e.domain.uses_disk
+
+
 def _always(e: Evidence) -> bool:
     return True
 
@@ -183,6 +211,7 @@ CONDITIONS: dict[str, Condition] = {
     "disk and snapshots all present": _parts_whole,
     "snapshot gone, disk present": _snapshot_gone,
     "snapshot and disk present": _snapshot_present,
+    "the domain uses the disk": _domain_uses_disk,
     "otherwise": _always,
 }
 
@@ -234,6 +263,13 @@ RULES: tuple[Rule, ...] = (
     # disk's short-lived snapshot is a temporary either way and goes.
     Rule("direct-snapshot", "final names exist", FORWARD, "the copy was published whole"),
     Rule("direct-snapshot", "final names missing", BACK, "the copy was never published"),
+    # libvirt plugs a disk in, or unplugs it, as one device change: the domain (the same one,
+    # by UUID) shows the disk at the target device or it does not. A domain that is gone
+    # uses nothing.
+    Rule("attach", "the domain uses the disk", FORWARD, "the disk is plugged in"),
+    Rule("attach", "otherwise", BACK, "the disk was never plugged in"),
+    Rule("detach", "the domain uses the disk", BACK, "the guest still holds the disk"),
+    Rule("detach", "otherwise", FORWARD, "the disk is unplugged, or its domain is gone"),
     Rule("fetch", "final names exist", FORWARD, "the template was published whole"),
     Rule("fetch", "final names missing", BACK, "the template was never published"),
 )
@@ -422,6 +458,7 @@ def settle(
         named=backend.probe(named) if named else (),
         parts=backend.probe(parts) if parts else (),
         params=op.params,
+        domain=_probe_domain(engine, op.op, op.params),
     )
     rule = decide(op.op, evidence)
     outcome = Outcome(stream, op.op, op.op_id, rule.decision.value, rule.reason)
@@ -473,6 +510,20 @@ def settle(
 
 class _NeedsOperator(Exception):
     """The table says a person must decide."""
+
+
+def _probe_domain(engine: Engine, op: str, params: Mapping[str, Any]) -> DomainEvidence | None:
+    if op not in ("attach", "detach"):
+        return None
+    info = engine.hypervisor.find(params["domain"])
+    return DomainEvidence(
+        domain=params["domain"],
+        exists=info is not None,
+        active=info is not None and info.active,
+        uses_disk=uses(
+            info, params["domain_uuid"], params["target_dev"], source_from_json(params["source"])
+        ),
+    )
 
 
 def _parts(backend: Backend, op: str, params: Mapping[str, Any]) -> tuple[Artifact, ...]:
@@ -527,6 +578,11 @@ def _completed_data(
     if op in ("resize", "rollback", "snapshot"):
         (disk,) = backend.probe(backend.disk_artifacts(params["location"], ()))
         return {"size": disk.size}
+    if op == "attach":
+        keys = ("domain", "domain_uuid", "target_dev", "bus")
+        return {**{k: params[k] for k in keys}, "hotplugged": None}
+    if op == "detach":
+        return {"domain": params["domain"], "unplugged": None}
     if op == "export":
         assert isinstance(view, DiskView)
         return {"target": params["target"], "format": params["format"], "size": view.size}

@@ -1,6 +1,13 @@
 """The lifecycles of disks and templates: states, transition tables, and the pure fold."""
 
-from diskledger.states.disk import DISK_TABLE, DiskState, DiskView, PendingOperation, Snapshot
+from diskledger.states.disk import (
+    DISK_TABLE,
+    Attachment,
+    DiskState,
+    DiskView,
+    PendingOperation,
+    Snapshot,
+)
 from diskledger.states.evolve import EventLike, evolve, fold, params_of
 from diskledger.states.table import Row, Table, Transition
 from diskledger.states.template import TEMPLATE_TABLE, TemplateState, TemplateView
@@ -8,6 +15,7 @@ from diskledger.states.template import TEMPLATE_TABLE, TemplateState, TemplateVi
 __all__ = [
     "DISK_TABLE",
     "TEMPLATE_TABLE",
+    "Attachment",
     "DiskState",
     "DiskView",
     "EventLike",

@@ -9,7 +9,7 @@ from typing import Any
 
 from diskledger.states.table import Row, Table
 
-__all__ = ["DISK_TABLE", "DiskState", "DiskView", "PendingOperation", "Snapshot"]
+__all__ = ["DISK_TABLE", "Attachment", "DiskState", "DiskView", "PendingOperation", "Snapshot"]
 
 
 class DiskState(StrEnum):
@@ -24,6 +24,28 @@ class DiskState(StrEnum):
 class Snapshot:
     name: str
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """The domain that uses a disk, as ``disk.attach.completed`` recorded it."""
+
+    domain: str
+    domain_uuid: str
+    target_dev: str
+    bus: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "domain": self.domain,
+            "domain_uuid": self.domain_uuid,
+            "target_dev": self.target_dev,
+            "bus": self.bus,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Attachment:
+        return cls(raw["domain"], raw["domain_uuid"], raw["target_dev"], raw["bus"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +85,7 @@ class DiskView:
     ``size`` is the virtual size in bytes; ``format`` and ``backing`` are recorded facts, never
     re-probed; ``backend`` names the driver that keeps it (``raw``, ``qcow2``, ``rbd``);
     ``resized`` remembers whether the disk ever grew, so removing its last snapshot returns it to
-    ``resized`` rather than ``created``.
+    ``resized`` rather than ``created``; ``attachment`` is the domain that uses the disk, if any.
     """
 
     disk: str
@@ -77,6 +99,7 @@ class DiskView:
     backend: str | None = None
     snapshots: tuple[Snapshot, ...] = ()
     resized: bool = False
+    attachment: Attachment | None = None
     pending: PendingOperation | None = None
 
     @property
@@ -99,12 +122,14 @@ class DiskView:
             "backend": self.backend,
             "snapshots": [{"name": s.name, "size": s.size} for s in self.snapshots],
             "resized": self.resized,
+            "attachment": self.attachment.to_json() if self.attachment else None,
             "pending": self.pending.to_json() if self.pending else None,
         }
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> DiskView:
         pending = raw.get("pending")
+        attachment = raw.get("attachment")
         return cls(
             disk=raw["disk"],
             state=DiskState(raw["state"]),
@@ -117,6 +142,7 @@ class DiskView:
             backend=raw.get("backend"),
             snapshots=tuple(Snapshot(s["name"], s["size"]) for s in raw.get("snapshots", ())),
             resized=raw.get("resized", False),
+            attachment=Attachment.from_json(attachment) if attachment else None,
             pending=PendingOperation.from_json(pending) if pending else None,
         )
 
@@ -139,6 +165,14 @@ def _last_and_resized(view: DiskView, params: Mapping[str, Any]) -> bool:
 
 def _last_never_resized(view: DiskView, params: Mapping[str, Any]) -> bool:
     return len(view.snapshots) == 1 and not view.resized
+
+
+def _attached(view: DiskView, params: Mapping[str, Any]) -> bool:
+    return view.attachment is not None
+
+
+def _detached(view: DiskView, params: Mapping[str, Any]) -> bool:
+    return view.attachment is None
 
 
 def _grows(view: DiskView, params: Mapping[str, Any]) -> bool:
@@ -170,7 +204,8 @@ DISK_ROWS: tuple[Row[DiskState], ...] = (
     # More snapshots.
     Row("snapshot", S.SNAPSHOTTED, S.SNAPSHOTTED, when=("snapshot_name_free",)),
     # Revert the data to a snapshot that exists; the disk keeps its current size (never shrinks).
-    Row("rollback", S.SNAPSHOTTED, S.SNAPSHOTTED, when=("snapshot_exists",)),
+    # Never under a running guest: its view of the disk would no longer match the disk.
+    Row("rollback", S.SNAPSHOTTED, S.SNAPSHOTTED, when=("snapshot_exists", "detached")),
     # Remove one snapshot while others remain.
     Row("remove-snapshot", S.SNAPSHOTTED, S.SNAPSHOTTED, when=("snapshot_exists", "others_remain")),
     # Remove the last snapshot of a disk that grew: back to resized.
@@ -193,10 +228,20 @@ DISK_ROWS: tuple[Row[DiskState], ...] = (
     Row("direct-snapshot", S.CREATED, S.CREATED),
     Row("direct-snapshot", S.RESIZED, S.RESIZED),
     Row("direct-snapshot", S.SNAPSHOTTED, S.SNAPSHOTTED),
-    # Delete removes the disk and every snapshot of it, from any live state.
-    Row("delete", S.CREATED, S.ABSENT),
-    Row("delete", S.RESIZED, S.ABSENT),
-    Row("delete", S.SNAPSHOTTED, S.ABSENT),
+    # A domain uses the disk from now on (hot-plugged, or booted with its description); one
+    # domain at a time. The lifecycle state does not change: attachment is a fact beside it.
+    Row("attach", S.CREATED, S.CREATED, when=("detached",)),
+    Row("attach", S.RESIZED, S.RESIZED, when=("detached",)),
+    Row("attach", S.SNAPSHOTTED, S.SNAPSHOTTED, when=("detached",)),
+    # The domain no longer uses the disk (unplugged, or the domain is gone).
+    Row("detach", S.CREATED, S.CREATED, when=("attached",)),
+    Row("detach", S.RESIZED, S.RESIZED, when=("attached",)),
+    Row("detach", S.SNAPSHOTTED, S.SNAPSHOTTED, when=("attached",)),
+    # Delete removes the disk and every snapshot of it, from any live state, once no domain
+    # uses it.
+    Row("delete", S.CREATED, S.ABSENT, when=("detached",)),
+    Row("delete", S.RESIZED, S.ABSENT, when=("detached",)),
+    Row("delete", S.SNAPSHOTTED, S.ABSENT, when=("detached",)),
 )
 del S
 
@@ -206,6 +251,8 @@ DISK_TABLE: Table[DiskState] = Table(
     DiskState.ABSENT,
     DISK_ROWS,
     guards={
+        "attached": _attached,
+        "detached": _detached,
         "grows": _grows,
         "snapshot_exists": _snapshot_exists,
         "snapshot_name_free": _snapshot_name_free,
@@ -259,6 +306,10 @@ def disk_changes(
         return {"size": data["size"]}
     if op == "remove-snapshot":
         return {"snapshots": tuple(s for s in view.snapshots if s.name != params["snapshot"])}
+    if op == "attach":
+        return {"attachment": Attachment.from_json(data)}
+    if op == "detach":
+        return {"attachment": None}
     if op == "delete":
         return _DELETED
     return {}
@@ -273,4 +324,5 @@ _DELETED: dict[str, Any] = {
     "backend": None,
     "snapshots": (),
     "resized": False,
+    "attachment": None,
 }

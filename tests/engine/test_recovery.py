@@ -205,5 +205,7 @@ def test_the_recovery_table_is_documented() -> None:
         "import",
         "flatten",
         "direct-snapshot",
+        "attach",
+        "detach",
         "fetch",
     }

@@ -12,6 +12,7 @@ from diskledger.events import Metadata, NewEvent
 from diskledger.states import (
     DISK_TABLE,
     TEMPLATE_TABLE,
+    Attachment,
     DiskState,
     DiskView,
     Snapshot,
@@ -260,3 +261,47 @@ def test_needs_operator_keeps_the_operation_pending() -> None:
         evolve(held, intent("delete", "op-2"))
     done = evolve(held, ev("disk.create.completed", "op-1", format="raw", size=512, location="/d"))
     assert done.state is DiskState.CREATED and done.pending is None
+
+
+ATTACHED = Attachment("guest-1", "6f1c2d0e-0000-4000-8000-000000000001", "vdb", "virtio")
+
+# (attached?, event, params, allowed?): attachment is a fact beside the lifecycle state; what
+# would change the disk under a running guest is refused by the table itself.
+ATTACHMENT_CASES = [
+    (False, "disk.attach.started", {}, True),
+    (True, "disk.attach.started", {}, False),  # one domain at a time
+    (True, "disk.detach.started", {}, True),
+    (False, "disk.detach.started", {}, False),
+    (True, "disk.delete.started", {}, False),
+    (True, "disk.rollback.started", {"snapshot": "s"}, False),
+    (False, "disk.rollback.started", {"snapshot": "s"}, True),
+    (True, "disk.resize.started", {"size": 10}, True),  # live, through the hypervisor
+    (True, "disk.snapshot.started", {"snapshot": "t"}, True),  # the engine asks the backend
+]
+
+
+@pytest.mark.parametrize(("attached", "event_type", "params", "allowed"), ATTACHMENT_CASES)
+def test_attachment_rows(
+    attached: bool, event_type: str, params: dict[str, Any], allowed: bool
+) -> None:
+    view = DiskView(
+        "i/d",
+        state=DiskState.SNAPSHOTTED,
+        size=5,
+        snapshots=(Snapshot("s", 5),),
+        attachment=ATTACHED if attached else None,
+    )
+    target = Validator(DISK_TABLE).target(view, event_type, params)
+    assert (target == DiskState.SNAPSHOTTED.value) is allowed
+
+
+def test_attach_and_detach_fold_into_the_view_and_keep_the_state() -> None:
+    view = DiskView("i/d", state=DiskState.RESIZED, size=5, resized=True)
+    view = evolve(view, ev("disk.attach.started", params={}, artifacts=[]))
+    assert view.pending is not None and view.attachment is None
+    view = evolve(view, ev("disk.attach.completed", **ATTACHED.to_json()))
+    assert view.attachment == ATTACHED and view.state is DiskState.RESIZED
+    assert DiskView.from_json(view.to_json()) == view
+    view = evolve(view, ev("disk.detach.started", params={}, artifacts=[]))
+    view = evolve(view, ev("disk.detach.completed"))
+    assert view.attachment is None and view.state is DiskState.RESIZED and view.pending is None

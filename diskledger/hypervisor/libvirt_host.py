@@ -1,0 +1,254 @@
+"""The one connection to libvirtd: the few calls diskledger makes, libvirt's errors translated.
+
+The binding (Debian ``python3-libvirt``) is imported on first use, so an engine that never
+touches a domain needs neither it nor a running libvirtd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from diskledger.backends.contract import DiskSource
+from diskledger.errors import (
+    DomainNotFound,
+    HypervisorError,
+    HypervisorUnavailable,
+    InvalidInput,
+    NotFound,
+)
+from diskledger.hypervisor.device import disks_in
+
+__all__ = ["DEFAULT_URI", "DomainInfo", "Hypervisor"]
+
+DEFAULT_URI = "qemu:///system"
+T = TypeVar("T")
+
+# virErrorNumber values this module acts on (libvirt's ABI: they never change).
+_NO_CONNECT, _NO_DOMAIN, _NO_SECRET = 5, 42, 66
+_POLL = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class DomainInfo:
+    """A domain as libvirt reports it now. ``disks`` are those of the running guest when it is
+    active, of its stored definition otherwise."""
+
+    name: str
+    uuid: str
+    active: bool
+    persistent: bool
+    disks: Mapping[str, DiskSource]
+
+
+class Hypervisor:
+    """libvirtd at ``uri``, connected on first use."""
+
+    def __init__(self, uri: str = DEFAULT_URI, *, detach_timeout: float = 30.0) -> None:
+        self.uri = uri
+        self.detach_timeout = detach_timeout
+        self._conn: Any = None
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # closing a dead connection is not an error
+                conn.close()
+
+    def find(self, domain: str) -> DomainInfo | None:
+        """The domain called ``domain``, or None when libvirt has none."""
+        try:
+            return self.domain(domain)
+        except DomainNotFound:
+            return None
+
+    def domain(self, domain: str) -> DomainInfo:
+        dom = self._lookup(domain)
+
+        def read() -> DomainInfo:
+            active = bool(dom.isActive())
+            return DomainInfo(
+                name=dom.name(),
+                uuid=dom.UUIDString(),
+                active=active,
+                persistent=bool(dom.isPersistent()),
+                disks=disks_in(
+                    dom.XMLDesc(0 if active else self._libvirt().VIR_DOMAIN_XML_INACTIVE)
+                ),
+            )
+
+        return self._call(f"read domain {domain}", read, domain=domain)
+
+    def attach(self, domain: str, device_xml: str) -> None:
+        """Plug the disk into the running guest (and its stored definition, if it has one)."""
+        dom = self._lookup(domain)
+        self._call(
+            f"attach a disk to domain {domain}",
+            lambda: dom.attachDeviceFlags(device_xml, self._affect(dom)),
+            domain=domain,
+        )
+
+    def detach(self, domain: str, device_xml: str, target_dev: str) -> None:
+        """Unplug the disk at ``target_dev`` and wait until the guest has let go of it.
+
+        A guest releases a hot-unplugged disk when it acknowledges the unplug; one that does not
+        within ``detach_timeout`` keeps it, and that is a ``HypervisorError``.
+        """
+        dom = self._lookup(domain)
+        self._call(
+            f"detach {target_dev} from domain {domain}",
+            lambda: dom.detachDeviceFlags(device_xml, self._affect(dom)),
+            domain=domain,
+        )
+        deadline = time.monotonic() + self.detach_timeout
+        while True:
+            info = self.find(domain)
+            if info is None or not info.active or target_dev not in info.disks:
+                return
+            if time.monotonic() > deadline:
+                raise HypervisorError(
+                    f"domain {domain} did not release {target_dev} within "
+                    f"{self.detach_timeout:g} s (the guest must acknowledge the unplug)"
+                )
+            time.sleep(_POLL)
+
+    def block_resize(self, domain: str, target_dev: str, size: int) -> int:
+        """Grow the disk ``target_dev`` of the running ``domain`` to ``size`` bytes through qemu
+        (which holds the image), so the guest sees the new size at once; the size it sees after."""
+        dom = self._lookup(domain)
+        flags = self._libvirt().VIR_DOMAIN_BLOCK_RESIZE_BYTES
+        self._call(
+            f"resize {target_dev} of domain {domain}",
+            lambda: dom.blockResize(target_dev, size, flags),
+            domain=domain,
+        )
+        return self.capacity(domain, target_dev)
+
+    def capacity(self, domain: str, target_dev: str) -> int:
+        """The virtual size of ``target_dev`` as the domain sees it."""
+        dom = self._lookup(domain)
+        info = self._call(
+            f"read {target_dev} of domain {domain}",
+            lambda: dom.blockInfo(target_dev),
+            domain=domain,
+        )
+        return int(info[0])
+
+    def define_ceph_secret(self, usage: str, key: bytes, *, secret_uuid: str | None = None) -> str:
+        """A private libvirt secret of usage type ceph named ``usage`` holding ``key``; an
+        existing one of that name gets the key. Returns its UUID."""
+        conn = self._connection()
+        secret = self._secret(usage)
+        if secret is None:
+            root = ET.Element("secret", ephemeral="no", private="yes")
+            if secret_uuid is not None:
+                ET.SubElement(root, "uuid").text = secret_uuid
+            usage_element = ET.SubElement(root, "usage", type="ceph")
+            ET.SubElement(usage_element, "name").text = usage
+            xml = ET.tostring(root, encoding="unicode")
+            secret = self._call(f"define secret {usage}", lambda: conn.secretDefineXML(xml, 0))
+        elif secret_uuid is not None and secret.UUIDString() != secret_uuid:
+            raise InvalidInput(
+                f"libvirt secret {usage!r} exists with uuid {secret.UUIDString()}, "
+                f"not {secret_uuid}"
+            )
+        self._call(f"set the value of secret {usage}", lambda: secret.setValue(key, 0))
+        return str(secret.UUIDString())
+
+    def undefine_secret(self, usage: str) -> str | None:
+        """Remove the ceph secret named ``usage``; its UUID, or None when there was none."""
+        secret = self._secret(usage)
+        if secret is None:
+            return None
+        found = str(secret.UUIDString())
+        try:
+            self._call(f"undefine secret {usage}", secret.undefine)
+        except NotFound:
+            return None
+        return found
+
+    def secret_uuid(self, usage: str) -> str | None:
+        secret = self._secret(usage)
+        return None if secret is None else str(secret.UUIDString())
+
+    # -- the binding ---------------------------------------------------------------------------
+
+    def _secret(self, usage: str) -> Any:
+        lv = self._libvirt()
+        conn = self._connection()
+        try:
+            return self._call(
+                f"look up secret {usage}",
+                lambda: conn.secretLookupByUsage(lv.VIR_SECRET_USAGE_TYPE_CEPH, usage),
+            )
+        except NotFound:
+            return None
+
+    def _lookup(self, domain: str) -> Any:
+        conn = self._connection()
+        return self._call(
+            f"look up domain {domain}", lambda: conn.lookupByName(domain), domain=domain
+        )
+
+    def _affect(self, dom: Any) -> int:
+        lv = self._libvirt()
+        flags = 0
+        if dom.isActive():
+            flags |= lv.VIR_DOMAIN_AFFECT_LIVE
+        if dom.isPersistent():
+            flags |= lv.VIR_DOMAIN_AFFECT_CONFIG
+        return int(flags)
+
+    def _connection(self) -> Any:
+        if self._conn is None:
+            lv = self._libvirt()
+            try:
+                self._conn = lv.open(self.uri)
+            except lv.libvirtError as exc:
+                raise HypervisorUnavailable(
+                    f"cannot connect to libvirt at {self.uri}: {exc.get_error_message()}",
+                    code=exc.get_error_code(),
+                ) from exc
+        return self._conn
+
+    @staticmethod
+    def _libvirt() -> Any:
+        try:
+            import libvirt
+        except ImportError as exc:
+            raise HypervisorUnavailable(
+                "the libvirt Python binding is not installed (Debian package python3-libvirt)"
+            ) from exc
+        return libvirt
+
+    def _call(self, what: str, fn: Callable[[], T], *, domain: str | None = None) -> T:
+        lv = self._libvirt()
+        try:
+            return fn()
+        except lv.libvirtError as exc:
+            code = exc.get_error_code()
+            message = exc.get_error_message() or str(exc)
+            if code == _NO_DOMAIN and domain is not None:
+                raise DomainNotFound(domain) from exc
+            if code == _NO_SECRET:
+                raise _SecretNotFound(message) from exc
+            if code == _NO_CONNECT or not self._alive():
+                self.close()
+                raise HypervisorUnavailable(
+                    f"{what}: libvirt at {self.uri} stopped answering: {message}", code=code
+                ) from exc
+            raise HypervisorError(f"{what}: {message}", code=code) from exc
+
+    def _alive(self) -> bool:
+        try:
+            return self._conn is not None and bool(self._conn.isAlive())
+        except Exception:  # a dead connection may fail any call
+            return False
+
+
+class _SecretNotFound(NotFound):
+    """libvirt has no such secret (only ever caught inside this module)."""
