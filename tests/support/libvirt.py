@@ -106,7 +106,7 @@ _DOMAIN_XML = """<domain type='kvm'>
   <name>{name}</name>
   <memory unit='MiB'>32</memory>
   <vcpu>1</vcpu>
-  <os><type arch='x86_64'>hvm</type></os>
+  <os><type arch='x86_64'>hvm</type></os>{features}
   <on_poweroff>destroy</on_poweroff>
   <devices>
 {devices}
@@ -125,13 +125,15 @@ class Domains:
         self._secrets: list[str] = []
 
     def boot(
-        self, *disk_xml: str, scsi: bool = False, name: str | None = None
+        self, *disk_xml: str, scsi: bool = False, acpi: bool = False, name: str | None = None
     ) -> libvirt.virDomain:
         """Start a transient domain (32 MiB, 1 vcpu, no OS) with the given ``<disk>`` elements;
-        ``scsi=True`` adds a virtio-scsi controller for ``bus='scsi'`` disks."""
+        ``scsi=True`` adds a virtio-scsi controller for ``bus='scsi'`` disks; ``acpi=True`` lets
+        virtio disks be hot-plugged (and makes unplugging wait for a guest that never answers)."""
         name = name or f"diskledger-test-{uuid.uuid4().hex[:8]}"
         devices = ([_SCSI_CONTROLLER] if scsi else []) + list(disk_xml)
-        xml = _DOMAIN_XML.format(name=name, devices="\n".join(devices))
+        features = "\n  <features><acpi/></features>" if acpi else ""
+        xml = _DOMAIN_XML.format(name=name, features=features, devices="\n".join(devices))
         self._names.append(name)
         return self.conn.createXML(xml, 0)
 
