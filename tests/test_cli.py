@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -317,6 +318,54 @@ def bad_inputs(tmp_path: Path, template_files: dict[str, Path]) -> list[tuple[st
             ["disk", "export", "vm-1/root", str(template_files["raw"])],
             "already exists",
         ),
+        *(
+            (f"disk xml: {label}", ["disk", "xml", "vm-1/root", *args], reason)
+            for label, args, reason in (
+                ("unknown bus", ["--dev", "vda", "--bus", "floppy"], "bus 'floppy' is not one of"),
+                ("device off its bus", ["--dev", "sda"], "does not fit bus virtio"),
+                ("not a device name", ["--dev", "vda1"], "is not a disk name"),
+                ("unit off scsi", ["--dev", "vda", "--unit", "1"], "addresses a SCSI drive"),
+                ("negative unit", ["--dev", "sda", "--bus", "scsi", "--unit=-1"], "between 0"),
+                ("unknown cache", ["--dev", "vda", "--cache", "fast"], "cache mode 'fast'"),
+                ("unknown discard", ["--dev", "vda", "--discard", "trim"], "discard mode"),
+                ("boot order 0", ["--dev", "vda", "--boot-order", "0"], "boot order 0"),
+                (
+                    "QoS not a number",
+                    ["--dev", "vda", "--extra-spec", "quota:disk_read_bytes_sec=lots"],
+                    "not a whole number",
+                ),
+                (
+                    "unknown QoS key",
+                    ["--dev", "vda", "--extra-spec", "quota:disk_readbytes_sec=1"],
+                    "unknown disk QoS extra spec",
+                ),
+                (
+                    "total with read",
+                    [
+                        "--dev",
+                        "vda",
+                        "--extra-spec",
+                        "quota:disk_total_iops_sec=9",
+                        "--extra-spec",
+                        "quota:disk_read_iops_sec=1",
+                    ],
+                    "cannot be combined",
+                ),
+                ("extra spec without =", ["--dev", "vda", "--extra-spec", "quota"], "KEY=VALUE"),
+            )
+        ),
+        ("disk xml of a missing disk", ["disk", "xml", "vm-9/root", "--dev", "vda"], "no such"),
+        (
+            "attach with a device off its bus",
+            ["disk", "attach", "vm-1/root", "guest", "--dev", "sdb"],
+            "does not fit bus virtio",
+        ),
+        (
+            "attach to a domain name with ..",
+            ["disk", "attach", "vm-1/root", "../guest", "--dev", "vdb"],
+            "not allowed",
+        ),
+        ("detach of a disk not attached", ["disk", "detach", "vm-1/root"], "not attached"),
     ]
 
 
@@ -332,6 +381,27 @@ def test_every_bad_input_is_one_line_exit_1_and_changes_nothing(
         assert len(lines) == 1 and lines[0].startswith("diskledger: error: "), f"{label}: {err!r}"
         assert reason in lines[0], f"{label}: {lines[0]!r}"
         assert populated.fingerprint() == before, f"{label} changed the ledger or storage"
+
+
+def test_disk_xml_describes_the_recorded_format_and_the_backends_source(populated: Cli) -> None:
+    code, out, err = populated.run(
+        "disk", "xml", "vm-1/root", "--dev", "sdb", "--bus", "scsi", "--unit", "2"
+    )
+    assert code == 0, err
+    disk = ET.fromstring(out)
+    shown = populated.json("disk", "show", "vm-1/root")
+    assert disk.find("driver").get("type") == shown["format"]  # type: ignore[union-attr]
+    assert disk.find("target").attrib == {"dev": "sdb", "bus": "scsi"}  # type: ignore[union-attr]
+    assert disk.find("address").get("unit") == "2"  # type: ignore[union-attr]
+    source = disk.find("source")
+    assert source is not None
+    if populated.backend == "rbd":
+        assert disk.get("type") == "network"
+        assert source.get("name") == shown["location"] and source.find("host") is not None
+    else:
+        assert disk.get("type") == "file" and source.get("file") == shown["location"]
+    document = populated.json("disk", "xml", "vm-1/root", "--dev", "vda")
+    assert document["disk"] == "vm-1/root" and document["xml"].startswith("<disk ")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file regardless of its mode")

@@ -7,6 +7,7 @@ touches a domain needs neither it nor a running libvirtd.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
@@ -217,13 +218,7 @@ class Hypervisor:
 
     @staticmethod
     def _libvirt() -> Any:
-        try:
-            import libvirt
-        except ImportError as exc:
-            raise HypervisorUnavailable(
-                "the libvirt Python binding is not installed (Debian package python3-libvirt)"
-            ) from exc
-        return libvirt
+        return _binding()
 
     def _call(self, what: str, fn: Callable[[], T], *, domain: str | None = None) -> T:
         lv = self._libvirt()
@@ -248,6 +243,24 @@ class Hypervisor:
             return self._conn is not None and bool(self._conn.isAlive())
         except Exception:  # a dead connection may fail any call
             return False
+
+
+@functools.cache
+def _binding() -> Any:
+    try:
+        import libvirt
+    except ImportError as exc:
+        raise HypervisorUnavailable(
+            "the libvirt Python binding is not installed (Debian package python3-libvirt)"
+        ) from exc
+    # The binding prints every error on stderr by default; ours are raised and translated, and
+    # the CLI's contract is one line. (Nova's libvirt driver silences it the same way.)
+    libvirt.registerErrorHandler(_ignore_error, None)
+    return libvirt
+
+
+def _ignore_error(context: object, error: object) -> None:
+    """libvirt's error callback: the error is raised as ``libvirtError`` anyway."""
 
 
 class _SecretNotFound(NotFound):
