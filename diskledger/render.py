@@ -205,6 +205,7 @@ def print_recovery(report: RecoveryReport) -> None:
             (f"{prefix}rolled back", report.rolled_back),
             ("needs operator", report.needs_operator),
             ("in flight", report.in_flight),
+            ("deferred", report.deferred),
         )
         for o in outcomes
     ]
@@ -226,4 +227,10 @@ def print_verify(report: VerifyReport) -> None:
     print(f"drift:        {len(report.drift)}")
     for item in report.drift:
         print(f"  {item['owner']}: {item['artifact']['location']}: {item['problem']}")
+    if report.attachments_unchecked is not None:
+        print(f"attachments:  not checked: {report.attachments_unchecked}")
+    else:
+        print(f"attachments:  {len(report.stale_attachments)} stale")
+    for item in report.stale_attachments:
+        print(f"  {item['disk']} on {item['domain']} as {item['target_dev']}: {item['problem']}")
     print("verify: ok" if report.ok else "verify: NOT OK")

@@ -37,7 +37,7 @@ from diskledger.engine import outcomes
 from diskledger.engine.attachments import source_from_json, uses
 from diskledger.engine.leases import expired
 from diskledger.engine.liveness import abandoned, is_alive
-from diskledger.errors import ConcurrencyError, DiskLedgerError
+from diskledger.errors import ConcurrencyError, DiskLedgerError, HypervisorError
 from diskledger.events import (
     COMPLETED,
     FAILED,
@@ -306,7 +306,8 @@ class Outcome:
 @dataclass(slots=True)
 class RecoveryReport:
     """``pending``: every operation found without an outcome; the other lists say what became of
-    each (``in_flight``: its writer is alive, so it was left alone)."""
+    each (``in_flight``: its writer is alive, so it was left alone; ``deferred``: its evidence
+    could not be gathered — libvirt did not answer — so it stays pending for a later run)."""
 
     dry_run: bool = False
     pending: list[Outcome] = field(default_factory=list)
@@ -314,6 +315,7 @@ class RecoveryReport:
     rolled_back: list[Outcome] = field(default_factory=list)
     needs_operator: list[Outcome] = field(default_factory=list)
     in_flight: list[Outcome] = field(default_factory=list)
+    deferred: list[Outcome] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -323,6 +325,7 @@ class RecoveryReport:
             "rolled_back": [o.to_json() for o in self.rolled_back],
             "needs_operator": [o.to_json() for o in self.needs_operator],
             "in_flight": [o.to_json() for o in self.in_flight],
+            "deferred": [o.to_json() for o in self.deferred],
         }
 
 
@@ -350,6 +353,11 @@ def recover(engine: Engine, *, dry_run: bool = False) -> RecoveryReport:
             outcome = _resolve(engine, entry, intent, run_id, dry_run=dry_run)
         except ConcurrencyError:
             continue  # another recovery got there first
+        except HypervisorError as exc:
+            # One unreachable libvirtd must not hold up the recovery of every other disk.
+            log.warning("recovery: %s %s (%s): deferred: %s", entry.stream, op.op, op.op_id, exc)
+            report.deferred.append(_with(found, "deferred", f"cannot ask libvirt: {exc}"))
+            continue
         log.log(
             logging.WARNING if outcome.decision == Decision.OPERATOR else logging.INFO,
             "recovery: %s %s (%s): %s, %s",

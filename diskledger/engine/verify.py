@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diskledger.backends import Artifact, ArtifactKind, Capability, Observation
-from diskledger.errors import IllegalTransition
+from diskledger.engine.attachments import uses
+from diskledger.errors import HypervisorError, IllegalTransition
 from diskledger.events import RecordedEvent
 from diskledger.states import DiskState, DiskView, TemplateState, TemplateView, evolve
 from diskledger.states.streams import empty_view
@@ -46,6 +47,11 @@ class VerifyReport:
     model_mismatches: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     drift: list[dict[str, Any]] = field(default_factory=list)
+    stale_attachments: list[dict[str, Any]] = field(default_factory=list)
+    """Disks the ledger says a domain uses, where libvirt shows no such use (the host crashed
+    and took its transient domains, the domain was undefined, the disk unplugged by hand)."""
+    attachments_unchecked: str | None = None
+    """Why attachments could not be checked (libvirt unreachable); not a failure by itself."""
 
     @property
     def ok(self) -> bool:
@@ -54,6 +60,7 @@ class VerifyReport:
             and not self.model_mismatches
             and not self.orphans
             and not self.drift
+            and not self.stale_attachments
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -69,6 +76,10 @@ class VerifyReport:
             "read_models": {"ok": not self.model_mismatches, "mismatches": self.model_mismatches},
             "orphans": self.orphans,
             "drift": self.drift,
+            "attachments": {
+                "stale": self.stale_attachments,
+                "unchecked": self.attachments_unchecked,
+            },
         }
 
 
@@ -77,6 +88,7 @@ def verify(engine: Engine) -> VerifyReport:
     views = _check_chain_and_fold(engine, report)
     _check_read_models(engine, views, report)
     _check_storage(engine, report)
+    _check_attachments(engine, report)
     return report
 
 
@@ -178,6 +190,37 @@ def _check_inventory(engine: Engine, owned: set[str], report: VerifyReport) -> N
             continue
         where = artifact.location + (f"@{artifact.name}" if artifact.name else "")
         report.orphans.append(where)
+
+
+def _check_attachments(engine: Engine, report: VerifyReport) -> None:
+    """Every recorded attachment against libvirt: the same domain (by UUID) must show the disk
+    at the recorded target (in its running guest, or its stored definition when shut off)."""
+    for disk in engine.store.disks():
+        attachment = disk.attachment
+        if attachment is None or disk.pending is not None or not disk.location:
+            continue
+        try:
+            info = engine.hypervisor.find(attachment.domain)
+        except HypervisorError as exc:
+            report.attachments_unchecked = str(exc)
+            return
+        source = engine.backend_of(disk).disk_source(disk.location)
+        if uses(info, attachment.domain_uuid, attachment.target_dev, source):
+            continue
+        if info is None:
+            problem = "the domain no longer exists"
+        elif info.uuid != attachment.domain_uuid:
+            problem = f"the domain of that name is another one (uuid {info.uuid})"
+        else:
+            problem = f"the domain has no {attachment.target_dev} on this disk"
+        report.stale_attachments.append(
+            {
+                "disk": disk.disk,
+                "domain": attachment.domain,
+                "target_dev": attachment.target_dev,
+                "problem": f"{problem}; `diskledger disk detach {disk.disk}` records that",
+            }
+        )
 
 
 def _files(engine: Engine, disk: DiskView) -> Iterable[str]:

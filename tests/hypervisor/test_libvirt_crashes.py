@@ -147,3 +147,36 @@ def test_a_live_resize_cut_short_is_settled_by_the_size_on_storage(
         view = engine.show(DISK)
         assert view.size == size and view.attachment is not None and view.pending is None
         assert engine.verify().ok
+
+
+def test_recovery_defers_an_attach_while_libvirt_does_not_answer(
+    libvirt_root: Path, domains: Domains, template_files: dict[str, Path], qemu_img: None
+) -> None:
+    host = Host(libvirt_root, "raw", {})
+    make_disk(host, template_files)
+    with host.engine() as engine:
+        engine.create("vm-2/root", size=16 * MiB)
+        engine.snapshot("vm-2/root", "s")
+    dom = domains.boot(scsi=True)
+    host.killed(
+        "disk",
+        "attach",
+        DISK,
+        dom.name(),
+        "--dev",
+        "sdb",
+        "--bus",
+        "scsi",
+        fault="attach@after-effect",
+    )
+    host.killed("disk", "remove-snapshot", "vm-2/root", "s", fault="after-intent")
+    unreachable = {"DISKLEDGER_LIBVIRT_URI": "qemu:///system?socket=/nonexistent/libvirt-sock"}
+    with open_engine(host.root, "raw", {**unreachable, "DISKLEDGER_RECOVER": "0"}) as engine:
+        report = engine.recover()
+        assert [o.op for o in report.deferred] == ["attach"]
+        assert "cannot ask libvirt" in report.deferred[0].reason
+        assert [o.op for o in report.rolled_back] == ["remove-snapshot"]  # the rest goes on
+        assert engine.show(DISK).pending is not None
+    with host.engine() as engine:
+        assert [o.op for o in engine.recover().rolled_forward] == ["attach"]
+        assert engine.show(DISK).attachment is not None

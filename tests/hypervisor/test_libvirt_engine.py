@@ -15,6 +15,7 @@ from diskledger import (
     DomainNotFound,
     Engine,
     HypervisorError,
+    HypervisorUnavailable,
     InvalidInput,
 )
 from tests.hypervisor.conftest import SECRET_UUID, open_engine
@@ -144,7 +145,13 @@ def test_a_detached_disk_can_be_deleted_once_its_domain_is_gone(
     make_disk(engine, template_files)
     dom = domains.boot(engine.libvirt_disk(ROOT, target_dev="vda"))
     engine.attach(ROOT, dom.name(), target_dev="vda")
-    dom.destroy()  # a transient domain: gone
+    assert engine.verify().ok
+    dom.destroy()  # a transient domain: gone, as after a host crash
+    report = engine.verify()
+    assert not report.ok and report.attachments_unchecked is None
+    (stale,) = report.stale_attachments
+    assert (stale["disk"], stale["domain"], stale["target_dev"]) == (ROOT, dom.name(), "vda")
+    assert stale["problem"].startswith("the domain no longer exists")
     with pytest.raises(DiskAttached):
         engine.delete(ROOT)  # the ledger still says attached: the audit trail needs a detach
     view = engine.resize(ROOT, 128 * MiB)  # no running guest: straight to storage
@@ -153,6 +160,7 @@ def test_a_detached_disk_can_be_deleted_once_its_domain_is_gone(
     view = engine.detach(ROOT)
     assert view.attachment is None
     assert engine.history(ROOT)[-1].data["unplugged"] is False
+    assert engine.verify().ok
     engine.delete(ROOT)
     assert events_of(engine, ROOT)[-1] == "disk.delete.completed"
 
@@ -223,3 +231,21 @@ def test_attach_and_detach_refusals_change_nothing(
         engine.detach(ROOT)
     assert engine.show(ROOT).version == version
     assert engine.show(DATA).version == other.version
+
+
+def test_verify_without_libvirt_says_attachments_were_not_checked(
+    libvirt_root: Path, domains: Domains
+) -> None:
+    with open_engine(libvirt_root, "raw") as engine:
+        engine.create(ROOT, size=32 * MiB)
+        dom = domains.boot(engine.libvirt_disk(ROOT, target_dev="vda"))
+        engine.attach(ROOT, dom.name(), target_dev="vda")
+    unreachable = {"DISKLEDGER_LIBVIRT_URI": "qemu:///system?socket=/nonexistent/libvirt-sock"}
+    with open_engine(libvirt_root, "raw", unreachable) as engine:
+        report = engine.verify()
+        assert report.ok and report.stale_attachments == []
+        assert report.attachments_unchecked is not None
+        assert "cannot connect to libvirt" in report.attachments_unchecked
+        with pytest.raises(HypervisorUnavailable):
+            engine.resize(ROOT, 64 * MiB)  # whether the guest runs is unknown: not offline
+        assert engine.show(ROOT).size == 32 * MiB
