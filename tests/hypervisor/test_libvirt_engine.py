@@ -249,3 +249,28 @@ def test_verify_without_libvirt_says_attachments_were_not_checked(
         with pytest.raises(HypervisorUnavailable):
             engine.resize(ROOT, 64 * MiB)  # whether the guest runs is unknown: not offline
         assert engine.show(ROOT).size == 32 * MiB
+
+
+def test_a_shut_off_domain_gets_the_disk_in_its_definition_and_resizes_go_to_storage(
+    engine: Engine, domains: Domains, template_files: dict[str, Path]
+) -> None:
+    make_disk(engine, template_files)
+    dom = domains.define(scsi=True)  # persistent, shut off
+    view = engine.attach(ROOT, dom.name(), target_dev="sdc", bus="scsi", op_id="attach-1")
+    assert engine.attach(ROOT, dom.name(), target_dev="sdc", bus="scsi", op_id="attach-1") == view
+    assert engine.history(ROOT)[-1].data["hotplugged"] is True  # into the definition
+    inactive = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    assert [t.get("dev") for t in inactive.iterfind("devices/disk/target")] == ["sdc"]
+
+    view = engine.resize(ROOT, 128 * MiB)  # nobody runs it: offline, on storage
+    assert "live" not in engine.history(ROOT)[-2].data["params"]
+    assert on_storage(engine, view) == 128 * MiB
+    dom.create()
+    assert block_devices(dom)["sdc"].virtual_size == 128 * MiB
+    assert engine.verify().ok
+
+    view = engine.detach(ROOT, op_id="detach-1")
+    assert engine.detach(ROOT, op_id="detach-1") == view
+    assert "sdc" not in block_devices(dom)
+    inactive = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    assert inactive.find("devices/disk") is None  # gone from the definition too

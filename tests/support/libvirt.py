@@ -130,26 +130,36 @@ class Domains:
         """Start a transient domain (32 MiB, 1 vcpu, no OS) with the given ``<disk>`` elements;
         ``scsi=True`` adds a virtio-scsi controller for ``bus='scsi'`` disks; ``acpi=True`` lets
         virtio disks be hot-plugged (and makes unplugging wait for a guest that never answers)."""
+        return self.conn.createXML(self._xml(disk_xml, scsi=scsi, acpi=acpi, name=name), 0)
+
+    def define(self, *disk_xml: str, scsi: bool = False) -> libvirt.virDomain:
+        """Define a persistent domain like ``boot``'s, shut off; ``cleanup()`` undefines it."""
+        return self.conn.defineXML(self._xml(disk_xml, scsi=scsi, acpi=False, name=None))
+
+    def _xml(self, disk_xml: tuple[str, ...], *, scsi: bool, acpi: bool, name: str | None) -> str:
         name = name or f"diskledger-test-{uuid.uuid4().hex[:8]}"
         devices = ([_SCSI_CONTROLLER] if scsi else []) + list(disk_xml)
         features = "\n  <features><acpi/></features>" if acpi else ""
-        xml = _DOMAIN_XML.format(name=name, features=features, devices="\n".join(devices))
         self._names.append(name)
-        return self.conn.createXML(xml, 0)
+        return _DOMAIN_XML.format(name=name, features=features, devices="\n".join(devices))
 
     def track_secret(self, secret_uuid: str) -> None:
         """Undefine the libvirt secret ``secret_uuid`` at ``cleanup()`` (if it still exists)."""
         self._secrets.append(secret_uuid)
 
     def cleanup(self) -> None:
-        """Destroy every domain booted here, then undefine every tracked secret, whichever
+        """Destroy (and undefine) every domain made here, then every tracked secret, whichever
         still exist; errors other than "no such domain/secret" are raised after trying all."""
         import libvirt
 
         errors: list[str] = []
         for name in self._names:
             try:
-                self.conn.lookupByName(name).destroy()
+                dom = self.conn.lookupByName(name)
+                if dom.isActive():
+                    dom.destroy()
+                if dom.isPersistent():
+                    dom.undefine()
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                     errors.append(f"domain {name}: {exc}")
