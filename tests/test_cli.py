@@ -383,7 +383,14 @@ def test_every_bad_input_is_one_line_exit_1_and_changes_nothing(
         assert populated.fingerprint() == before, f"{label} changed the ledger or storage"
 
 
-def test_disk_xml_describes_the_recorded_format_and_the_backends_source(populated: Cli) -> None:
+def test_disk_xml_describes_the_recorded_format_and_the_backends_source(
+    populated: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if populated.backend == "rbd":
+        code, out, err = populated.run("disk", "xml", "vm-1/root", "--dev", "vda")
+        assert code == 1 and out == ""
+        assert "run `diskledger libvirt define-secret` and set DISKLEDGER_RBD_SECRET_UUID" in err
+        monkeypatch.setenv("DISKLEDGER_RBD_SECRET_UUID", "5d1b2f0e-8a44-4c1b-9d1e-6c0f3a9e7b21")
     code, out, err = populated.run(
         "disk", "xml", "vm-1/root", "--dev", "sdb", "--bus", "scsi", "--unit", "2"
     )
@@ -398,6 +405,7 @@ def test_disk_xml_describes_the_recorded_format_and_the_backends_source(populate
     if populated.backend == "rbd":
         assert disk.get("type") == "network"
         assert source.get("name") == shown["location"] and source.find("host") is not None
+        assert disk.find("auth").get("username") == "diskledger"  # type: ignore[union-attr]
     else:
         assert disk.get("type") == "file" and source.get("file") == shown["location"]
     document = populated.json("disk", "xml", "vm-1/root", "--dev", "vda")

@@ -92,6 +92,7 @@ def test_disk_import(any_cli: Cli, template_files: dict[str, Path]) -> None:
         "version": 2,
         "pending": None,
         "location": disk_location(cli.root, DISK, cli.backend),
+        "attachment": None,
     }
     code, out, err = cli.run(
         "disk", "import", "vm-1/data", str(template_files["raw"]), "--format", "raw"

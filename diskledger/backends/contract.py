@@ -258,8 +258,10 @@ class Backend(Protocol):
         itself): for RBD, every image and snapshot in the pool. File backends return ``()``."""
         ...
 
-    def disk_source(self, location: str) -> DiskSource:
-        """How a hypervisor on this host reaches the disk at ``location``."""
+    def disk_source(self, location: str, *, addresses: bool = True) -> DiskSource:
+        """How a hypervisor on this host reaches the disk at ``location``. ``addresses=False``
+        leaves out what must be looked up (a cluster's monitors): enough to recognise the disk
+        in a domain's description, and it works while the cluster does not answer."""
         ...
 
 

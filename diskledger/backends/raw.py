@@ -121,7 +121,7 @@ class FileBackend:
     def inventory(self) -> tuple[Artifact, ...]:
         return ()  # everything is a file under the root, which verify walks
 
-    def disk_source(self, location: str) -> DiskSource:
+    def disk_source(self, location: str, *, addresses: bool = True) -> DiskSource:
         return DiskSource(SourceKind.FILE, path=location)
 
     def remove(self, artifacts: Sequence[Artifact]) -> None:

@@ -744,12 +744,12 @@ class RbdBackend:
             else:
                 self.rbd.remove_image(artifact.location)
 
-    def disk_source(self, location: str) -> DiskSource:
+    def disk_source(self, location: str, *, addresses: bool = True) -> DiskSource:
         return DiskSource(
             SourceKind.NETWORK,
             protocol="rbd",
             name=location,
-            hosts=self.cluster.monitors(),
+            hosts=self.cluster.monitors() if addresses else (),
             user=self.config.user,
         )
 

@@ -33,7 +33,7 @@ class Config:
     ``DISKLEDGER_CEPH_OP_TIMEOUT`` (seconds before an unanswered request fails, default 10),
     ``DISKLEDGER_CEPH_RETRY_BUDGET`` (seconds of retries for transient and busy errors, default 30),
     ``DISKLEDGER_RBD_SECRET_UUID`` (the libvirt secret holding the RBD user's key: disk
-    descriptions authenticate with it; ``diskledger libvirt secret define`` makes it).
+    descriptions authenticate with it; ``diskledger libvirt define-secret`` makes it).
 
     For attached disks: ``DISKLEDGER_LIBVIRT_URI`` (default ``qemu:///system``),
     ``DISKLEDGER_DETACH_TIMEOUT`` (seconds a guest has to release an unplugged disk, default 30).

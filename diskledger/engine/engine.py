@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import builtins
 import os
 import stat
@@ -21,7 +22,9 @@ from diskledger.backends import (
     Capability,
     CephConfig,
     DirectSnapshots,
+    DiskSource,
     Flattens,
+    SourceKind,
     TemplateSource,
     TemplateStore,
     backend_for,
@@ -878,7 +881,17 @@ class Engine:
         """
         check_disk(disk)
         check_name(domain, "domain")
-        request = {"op": "attach", "disk": disk, "domain": domain, "target_dev": target_dev}
+        request = {
+            "op": "attach",
+            "disk": disk,
+            "domain": domain,
+            "target_dev": target_dev,
+            "bus": bus,
+            "cache": cache,
+            "discard": discard,
+            "disk_unit": disk_unit,
+            "extra_specs": dict(extra_specs or {}),
+        }
         if (done := self._repeat(op_id, request)) is not None:
             return self._disk_after(done)
         view = self._live_disk(disk, for_op="attach")
@@ -919,7 +932,7 @@ class Engine:
                 "domain_uuid": info.uuid,
                 "target_dev": target_dev,
                 "bus": bus,
-                "hotplugged": not present,
+                "added": not present,
             }
 
         view, _ = self._operate(
@@ -951,7 +964,9 @@ class Engine:
         attachment = view.attachment
         if attachment is None:
             raise InvalidInput(f"disk {disk} is not attached to a domain")
-        device = self._device(view, target_dev=attachment.target_dev, bus=attachment.bus)
+        device = self._device(
+            view, addresses=False, target_dev=attachment.target_dev, bus=attachment.bus
+        )
         info = self.hypervisor.find(attachment.domain)
         present = uses(info, attachment.domain_uuid, attachment.target_dev, device.source)
         xml = device.to_xml()
@@ -968,7 +983,7 @@ class Engine:
         def detach() -> dict[str, Any]:
             if present:
                 self.hypervisor.detach(attachment.domain, xml, attachment.target_dev)
-            return {"domain": attachment.domain, "unplugged": present}
+            return {"domain": attachment.domain, "removed": present}
 
         view, _ = self._operate(
             self.backend_of(view),
@@ -991,7 +1006,12 @@ class Engine:
         ``client.<user> secret``, as Nova's deployment guides name it.
         """
         ceph = self._ceph_config()
-        key = base64.b64decode(client_key(ceph), validate=True)
+        try:
+            key = base64.b64decode(client_key(ceph), validate=True)
+        except binascii.Error as exc:
+            raise InvalidInput(
+                f"the key of client.{ceph.user} in {ceph.keyring} is not base64: {exc}"
+            ) from exc
         return self.hypervisor.define_ceph_secret(
             _secret_usage(ceph), key, secret_uuid=self.rbd_secret_uuid
         )
@@ -1001,14 +1021,41 @@ class Engine:
         return self.hypervisor.undefine_secret(_secret_usage(self._ceph_config()))
 
     def _ceph_config(self) -> CephConfig:
-        if self._ceph is None:
-            raise InvalidInput("no Ceph cluster is configured (DISKLEDGER_CEPH_CONF)")
+        if self._ceph is None or not self._ceph.user:
+            raise InvalidInput(
+                "the libvirt ceph secret holds the key of the rbd backend's cephx user: "
+                "set DISKLEDGER_BACKEND=rbd, DISKLEDGER_RBD_USER and DISKLEDGER_CEPH_KEYRING"
+            )
         return self._ceph
 
-    def _device(self, view: DiskView, **choices: Any) -> DiskDevice:
+    def _device(self, view: DiskView, *, addresses: bool = True, **choices: Any) -> DiskDevice:
+        """The ``<disk>`` for ``view``; ``addresses=False``: only enough to name it to libvirt
+        (an unplug), looked up nowhere."""
         assert view.location and view.format
-        source = self.backend_of(view).disk_source(view.location)
-        return describe(source, view.format, secret_uuid=self.rbd_secret_uuid, **choices)
+        source = self.backend_of(view).disk_source(view.location, addresses=addresses)
+        device = describe(
+            source,
+            view.format,
+            secret_uuid=self.rbd_secret_uuid,
+            backing=self._backing_of(view, source),
+            **choices,
+        )
+        if addresses and source.user is not None and self.rbd_secret_uuid is None:
+            raise InvalidInput(
+                f"qemu reaches the cluster as client.{source.user} with a libvirt secret: run "
+                "`diskledger libvirt define-secret` and set DISKLEDGER_RBD_SECRET_UUID"
+            )
+        return device
+
+    def _backing_of(self, view: DiskView, source: DiskSource) -> tuple[DiskSource, str] | None:
+        """The template under a file overlay, with the format its stream recorded: libvirt is
+        told the chain instead of probing it, and told not to take the shared template over."""
+        if source.kind is not SourceKind.FILE or not view.backing or not view.template:
+            return None
+        cached = self.store.template(self.template_stream(view.template))
+        if cached is None or cached.format is None:
+            return None
+        return DiskSource(SourceKind.FILE, path=view.backing), cached.format
 
     def _running_with(self, view: DiskView) -> tuple[str, str] | None:
         """(domain, target device) when a running domain uses the disk now; None when no domain
@@ -1018,9 +1065,9 @@ class Engine:
             return None
         assert view.location
         info = self.hypervisor.find(attachment.domain)
-        source = self.backend_of(view).disk_source(view.location)
         if info is None or not info.active:
             return None
+        source = self.backend_of(view).disk_source(view.location, addresses=False)
         if not uses(info, attachment.domain_uuid, attachment.target_dev, source):
             raise DiskAttached(
                 view.disk,

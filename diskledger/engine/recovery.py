@@ -588,9 +588,9 @@ def _completed_data(
         return {"size": disk.size}
     if op == "attach":
         keys = ("domain", "domain_uuid", "target_dev", "bus")
-        return {**{k: params[k] for k in keys}, "hotplugged": None}
+        return {**{k: params[k] for k in keys}, "added": None}
     if op == "detach":
-        return {"domain": params["domain"], "unplugged": None}
+        return {"domain": params["domain"], "removed": None}
     if op == "export":
         assert isinstance(view, DiskView)
         return {"target": params["target"], "format": params["format"], "size": view.size}

@@ -204,7 +204,7 @@ def _check_attachments(engine: Engine, report: VerifyReport) -> None:
         except HypervisorError as exc:
             report.attachments_unchecked = str(exc)
             return
-        source = engine.backend_of(disk).disk_source(disk.location)
+        source = engine.backend_of(disk).disk_source(disk.location, addresses=False)
         if uses(info, attachment.domain_uuid, attachment.target_dev, source):
             continue
         if info is None:

@@ -54,6 +54,8 @@ IOTUNE_SPECS: Final[Mapping[str, str]] = {
 """Flavor extra specs (Nova's ``quota:disk_*``) and the ``<iotune>`` element each becomes."""
 
 MAX_SCSI_UNIT: Final = 16383
+MAX_IOTUNE: Final = 10**15
+"""qemu's ceiling for a throttle limit (``THROTTLE_VALUE_MAX``)."""
 _TARGET = re.compile(r"(?P<prefix>xvd|vd|sd|hd)(?P<letters>[a-z]{1,3})")
 
 
@@ -73,6 +75,10 @@ class DiskDevice:
     iotune: tuple[tuple[str, int], ...] = ()
     secret_uuid: str | None = None
     """The libvirt secret holding the key of ``source.user`` (network disks with cephx)."""
+    backing: tuple[DiskSource, str] | None = None
+    """The template under a file overlay and its recorded format: the whole chain is given, so
+    libvirt does not probe it, and marked not to be relabelled, so libvirt does not hand the
+    shared template to this guest's qemu user (it would stay so after the guest stops)."""
 
     def element(self) -> ET.Element:
         disk = ET.Element("disk", type=self.source.kind.value, device="disk")
@@ -81,6 +87,15 @@ class DiskDevice:
             if value is not None:
                 driver.set(attribute, value)
         disk.append(self._source())
+        if self.backing is not None:
+            backing, backing_format = self.backing
+            store = ET.SubElement(disk, "backingStore", type=backing.kind.value)
+            ET.SubElement(store, "format", type=backing_format)
+            source = ET.SubElement(
+                store, "source", file=_required(backing.path, "a backing file's path")
+            )
+            ET.SubElement(source, "seclabel", model="dac", relabel="no")
+            ET.SubElement(store, "backingStore")  # the chain ends here: templates have no backing
         if self.source.user is not None and self.secret_uuid is not None:
             auth = ET.SubElement(disk, "auth", username=self.source.user)
             ET.SubElement(auth, "secret", type="ceph", uuid=self.secret_uuid)
@@ -137,6 +152,7 @@ def describe(
     disk_unit: int | None = None,
     extra_specs: Mapping[str, object] | None = None,
     secret_uuid: str | None = None,
+    backing: tuple[DiskSource, str] | None = None,
 ) -> DiskDevice:
     """The device for a disk kept at ``source`` in format ``fmt``, or ``InvalidInput``."""
     if bus not in BUSES:
@@ -175,6 +191,7 @@ def describe(
         unit=disk_unit,
         iotune=iotune(extra_specs or {}),
         secret_uuid=secret_uuid,
+        backing=backing,
     )
 
 
@@ -189,9 +206,11 @@ def iotune(extra_specs: Mapping[str, object]) -> tuple[tuple[str, int], ...]:
         if name is None:
             known = ", ".join(sorted(IOTUNE_SPECS))
             raise InvalidInput(f"unknown disk QoS extra spec {key!r}; known: {known}")
-        value = int(raw) if isinstance(raw, str) and raw.isdigit() else raw
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise InvalidInput(f"extra spec {key}={raw!r} is not a whole number from 0")
+        value = int(raw) if isinstance(raw, str) and raw.isascii() and raw.isdigit() else raw
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_IOTUNE:
+            raise InvalidInput(
+                f"extra spec {key}={raw!r} is not a whole number from 0 to {MAX_IOTUNE}"
+            )
         tune[name] = value
     for what, limit in itertools.product(("bytes", "iops"), ("", "_max")):
         total, parts = (

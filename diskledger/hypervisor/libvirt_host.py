@@ -67,19 +67,20 @@ class Hypervisor:
         except DomainNotFound:
             return None
 
-    def domain(self, domain: str) -> DomainInfo:
+    def domain(self, domain: str, *, stored: bool = False) -> DomainInfo:
+        """The domain called ``domain``; ``stored``: the disks of its stored definition even
+        while it runs."""
         dom = self._lookup(domain)
 
         def read() -> DomainInfo:
             active = bool(dom.isActive())
+            flags = self._libvirt().VIR_DOMAIN_XML_INACTIVE if stored or not active else 0
             return DomainInfo(
                 name=dom.name(),
                 uuid=dom.UUIDString(),
                 active=active,
                 persistent=bool(dom.isPersistent()),
-                disks=disks_in(
-                    dom.XMLDesc(0 if active else self._libvirt().VIR_DOMAIN_XML_INACTIVE)
-                ),
+                disks=disks_in(dom.XMLDesc(flags)),
             )
 
         return self._call(f"read domain {domain}", read, domain=domain)
@@ -94,17 +95,30 @@ class Hypervisor:
         )
 
     def detach(self, domain: str, device_xml: str, target_dev: str) -> None:
-        """Unplug the disk at ``target_dev`` and wait until the guest has let go of it.
+        """Unplug the disk at ``target_dev`` from the running guest and wait until it has let go
+        of it, then take it out of the stored definition (if the domain has one).
 
         A guest releases a hot-unplugged disk when it acknowledges the unplug; one that does not
-        within ``detach_timeout`` keeps it, and that is a ``HypervisorError``.
+        within ``detach_timeout`` keeps it, and that is a ``HypervisorError`` with the definition
+        left as it was, so that ledger and domain still agree.
         """
+        lv = self._libvirt()
         dom = self._lookup(domain)
-        self._call(
-            f"detach {target_dev} from domain {domain}",
-            lambda: dom.detachDeviceFlags(device_xml, self._affect(dom)),
-            domain=domain,
-        )
+        if dom.isActive():
+            self._call(
+                f"detach {target_dev} from domain {domain}",
+                lambda: dom.detachDeviceFlags(device_xml, lv.VIR_DOMAIN_AFFECT_LIVE),
+                domain=domain,
+            )
+            self._wait_released(domain, target_dev)
+        if dom.isPersistent() and target_dev in self.domain(domain, stored=True).disks:
+            self._call(
+                f"detach {target_dev} from the definition of domain {domain}",
+                lambda: dom.detachDeviceFlags(device_xml, lv.VIR_DOMAIN_AFFECT_CONFIG),
+                domain=domain,
+            )
+
+    def _wait_released(self, domain: str, target_dev: str) -> None:
         deadline = time.monotonic() + self.detach_timeout
         while True:
             info = self.find(domain)
@@ -127,7 +141,12 @@ class Hypervisor:
             lambda: dom.blockResize(target_dev, size, flags),
             domain=domain,
         )
-        return self.capacity(domain, target_dev)
+        info = self._call(
+            f"read {target_dev} of domain {domain}",
+            lambda: dom.blockInfo(target_dev),
+            domain=domain,
+        )
+        return int(info[0])
 
     def capacity(self, domain: str, target_dev: str) -> int:
         """The virtual size of ``target_dev`` as the domain sees it."""

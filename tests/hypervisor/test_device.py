@@ -1,5 +1,5 @@
 """The disk description's choices and refusals. That libvirt and qemu accept the XML is proven by
-booting domains with it (tests/hypervisor/test_boot.py), not here."""
+booting domains with it (tests/hypervisor/test_libvirt_engine.py), not here."""
 
 from __future__ import annotations
 
@@ -124,6 +124,8 @@ def test_quota_extra_specs_become_iotune_and_other_specs_are_passed_over() -> No
         ({"target_dev": "sda", "bus": "scsi", "disk_unit": 16384}, "is not between 0 and 16383"),
         ({"extra_specs": {"quota:disk_read_bytes_sec": "fast"}}, "is not a whole number from 0"),
         ({"extra_specs": {"quota:disk_read_bytes_sec": -5}}, "is not a whole number from 0"),
+        ({"extra_specs": {"quota:disk_read_bytes_sec": "\u00b2"}}, "is not a whole number from 0"),
+        ({"extra_specs": {"quota:disk_read_iops_sec": 10**15 + 1}}, "to 1000000000000000"),
         ({"extra_specs": {"quota:disk_read_byte_sec": "5"}}, "unknown disk QoS extra spec"),
         (
             {
@@ -141,6 +143,19 @@ def test_bad_choices_are_refused_in_one_line(choices: dict[str, Any], message: s
     with pytest.raises(InvalidInput) as refused:
         element(**choices)
     assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_an_overlay_names_its_template_and_its_format_and_keeps_libvirt_off_it() -> None:
+    template = DiskSource(SourceKind.FILE, path="/var/lib/diskledger/templates/base")
+    disk = element(backing=(template, "raw"))
+    store = disk.find("backingStore")
+    assert store is not None and store.get("type") == "file"
+    assert store.find("format").attrib == {"type": "raw"}  # type: ignore[union-attr]
+    source = store.find("source")
+    assert source is not None and source.get("file") == template.path
+    assert source.find("seclabel").attrib == {"model": "dac", "relabel": "no"}  # type: ignore[union-attr]
+    end = store.find("backingStore")
+    assert end is not None and len(end) == 0 and not end.attrib  # the chain ends there
 
 
 def test_the_disks_of_a_domain_are_read_back_by_target_and_storage() -> None:

@@ -44,10 +44,17 @@ def test_define_and_undefine_the_ceph_secret(
     assert run(root, "libvirt", "undefine-secret", backend="rbd", environ=rbd_libvirt_environ) == {
         "uuid": None
     }
-    # without a keyring there is no key to give libvirt
+    # without a keyring, or with a key that is not one, there is nothing to give libvirt
     no_keyring = {k: v for k, v in rbd_libvirt_environ.items() if k != "DISKLEDGER_CEPH_KEYRING"}
     done = cli(root, "libvirt", "define-secret", backend="rbd", environ=no_keyring)
     assert done.returncode == 1 and "DISKLEDGER_CEPH_KEYRING" in error_line(done.stderr)
+    forged = tmp_path / "forged.keyring"
+    forged.write_text("[client.diskledger]\n\tkey = not*base64\n")
+    bad_key = {**rbd_libvirt_environ, "DISKLEDGER_CEPH_KEYRING": str(forged)}
+    done = cli(root, "libvirt", "define-secret", backend="rbd", environ=bad_key)
+    assert done.returncode == 1 and "is not base64" in error_line(done.stderr)
+    done = cli(root, "libvirt", "undefine-secret", backend="raw")
+    assert done.returncode == 1 and "DISKLEDGER_RBD_USER" in error_line(done.stderr)
 
 
 def test_attach_and_detach_through_the_cli(
