@@ -48,13 +48,15 @@ __all__ = [
 BACKENDS = ("raw", "qcow2", "rbd")
 
 
-def backend_for(name: str, root: str, *, ceph: CephConfig | None = None) -> Backend:
-    """The backend configured as ``name``; file backends keep their files under ``root``, the
-    ``rbd`` backend needs ``ceph``."""
+def backend_for(
+    name: str, root: str, *, ceph: CephConfig | None = None, preallocate: bool = False
+) -> Backend:
+    """The backend configured as ``name``; file backends keep their files under ``root`` (and
+    ``preallocate`` their space), the ``rbd`` backend needs ``ceph``."""
     if name == "raw":
-        return RawBackend(root)
+        return RawBackend(root, preallocate=preallocate)
     if name == "qcow2":
-        return Qcow2Backend(root)
+        return Qcow2Backend(root, preallocate=preallocate)
     if name == "rbd":
         if ceph is None:
             raise InvalidInput("the rbd backend needs a Ceph configuration (DISKLEDGER_CEPH_CONF)")

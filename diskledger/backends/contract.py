@@ -173,6 +173,8 @@ class Backend(Protocol):
     disk_format: str
     """The format of the disks it makes, recorded at create and passed back on every call."""
     capabilities: frozenset[Capability]
+    preallocates: bool
+    """Disks get their whole virtual size allocated when made and when grown (``fallocate``)."""
 
     def disk_location(self, instance: str, disk: str) -> str:
         """Where the disk ``instance/disk`` lives (a path under the root)."""

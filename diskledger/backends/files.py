@@ -56,6 +56,13 @@ def publish(temp: str, final: str) -> None:
         raise _io_error(f"cannot publish {temp} as {final}", exc) from exc
 
 
+def reserve(path: str, size: int) -> None:
+    """Allocate ``size`` bytes of space for the file without changing its length (``fallocate
+    -n``, as Nova's ``preallocate_images=space``): writes up to there will not fail for space,
+    and qemu's native AIO will not block on allocating it."""
+    runner.run(["fallocate", "--keep-size", "--length", str(size), os.path.abspath(path)])
+
+
 def sparse_copy(src: str, dst: str) -> None:
     """Copy ``src`` to ``dst``: a reflink where the file system can, else holes stay holes."""
     runner.run(["cp", "--reflink=auto", "--sparse=always", "--", src, dst])

@@ -32,8 +32,9 @@ class FileBackend:
     disk_format: str
     capabilities: frozenset[Capability]
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, *, preallocate: bool = False) -> None:
         self.root = os.path.abspath(root)
+        self.preallocates = preallocate
         self._disks = os.path.join(self.root, "disks")
 
     def disk_location(self, instance: str, disk: str) -> str:
@@ -54,6 +55,7 @@ class FileBackend:
         files.ensure_dir_under(self.root, os.path.dirname(location), files.IMAGE_DIR_MODE)
         temp = temporary_path(location, token)
         self._write_new(temp, size, template)
+        self._reserve(temp)
         faults.reach("mid-effect", "create")
         files.publish(temp, location)
         return self._observe(location)
@@ -76,6 +78,7 @@ class FileBackend:
         else:
             qemu.convert(copy, fmt, temp, self.disk_format)
             files.remove_file(copy)
+        self._reserve(temp)
         files.publish(temp, location)
         return self._observe(location)
 
@@ -84,6 +87,7 @@ class FileBackend:
         if self._virtual_size(location) < size:
             faults.reach("mid-effect", "resize")
             qemu.resize(location, fmt, size)
+            self._reserve(location)
         return self._observe(location)
 
     def export_artifacts(self, target: str, token: str) -> tuple[Artifact, ...]:
@@ -123,6 +127,10 @@ class FileBackend:
 
     def disk_source(self, location: str, *, addresses: bool = True) -> DiskSource:
         return DiskSource(SourceKind.FILE, path=location)
+
+    def _reserve(self, path: str) -> None:
+        if self.preallocates:
+            files.reserve(path, self._virtual_size(path))
 
     def remove(self, artifacts: Sequence[Artifact]) -> None:
         for artifact in artifacts:

@@ -488,6 +488,7 @@ class RbdBackend:
             Capability.SNAPSHOT_IN_USE,
         }
     )
+    preallocates = False  # RBD images are thin; space is the cluster's to manage
 
     def __init__(self, root: str, config: CephConfig, cluster: Cluster | None = None) -> None:
         self.root = root

@@ -25,7 +25,10 @@ class Config:
     SQLite file under the root), ``DISKLEDGER_BACKEND`` (``raw``, ``qcow2`` or ``rbd``),
     ``DISKLEDGER_HOST`` (the template cache's scope and the events' host; default the hostname),
     ``DISKLEDGER_RECOVER`` (``0`` to not recover pending operations when an engine opens),
-    ``DISKLEDGER_MAX_TEMPLATE_SIZE`` (the virtual size ceiling for templates, default ``16T``).
+    ``DISKLEDGER_MAX_TEMPLATE_SIZE`` (the virtual size ceiling for templates, default ``16T``),
+    ``DISKLEDGER_PREALLOCATE`` (``none``, or ``space``: file disks get their whole virtual size
+    allocated when made and grown, as Nova's ``preallocate_images``; their descriptions then use
+    native AIO).
 
     For ``rbd``: ``DISKLEDGER_CEPH_CONF`` (default ``/etc/ceph/ceph.conf``), ``DISKLEDGER_RBD_POOL``
     (default ``rbd``), ``DISKLEDGER_RBD_USER`` (the cephx client id, without ``client.``),
@@ -50,6 +53,7 @@ class Config:
     """The largest virtual size a template may claim (a tiny file claiming exabytes is refused)."""
     ceph: CephConfig | None = None
     """How the ``rbd`` backend reaches the cluster (None for the file backends)."""
+    preallocate: bool = False
     libvirt_uri: str = DEFAULT_URI
     rbd_secret_uuid: str | None = None
     detach_timeout: float = 30.0
@@ -80,6 +84,7 @@ class Config:
                 environ.get("DISKLEDGER_MAX_TEMPLATE_SIZE", "16T"),
                 what="DISKLEDGER_MAX_TEMPLATE_SIZE",
             ),
+            preallocate=_preallocate(environ),
             libvirt_uri=environ.get("DISKLEDGER_LIBVIRT_URI") or DEFAULT_URI,
             rbd_secret_uuid=_uuid(environ, "DISKLEDGER_RBD_SECRET_UUID"),
             detach_timeout=_seconds(environ, "DISKLEDGER_DETACH_TIMEOUT", 30.0),
@@ -104,6 +109,13 @@ def _ceph(environ: Mapping[str, str]) -> CephConfig:
         retry_budget=budget,
         busy_budget=budget,
     )
+
+
+def _preallocate(environ: Mapping[str, str]) -> bool:
+    raw = environ.get("DISKLEDGER_PREALLOCATE") or "none"
+    if raw not in ("none", "space"):
+        raise InvalidInput(f"DISKLEDGER_PREALLOCATE={raw!r} is not one of none, space")
+    return raw == "space"
 
 
 def _uuid(environ: Mapping[str, str], name: str) -> str | None:

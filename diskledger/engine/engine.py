@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
+import dataclasses
 import os
 import stat
 import time
@@ -167,7 +168,9 @@ class Engine:
         recovered before it returns (see ``recover``).
         """
         config = config or Config.load(**overrides)
-        backend = backend_for(config.backend, str(config.root), ceph=config.ceph)
+        backend = backend_for(
+            config.backend, str(config.root), ceph=config.ceph, preallocate=config.preallocate
+        )
         config.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         store = open_store(config.ledger)
         engine = cls(
@@ -211,7 +214,12 @@ class Engine:
             return self.backend
         backend = self._backends.get(name)
         if backend is None:
-            backend = self._backends[name] = backend_for(name, self.templates.root, ceph=self._ceph)
+            backend = self._backends[name] = backend_for(
+                name,
+                self.templates.root,
+                ceph=self._ceph,
+                preallocate=self.backend.preallocates,
+            )
         return backend
 
     def backend_of(self, disk: DiskView) -> Backend:
@@ -438,6 +446,7 @@ class Engine:
             "format": self.backend.disk_format,
             "backend": self.backend.name,
             "location": location,
+            "preallocated": self.backend.preallocates,
         }
 
         def create() -> dict[str, Any]:
@@ -710,6 +719,7 @@ class Engine:
             "source_format": fmt,
             "format": backend.disk_format,
             "location": location,
+            "preallocated": backend.preallocates,
         }
 
         def import_() -> dict[str, Any]:
@@ -1033,6 +1043,8 @@ class Engine:
         (an unplug), looked up nowhere."""
         assert view.location and view.format
         source = self.backend_of(view).disk_source(view.location, addresses=addresses)
+        if view.preallocated:
+            source = dataclasses.replace(source, preallocated=True)
         device = describe(
             source,
             view.format,

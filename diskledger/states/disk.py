@@ -85,7 +85,8 @@ class DiskView:
     ``size`` is the virtual size in bytes; ``format`` and ``backing`` are recorded facts, never
     re-probed; ``backend`` names the driver that keeps it (``raw``, ``qcow2``, ``rbd``);
     ``resized`` remembers whether the disk ever grew, so removing its last snapshot returns it to
-    ``resized`` rather than ``created``; ``attachment`` is the domain that uses the disk, if any.
+    ``resized`` rather than ``created``; ``preallocated``: its space was allocated when it was
+    made (and when it grew); ``attachment`` is the domain that uses the disk, if any.
     """
 
     disk: str
@@ -99,6 +100,7 @@ class DiskView:
     backend: str | None = None
     snapshots: tuple[Snapshot, ...] = ()
     resized: bool = False
+    preallocated: bool = False
     attachment: Attachment | None = None
     pending: PendingOperation | None = None
 
@@ -122,6 +124,7 @@ class DiskView:
             "backend": self.backend,
             "snapshots": [{"name": s.name, "size": s.size} for s in self.snapshots],
             "resized": self.resized,
+            "preallocated": self.preallocated,
             "attachment": self.attachment.to_json() if self.attachment else None,
             "pending": self.pending.to_json() if self.pending else None,
         }
@@ -142,6 +145,7 @@ class DiskView:
             backend=raw.get("backend"),
             snapshots=tuple(Snapshot(s["name"], s["size"]) for s in raw.get("snapshots", ())),
             resized=raw.get("resized", False),
+            preallocated=raw.get("preallocated", False),
             attachment=Attachment.from_json(attachment) if attachment else None,
             pending=PendingOperation.from_json(pending) if pending else None,
         )
@@ -294,6 +298,7 @@ def disk_changes(
             "template": params.get("template", view.template),
             "snapshots": (),
             "resized": False,
+            "preallocated": bool(params.get("preallocated", False)),
         }
     if op == "flatten":
         return {"backing": None}
@@ -324,5 +329,6 @@ _DELETED: dict[str, Any] = {
     "backend": None,
     "snapshots": (),
     "resized": False,
+    "preallocated": False,
     "attachment": None,
 }

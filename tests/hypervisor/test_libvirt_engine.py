@@ -279,3 +279,15 @@ def test_a_shut_off_domain_gets_the_disk_in_its_definition_and_resizes_go_to_sto
     assert "sdc" not in block_devices(dom)
     inactive = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
     assert inactive.find("devices/disk") is None  # gone from the definition too
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_a_preallocated_disk_boots_with_native_aio(
+    fmt: str, libvirt_root: Path, domains: Domains, qemu_img: None
+) -> None:
+    with open_engine(libvirt_root, fmt, {"DISKLEDGER_PREALLOCATE": "space"}) as engine:
+        view = engine.create(ROOT, size=32 * MiB)
+        dom = domains.boot(engine.libvirt_disk(ROOT, target_dev="vda"))
+        (driver,) = ET.fromstring(dom.XMLDesc(0)).iterfind("devices/disk/driver")
+        assert (driver.get("io"), driver.get("cache")) == ("native", "none")
+        assert block_devices(dom)["vda"].virtual_size == view.size
