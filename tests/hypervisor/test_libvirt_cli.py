@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import libvirt
-
 from tests.hypervisor.conftest import SECRET_UUID
 from tests.recovery.helpers import cli, error_line
 from tests.support.ceph import CephCluster
-from tests.support.libvirt import Domains, block_devices
+from tests.support.libvirt import Domains, binding, block_devices
+
+libvirt = binding()
 
 DISK = "vm-1/root"
 

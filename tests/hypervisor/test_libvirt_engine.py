@@ -6,7 +6,6 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import libvirt
 import pytest
 
 from diskledger import (
@@ -19,7 +18,9 @@ from diskledger import (
     InvalidInput,
 )
 from tests.hypervisor.conftest import SECRET_UUID, open_engine
-from tests.support.libvirt import Domains, block_devices
+from tests.support.libvirt import Domains, binding, block_devices
+
+libvirt = binding()
 
 MiB = 1 << 20
 ROOT, DATA = "vm-1/root", "vm-1/data"
