@@ -25,9 +25,8 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-alive() {  # alive PIDFILE: the daemon named by the pid file is running
-    [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
-}
+# shellcheck source=scripts/pidfiles.sh
+. "$(dirname "$0")/pidfiles.sh"
 
 admin() { timeout 30 ceph -c "$DIR/ceph.conf" -n client.admin -k "$DIR/client.admin.keyring" "$@"; }
 
@@ -136,16 +135,9 @@ EOF
 
 stop() {
     [ -d "$DIR" ] || return 0
-    local pidfile pid deadline
+    local pidfile
     for pidfile in "$DIR/run/osd.0.pid" "$DIR/run/mon.a.pid"; do
-        alive "$pidfile" || continue
-        pid=$(cat "$pidfile")
-        kill -TERM "$pid" 2>/dev/null || true
-        deadline=$((SECONDS + 20))
-        while kill -0 "$pid" 2>/dev/null; do
-            if [ $SECONDS -ge $deadline ]; then kill -KILL "$pid" 2>/dev/null || true; fi
-            sleep 0.2
-        done
+        stop_pidfile "$pidfile"
     done
 }
 

@@ -23,9 +23,8 @@ PATH=$PATH:/usr/sbin:/sbin
 die() { echo "libvirt-dev: $*" >&2; exit 1; }
 unavailable() { echo "libvirt-dev: $*" >&2; exit 3; }
 
-alive() {  # alive PIDFILE: the daemon named by the pid file is running
-    [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
-}
+# shellcheck source=scripts/pidfiles.sh
+. "$(dirname "$0")/pidfiles.sh"
 
 answers() { timeout 10 virsh -c "$URI" version >/dev/null 2>&1; }
 
@@ -77,17 +76,9 @@ start() {
 
 stop() {
     [ -d "$DIR" ] || return 0
-    local pidfile pid deadline
+    local pidfile
     for pidfile in "$DIR/libvirtd.pid" "$DIR/virtlogd.pid"; do
-        if alive "$pidfile"; then
-            pid=$(cat "$pidfile")
-            kill -TERM "$pid" 2>/dev/null || true
-            deadline=$((SECONDS + 20))
-            while kill -0 "$pid" 2>/dev/null; do
-                if [ $SECONDS -ge $deadline ]; then kill -KILL "$pid" 2>/dev/null || true; fi
-                sleep 0.2
-            done
-        fi
+        stop_pidfile "$pidfile"
         rm -f "$pidfile"
     done
 }

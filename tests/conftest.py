@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +29,24 @@ def require_tool(tool: str, package: str) -> None:
         if IN_CI:
             pytest.fail(f"{reason}; under CI=true a missing component is a failure", pytrace=False)
         pytest.skip(reason)
+
+
+def start_or_skip(
+    start: Callable[[], None], stop: Callable[[], None], unavailable: type[Exception]
+) -> None:
+    """Start a component; when it is not installed (``unavailable``), skip, except under CI=true,
+    where that is a failure. A component that fails to start is a failure everywhere. Whatever
+    part of it did start is stopped on the way out."""
+    try:
+        start()
+    except unavailable as exc:
+        stop()
+        if IN_CI:
+            pytest.fail(f"{exc}; under CI=true a missing component is a failure", pytrace=False)
+        pytest.skip(str(exc))
+    except BaseException:
+        stop()
+        raise
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -68,16 +86,7 @@ def ceph_cluster() -> Iterator[CephCluster]:
     cluster that fails to start is a failure everywhere.
     """
     cluster = CephCluster()
-    try:
-        cluster.start()
-    except CephUnavailable as exc:
-        cluster.stop()
-        if IN_CI:
-            pytest.fail(f"{exc}; under CI=true a missing component is a failure", pytrace=False)
-        pytest.skip(str(exc))
-    except BaseException:
-        cluster.stop()
-        raise
+    start_or_skip(cluster.start, cluster.stop, CephUnavailable)
     try:
         yield cluster
     finally:
@@ -113,16 +122,7 @@ def libvirt_daemon() -> Iterator[LibvirtDaemon]:
     failure, and a libvirtd that fails to start is a failure everywhere.
     """
     daemon = LibvirtDaemon()
-    try:
-        daemon.start()
-    except LibvirtUnavailable as exc:
-        daemon.stop()
-        if IN_CI:
-            pytest.fail(f"{exc}; under CI=true a missing component is a failure", pytrace=False)
-        pytest.skip(str(exc))
-    except BaseException:
-        daemon.stop()
-        raise
+    start_or_skip(daemon.start, daemon.stop, LibvirtUnavailable)
     try:
         yield daemon
     finally:
