@@ -9,6 +9,8 @@ import subprocess
 import threading
 from collections.abc import Sequence
 
+import tenacity
+
 from diskledger.errors import (
     BackendError,
     CommandFailed,
@@ -41,11 +43,41 @@ _IO_ERRORS = (
 )
 
 
-def run(argv: Sequence[str], *, timeout: float = 300.0, untrusted: bool = False) -> str:
+LOCK_WAIT = 10.0
+"""Seconds to retry a command that found its image write-locked by another process: a writer
+killed a moment ago (its qemu-img not yet gone) lets go within that; a running guest does not,
+and then the lock conflict is the error."""
+_LOCKED = 'Failed to get "write" lock'
+
+
+class _Locked(CommandFailed):
+    """qemu refused: another process holds the image's write lock."""
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float = 300.0,
+    untrusted: bool = False,
+    lock_wait: float = LOCK_WAIT,
+) -> str:
     """Run ``argv`` and return its stdout; raise a ``BackendError`` subclass on any failure.
 
     ``untrusted``: the command reads an image not yet trusted; run it under ``UNTRUSTED_LIMITS``.
+    A command refused because another process holds the image's write lock is run again for up
+    to ``lock_wait`` seconds.
     """
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(_Locked),
+        stop=tenacity.stop_after_delay(lock_wait),
+        wait=tenacity.wait_exponential(multiplier=0.02, max=1.0),
+        before_sleep=lambda state: log.info("%s: image locked, trying again", argv[0]),
+        reraise=True,
+    )
+    return retrying(_run_once, argv, timeout=timeout, untrusted=untrusted)
+
+
+def _run_once(argv: Sequence[str], *, timeout: float, untrusted: bool) -> str:
     tool = os.path.basename(argv[0])
     command = ("prlimit", *UNTRUSTED_LIMITS, "--", *argv) if untrusted else tuple(argv)
     log.debug("running %s", command)
@@ -99,5 +131,6 @@ def run(argv: Sequence[str], *, timeout: float = 300.0, untrusted: bool = False)
             error.command, error.returncode, error.stderr = command, done.returncode, stderr
             break
     else:
-        error = CommandFailed(message, command=command, returncode=done.returncode, stderr=stderr)
+        kind = _Locked if _LOCKED in stderr else CommandFailed
+        error = kind(message, command=command, returncode=done.returncode, stderr=stderr)
     raise error

@@ -4,6 +4,7 @@ import os
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,10 +44,10 @@ def commands(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, ...]]]
     calls: list[tuple[str, ...]] = []
     real = runner.run
 
-    def recording(argv: Sequence[str], *, timeout: float = 300.0, untrusted: bool = False) -> str:
+    def recording(argv: Sequence[str], **options: Any) -> str:
         _assert_pinned(argv)
-        calls.append(("prlimit", *argv) if untrusted else tuple(argv))
-        return real(argv, timeout=timeout, untrusted=untrusted)
+        calls.append(("prlimit", *argv) if options.get("untrusted") else tuple(argv))
+        return real(argv, **options)
 
     monkeypatch.setattr(runner, "run", recording)
     yield calls

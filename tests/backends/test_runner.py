@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import errno
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -58,3 +61,44 @@ def test_never_a_shell(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     out = runner.run(["echo", f"$(touch {marker})", ";", "true"])
     assert out.startswith("$(touch") and not marker.exists()
+
+
+def _hold_write_lock(image: Path) -> subprocess.Popen[bytes]:
+    """A qemu-io process with ``image`` open read-write (and so write-locked) until its stdin
+    closes, as a writer's qemu-img is until it exits."""
+    holder = subprocess.Popen(
+        ["qemu-io", "-f", "qcow2", str(image)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(100):  # until the lock is taken
+        probe = subprocess.run(
+            ["qemu-img", "check", "-f", "qcow2", str(image)], capture_output=True
+        )
+        if b"lock" in probe.stderr:
+            return holder
+        time.sleep(0.05)
+    raise AssertionError("qemu-io never locked the image")
+
+
+def test_a_command_waits_for_a_write_lock_that_goes_away(tmp_path: Path, qemu_img: None) -> None:
+    image = tmp_path / "disk.qcow2"
+    runner.run(["qemu-img", "create", "-f", "qcow2", str(image), "16M"])
+    holder = _hold_write_lock(image)
+    threading.Timer(0.5, lambda: holder.communicate(b"")).start()  # a dying writer lets go
+    runner.run(["qemu-img", "resize", "-f", "qcow2", str(image), "32M"])
+    assert holder.wait(5) == 0
+    info = runner.run(["qemu-img", "info", "-f", "qcow2", "--output=json", str(image)])
+    assert '"virtual-size": 33554432' in info
+
+
+def test_a_write_lock_that_stays_is_the_error(tmp_path: Path, qemu_img: None) -> None:
+    image = tmp_path / "disk.qcow2"
+    runner.run(["qemu-img", "create", "-f", "qcow2", str(image), "16M"])
+    holder = _hold_write_lock(image)
+    try:
+        with pytest.raises(CommandFailed, match="Is another process using the image"):
+            runner.run(["qemu-img", "resize", "-f", "qcow2", str(image), "32M"], lock_wait=0.3)
+    finally:
+        holder.communicate(b"")
