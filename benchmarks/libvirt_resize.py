@@ -244,7 +244,7 @@ def _report(result: Result, trials: int, up: float, started_here: bool) -> Repor
             f"Engine.resize {_ms(total)} ms, bare dom.blockResize {_ms(bare)} ms",
             f"  libvirt, Hypervisor.find (is the domain running with the disk?): {_ms(find)} ms"
             f" ({find / total:.0%})",
-            "  libvirt, Hypervisor.block_resize (lookup, blockResize, lookup, blockInfo): "
+            "  libvirt, Hypervisor.block_resize (lookup, blockResize, blockInfo): "
             f"{_ms(effect)} ms ({effect / total:.0%}); beyond the bare call "
             f"{_ms(effect - bare)} ms, of which the read-back (Hypervisor.capacity: lookup, "
             f"blockInfo) {_ms(medians['Hypervisor.capacity'])} ms",
