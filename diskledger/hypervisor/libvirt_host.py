@@ -90,7 +90,7 @@ class Hypervisor:
         dom = self._lookup(domain)
         self._call(
             f"attach a disk to domain {domain}",
-            lambda: dom.attachDeviceFlags(device_xml, self._affect(dom)),
+            lambda: dom.attachDeviceFlags(device_xml, self._affect(dom, domain)),
             domain=domain,
         )
 
@@ -104,14 +104,16 @@ class Hypervisor:
         """
         lv = self._libvirt()
         dom = self._lookup(domain)
-        if dom.isActive():
+        active, persistent = self._state(dom, domain)
+        if active:
             self._call(
                 f"detach {target_dev} from domain {domain}",
                 lambda: dom.detachDeviceFlags(device_xml, lv.VIR_DOMAIN_AFFECT_LIVE),
                 domain=domain,
             )
             self._wait_released(domain, target_dev)
-        if dom.isPersistent() and target_dev in self.domain(domain, stored=True).disks:
+        stored = self.find(domain) if persistent else None  # a transient one may be gone now
+        if stored is not None and target_dev in self.domain(domain, stored=True).disks:
             self._call(
                 f"detach {target_dev} from the definition of domain {domain}",
                 lambda: dom.detachDeviceFlags(device_xml, lv.VIR_DOMAIN_AFFECT_CONFIG),
@@ -214,14 +216,21 @@ class Hypervisor:
             f"look up domain {domain}", lambda: conn.lookupByName(domain), domain=domain
         )
 
-    def _affect(self, dom: Any) -> int:
+    def _affect(self, dom: Any, domain: str) -> int:
         lv = self._libvirt()
-        flags = 0
-        if dom.isActive():
-            flags |= lv.VIR_DOMAIN_AFFECT_LIVE
-        if dom.isPersistent():
+        active, persistent = self._state(dom, domain)
+        flags = lv.VIR_DOMAIN_AFFECT_LIVE if active else 0
+        if persistent:
             flags |= lv.VIR_DOMAIN_AFFECT_CONFIG
         return int(flags)
+
+    def _state(self, dom: Any, domain: str) -> tuple[bool, bool]:
+        """(running, persistent) of the looked-up ``dom``."""
+        return self._call(
+            f"read domain {domain}",
+            lambda: (bool(dom.isActive()), bool(dom.isPersistent())),
+            domain=domain,
+        )
 
     def _connection(self) -> Any:
         if self._conn is None:
