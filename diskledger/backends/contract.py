@@ -34,6 +34,7 @@ __all__ = [
     "Capability",
     "DirectSnapshots",
     "DiskSource",
+    "Fences",
     "Flattens",
     "Observation",
     "SourceKind",
@@ -293,6 +294,23 @@ class DirectSnapshots(Protocol):
     ) -> str:
         """Copy the disk's current data to a standalone image ``image_id``; return its URL."""
         ...
+
+
+@runtime_checkable
+class Fences(Protocol):
+    """A backend on shared storage whose dead writers must be cut off before recovery acts.
+
+    ``writer()`` names this process to the storage (recorded in every intent as
+    ``params.writer``); ``fence(writer, artifacts)`` cuts that writer, and whatever it ran on the
+    operation's temporary artifacts, off the storage the artifacts name, and returns what it
+    fenced (never this process itself).
+    """
+
+    def writer(self) -> dict[str, Any]: ...
+
+    def fence(
+        self, writer: Mapping[str, Any] | None, artifacts: Sequence[Artifact]
+    ) -> list[str]: ...
 
 
 @runtime_checkable

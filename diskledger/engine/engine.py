@@ -24,6 +24,7 @@ from diskledger.backends import (
     CephConfig,
     DirectSnapshots,
     DiskSource,
+    Fences,
     Flattens,
     SourceKind,
     TemplateSource,
@@ -42,7 +43,7 @@ from diskledger.engine.config import Config
 from diskledger.engine.inputs import check_disk, check_name, check_snapshot, parse_size
 from diskledger.engine.leases import LeaseKeeper, expired, expiry
 from diskledger.engine.liveness import abandon, abandoned, current_process, is_alive
-from diskledger.engine.recovery import Fences, RecoveryReport, recover, settle
+from diskledger.engine.recovery import RecoveryReport, recover, settle
 from diskledger.engine.verify import VerifyReport, verify
 from diskledger.errors import (
     ConcurrencyError,

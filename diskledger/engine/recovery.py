@@ -30,9 +30,9 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
-from diskledger.backends import Artifact, Backend, Flattens, Observation
+from diskledger.backends import Artifact, Backend, Fences, Flattens, Observation
 from diskledger.engine import outcomes
 from diskledger.engine.attachments import source_from_json, uses
 from diskledger.engine.leases import expired
@@ -58,7 +58,6 @@ __all__ = [
     "Decision",
     "DomainEvidence",
     "Evidence",
-    "Fences",
     "RecoveryReport",
     "Rule",
     "recover",
@@ -66,23 +65,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class Fences(Protocol):
-    """A backend on shared storage whose dead writers must be cut off before recovery acts.
-
-    ``writer()`` names this process to the storage (recorded in every intent as
-    ``params.writer``); ``fence(writer, artifacts)`` cuts that writer, and whatever it ran on the
-    operation's temporary artifacts, off the storage the artifacts name, and returns what it
-    fenced (never this process itself).
-    """
-
-    def writer(self) -> dict[str, Any]: ...
-
-    def fence(
-        self, writer: Mapping[str, Any] | None, artifacts: Sequence[Artifact]
-    ) -> list[str]: ...
 
 
 class Decision(StrEnum):
