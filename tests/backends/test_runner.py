@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import errno
+import select
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -65,21 +65,22 @@ def test_never_a_shell(tmp_path: Path) -> None:
 
 def _hold_write_lock(image: Path) -> subprocess.Popen[bytes]:
     """A qemu-io process with ``image`` open read-write (and so write-locked) until its stdin
-    closes, as a writer's qemu-img is until it exits."""
+    closes, as a writer's qemu-img is until it exits. Its prompt says the image is open (probing
+    with another qemu-img instead would race its open for the lock)."""
     holder = subprocess.Popen(
         ["qemu-io", "-f", "qcow2", str(image)],
         stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
-    for _ in range(100):  # until the lock is taken
-        probe = subprocess.run(
-            ["qemu-img", "check", "-f", "qcow2", str(image)], capture_output=True
-        )
-        if b"lock" in probe.stderr:
-            return holder
-        time.sleep(0.05)
-    raise AssertionError("qemu-io never locked the image")
+    assert holder.stdout is not None
+    ready, _, _ = select.select([holder.stdout], [], [], 30)
+    prompt = holder.stdout.read1(64) if ready else b""  # type: ignore[attr-defined]
+    if not prompt.startswith(b"qemu-io>"):
+        holder.kill()
+        _, err = holder.communicate()
+        raise AssertionError(f"qemu-io did not open the image: {err!r}")
+    return holder
 
 
 def test_a_command_waits_for_a_write_lock_that_goes_away(tmp_path: Path, qemu_img: None) -> None:
