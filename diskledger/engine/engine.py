@@ -73,6 +73,7 @@ from diskledger.hypervisor import DiskDevice, Hypervisor, describe, same_source
 from diskledger.states import (
     DISK_TABLE,
     TEMPLATE_TABLE,
+    Attachment,
     DiskState,
     DiskView,
     TemplateState,
@@ -925,26 +926,12 @@ class Engine:
             raise InvalidInput(f"domain {domain} already has another disk as {target_dev}")
         present = target_dev in plugged
         xml = device.to_xml()
-        params = {
-            "domain": info.name,
-            "domain_uuid": info.uuid,
-            "target_dev": target_dev,
-            "bus": bus,
-            "source": source_json(device.source),
-            "location": view.location,
-            "format": view.format,
-        }
+        attachment = Attachment(info.name, info.uuid, target_dev, bus)
 
         def attach() -> dict[str, Any]:
             if not present:
                 self.hypervisor.attach(info.name, xml)
-            return {
-                "domain": info.name,
-                "domain_uuid": info.uuid,
-                "target_dev": target_dev,
-                "bus": bus,
-                "added": not present,
-            }
+            return {**attachment.to_json(), "added": not present}
 
         view, _ = self._operate(
             self.backend_of(view),
@@ -952,7 +939,7 @@ class Engine:
             view,
             "attach",
             op_id or _new_op_id(),
-            params,
+            _attachment_params(view, attachment, device),
             (),
             attach,
             request=request,
@@ -981,15 +968,6 @@ class Engine:
         info = self.hypervisor.find(attachment.domain)
         present = uses(info, attachment.domain_uuid, attachment.target_dev, device.source)
         xml = device.to_xml()
-        params = {
-            "domain": attachment.domain,
-            "domain_uuid": attachment.domain_uuid,
-            "target_dev": attachment.target_dev,
-            "bus": attachment.bus,
-            "source": source_json(device.source),
-            "location": view.location,
-            "format": view.format,
-        }
 
         def detach() -> dict[str, Any]:
             if present:
@@ -1002,7 +980,7 @@ class Engine:
             view,
             "detach",
             op_id or _new_op_id(),
-            params,
+            _attachment_params(view, attachment, device),
             (),
             detach,
             request=request,
@@ -1284,6 +1262,18 @@ class Engine:
         check_snapshot(snapshot)
         if view.snapshot(snapshot) is None:
             raise SnapshotNotFound(disk, snapshot)
+
+
+def _attachment_params(
+    view: DiskView, attachment: Attachment, device: DiskDevice
+) -> dict[str, Any]:
+    """An attach or detach intent: the attachment, and the storage recovery looks for in it."""
+    return {
+        **attachment.to_json(),
+        "source": source_json(device.source),
+        "location": view.location,
+        "format": view.format,
+    }
 
 
 def _secret_usage(ceph: CephConfig) -> str:

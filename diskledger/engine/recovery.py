@@ -46,7 +46,7 @@ from diskledger.events import (
     NewEvent,
     operation_event,
 )
-from diskledger.states import DiskState, DiskView, TemplateView
+from diskledger.states import Attachment, DiskState, DiskView, TemplateView
 from diskledger.states.streams import DISK, TEMPLATE, stream_kind
 from diskledger.store import PendingEntry
 
@@ -569,8 +569,7 @@ def _completed_data(
         (disk,) = backend.probe(backend.disk_artifacts(params["location"], ()))
         return {"size": disk.size}
     if op == "attach":
-        keys = ("domain", "domain_uuid", "target_dev", "bus")
-        return {**{k: params[k] for k in keys}, "added": None}
+        return {**Attachment.from_json(params).to_json(), "added": None}
     if op == "detach":
         return {"domain": params["domain"], "removed": None}
     if op == "export":

@@ -143,22 +143,11 @@ class Hypervisor:
             lambda: dom.blockResize(target_dev, size, flags),
             domain=domain,
         )
-        info = self._call(
-            f"read {target_dev} of domain {domain}",
-            lambda: dom.blockInfo(target_dev),
-            domain=domain,
-        )
-        return int(info[0])
+        return self._capacity(dom, domain, target_dev)
 
     def capacity(self, domain: str, target_dev: str) -> int:
         """The virtual size of ``target_dev`` as the domain sees it."""
-        dom = self._lookup(domain)
-        info = self._call(
-            f"read {target_dev} of domain {domain}",
-            lambda: dom.blockInfo(target_dev),
-            domain=domain,
-        )
-        return int(info[0])
+        return self._capacity(self._lookup(domain), domain, target_dev)
 
     def define_ceph_secret(self, usage: str, key: bytes, *, secret_uuid: str | None = None) -> str:
         """A private libvirt secret of usage type ceph named ``usage`` holding ``key``; an
@@ -193,10 +182,6 @@ class Hypervisor:
             return None
         return found
 
-    def secret_uuid(self, usage: str) -> str | None:
-        secret = self._secret(usage)
-        return None if secret is None else str(secret.UUIDString())
-
     # -- the binding ---------------------------------------------------------------------------
 
     def _secret(self, usage: str) -> Any:
@@ -223,6 +208,14 @@ class Hypervisor:
         if persistent:
             flags |= lv.VIR_DOMAIN_AFFECT_CONFIG
         return int(flags)
+
+    def _capacity(self, dom: Any, domain: str, target_dev: str) -> int:
+        info = self._call(
+            f"read {target_dev} of domain {domain}",
+            lambda: dom.blockInfo(target_dev),
+            domain=domain,
+        )
+        return int(info[0])
 
     def _state(self, dom: Any, domain: str) -> tuple[bool, bool]:
         """(running, persistent) of the looked-up ``dom``."""
