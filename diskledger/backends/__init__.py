@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from diskledger.backends.ceph import CephConfig
 from diskledger.backends.contract import (
     Artifact,
     ArtifactKind,
@@ -20,6 +19,7 @@ from diskledger.backends.contract import (
 from diskledger.backends.qcow2 import Qcow2Backend
 from diskledger.backends.raw import RawBackend
 from diskledger.backends.rbd import RbdBackend, RbdTemplateStore
+from diskledger.backends.rbd.cluster import CephConfig
 from diskledger.backends.templates import DEFAULT_MAX_VIRTUAL_SIZE, TemplateCache
 from diskledger.errors import InvalidInput
 

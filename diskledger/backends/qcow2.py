@@ -14,7 +14,7 @@ from diskledger.backends.contract import (
     Observation,
     TemplateSource,
 )
-from diskledger.backends.raw import FileBackend
+from diskledger.backends.file_backend import FileBackend
 from diskledger.errors import BackendError
 
 __all__ = ["Qcow2Backend"]

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from diskledger.backends.ceph import CephConfig
+from diskledger.backends.rbd.cluster import CephConfig
 from diskledger.engine.inputs import parse_size
 from diskledger.errors import InvalidInput
 from diskledger.hypervisor.libvirt_host import DEFAULT_URI

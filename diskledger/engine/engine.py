@@ -32,7 +32,7 @@ from diskledger.backends import (
     backend_for,
     template_store_for,
 )
-from diskledger.backends.ceph import client_key
+from diskledger.backends.rbd.cluster import client_key
 from diskledger.engine import outcomes
 from diskledger.engine.attachments import (
     refuse_while_attached,

@@ -33,8 +33,8 @@ from diskledger.backends import (
     TemplateSource,
     TemplateStore,
 )
-from diskledger.backends.ceph import Cluster, translate
 from diskledger.backends.rbd import TEMPLATE_SNAPSHOT
+from diskledger.backends.rbd.cluster import Cluster, translate
 from diskledger.errors import (
     BackendError,
     CephError,

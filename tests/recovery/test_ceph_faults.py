@@ -46,7 +46,7 @@ from typing import Any
 
 import pytest
 
-from diskledger.backends.ceph import CephConfig, Cluster, Policy
+from diskledger.backends.rbd.cluster import CephConfig, Cluster, Policy
 from diskledger.engine import Engine
 from diskledger.errors import CephError, CephUnavailable, ImageBusy, StorageIOError
 from tests.recovery.helpers import (
@@ -363,7 +363,7 @@ def freeze_before(
 
 _RUNNER = """\
 import os, signal, sys
-from diskledger.backends.ceph import Cluster
+from diskledger.backends.rbd.cluster import Cluster
 from diskledger.cli import main
 
 request, pid, marker = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -769,7 +769,7 @@ def test_the_retry_warnings_never_reach_stderr_without_logging_configured() -> N
     printed by Python's last-resort handler when nobody configured logging."""
     code = (
         "import errno, os\n"
-        "from diskledger.backends.ceph import CephConfig, Cluster\n"
+        "from diskledger.backends.rbd.cluster import CephConfig, Cluster\n"
         "n = []\n"
         "def fn():\n"
         "    n.append(1)\n"

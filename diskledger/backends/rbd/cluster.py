@@ -75,7 +75,8 @@ from diskledger.errors import (
 
 __all__ = ["MSGR2_PORT", "CephConfig", "Cluster", "Policy", "client_key", "errno_of", "translate"]
 
-log = logging.getLogger(__name__)
+# Named as before the module moved (docs/backends/rbd.md tells operators this name).
+log = logging.getLogger("diskledger.backends.ceph")
 # The library never configures logging; without a handler anywhere, Python's last-resort handler
 # would print the retry warnings on stderr, under the CLI's one error line.
 log.addHandler(logging.NullHandler())

@@ -1,0 +1,408 @@
+"""RBD disks: images in a Ceph pool, cloned copy-on-write from a protected template snapshot
+(see ``images.py`` for the names, ``cluster.py`` for retries and errors)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from diskledger import faults
+from diskledger.backends import files, qemu
+from diskledger.backends.contract import (
+    Artifact,
+    ArtifactKind,
+    Capability,
+    DiskSource,
+    Observation,
+    SourceKind,
+    TemplateSource,
+)
+from diskledger.backends.files import check_component, temporary_path
+from diskledger.backends.rbd.cluster import CephConfig, Cluster
+from diskledger.backends.rbd.images import (
+    TEMPLATE_SNAPSHOT,
+    Images,
+    image_name,
+    refuse_clones,
+    snapshot_names,
+    split,
+    temporary,
+)
+from diskledger.backends.staging import stage
+from diskledger.errors import CephError, InvalidInput, InvalidSize, StorageIOError
+
+__all__ = ["RbdBackend"]
+
+IMAGE = ArtifactKind.RBD_IMAGE
+SNAPSHOT = ArtifactKind.RBD_SNAPSHOT
+FILE = ArtifactKind.FILE
+
+
+class RbdBackend:
+    """Disks as images in ``config.pool``; snapshots are RBD snapshots of the image."""
+
+    name = "rbd"
+    disk_format = "raw"
+    capabilities = frozenset(
+        {
+            Capability.INTERNAL_SNAPSHOTS,
+            Capability.BACKING_OVERLAY,
+            Capability.FLATTEN,
+            Capability.DIRECT_SNAPSHOT,
+            Capability.SNAPSHOT_IN_USE,
+        }
+    )
+    preallocates = False  # RBD images are thin; space is the cluster's to manage
+
+    def __init__(self, root: str, config: CephConfig, cluster: Cluster | None = None) -> None:
+        self.root = root
+        self.config = config
+        self.cluster = cluster or Cluster(config)
+        self.rbd = Images(self.cluster)
+
+    def close(self) -> None:
+        self.cluster.close()
+
+    def disk_location(self, instance: str, disk: str) -> str:
+        return f"{self.config.pool}/{image_name(instance, disk)}"
+
+    def create_artifacts(self, location: str, token: str) -> tuple[Artifact, ...]:
+        return _image_pair(location, token)
+
+    def create(
+        self, location: str, token: str, *, size: int | None, template: TemplateSource | None
+    ) -> Observation:
+        if self.rbd.exists(location):
+            return self.rbd.observe(Artifact(IMAGE, location))
+        if template is None and size is None:
+            raise InvalidSize("a blank disk needs a size")
+        temp = temporary(location, token)
+        self.rbd.remove_image(temp)  # a retry after a partial clone starts afresh
+        if template is None:
+            assert size is not None
+            self.rbd.create(temp, size)
+        else:
+            self.rbd.clone(template.location, TEMPLATE_SNAPSHOT, temp)
+            if size is not None and size > template.virtual_size:
+                self.rbd.grow(temp, size)
+        faults.reach("mid-effect", "create")
+        self.rbd.rename(temp, location)
+        return self.rbd.observe(Artifact(IMAGE, location))
+
+    def import_artifacts(self, location: str, token: str) -> tuple[Artifact, ...]:
+        copy = temporary_path(self._staging(location), token)
+        return (Artifact(FILE, copy, temporary=True), *_image_pair(location, token))
+
+    def import_file(
+        self, location: str, token: str, source: str, fmt: str, *, max_virtual_size: int
+    ) -> Observation:
+        """Make the disk from the local image ``source`` declared as ``fmt`` (converted to raw)."""
+        if self.rbd.exists(location):
+            return self.rbd.observe(Artifact(IMAGE, location))
+        copy = temporary_path(self._staging(location), token)
+        files.ensure_dir_under(self.root, self._staging_dir(), files.IMAGE_DIR_MODE)
+        size = stage(source, fmt, copy, op="import", max_virtual_size=max_virtual_size)
+        temp = temporary(location, token)
+        self.rbd.remove_image(temp)
+        self.rbd.create(temp, size)
+        qemu.convert_spec(copy, fmt, self.rbd.spec(temp), "raw", target_exists=True)
+        files.remove_file(copy)
+        self.rbd.rename(temp, location)
+        return self.rbd.observe(Artifact(IMAGE, location))
+
+    def resize(self, location: str, fmt: str, size: int) -> Observation:
+        self._check_format(fmt)
+        faults.reach("mid-effect", "resize")
+        self.rbd.grow(location, size)
+        return self.rbd.observe(Artifact(IMAGE, location))
+
+    def snapshot_artifacts(self, location: str, snapshot: str, token: str) -> tuple[Artifact, ...]:
+        # One librbd call makes the snapshot or not: nothing temporary.
+        return (Artifact(SNAPSHOT, location, name=check_component(snapshot, "snapshot")),)
+
+    def snapshot(self, location: str, fmt: str, snapshot: str, token: str) -> Observation:
+        self._check_format(fmt)
+        faults.reach("mid-effect", "snapshot")
+        self.rbd.snapshot(location, snapshot)
+        return self.rbd.observe(Artifact(SNAPSHOT, location, name=snapshot))
+
+    def rollback_artifacts(self, location: str, snapshot: str, token: str) -> tuple[Artifact, ...]:
+        return ()
+
+    def rollback(
+        self, location: str, fmt: str, snapshot: str, token: str, *, size: int
+    ) -> Observation:
+        self._check_format(fmt)
+        with self.rbd.image(location) as image:
+            if snapshot not in snapshot_names(image):
+                raise CephError(f"{location} has no snapshot {snapshot!r}", errno=errno.ENOENT)
+            # Rolling back also restores the size the snapshot was taken at.
+            self.rbd.cluster.call(
+                f"roll {location} back to {snapshot}", lambda: image.rollback_to_snap(snapshot)
+            )
+        faults.reach("mid-effect", "rollback")
+        self.rbd.grow(location, size)
+        return self.rbd.observe(Artifact(IMAGE, location))
+
+    def remove_snapshot(self, location: str, fmt: str, snapshot: str) -> None:
+        self._check_format(fmt)
+        faults.reach("mid-effect", "remove-snapshot")
+        self.rbd.remove_snapshot(location, snapshot)
+
+    def delete(self, location: str, fmt: str, snapshots: Sequence[str]) -> None:
+        """Remove the image and its snapshots. Refused while another image is a clone of one of
+        its snapshots (diskledger never flattens or removes what it does not own) or while it
+        holds snapshots the ledger does not know."""
+        self._check_format(fmt)
+        if not self.rbd.exists(location):
+            # Gone, or half gone: a removal killed part way leaves the name listed in the pool
+            # without an image that opens; librbd's remove takes that out too.
+            self.rbd.remove_image(location)
+            return
+        # Every refusal comes before the first removal, so a refused delete leaves the disk
+        # whole: recovery then sees nothing removed and rolls back, not half a delete.
+        with self.rbd.image(location, read_only=True) as image:
+            unknown = sorted(set(snapshot_names(image)) - set(snapshots))
+            clones = self.rbd.clones(location, image)
+        if unknown:
+            raise CephError(
+                f"{location} has snapshots the ledger does not know: {', '.join(unknown)}",
+                errno=errno.ENOTEMPTY,
+            )
+        refuse_clones(location, clones)
+        self.rbd.wait_unwatched(location)
+        for i, snapshot in enumerate(snapshots):
+            self.rbd.remove_snapshot(location, snapshot)
+            if i == 0:
+                faults.reach("mid-effect", "delete")
+        if not snapshots:
+            faults.reach("mid-effect", "delete")
+        self.rbd.remove_image(location)
+
+    def flatten(self, location: str, fmt: str) -> Observation:
+        """Copy the data the disk shares with its template into it; a flat disk is left alone."""
+        self._check_format(fmt)
+        faults.reach("mid-effect", "flatten")
+        self.rbd.flatten(location)
+        return self.rbd.observe(Artifact(IMAGE, location))
+
+    def direct_snapshot_artifacts(
+        self, location: str, snapshot: str, image_id: str, token: str
+    ) -> tuple[Artifact, ...]:
+        target = self._snapshot_target(image_id)
+        # Compensation removes them in this order: the clone before the snapshot it came from.
+        return (
+            Artifact(IMAGE, temporary(target, token), temporary=True),
+            Artifact(
+                SNAPSHOT, location, name=check_component(snapshot, "snapshot"), temporary=True
+            ),
+            Artifact(IMAGE, target),
+        )
+
+    def writer(self) -> dict[str, Any]:
+        """Who this process is to the cluster, recorded in each intent (see ``fence``)."""
+        return {"ceph_client": self.cluster.instance_id()}
+
+    def fence(self, writer: Mapping[str, Any] | None, artifacts: Sequence[Artifact]) -> list[str]:
+        """Cut off the clients of a dead writer that still hold the images its unfinished
+        operation touched; returns the addresses blocklisted.
+
+        A client killed with an image open keeps its watch, and its exclusive lock, until the
+        OSD expires the watch (``osd_client_watch_timeout``, 30 s): until then the image cannot
+        be removed and librbd will not break the lock, so recovery could neither undo nor finish
+        the operation. Blocklisted (what ``rbd lock break`` does), the watch goes at once. Fenced
+        are the watchers whose id is the writer's (as recorded in its intent) and any watcher of
+        a temporary image (its name is the operation's alone: the writer, or a tool it ran such
+        as qemu-img); never this process's own client, nor a stranger on a final image (a VM).
+        """
+        dead = (writer or {}).get("ceph_client")
+        me = self.cluster.instance_id()
+        images: dict[str, bool] = {}
+        for artifact in artifacts:
+            if artifact.kind in (IMAGE, SNAPSHOT):
+                temporary = artifact.temporary and artifact.kind is IMAGE
+                images[artifact.location] = images.get(artifact.location, False) or temporary
+        addresses = sorted(
+            {
+                str(watcher["addr"])
+                for location, temporary in images.items()
+                for watcher in self.rbd.watchers(location)
+                if watcher["id"] != me and (temporary or watcher["id"] == dead)
+            }
+        )
+        for address in addresses:
+            self.cluster.mon_command(
+                {"prefix": "osd blocklist", "blocklistop": "add", "addr": address, "expire": 3600.0}
+            )
+        return addresses
+
+    def direct_snapshot_url(self, image_id: str) -> str:
+        target = self._snapshot_target(image_id)
+        return f"rbd://{self.cluster.fsid()}/{target}/{TEMPLATE_SNAPSHOT}"
+
+    def direct_snapshot(
+        self, location: str, fmt: str, snapshot: str, image_id: str, token: str
+    ) -> str:
+        """Clone the disk's current data into the snapshot pool as a standalone image with a
+        protected ``snap``, and return its ``rbd://fsid/pool/image/snap`` URL.
+
+        Protected snapshot → clone into a temporary name in the image pool → flatten → remove the
+        source snapshot → protected ``snap`` on the clone → rename. The source snapshot is
+        removed on failure too (compensation removes it: it is a named temporary artifact).
+        """
+        self._check_format(fmt)
+        target = self._snapshot_target(image_id)
+        url = self.direct_snapshot_url(image_id)
+        if self.rbd.exists(target):
+            return url
+        temp = temporary(target, token)
+        self.rbd.snapshot(location, snapshot, protect=True)
+        self.rbd.remove_image(temp)
+        self.rbd.clone(location, snapshot, temp)
+        faults.reach("mid-effect", "direct-snapshot")
+        self.rbd.flatten(temp)
+        self.rbd.remove_snapshot(location, snapshot)
+        self.rbd.snapshot(temp, TEMPLATE_SNAPSHOT, protect=True)
+        self.rbd.rename(temp, target)
+        return url
+
+    def export_artifacts(self, target: str, token: str) -> tuple[Artifact, ...]:
+        return (
+            Artifact(FILE, temporary_path(target, token), temporary=True),
+            Artifact(FILE, target),
+        )
+
+    def export(
+        self, location: str, fmt: str, target: str, target_format: str, token: str
+    ) -> Observation:
+        """Read the disk through librbd, opened read-only, never through qemu-img: qemu's rbd
+        driver opens every image read-write, and the watch that registers outlives a killed
+        export for the OSD's watch timeout (30 s), keeping the disk from being deleted. A client
+        that only reads registers none. A qcow2 target is converted from a raw copy in an
+        unnamed file beside it (nothing to leak when the process dies)."""
+        self._check_format(fmt)
+        temp = temporary_path(target, token)
+        if target_format == "raw":
+            with _new_file(temp) as fd:
+                self.rbd.read_into(location, fd, temp)
+        else:
+            with _unnamed_file(os.path.dirname(temp)) as fd:
+                self.rbd.read_into(location, fd, temp)
+                qemu.convert(f"/proc/{os.getpid()}/fd/{fd}", "raw", temp, target_format)
+        faults.reach("mid-effect", "export")
+        files.publish(temp, target)
+        return qemu.observe(Artifact(FILE, target), target_format)
+
+    def disk_artifacts(self, location: str, snapshots: Sequence[str]) -> tuple[Artifact, ...]:
+        return (Artifact(IMAGE, location), *(Artifact(SNAPSHOT, location, s) for s in snapshots))
+
+    def probe(self, artifacts: Sequence[Artifact]) -> tuple[Observation, ...]:
+        return tuple(self._probe(a) for a in artifacts)
+
+    def remove(self, artifacts: Sequence[Artifact]) -> None:
+        for artifact in artifacts:
+            if artifact.kind is FILE:
+                files.remove_file(artifact.location)
+            elif artifact.kind is SNAPSHOT:
+                assert artifact.name is not None
+                self.rbd.remove_snapshot(artifact.location, artifact.name)
+            else:
+                self.rbd.remove_image(artifact.location)
+
+    def disk_source(self, location: str, *, addresses: bool = True) -> DiskSource:
+        return DiskSource(
+            SourceKind.NETWORK,
+            protocol="rbd",
+            name=location,
+            hosts=self.cluster.monitors() if addresses else (),
+            user=self.config.user,
+        )
+
+    def inventory(self) -> tuple[Artifact, ...]:
+        found: list[Artifact] = []
+        for name in self.rbd.list_pool(self.config.pool):
+            location = f"{self.config.pool}/{name}"
+            found.append(Artifact(IMAGE, location))
+            try:
+                with self.rbd.image(location, read_only=True) as image:
+                    found.extend(Artifact(SNAPSHOT, location, s) for s in snapshot_names(image))
+            except CephError as exc:
+                if exc.errno != errno.ENOENT:  # removed while we looked
+                    raise
+        return tuple(found)
+
+    def _probe(self, artifact: Artifact) -> Observation:
+        if artifact.kind is FILE:
+            try:
+                return qemu.observe(artifact, None)
+            except CephError:
+                return Observation(artifact, exists=True)
+        return self.rbd.observe(artifact)
+
+    def _snapshot_target(self, image_id: str) -> str:
+        pool = self.config.snapshot_pool
+        if not pool:
+            raise InvalidInput(
+                "direct snapshots need a snapshot pool (DISKLEDGER_RBD_SNAPSHOT_POOL)"
+            )
+        return f"{pool}/{check_component(image_id, 'image id')}"
+
+    def _staging_dir(self) -> str:
+        return f"{self.root}/staging"
+
+    def _staging(self, location: str) -> str:
+        return f"{self._staging_dir()}/{split(location)[1]}"
+
+    def _check_format(self, fmt: str) -> None:
+        if fmt != self.disk_format:
+            raise InvalidInput(f"RBD disks are raw, not {fmt}")
+
+
+@contextmanager
+def _new_file(path: str) -> Iterator[int]:
+    """A new file at ``path`` (never an existing one, never through a symbolic link)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        raise StorageIOError(
+            f"cannot create {path}: {exc.strerror or exc}", errno=exc.errno
+        ) from exc
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _unnamed_file(directory: str) -> Iterator[int]:
+    """A file in ``directory`` with no name (``O_TMPFILE``): it is gone when closed, also when
+    the process dies. Where the file system has no ``O_TMPFILE``, a file unlinked at once."""
+    try:
+        try:
+            fd = os.open(directory, os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+            import tempfile
+
+            fd, name = tempfile.mkstemp(dir=directory, prefix=".export-")
+            os.unlink(name)
+    except OSError as exc:
+        raise StorageIOError(
+            f"cannot create a file in {directory}: {exc.strerror or exc}", errno=exc.errno
+        ) from exc
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _image_pair(location: str, token: str) -> tuple[Artifact, ...]:
+    return (
+        Artifact(IMAGE, temporary(location, token), temporary=True),
+        Artifact(IMAGE, location),
+    )
