@@ -10,56 +10,35 @@ guest runs, and recovery probes the domain to settle an attach or detach cut sho
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
 from diskledger.backends import Backend, Capability, DiskSource, SourceKind
+from diskledger.engine.operations.base import Operation
 from diskledger.errors import DiskAttached
 from diskledger.hypervisor import DomainInfo, same_source
 from diskledger.states import DiskView
 
 __all__ = [
-    "REFUSED_WHILE_ATTACHED",
     "refuse_while_attached",
     "source_from_json",
     "source_json",
     "uses",
 ]
 
-SNAPSHOTS_IN_USE: Final = frozenset({"snapshot", "remove-snapshot", "direct-snapshot"})
-"""What a backend with ``Capability.SNAPSHOT_IN_USE`` may do while a guest writes the disk."""
 
-REFUSED_WHILE_ATTACHED: Final[Mapping[str, str]] = {
-    "attach": "a disk is attached to one domain at a time; detach it first",
-    "delete": "detach it first",
-    "rollback": "reverting it would change the data under the running guest; detach it first",
-    "export": (
-        "a copy of a disk the guest is writing is not consistent; detach it first "
-        "(on rbd, direct-snapshot copies it crash-consistently)"
-    ),
-    "flatten": "detach it first",
-    "snapshot": (
-        "this backend cannot snapshot a disk a guest is writing (a qcow2 internal snapshot "
-        "needs the whole domain's state, a raw copy would be torn); detach it first, or "
-        "snapshot the domain through libvirt"
-    ),
-    "remove-snapshot": "qemu holds the image open; detach it first",
-    "direct-snapshot": "this backend cannot copy a disk a guest is writing; detach it first",
-}
-"""Why each operation waits for a detach. ``resize`` is absent: it goes through the guest."""
-
-
-def refuse_while_attached(view: DiskView, op: str, backend: Backend) -> None:
-    """Raise ``DiskAttached`` when ``op`` must not run on ``view`` while a domain uses it."""
+def refuse_while_attached(view: DiskView, operation: Operation, backend: Backend) -> None:
+    """Raise ``DiskAttached`` when ``operation`` must not run on ``view`` while a domain uses it
+    (``Operation.while_attached`` says why)."""
     attachment = view.attachment
-    if attachment is None or op not in REFUSED_WHILE_ATTACHED:
+    if attachment is None or operation.while_attached is None:
         return
-    if op in SNAPSHOTS_IN_USE and Capability.SNAPSHOT_IN_USE in backend.capabilities:
+    if operation.in_use_snapshot and Capability.SNAPSHOT_IN_USE in backend.capabilities:
         return
     raise DiskAttached(
         view.disk,
         attachment.domain,
         attachment.target_dev,
-        f"{op} refused: {REFUSED_WHILE_ATTACHED[op]}",
+        f"{operation.name} refused: {operation.while_attached}",
     )
 
 

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import re
+import stat
+from pathlib import Path
 from typing import Final
 
-from diskledger.errors import InvalidName, InvalidSize
+from diskledger.errors import InvalidName, InvalidSize, InvalidSource
 
-__all__ = ["MAX_NAME", "MAX_SIZE", "check_disk", "check_name", "check_snapshot", "parse_size"]
+__all__ = [
+    "MAX_NAME",
+    "MAX_SIZE",
+    "check_disk",
+    "check_name",
+    "check_snapshot",
+    "parse_size",
+    "readable_file",
+]
 
 MAX_NAME: Final = 64
 MAX_SIZE: Final = 1 << 50
@@ -70,3 +80,27 @@ def parse_size(text: str | int, *, what: str = "size") -> int:
     if size % 512:
         raise InvalidSize(f"{what} {text} is not a multiple of 512 bytes")
     return size
+
+
+def readable_file(path: Path) -> Path:
+    """The absolute path of ``path`` if it exists and, when a regular file, can be read.
+
+    A missing or unreadable source is a typo and changes nothing. Anything else that is not a
+    plain regular file (a symlink, a directory, a FIFO) is a hostile source: it goes on to the
+    effect, which refuses it there, so that the refusal is recorded for the audit trail.
+    """
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError as exc:
+        raise InvalidSource(f"source file {str(path)!r} does not exist") from exc
+    except OSError as exc:
+        raise InvalidSource(f"source file {str(path)!r} cannot be read: {exc.strerror}") from exc
+    if stat.S_ISREG(mode):
+        try:
+            with path.open("rb") as handle:
+                handle.read(1)
+        except OSError as exc:
+            raise InvalidSource(
+                f"source file {str(path)!r} cannot be read: {exc.strerror}"
+            ) from exc
+    return path.absolute()

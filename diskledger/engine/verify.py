@@ -18,18 +18,16 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from diskledger.backends import Artifact, ArtifactKind, Capability, Observation
 from diskledger.engine.attachments import uses
+from diskledger.engine.runtime import Runtime
 from diskledger.errors import HypervisorError, IllegalTransition
 from diskledger.events import RecordedEvent
 from diskledger.states import DiskState, DiskView, TemplateState, TemplateView, evolve
 from diskledger.states.streams import empty_view
 from diskledger.store import GENESIS, canonical_json, event_hash
-
-if TYPE_CHECKING:
-    from diskledger.engine.engine import Engine
 
 __all__ = ["VerifyReport", "verify"]
 
@@ -83,21 +81,19 @@ class VerifyReport:
         }
 
 
-def verify(engine: Engine) -> VerifyReport:
+def verify(rt: Runtime) -> VerifyReport:
     report = VerifyReport()
-    views = _check_chain_and_fold(engine, report)
-    _check_read_models(engine, views, report)
-    _check_storage(engine, report)
-    _check_attachments(engine, report)
+    views = _check_chain_and_fold(rt, report)
+    _check_read_models(rt, views, report)
+    _check_storage(rt, report)
+    _check_attachments(rt, report)
     return report
 
 
-def _check_chain_and_fold(
-    engine: Engine, report: VerifyReport
-) -> dict[str, DiskView | TemplateView]:
+def _check_chain_and_fold(rt: Runtime, report: VerifyReport) -> dict[str, DiskView | TemplateView]:
     views: dict[str, DiskView | TemplateView] = {}
     prev_hash, expected = GENESIS, 1
-    for event in engine.store.read_all(batch=10_000):
+    for event in rt.store.read_all(batch=10_000):
         report.events += 1
         if report.chain_error is None:
             problem = _chain_problem(event, expected, prev_hash)
@@ -110,7 +106,7 @@ def _check_chain_and_fold(
         except IllegalTransition as exc:
             report.model_mismatches.append(f"position {event.position}: {exc}")
     report.head_hash = prev_hash if report.events else None
-    head = engine.store.head()
+    head = rt.store.head()
     if report.chain_error is None and head != expected - 1:
         report.chain_error = f"the ledger head is at {head} but the last event is {expected - 1}"
         report.first_bad_position = expected
@@ -139,72 +135,72 @@ def _chain_problem(event: RecordedEvent, expected: int, prev_hash: str) -> str |
 
 
 def _check_read_models(
-    engine: Engine, views: dict[str, DiskView | TemplateView], report: VerifyReport
+    rt: Runtime, views: dict[str, DiskView | TemplateView], report: VerifyReport
 ) -> None:
-    stored_disks = {f"disk:{d.disk}": d for d in engine.store.disks()}
+    stored_disks = {f"disk:{d.disk}": d for d in rt.store.disks()}
     for stream, view in views.items():
         if isinstance(view, DiskView):
             stored: DiskView | TemplateView | None = stored_disks.pop(stream, None)
         else:
-            stored = engine.store.template(stream)
+            stored = rt.store.template(stream)
         if stored != view:
             report.model_mismatches.append(f"{stream}: the stored view differs from the log")
     report.model_mismatches.extend(f"{s}: a stored view without events" for s in stored_disks)
     pending = {v.pending.op_id for v in views.values() if v.pending is not None}
-    indexed = {entry.operation.op_id for entry in engine.store.pending()}
+    indexed = {entry.operation.op_id for entry in rt.store.pending()}
     if pending != indexed:
         report.model_mismatches.append(
             f"the pending index {sorted(indexed)} differs from the log's {sorted(pending)}"
         )
 
 
-def _check_storage(engine: Engine, report: VerifyReport) -> None:
-    root = Path(engine.templates.root)
+def _check_storage(rt: Runtime, report: VerifyReport) -> None:
+    root = Path(rt.templates.root)
     owned: set[str] = set()
-    for entry in engine.store.pending():
+    for entry in rt.store.pending():
         owned.update(a["location"] for a in entry.operation.artifacts)
-    for disk in engine.store.disks():
+    for disk in rt.store.disks():
         if disk.state in (DiskState.ABSENT, DiskState.TEMPLATE_CACHED) or disk.pending:
             if disk.location:
                 owned.add(disk.location)
-                owned.update(_files(engine, disk))
+                owned.update(_files(rt, disk))
             continue
         owned.add(disk.location or "")
-        owned.update(_files(engine, disk))
-        _check_disk(engine, disk, report)
-    for template in engine.store.templates():
+        owned.update(_files(rt, disk))
+        _check_disk(rt, disk, report)
+    for template in rt.store.templates():
         if template.state is TemplateState.CACHED and template.location:
             owned.add(template.location)
-            _check_template(engine, template, report)
+            _check_template(rt, template, report)
     for path in _walk(root):
         if path not in owned and os.path.basename(path) not in _LEDGER_FILES:
             report.orphans.append(path)
-    _check_inventory(engine, owned, report)
+    _check_inventory(rt, owned, report)
 
 
-def _check_inventory(engine: Engine, owned: set[str], report: VerifyReport) -> None:
+def _check_inventory(rt: Runtime, owned: set[str], report: VerifyReport) -> None:
     """Storage outside the root (an RBD pool): every image must be one the ledger names; an
     image's snapshots are checked with its disk (drift) or belong to its template."""
-    for artifact in engine.backend.inventory():
+    for artifact in rt.backend.inventory():
         if artifact.location in owned:
             continue
         where = artifact.location + (f"@{artifact.name}" if artifact.name else "")
         report.orphans.append(where)
 
 
-def _check_attachments(engine: Engine, report: VerifyReport) -> None:
+def _check_attachments(rt: Runtime, report: VerifyReport) -> None:
     """Every recorded attachment against libvirt: the same domain (by UUID) must show the disk
     at the recorded target (in its running guest, or its stored definition when shut off)."""
-    for disk in engine.store.disks():
+    for disk in rt.store.disks():
         attachment = disk.attachment
         if attachment is None or disk.pending is not None or not disk.location:
             continue
         try:
-            info = engine.hypervisor.find(attachment.domain)
+            info = rt.hypervisor.find(attachment.domain)
         except HypervisorError as exc:
             report.attachments_unchecked = str(exc)
             return
-        source = engine.backend_of(disk).disk_source(disk.location, addresses=False)
+        source = rt.backend_of(disk).disk_source(disk.location, addresses=False)
         if uses(info, attachment.domain_uuid, attachment.target_dev, source):
             continue
         if info is None:
@@ -223,16 +219,16 @@ def _check_attachments(engine: Engine, report: VerifyReport) -> None:
         )
 
 
-def _files(engine: Engine, disk: DiskView) -> Iterable[str]:
+def _files(rt: Runtime, disk: DiskView) -> Iterable[str]:
     if not disk.location or not disk.format:
         return ()
-    parts = engine.backend_of(disk).disk_artifacts(disk.location, disk.snapshot_names)
+    parts = rt.backend_of(disk).disk_artifacts(disk.location, disk.snapshot_names)
     return (a.location for a in parts if a.kind is ArtifactKind.FILE)
 
 
-def _check_disk(engine: Engine, disk: DiskView, report: VerifyReport) -> None:
+def _check_disk(rt: Runtime, disk: DiskView, report: VerifyReport) -> None:
     assert disk.location and disk.format
-    backend = engine.backend_of(disk)
+    backend = rt.backend_of(disk)
     parts = backend.disk_artifacts(disk.location, disk.snapshot_names)
     seen = backend.probe(parts)
     whole = seen[0]
@@ -256,9 +252,9 @@ def _check_disk(engine: Engine, disk: DiskView, report: VerifyReport) -> None:
         _drift(report, disk.disk, whole.artifact, f"snapshots the ledger does not know: {extra}")
 
 
-def _check_template(engine: Engine, template: TemplateView, report: VerifyReport) -> None:
+def _check_template(rt: Runtime, template: TemplateView, report: VerifyReport) -> None:
     assert template.format and template.location
-    seen: Observation = engine.templates.observe(template.template, template.format)
+    seen: Observation = rt.templates.observe(template.template, template.format)
     if not seen.exists:
         _drift(report, f"template {template.template}", seen.artifact, "missing")
     elif seen.size != template.virtual_size:

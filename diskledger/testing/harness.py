@@ -63,14 +63,14 @@ from hypothesis.stateful import (
 )
 
 from diskledger import faults
-from diskledger.backends import Backend, backend_for, template_store_for
-from diskledger.engine import Config, Engine
+from diskledger.backends import Backend
+from diskledger.engine import Config, Engine, build
 from diskledger.errors import BackendError, DiskLedgerError
 from diskledger.events import COMPLETED, FAILED, split_type
 from diskledger.states import DISK_TABLE, TEMPLATE_TABLE, DiskState, evolve, params_of
 from diskledger.states.machine import Validator
 from diskledger.states.streams import DISK, empty_view, stream_kind
-from diskledger.store import EventStore, open_store
+from diskledger.store import EventStore
 
 __all__ = [
     "INVARIANTS",
@@ -165,25 +165,10 @@ class Harness:
 
     def open(self, root: Path, ledger: str) -> Engine:
         environ = {**os.environ, **self.environ}
-        name = self.backend if isinstance(self.backend, str) else "custom"
-        config = Config.load(
-            root=root, ledger=ledger, backend=name if name != "custom" else "raw", environ=environ
-        )
-        backend = (
-            backend_for(self.backend, str(root), ceph=config.ceph)
-            if isinstance(self.backend, str)
-            else self.backend(str(root))
-        )
-        store: EventStore = open_store(ledger)
-        if self.store is not None:
-            store = self.store(store)
-        return Engine(
-            store,
-            backend,
-            template_store_for(backend, str(root)),
-            host=config.host,
-            ceph=config.ceph,
-        )
+        name = self.backend if isinstance(self.backend, str) else "raw"
+        config = Config.load(root=root, ledger=ledger, backend=name, environ=environ)
+        own = None if isinstance(self.backend, str) else self.backend(str(root))
+        return Engine(build(config, backend=own, store=self.store))
 
     def cli_environ(self, root: Path, ledger: str) -> dict[str, str]:
         assert isinstance(self.backend, str)

@@ -1,0 +1,226 @@
+"""A domain uses a disk (``attach``) or no longer does (``detach``), and how a disk is described
+to libvirt (``describe_disk``).
+
+Attachment is a recorded fact beside the lifecycle state; libvirt is asked about the domain when
+it matters (see ``diskledger.engine.attachments``). Recovery settles an attach or detach cut short
+by what the domain (the same one, by UUID) shows at the target device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from diskledger.backends import Backend, DiskSource, SourceKind
+from diskledger.engine.attachments import source_from_json, source_json, uses
+from diskledger.engine.decisions import Decision, DomainEvidence, Evidence, Rule
+from diskledger.engine.inputs import check_disk, check_name
+from diskledger.engine.operations.base import Operation
+from diskledger.engine.protocol import Plan, on_live_disk
+from diskledger.engine.runtime import Runtime
+from diskledger.errors import InvalidInput
+from diskledger.hypervisor import DiskDevice, describe, same_source
+from diskledger.states import Attachment, DiskView, TemplateView
+from diskledger.states.streams import disk_stream
+
+__all__ = ["ATTACH", "DETACH", "describe_disk"]
+
+
+class _ProbesTheDomain(Operation):
+    def domain(self, rt: Runtime, params: Mapping[str, Any]) -> DomainEvidence | None:
+        info = rt.hypervisor.find(params["domain"])
+        return DomainEvidence(
+            domain=params["domain"],
+            exists=info is not None,
+            active=info is not None and info.active,
+            uses_disk=uses(
+                info,
+                params["domain_uuid"],
+                params["target_dev"],
+                source_from_json(params["source"]),
+            ),
+        )
+
+
+class Attach(_ProbesTheDomain):
+    name = "attach"
+    while_attached = "a disk is attached to one domain at a time; detach it first"
+    rules = (
+        # libvirt plugs a disk in, or unplugs it, as one device change: the domain (the same one,
+        # by UUID) shows the disk at the target device or it does not. A domain that is gone
+        # uses nothing.
+        Rule("attach", "the domain uses the disk", Decision.FORWARD, "the disk is plugged in"),
+        Rule("attach", "otherwise", Decision.BACK, "the disk was never plugged in"),
+    )
+
+    def __call__(
+        self,
+        rt: Runtime,
+        disk: str,
+        domain: str,
+        *,
+        target_dev: str,
+        bus: str = "virtio",
+        cache: str | None = "none",
+        discard: str | None = None,
+        disk_unit: int | None = None,
+        extra_specs: Mapping[str, object] | None = None,
+        op_id: str | None = None,
+    ) -> DiskView:
+        check_disk(disk)
+        check_name(domain, "domain")
+        request = {
+            "op": "attach",
+            "disk": disk,
+            "domain": domain,
+            "target_dev": target_dev,
+            "bus": bus,
+            "cache": cache,
+            "discard": discard,
+            "disk_unit": disk_unit,
+            "extra_specs": dict(extra_specs or {}),
+        }
+
+        def plan(view: DiskView, op_id: str) -> Plan[DiskView]:
+            device = describe_disk(
+                rt,
+                view,
+                target_dev=target_dev,
+                bus=bus,
+                cache=cache,
+                discard=discard,
+                disk_unit=disk_unit,
+                extra_specs=extra_specs,
+            )
+            info = rt.hypervisor.domain(domain)
+            plugged = {
+                dev for dev, source in info.disks.items() if same_source(source, device.source)
+            }
+            if plugged - {target_dev}:
+                where = ", ".join(sorted(plugged))
+                raise InvalidInput(f"domain {domain} has disk {disk} as {where}, not {target_dev}")
+            if target_dev in info.disks and target_dev not in plugged:
+                raise InvalidInput(f"domain {domain} already has another disk as {target_dev}")
+            present = target_dev in plugged
+            xml = device.to_xml()
+            attachment = Attachment(info.name, info.uuid, target_dev, bus)
+
+            def attach() -> dict[str, Any]:
+                if not present:
+                    rt.hypervisor.attach(info.name, xml)
+                return {**attachment.to_json(), "added": not present}
+
+            params = _attachment_params(view, attachment, device)
+            return Plan(disk_stream(disk), view, rt.backend_of(view), op_id, params, attach)
+
+        return on_live_disk(rt, self, request, op_id, plan)
+
+    def recovered(
+        self,
+        rt: Runtime,
+        backend: Backend,
+        params: Mapping[str, Any],
+        view: DiskView | TemplateView,
+        evidence: Evidence,
+    ) -> dict[str, Any]:
+        return {**Attachment.from_json(params).to_json(), "added": None}
+
+
+class Detach(_ProbesTheDomain):
+    name = "detach"
+    rules = (
+        Rule("detach", "the domain uses the disk", Decision.BACK, "the guest still holds the disk"),
+        Rule(
+            "detach",
+            "otherwise",
+            Decision.FORWARD,
+            "the disk is unplugged, or its domain is gone",
+        ),
+    )
+
+    def __call__(self, rt: Runtime, disk: str, *, op_id: str | None = None) -> DiskView:
+        check_disk(disk)
+        request = {"op": "detach", "disk": disk}
+
+        def plan(view: DiskView, op_id: str) -> Plan[DiskView]:
+            attachment = view.attachment
+            if attachment is None:
+                raise InvalidInput(f"disk {disk} is not attached to a domain")
+            device = describe_disk(
+                rt, view, addresses=False, target_dev=attachment.target_dev, bus=attachment.bus
+            )
+            info = rt.hypervisor.find(attachment.domain)
+            present = uses(info, attachment.domain_uuid, attachment.target_dev, device.source)
+            xml = device.to_xml()
+
+            def detach() -> dict[str, Any]:
+                if present:
+                    rt.hypervisor.detach(attachment.domain, xml, attachment.target_dev)
+                return {"domain": attachment.domain, "removed": present}
+
+            params = _attachment_params(view, attachment, device)
+            return Plan(disk_stream(disk), view, rt.backend_of(view), op_id, params, detach)
+
+        return on_live_disk(rt, self, request, op_id, plan, refuse_attached=False)
+
+    def recovered(
+        self,
+        rt: Runtime,
+        backend: Backend,
+        params: Mapping[str, Any],
+        view: DiskView | TemplateView,
+        evidence: Evidence,
+    ) -> dict[str, Any]:
+        return {"domain": params["domain"], "removed": None}
+
+
+def describe_disk(
+    rt: Runtime, view: DiskView, *, addresses: bool = True, **choices: Any
+) -> DiskDevice:
+    """The ``<disk>`` for ``view``; ``addresses=False``: only enough to name it to libvirt
+    (an unplug), looked up nowhere."""
+    assert view.location and view.format
+    source = rt.backend_of(view).disk_source(view.location, addresses=addresses)
+    if view.preallocated:
+        source = dataclasses.replace(source, preallocated=True)
+    device = describe(
+        source,
+        view.format,
+        secret_uuid=rt.rbd_secret_uuid,
+        backing=_backing_of(rt, view, source),
+        **choices,
+    )
+    if addresses and source.user is not None and rt.rbd_secret_uuid is None:
+        raise InvalidInput(
+            f"qemu reaches the cluster as client.{source.user} with a libvirt secret: run "
+            "`diskledger libvirt define-secret` and set DISKLEDGER_RBD_SECRET_UUID"
+        )
+    return device
+
+
+def _backing_of(rt: Runtime, view: DiskView, source: DiskSource) -> tuple[DiskSource, str] | None:
+    """The template under a file overlay, with the format its stream recorded: libvirt is
+    told the chain instead of probing it, and told not to take the shared template over."""
+    if source.kind is not SourceKind.FILE or not view.backing or not view.template:
+        return None
+    cached = rt.store.template(rt.template_stream(view.template))
+    if cached is None or cached.format is None:
+        return None
+    return DiskSource(SourceKind.FILE, path=view.backing), cached.format
+
+
+def _attachment_params(
+    view: DiskView, attachment: Attachment, device: DiskDevice
+) -> dict[str, Any]:
+    """An attach or detach intent: the attachment, and the storage recovery looks for in it."""
+    return {
+        **attachment.to_json(),
+        "source": source_json(device.source),
+        "location": view.location,
+        "format": view.format,
+    }
+
+
+ATTACH = Attach()
+DETACH = Detach()

@@ -1,0 +1,115 @@
+"""Growing a disk (``resize``): offline on storage, or through the running guest's qemu.
+
+Disks never shrink; asking for the size a disk has changes nothing and records nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from diskledger.backends import Artifact, Backend
+from diskledger.engine.attachments import uses
+from diskledger.engine.decisions import Decision, Evidence, Rule
+from diskledger.engine.inputs import check_disk, parse_size
+from diskledger.engine.operations.base import Operation, disk_parts, observed_size
+from diskledger.engine.protocol import Plan, on_live_disk
+from diskledger.engine.runtime import Runtime
+from diskledger.errors import DiskAttached, InvalidSize
+from diskledger.states import DiskView, TemplateView
+from diskledger.states.streams import disk_stream
+
+__all__ = ["RESIZE", "running_with"]
+
+
+class Resize(Operation):
+    name = "resize"
+    rules = (
+        # qemu-img resize changes the size in one metadata update.
+        Rule("resize", "disk at the new size", Decision.FORWARD, "the disk has the size asked for"),
+        Rule("resize", "disk at the old size", Decision.BACK, "the disk was not resized"),
+        Rule(
+            "resize",
+            "otherwise",
+            Decision.OPERATOR,
+            "the disk is missing or at a size nobody asked for",
+        ),
+    )
+
+    def __call__(
+        self, rt: Runtime, disk: str, size: int | str, *, op_id: str | None = None
+    ) -> DiskView:
+        check_disk(disk)
+        wanted = parse_size(size)
+        request = {"op": "resize", "disk": disk, "size": wanted}
+
+        def plan(view: DiskView, op_id: str) -> Plan[DiskView] | DiskView:
+            assert view.size is not None and view.location and view.format
+            if wanted < view.size:
+                raise InvalidSize(
+                    f"disk {disk} is {view.size} bytes; disks never shrink (asked {wanted})"
+                )
+            if wanted == view.size:
+                return view
+            location, fmt = view.location, view.format
+            backend = rt.backend_of(view)
+            params: dict[str, Any] = {
+                "size": wanted,
+                "previous_size": view.size,
+                "location": location,
+                "format": fmt,
+            }
+            live = running_with(rt, view)
+            if live is None:
+
+                def resize() -> dict[str, Any]:
+                    return {"size": backend.resize(location, fmt, wanted).size}
+
+            else:
+                # qemu holds the image: only it may change the size, and then the guest sees it.
+                domain, target_dev = live
+                params["live"] = {"domain": domain, "target_dev": target_dev}
+
+                def resize() -> dict[str, Any]:
+                    return {"size": rt.hypervisor.block_resize(domain, target_dev, wanted)}
+
+            return Plan(disk_stream(disk), view, backend, op_id, params, resize)
+
+        return on_live_disk(rt, self, request, op_id, plan)
+
+    def parts(self, backend: Backend, params: Mapping[str, Any]) -> tuple[Artifact, ...]:
+        return disk_parts(backend, params)
+
+    def recovered(
+        self,
+        rt: Runtime,
+        backend: Backend,
+        params: Mapping[str, Any],
+        view: DiskView | TemplateView,
+        evidence: Evidence,
+    ) -> dict[str, Any]:
+        return observed_size(backend, params)
+
+
+def running_with(rt: Runtime, view: DiskView) -> tuple[str, str] | None:
+    """(domain, target device) when a running domain uses the disk now; None when no domain
+    does (the disk may then be changed offline). Raises when libvirt cannot be asked."""
+    attachment = view.attachment
+    if attachment is None:
+        return None
+    assert view.location
+    info = rt.hypervisor.find(attachment.domain)
+    if info is None or not info.active:
+        return None
+    source = rt.backend_of(view).disk_source(view.location, addresses=False)
+    if not uses(info, attachment.domain_uuid, attachment.target_dev, source):
+        raise DiskAttached(
+            view.disk,
+            attachment.domain,
+            attachment.target_dev,
+            "the domain runs but no longer shows the disk there; detach it to record that",
+        )
+    return attachment.domain, attachment.target_dev
+
+
+RESIZE = Resize()

@@ -1,0 +1,184 @@
+"""Bringing a template into the store (``fetch``), once, however many callers ask at a time.
+
+The fetcher holds a lease it renews while it copies (``template.fetch.lease-renewed``); others
+wait for its outcome, and take over (recovering its fetch) when it dies or stops renewing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from diskledger.backends import Backend, Observation
+from diskledger.engine.decisions import Decision, Evidence, Rule
+from diskledger.engine.inputs import check_name, readable_file
+from diskledger.engine.leases import expired, expiry
+from diskledger.engine.liveness import abandoned, is_alive
+from diskledger.engine.operations.base import Operation
+from diskledger.engine.protocol import (
+    Plan,
+    new_op_id,
+    perform,
+    refuse_pending,
+    repeated,
+    template_after,
+)
+from diskledger.engine.runtime import Runtime
+from diskledger.errors import (
+    ConcurrencyError,
+    Conflict,
+    IllegalTransition,
+    InvalidInput,
+    OperationPending,
+    TemplateNotFound,
+)
+from diskledger.states import DiskView, TemplateState, TemplateView
+from diskledger.states.streams import TEMPLATE
+
+__all__ = ["FETCH", "FORMATS", "cached_template", "ensure_template", "fetched", "find_template"]
+
+FORMATS = ("raw", "qcow2")
+"""Formats a template may be declared as and an export may be written in."""
+
+
+def fetched(fmt: str, seen: Observation) -> dict[str, Any]:
+    """What a fetch's ``completed`` records: the format it was accepted as, its virtual size."""
+    return {
+        "format": fmt,
+        "virtual_size": seen.size,
+        "location": seen.artifact.location,
+        "allocated": seen.allocated,
+    }
+
+
+class Fetch(Operation):
+    name = "fetch"
+    kind = TEMPLATE
+    rules = (
+        Rule("fetch", "final names exist", Decision.FORWARD, "the template was published whole"),
+        Rule("fetch", "final names missing", Decision.BACK, "the template was never published"),
+    )
+
+    def __call__(
+        self,
+        rt: Runtime,
+        template: str,
+        source: str | os.PathLike[str],
+        fmt: str,
+        *,
+        op_id: str | None = None,
+    ) -> TemplateView:
+        check_name(template, "template")
+        if fmt not in FORMATS:
+            raise InvalidInput(f"template format {fmt!r} is not one of {', '.join(FORMATS)}")
+        stream = rt.template_stream(template)
+        request = {"op": "template add", "template": template, "source": str(source), "format": fmt}
+        if (done := repeated(rt, op_id, request)) is not None:
+            return template_after(rt, done)
+        source_path = readable_file(Path(source))
+        view = rt.store.template(stream) or TemplateView(template=template)
+        refuse_pending(stream, view)
+        if view.state is not TemplateState.ABSENT:
+            raise IllegalTransition(stream, view.state, "template.fetch.started", "already cached")
+        op_id = op_id or new_op_id()
+        store = rt.templates
+        params = {
+            "template": template,
+            "source": str(source_path),
+            "format": fmt,
+            "lease_expires": expiry(),
+        }
+
+        def fetch() -> dict[str, Any]:
+            seen = store.import_file(str(source_path), fmt, template, op_id)
+            return fetched(store.cached_format(fmt), seen)
+
+        artifacts = store.import_artifacts(template, op_id)
+        plan = Plan(stream, view, rt.backend, op_id, params, fetch, artifacts, leased=True)
+        return perform(rt, self, plan, request)[0]
+
+    def recovered(
+        self,
+        rt: Runtime,
+        backend: Backend,
+        params: Mapping[str, Any],
+        view: DiskView | TemplateView,
+        evidence: Evidence,
+    ) -> dict[str, Any]:
+        fmt = rt.templates.cached_format(params["format"])
+        return fetched(fmt, rt.templates.observe(params["template"], fmt))
+
+
+FETCH = Fetch()
+
+
+def ensure_template(
+    rt: Runtime,
+    template: str,
+    source: str | os.PathLike[str],
+    fmt: str,
+    *,
+    timeout: float,
+    recover: Callable[[], object],
+) -> TemplateView:
+    """The cached ``template``, fetched from ``source`` when nobody has; see
+    ``Engine.ensure_template``. ``recover`` runs crash recovery (the engine's)."""
+    check_name(template, "template")
+    stream = rt.template_stream(template)
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        view = rt.store.template(stream)
+        if view is not None and view.state is TemplateState.CACHED:
+            return view
+        if view is None or view.pending is None:
+            try:
+                return FETCH(rt, template, source, fmt)
+            except (ConcurrencyError, OperationPending, IllegalTransition):
+                raced = rt.store.template(stream)
+                if raced is None or (raced.pending is None and raced.state is TemplateState.ABSENT):
+                    raise  # not a race: nobody else is fetching or has fetched it
+                continue  # another process started the fetch first: wait for it
+        if _abandoned(rt, view):
+            recover()
+            continue
+        if time.monotonic() > deadline:
+            raise Conflict(f"{stream}: still being fetched after {timeout:g} s")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.25)
+
+
+def _abandoned(rt: Runtime, view: TemplateView) -> bool:
+    """Whether the fetch in flight has lost its writer (dead, or its lease ran out)."""
+    assert view.pending is not None
+    if expired(view.lease_expires):
+        return True
+    if abandoned(view.pending.op_id):
+        return True
+    intent = rt.store.read_operation(view.pending.op_id)
+    meta = intent[0].metadata if intent else None
+    return meta is not None and not is_alive(meta.process, meta.host, rt.host)
+
+
+def find_template(rt: Runtime, template: str) -> TemplateView:
+    """The template's view; a template never fetched, or evicted, is not found."""
+    check_name(template, "template")
+    view = rt.store.template(rt.template_stream(template))
+    if view is None or view.state is TemplateState.ABSENT:
+        raise TemplateNotFound(template)
+    return view
+
+
+def cached_template(rt: Runtime, template: str) -> TemplateView:
+    """The template a disk is made from: cached, with no fetch in flight."""
+    cached = find_template(rt, template)
+    if cached.pending is not None:
+        raise OperationPending(
+            rt.template_stream(template), cached.pending.op, cached.pending.op_id
+        )
+    if cached.state is not TemplateState.CACHED:
+        raise TemplateNotFound(template)
+    return cached

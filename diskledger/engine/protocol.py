@@ -1,0 +1,289 @@
+"""The operation protocol, in one place: intent, effect, outcome.
+
+Every operation plans (``Plan``: its stream and view, the backend, the intent's params, the
+artifacts it may create, the effect) and hands the plan to ``perform``, which
+
+1. validates the intent (and any prelude facts) against the lifecycle table, refuses when a final
+   artifact it names exists unowned, and appends ``<op>.started`` with the stream's version;
+2. runs the effect (under a renewed lease when the operation is leased);
+3. appends ``<op>.completed`` with what the effect observed, or, when it raised, settles the
+   operation through the same compensation crash recovery runs (``settle``).
+
+Before planning, an operation with an idempotency key asks ``repeated`` for an earlier outcome of
+the same request. The lookups every operation starts with (``disk_view``, ``live_disk``) are here
+too, so that each operation's module holds only what is its own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from diskledger import faults
+from diskledger.backends import Artifact, Backend, Fences
+from diskledger.engine.attachments import refuse_while_attached
+from diskledger.engine.inputs import check_disk, check_name, check_snapshot
+from diskledger.engine.leases import LeaseKeeper
+from diskledger.engine.liveness import abandon
+from diskledger.engine.operations.base import Operation
+from diskledger.engine.runtime import Runtime
+from diskledger.engine.settle import settle
+from diskledger.errors import (
+    Conflict,
+    DiskLedgerError,
+    DiskNotFound,
+    IllegalTransition,
+    OperationPending,
+    SnapshotNotFound,
+)
+from diskledger.events import (
+    COMPLETED,
+    FAILED,
+    STARTED,
+    NewEvent,
+    RecordedEvent,
+    operation_event,
+    split_type,
+)
+from diskledger.states import (
+    DISK_TABLE,
+    TEMPLATE_TABLE,
+    DiskState,
+    DiskView,
+    TemplateView,
+    evolve,
+    fold,
+    params_of,
+)
+from diskledger.states.machine import Validator
+from diskledger.states.streams import DISK, disk_stream, empty_view
+
+__all__ = [
+    "Plan",
+    "disk_after",
+    "disk_view",
+    "existing_snapshot",
+    "live_disk",
+    "new_op_id",
+    "on_live_disk",
+    "perform",
+    "refuse_pending",
+    "repeated",
+    "template_after",
+]
+
+View = TypeVar("View", DiskView, TemplateView)
+
+_VALIDATORS: Mapping[str, Validator[Any]] = {
+    DISK: Validator(DISK_TABLE),
+    "template": Validator(TEMPLATE_TABLE),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Plan(Generic[View]):
+    """One operation, planned: everything its intent records and the effect to run."""
+
+    stream: str
+    view: View
+    backend: Backend
+    op_id: str
+    params: Mapping[str, Any]
+    effect: Callable[[], dict[str, Any]]
+    """Touches storage; returns what the ``completed`` event records."""
+    artifacts: Sequence[Artifact] = ()
+    prelude: Sequence[NewEvent] = ()
+    """Facts appended with the intent, in the same transaction (``disk.template-bound``)."""
+    leased: bool = False
+
+
+def perform(
+    rt: Runtime,
+    operation: Operation,
+    plan: Plan[View],
+    request: Mapping[str, Any] | None = None,
+) -> tuple[View, dict[str, Any]]:
+    """Intent, effect, outcome. Returns the view after the outcome and the observed data."""
+    kind, op, view, stream = operation.kind, operation.name, plan.view, plan.stream
+    meta = rt.metadata(plan.op_id)
+    backend = plan.backend
+    # Who the writer is to shared storage, for recovery to fence it should it die.
+    writer = {"writer": backend.writer()} if isinstance(backend, Fences) else {}
+    intent = operation_event(
+        kind,
+        op,
+        STARTED,
+        {
+            "params": {**plan.params, "backend": backend.name, **writer},
+            "artifacts": [a.to_json() for a in plan.artifacts],
+            "request": dict(request or {}),
+        },
+        meta,
+    )
+    _validate(kind, stream, view, [*plan.prelude, intent])
+    _refuse_unowned(backend, stream, plan.artifacts)
+    view = fold(view, rt.store.append(stream, view.version, [*plan.prelude, intent]))
+    keeper = LeaseKeeper(rt.store, stream, view.version, kind, op, meta) if plan.leased else None
+    try:
+        faults.reach("after-intent", op)
+        if keeper is None:
+            observed = plan.effect()
+        else:
+            with keeper:
+                observed = plan.effect()
+            view = _reread(rt, stream, view)
+        faults.reach("after-effect", op)
+    except faults.Crash:
+        abandon(plan.op_id)  # died on the spot: no compensation, recovery decides
+        raise
+    except BaseException as exc:
+        if keeper is not None:
+            view = _reread(rt, stream, view)
+        try:
+            # The same probe, decision table and compensation a crash recovery runs.
+            settle(rt, operation, stream, view, meta, error=exc)
+        except DiskLedgerError as ledger_exc:
+            # The intent stays pending; a recovery in another process will resolve it.
+            exc.add_note(f"recording the outcome also failed: {ledger_exc}")
+        raise
+    outcome = operation_event(kind, op, COMPLETED, observed, meta)
+    view = fold(view, rt.store.append(stream, view.version, [outcome]))
+    faults.reach("after-outcome", op)
+    return view, observed
+
+
+def on_live_disk(
+    rt: Runtime,
+    operation: Operation,
+    request: Mapping[str, Any],
+    op_id: str | None,
+    plan: Callable[[DiskView, str], Plan[DiskView] | DiskView],
+    *,
+    refuse_attached: bool = True,
+) -> DiskView:
+    """The common run of an operation on an existing disk (``request["disk"]``): the answer of
+    an earlier identical request with ``op_id``, or the live disk's view planned (``plan`` gets
+    it and the op id; returning a view instead of a plan means there is nothing to do) and
+    performed."""
+    if (done := repeated(rt, op_id, request)) is not None:
+        return disk_after(rt, done)
+    view = live_disk(rt, request["disk"], operation if refuse_attached else None)
+    planned = plan(view, op_id or new_op_id())
+    if isinstance(planned, DiskView):
+        return planned
+    return perform(rt, operation, planned, request)[0]
+
+
+def repeated(rt: Runtime, op_id: str | None, request: Mapping[str, Any]) -> RecordedEvent | None:
+    """The outcome of an earlier operation with idempotency key ``op_id``, when it made the
+    same request and completed; None when ``op_id`` is new. Anything else is refused."""
+    if op_id is None:
+        return None
+    check_name(op_id, "op id")
+    events = rt.store.read_operation(op_id)
+    intent = next((e for e in events if split_type(e.type)[2] == STARTED), None)
+    if intent is None:
+        return None
+    if intent.data.get("request") != dict(request):
+        raise Conflict(
+            f"op id {op_id} was used for {_describe(intent.data.get('request', {}))}, "
+            f"not {_describe(request)}"
+        )
+    outcome = events[-1]
+    _, op, phase = split_type(outcome.type)
+    if phase == COMPLETED:
+        return outcome
+    if phase == FAILED:
+        raise Conflict(
+            f"operation {op_id} failed: {outcome.data.get('error')}; retry with a new op id"
+        )
+    raise OperationPending(intent.stream, op, op_id)
+
+
+def disk_after(rt: Runtime, event: RecordedEvent) -> DiskView:
+    """The disk as it was right after ``event`` (a repeated request's answer)."""
+    events = rt.store.read_stream(event.stream)
+    return fold(DiskView(disk=event.stream.partition(":")[2]), events[: event.version])
+
+
+def template_after(rt: Runtime, event: RecordedEvent) -> TemplateView:
+    events = rt.store.read_stream(event.stream)
+    view = empty_view(event.stream)
+    assert isinstance(view, TemplateView)
+    return fold(view, events[: event.version])
+
+
+def disk_view(rt: Runtime, disk: str, *, must_exist: bool) -> DiskView:
+    view = rt.store.disk(disk_stream(disk))
+    if view is None:
+        if must_exist:
+            raise DiskNotFound(disk)
+        return DiskView(disk=disk)
+    return view
+
+
+def live_disk(rt: Runtime, disk: str, operation: Operation | None = None) -> DiskView:
+    """The view of an existing disk with nothing in flight, that ``operation`` may change."""
+    check_disk(disk)
+    view = disk_view(rt, disk, must_exist=True)
+    refuse_pending(disk_stream(disk), view)
+    if view.state in (DiskState.ABSENT, DiskState.TEMPLATE_CACHED):
+        raise DiskNotFound(disk)
+    if operation is not None:
+        refuse_while_attached(view, operation, rt.backend_of(view))
+    return view
+
+
+def refuse_pending(stream: str, view: DiskView | TemplateView) -> None:
+    if view.pending is not None:
+        raise OperationPending(stream, view.pending.op, view.pending.op_id)
+
+
+def existing_snapshot(disk: str, view: DiskView, snapshot: str) -> None:
+    check_snapshot(snapshot)
+    if view.snapshot(snapshot) is None:
+        raise SnapshotNotFound(disk, snapshot)
+
+
+def new_op_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _reread(rt: Runtime, stream: str, view: View) -> View:
+    """The stream's view as stored now (a lease keeper appended renewals meanwhile)."""
+    stored = rt.store.disk(stream) if isinstance(view, DiskView) else rt.store.template(stream)
+    assert stored is not None
+    return stored
+
+
+def _refuse_unowned(backend: Backend, stream: str, artifacts: Sequence[Artifact]) -> None:
+    """Refuse to start when a final artifact the intent names already exists.
+
+    The ledger does not own it (no disk or template here names it), and compensation would
+    remove it: it is drift for ``verify`` and the operator, never something to adopt or
+    overwrite silently.
+    """
+    finals = [a for a in artifacts if not a.temporary]
+    for seen in backend.probe(finals) if finals else ():
+        if seen.exists:
+            where = seen.artifact.location + (
+                f" @{seen.artifact.name}" if seen.artifact.name else ""
+            )
+            raise Conflict(f"{stream}: {where} exists but the ledger does not own it")
+
+
+def _validate(
+    kind: str, stream: str, view: DiskView | TemplateView, events: Sequence[NewEvent]
+) -> None:
+    validator = _VALIDATORS[kind]
+    for event in events:
+        if validator.target(view, event.type, params_of(view, event)) is None:
+            raise IllegalTransition(stream, view.state, event.type)
+        view = evolve(view, event)
+
+
+def _describe(request: Mapping[str, Any]) -> str:
+    words = [request.get("op"), *(v for k, v in request.items() if k != "op")]
+    return " ".join(str(w) for w in words if w is not None) or "another request"
