@@ -3,6 +3,7 @@ operations and crashes (``harness``), and the backend contract as a conformance 
 can run (``contract``).
 """
 
+from diskledger.testing.contract import BackendContract
 from diskledger.testing.harness import (
     INVARIANTS,
     STATS,
@@ -15,14 +16,29 @@ from diskledger.testing.harness import (
     lifecycle_test_case,
     run_lifecycle,
 )
+from diskledger.testing.storage import (
+    FileStorage,
+    ImageFacts,
+    InspectingFileStorage,
+    RbdStorage,
+    StorageAccess,
+    StorageInspection,
+)
 
 __all__ = [
     "INVARIANTS",
     "STATS",
+    "BackendContract",
     "DiskLifecycle",
+    "FileStorage",
     "Harness",
     "HarnessStats",
+    "ImageFacts",
+    "InspectingFileStorage",
     "InvariantViolation",
+    "RbdStorage",
+    "StorageAccess",
+    "StorageInspection",
     "budget",
     "lifecycle_machine",
     "lifecycle_test_case",

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from diskledger.backends import Backend, TemplateCache, TemplateSource, backend_for, runner
-from tests.backends.helpers import MiB, make_image
+from diskledger.backends import Backend, Qcow2Backend, RawBackend, runner
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -55,16 +54,6 @@ def commands(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, ...]]]
 
 @pytest.fixture(params=["raw", "qcow2"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return backend_for(request.param, str(tmp_path))
-
-
-@pytest.fixture(params=["raw", "qcow2"])
-def template(request: pytest.FixtureRequest, tmp_path: Path) -> TemplateSource:
-    """A cached 1 MiB template holding 0x11 in its first 64 KiB, in raw or qcow2."""
-    fmt = request.param
-    source = tmp_path / "sources" / f"template.{fmt}"
-    source.parent.mkdir()
-    make_image(source, fmt, MiB, pattern=0x11)
-    seen = TemplateCache(str(tmp_path)).import_file(str(source), fmt, f"tpl-{fmt}", "fetch1")
-    assert seen.size == MiB
-    return TemplateSource(seen.artifact.location, fmt, MiB)
+    """A raw or a qcow2 backend rooted at ``tmp_path``, for what only file backends do."""
+    made: Backend = {"raw": RawBackend, "qcow2": Qcow2Backend}[request.param](str(tmp_path))
+    return made
