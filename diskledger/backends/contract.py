@@ -30,6 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 __all__ = [
     "Artifact",
     "ArtifactKind",
+    "Authenticates",
     "Backend",
     "Capability",
     "DirectSnapshots",
@@ -311,6 +312,21 @@ class Fences(Protocol):
     def fence(
         self, writer: Mapping[str, Any] | None, artifacts: Sequence[Artifact]
     ) -> list[str]: ...
+
+
+@runtime_checkable
+class Authenticates(Protocol):
+    """A backend whose hypervisor clients authenticate to its storage (RBD's cephx user)."""
+
+    @property
+    def client_user(self) -> str | None:
+        """The user qemu authenticates as, known without reading its key (None as below)."""
+        ...
+
+    def client_credentials(self) -> tuple[str, bytes] | None:
+        """(user, secret key bytes) that qemu must present, None when the backend authenticates
+        as nobody in particular. Raises InvalidInput when the key cannot be read."""
+        ...
 
 
 @runtime_checkable

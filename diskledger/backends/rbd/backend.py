@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import errno
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,7 +23,7 @@ from diskledger.backends.contract import (
     TemplateSource,
 )
 from diskledger.backends.files import check_component, temporary_path
-from diskledger.backends.rbd.cluster import CephConfig, Cluster
+from diskledger.backends.rbd.cluster import CephConfig, Cluster, client_key
 from diskledger.backends.rbd.images import (
     TEMPLATE_SNAPSHOT,
     Images,
@@ -65,6 +67,26 @@ class RbdBackend:
 
     def close(self) -> None:
         self.cluster.close()
+
+    @property
+    def client_user(self) -> str | None:
+        """The configured cephx user (``Authenticates``), None for the cluster's default."""
+        return self.config.user or None
+
+    def client_credentials(self) -> tuple[str, bytes] | None:
+        """The cephx user and its key (``Authenticates``): None without a configured user (the
+        cluster's default client); ``InvalidInput`` when its keyring is not configured, cannot
+        be read, holds no key for it, or a key that is not base64."""
+        if not self.config.user:
+            return None
+        try:
+            key = base64.b64decode(client_key(self.config), validate=True)
+        except binascii.Error as exc:
+            raise InvalidInput(
+                f"the key of client.{self.config.user} in {self.config.keyring} is not base64: "
+                f"{exc}"
+            ) from exc
+        return self.config.user, key
 
     def disk_location(self, instance: str, disk: str) -> str:
         return f"{self.config.pool}/{image_name(instance, disk)}"
