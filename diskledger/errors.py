@@ -9,7 +9,8 @@ translated where they cross into diskledger, with ``raise ... from`` so the caus
     │   ├── InvalidName         an instance, disk, template or snapshot name that is not allowed
     │   ├── InvalidSize         a size that is unparsable, negative, zero, too small or a shrink
     │   ├── InvalidSource       a template source that is missing, unreadable or not a file
-    │   └── UnsafeImage         an image the safety inspection refuses
+    │   ├── UnsafeImage         an image the safety inspection refuses
+    │   └── UnknownBackend      no backend of that name (built in, registered, or an entry point)
     ├── NotFound
     │   ├── DiskNotFound
     │   ├── TemplateNotFound
@@ -65,6 +66,7 @@ __all__ = [
     "StorageIOError",
     "StoreError",
     "TemplateNotFound",
+    "UnknownBackend",
     "UnsafeImage",
 ]
 
@@ -93,6 +95,17 @@ class UnsafeImage(InvalidInput):
     """An image refused by the safety inspection: a format other than the one declared, a
     reference to another file (backing file, data file, VMDK extent), truncated, empty, or a
     virtual size above the ceiling."""
+
+
+class UnknownBackend(InvalidInput):
+    """No backend has that name: not built in, not registered, and no installed distribution
+    declares it in the ``diskledger.backends`` entry-point group. ``known`` lists those that
+    are."""
+
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        super().__init__(f"unknown backend {name!r}; choose one of: {', '.join(known)}")
+        self.name = name
+        self.known = tuple(known)
 
 
 class NotFound(DiskLedgerError, LookupError):

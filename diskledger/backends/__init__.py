@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+from diskledger.backends import registry
 from diskledger.backends.contract import (
     Artifact,
     ArtifactKind,
@@ -16,23 +19,26 @@ from diskledger.backends.contract import (
     TemplateSource,
     TemplateStore,
 )
+from diskledger.backends.file_backend import FileSettings
 from diskledger.backends.qcow2 import Qcow2Backend
 from diskledger.backends.raw import RawBackend
 from diskledger.backends.rbd import RbdBackend, RbdTemplateStore
 from diskledger.backends.rbd.cluster import CephConfig
+from diskledger.backends.registry import BackendSpec
 from diskledger.backends.templates import DEFAULT_MAX_VIRTUAL_SIZE, TemplateCache
-from diskledger.errors import InvalidInput
 
 __all__ = [
     "BACKENDS",
     "Artifact",
     "ArtifactKind",
     "Backend",
+    "BackendSpec",
     "Capability",
     "CephConfig",
     "DirectSnapshots",
     "DiskSource",
     "Fences",
+    "FileSettings",
     "Flattens",
     "Observation",
     "Qcow2Backend",
@@ -48,28 +54,35 @@ __all__ = [
 ]
 
 BACKENDS = ("raw", "qcow2", "rbd")
+"""The built-in backends (``registry.names()`` lists every backend known)."""
 
 
 def backend_for(
     name: str, root: str, *, ceph: CephConfig | None = None, preallocate: bool = False
 ) -> Backend:
     """The backend configured as ``name``; file backends keep their files under ``root`` (and
-    ``preallocate`` their space), the ``rbd`` backend needs ``ceph``."""
-    if name == "raw":
-        return RawBackend(root, preallocate=preallocate)
-    if name == "qcow2":
-        return Qcow2Backend(root, preallocate=preallocate)
+    ``preallocate`` their space), the ``rbd`` backend needs ``ceph``. Any other backend the
+    registry knows is made with its settings from the environment.
+
+    Kept while callers move to ``registry.spec(name)``."""
+    found = registry.spec(name)
+    settings: object
     if name == "rbd":
-        if ceph is None:
-            raise InvalidInput("the rbd backend needs a Ceph configuration (DISKLEDGER_CEPH_CONF)")
-        return RbdBackend(root, ceph)
-    raise InvalidInput(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+        settings = ceph
+    elif name in ("raw", "qcow2"):
+        settings = FileSettings(preallocate=preallocate)
+    else:
+        settings = found.load_settings(os.environ)
+    return found.make(root, settings)
 
 
 def template_store_for(
     backend: Backend, root: str, *, max_virtual_size: int = DEFAULT_MAX_VIRTUAL_SIZE
 ) -> TemplateStore:
-    """Where ``backend`` keeps its templates: in its pool for RBD, as local files otherwise."""
-    if isinstance(backend, RbdBackend):
-        return RbdTemplateStore(root, backend, max_virtual_size=max_virtual_size)
-    return TemplateCache(root, max_virtual_size=max_virtual_size)
+    """Where ``backend`` keeps its templates (``BackendSpec.templates`` of its name): in its pool
+    for RBD, as local files otherwise, also for a backend the registry does not know.
+
+    Kept while callers move to ``registry.spec(name).templates``."""
+    if backend.name not in registry.names():
+        return TemplateCache(root, max_virtual_size=max_virtual_size)
+    return registry.spec(backend.name).templates(backend, root, max_virtual_size)

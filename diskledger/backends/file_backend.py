@@ -4,26 +4,78 @@ temporary name and published by rename; import, resize, export, probe and remove
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 from diskledger import faults
 from diskledger.backends import files, qemu
 from diskledger.backends.contract import (
     Artifact,
     ArtifactKind,
+    Backend,
     Capability,
     DiskSource,
     Observation,
     SourceKind,
     TemplateSource,
+    TemplateStore,
 )
 from diskledger.backends.files import check_component, temporary_path
+from diskledger.backends.registry import BackendSpec
 from diskledger.backends.staging import stage
+from diskledger.backends.templates import TemplateCache
 from diskledger.errors import BackendError, InvalidInput, InvalidSize
 
-__all__ = ["FileBackend", "file_pair"]
+__all__ = ["FileBackend", "FileSettings", "file_pair", "file_spec"]
 
 FILE = ArtifactKind.FILE
+
+
+@dataclass(frozen=True, slots=True)
+class FileSettings:
+    """The settings of the file backends."""
+
+    preallocate: bool = False
+    """Disks get their whole virtual size allocated when made and grown (Nova's
+    ``preallocate_images``)."""
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> FileSettings:
+        """``DISKLEDGER_PREALLOCATE``: ``none`` (the default) or ``space``."""
+        raw = environ.get("DISKLEDGER_PREALLOCATE") or "none"
+        if raw not in ("none", "space"):
+            raise InvalidInput(f"DISKLEDGER_PREALLOCATE={raw!r} is not one of none, space")
+        return cls(preallocate=raw == "space")
+
+
+class _FileBackendClass(Protocol):
+    name: str
+
+    def __call__(self, root: str, *, preallocate: bool = False) -> Backend: ...
+
+
+def file_spec(backend: _FileBackendClass) -> BackendSpec:
+    """The declaration of a file backend: ``FileSettings``, disks under the root, templates in
+    the local ``TemplateCache``."""
+
+    def make(root: str, settings: object) -> Backend:
+        if not isinstance(settings, FileSettings):
+            raise TypeError(
+                f"the {backend.name} backend is made with FileSettings, not {settings!r}"
+            )
+        return backend(root, preallocate=settings.preallocate)
+
+    return BackendSpec(
+        name=backend.name,
+        load_settings=FileSettings.from_environ,
+        make=make,
+        templates=_template_cache,
+    )
+
+
+def _template_cache(backend: Backend, root: str, max_virtual_size: int) -> TemplateStore:
+    return TemplateCache(root, max_virtual_size=max_virtual_size)
 
 
 class FileBackend:

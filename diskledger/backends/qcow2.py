@@ -14,10 +14,10 @@ from diskledger.backends.contract import (
     Observation,
     TemplateSource,
 )
-from diskledger.backends.file_backend import FileBackend
+from diskledger.backends.file_backend import FileBackend, file_spec
 from diskledger.errors import BackendError
 
-__all__ = ["Qcow2Backend"]
+__all__ = ["SPEC", "Qcow2Backend"]
 
 INTERNAL_SNAPSHOT = ArtifactKind.INTERNAL_SNAPSHOT
 
@@ -95,6 +95,10 @@ class Qcow2Backend(FileBackend):
             super()._remove_other(artifact)
             return
         self.remove_snapshot(artifact.location, self.disk_format, artifact.name)
+
+
+SPEC = file_spec(Qcow2Backend)
+"""The ``qcow2`` backend, as the registry finds it."""
 
 
 def _has_snapshot(location: str, name: str) -> bool:

@@ -14,11 +14,11 @@ from diskledger.backends.contract import (
     Observation,
     TemplateSource,
 )
-from diskledger.backends.file_backend import FileBackend, file_pair
+from diskledger.backends.file_backend import FileBackend, file_pair, file_spec
 from diskledger.backends.files import check_component, temporary_path
 from diskledger.errors import BackendError
 
-__all__ = ["RawBackend"]
+__all__ = ["SPEC", "RawBackend"]
 
 FILE = ArtifactKind.FILE
 
@@ -98,6 +98,10 @@ class RawBackend(FileBackend):
         if st is None:
             raise BackendError(f"no disk at {location}")
         return st.st_size
+
+
+SPEC = file_spec(RawBackend)
+"""The ``raw`` backend, as the registry finds it."""
 
 
 def _snapshot_path(location: str, snapshot: str) -> str:

@@ -57,7 +57,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -112,7 +112,7 @@ class Policy:
 
 @dataclass(frozen=True, slots=True)
 class CephConfig:
-    """How to reach the cluster and which pools to use (see ``Config`` for the environment)."""
+    """How to reach the cluster and which pools to use (``from_environ`` reads the environment)."""
 
     conf: str
     pool: str
@@ -125,6 +125,28 @@ class CephConfig:
     retry_budget: float = 30.0
     busy_budget: float = 30.0
 
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> CephConfig:
+        """The configuration ``DISKLEDGER_*`` variables describe: ``DISKLEDGER_CEPH_CONF``
+        (default ``/etc/ceph/ceph.conf``), ``DISKLEDGER_RBD_POOL`` (default ``rbd``),
+        ``DISKLEDGER_RBD_USER`` (the cephx client id, without ``client.``),
+        ``DISKLEDGER_CEPH_KEYRING``, ``DISKLEDGER_RBD_SNAPSHOT_POOL`` (where direct snapshots
+        go), ``DISKLEDGER_CEPH_OP_TIMEOUT`` (seconds before an unanswered request fails, default
+        10), ``DISKLEDGER_CEPH_RETRY_BUDGET`` (seconds of retries for transient and busy errors,
+        default 30). A number of seconds that is not one, or not in (0, 3600], is
+        ``InvalidInput``."""
+        budget = _seconds(environ, "DISKLEDGER_CEPH_RETRY_BUDGET", 30.0)
+        return cls(
+            conf=environ.get("DISKLEDGER_CEPH_CONF") or "/etc/ceph/ceph.conf",
+            pool=environ.get("DISKLEDGER_RBD_POOL") or "rbd",
+            user=environ.get("DISKLEDGER_RBD_USER") or None,
+            keyring=environ.get("DISKLEDGER_CEPH_KEYRING") or None,
+            snapshot_pool=environ.get("DISKLEDGER_RBD_SNAPSHOT_POOL") or None,
+            op_timeout=_seconds(environ, "DISKLEDGER_CEPH_OP_TIMEOUT", 10.0),
+            retry_budget=budget,
+            busy_budget=budget,
+        )
+
     @property
     def transient(self) -> Policy:
         return Policy("transient", _TRANSIENT, self.retry_budget, 0.2, 2.0)
@@ -132,6 +154,19 @@ class CephConfig:
     @property
     def busy(self) -> Policy:
         return Policy("busy", _BUSY, self.busy_budget, 0.5, 4.0)
+
+
+def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidInput(f"{name}={raw!r} is not a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise InvalidInput(f"{name}={raw!r} is not between 0 and 3600 seconds")
+    return value
 
 
 def client_key(config: CephConfig) -> str:
