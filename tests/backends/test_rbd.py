@@ -1,10 +1,16 @@
 """The backend contract and the reference's RBD behaviours, on a real one-node Ceph cluster.
 
+``TestRbdContract`` runs the contract every backend passes (``diskledger.testing.BackendContract``:
+create, resize, snapshots, rollback, delete, export, import, probe, remove, flatten, direct
+snapshot, crashes mid-effect); the tests below it are what only RBD does: names in the pool,
+clones of protected template snapshots, protection, watchers, clones that refuse a removal, caps,
+pools, error translation and the retry policies.
+
 Every backend here runs as the restricted ``client.diskledger`` (``mon 'profile rbd'``, ``osd
 'profile rbd'`` on the two pools): that client is enough for everything diskledger does. The
-tests look at the pools as client.admin (``ceph.rbd``, ``ceph.pool_contents``, ``rbd_helpers``)
-and move data through qemu's own rbd driver (``qemu-io`` on ``rbd:pool/image:...``), so what is
-asserted is what the cluster holds.
+tests look at the pools as client.admin (``RbdStorage`` for the contract; ``ceph.rbd``,
+``ceph.pool_contents``, ``rbd_helpers`` here) and move data through librbd or qemu's own rbd
+driver (``qemu-io`` on ``rbd:pool/image:...``), so what is asserted is what the cluster holds.
 """
 
 from __future__ import annotations
@@ -40,12 +46,11 @@ from diskledger.errors import (
     CephError,
     CephUnavailable,
     ImageBusy,
-    InvalidSize,
     StorageIOError,
     UnsafeImage,
 )
-from tests.backends.helpers import MiB, info, make_image
-from tests.backends.helpers import has_pattern as file_has_pattern
+from diskledger.testing import BackendContract, RbdStorage, StorageAccess
+from tests.backends.helpers import MiB, make_image
 from tests.backends.rbd_helpers import (
     ceph_admin,
     has_pattern,
@@ -144,33 +149,59 @@ def test_satisfies_the_protocols(
     assert store.scope == f"ceph-{fsid(ceph)}.{POOL}"
 
 
-# -- create ----------------------------------------------------------------------------------
+# -- the contract ----------------------------------------------------------------------------
 
 
-def test_blank_create(backend: RbdBackend, ceph: CephCluster) -> None:
+class TestRbdContract(BackendContract):
+    """The contract every backend passes, on the cluster as the restricted client; the tests
+    look at the pools as client.admin, through librbd (``RbdStorage``)."""
+
+    @pytest.fixture
+    def backend(self, ceph: CephCluster, tmp_path: Path) -> Iterator[Backend]:
+        backend = RbdBackend(str(tmp_path), restricted(ceph))
+        yield backend
+        backend.close()
+
+    @pytest.fixture
+    def storage(self, ceph: CephCluster, tmp_path: Path) -> Iterator[StorageAccess]:
+        config = restricted(ceph)
+        with RbdStorage.for_config(
+            config, user="admin", keyring=ceph.admin_keyring, root=tmp_path
+        ) as storage:
+            assert set(storage.pools) == {POOL, SNAPSHOT_POOL}
+            yield storage
+
+    @pytest.fixture
+    def template_store(self, backend: RbdBackend, tmp_path: Path) -> TemplateStore:
+        return RbdTemplateStore(str(tmp_path), backend)
+
+
+# -- names -----------------------------------------------------------------------------------
+
+
+def test_names_of_disks_their_snapshots_and_temporaries(backend: RbdBackend) -> None:
     location = backend.disk_location("vm1", "disk0")
     assert location == f"{POOL}/vm1~disk0"
+
     temp, final = backend.create_artifacts(location, "op1")
     assert temp.temporary and temp.kind is IMAGE and ".tmp-op1" in temp.location
     assert final == Artifact(IMAGE, location)
+    staged, temp, final = backend.import_artifacts(location, "op-import")
+    assert staged.kind is ArtifactKind.FILE and staged.temporary
+    assert temp.temporary and temp.kind is IMAGE
+    assert final == Artifact(IMAGE, location)
+    # One librbd call makes a snapshot or not, and rolls back in place: nothing temporary.
+    assert backend.snapshot_artifacts(location, "s1", "op-snap") == (
+        Artifact(SNAPSHOT, location, "s1"),
+    )
+    assert backend.rollback_artifacts(location, "s1", "op-rollback") == ()
+    assert backend.disk_artifacts(location, ["s1"]) == (
+        Artifact(IMAGE, location),
+        Artifact(SNAPSHOT, location, "s1"),
+    )
 
-    seen = backend.create(location, "op1", size=2 * MiB, template=None)
 
-    assert seen.exists and seen.artifact == final
-    assert (seen.size, seen.format, seen.backing, seen.snapshots) == (2 * MiB, RAW, None, ())
-    assert image_info(ceph, location)["size"] == 2 * MiB
-    assert ceph.pool_contents() == {"vm1~disk0"}
-    assert not backend.probe([temp])[0].exists
-    spec = backend.rbd.spec(location)
-    write_pattern(spec, 0x11)
-    assert has_pattern(spec, 0x11) and not has_pattern(spec, 0x11, offset=MiB)
-
-
-def test_blank_create_needs_a_size(backend: RbdBackend, ceph: CephCluster) -> None:
-    location = backend.disk_location("vm1", "disk0")
-    with pytest.raises(InvalidSize, match="size"):
-        backend.create(location, "op1", size=None, template=None)
-    assert ceph.pool_contents() == set()
+# -- create ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
@@ -227,17 +258,14 @@ def test_template_import_refuses_a_backing_file(
     assert ceph.pool_contents() == set()
 
 
-@pytest.mark.parametrize("size", [None, MiB // 2, 3 * MiB])
-def test_create_from_template(
+@pytest.mark.parametrize("size", [None, 3 * MiB])
+def test_disks_are_clones_of_the_templates_protected_snapshot(
     backend: RbdBackend, template: TemplateSource, ceph: CephCluster, size: int | None
 ) -> None:
     location = backend.disk_location("vm1", "disk0")
 
     seen = backend.create(location, "op1", size=size, template=template)
 
-    # Grown when larger; the template's size otherwise (an RBD clone never shrinks).
-    expected = max(size or 0, template.virtual_size)
-    assert seen.size == expected and image_info(ceph, location)["size"] == expected
     assert seen.backing == f"{POOL}/_base~{TEMPLATE_ID}@snap"
     parent = image_info(ceph, location)["parent"]
     assert (parent["pool"], parent["image"], parent["snapshot"]) == (
@@ -245,96 +273,11 @@ def test_create_from_template(
         f"_base~{TEMPLATE_ID}",
         "snap",
     )
-    spec = backend.rbd.spec(location)
-    assert has_pattern(spec, 0x11)
-    write_pattern(spec, 0x22)  # copy-on-write: the template keeps its data
-    assert has_pattern(backend.rbd.spec(template.location), 0x11)
+    assert snapshots(ceph, template.location) == {"snap": True}
     assert ceph.pool_contents() == {"vm1~disk0", "_base~tpl", "_base~tpl@snap"}
-    assert temporaries(ceph) == set()
-
-
-def test_existing_disk_is_not_recreated(
-    backend: RbdBackend, template: TemplateSource, ceph: CephCluster
-) -> None:
-    location = new_disk(backend)
-    spec = backend.rbd.spec(location)
-    write_pattern(spec, 0x5A)
-    before = ceph.pool_contents()
-
-    again = backend.create(location, "op-again", size=4 * MiB, template=None)
-    from_template = backend.create(location, "op-again2", size=4 * MiB, template=template)
-
-    assert again.size == from_template.size == MiB
-    assert again.backing is None and from_template.backing is None
-    assert has_pattern(spec, 0x5A)
-    assert ceph.pool_contents() == before
-    assert temporaries(ceph) == set()
-
-
-# -- resize ----------------------------------------------------------------------------------
-
-
-def test_resize_grows_only(backend: RbdBackend, ceph: CephCluster) -> None:
-    location = new_disk(backend)
-    spec = backend.rbd.spec(location)
-    write_pattern(spec, 0x22)
-
-    assert backend.resize(location, RAW, 2 * MiB).size == 2 * MiB
-    assert backend.resize(location, RAW, 2 * MiB).size == 2 * MiB
-    # The reference resizes only when the requested size is larger: never shrinks.
-    assert backend.resize(location, RAW, MiB).size == 2 * MiB
-
-    assert image_info(ceph, location)["size"] == 2 * MiB
-    assert has_pattern(spec, 0x22)
-    write_pattern(spec, 0x23, offset=MiB + 64 * 1024)
-    assert has_pattern(spec, 0x23, offset=MiB + 64 * 1024)
-    assert temporaries(ceph) == set()
-
-
-def test_refuses_another_format(backend: RbdBackend) -> None:
-    location = new_disk(backend)
-    with pytest.raises(ValueError, match="raw"):
-        backend.resize(location, "qcow2", 2 * MiB)
 
 
 # -- snapshots -------------------------------------------------------------------------------
-
-
-def test_snapshot_and_rollback_restore_data(backend: RbdBackend, ceph: CephCluster) -> None:
-    location = new_disk(backend)
-    spec = backend.rbd.spec(location)
-    write_pattern(spec, 0xAB)
-    (artifact,) = backend.snapshot_artifacts(location, "s1", "op-snap")
-    assert artifact == Artifact(SNAPSHOT, location, "s1")
-
-    seen = backend.snapshot(location, RAW, "s1", "op-snap")
-    assert seen.exists and seen.artifact == artifact and seen.size == MiB
-    assert seen.protected is False
-    assert backend.snapshot(location, RAW, "s1", "op-snap2") == seen  # idempotent
-    write_pattern(spec, 0xCD)
-    assert backend.rollback_artifacts(location, "s1", "op-rollback") == ()
-
-    after = backend.rollback(location, RAW, "s1", "op-rollback", size=MiB)
-
-    assert after.size == MiB and after.snapshots == ("s1",)
-    assert has_pattern(spec, 0xAB)
-    assert ceph.pool_contents() == {"vm1~disk0", "vm1~disk0@s1"}  # no .tmp- names
-
-
-def test_rollback_grows_back_to_the_size_passed(backend: RbdBackend, ceph: CephCluster) -> None:
-    location = new_disk(backend)
-    spec = backend.rbd.spec(location)
-    write_pattern(spec, 0xAB)
-    backend.snapshot(location, RAW, "small", "op-snap")
-    backend.resize(location, RAW, 3 * MiB)
-    write_pattern(spec, 0xCD)
-    write_pattern(spec, 0xCD, offset=2 * MiB)
-
-    after = backend.rollback(location, RAW, "small", "op-rollback", size=3 * MiB)
-
-    assert after.size == 3 * MiB and image_info(ceph, location)["size"] == 3 * MiB
-    assert has_pattern(spec, 0xAB)
-    assert has_pattern(spec, 0x00, offset=2 * MiB)  # past the snapshot's end: zeroes
 
 
 def test_rollback_to_a_missing_snapshot_is_refused(backend: RbdBackend) -> None:
@@ -344,19 +287,38 @@ def test_rollback_to_a_missing_snapshot_is_refused(backend: RbdBackend) -> None:
     assert caught.value.errno == errno.ENOENT
 
 
-def test_remove_snapshot_is_idempotent(backend: RbdBackend, ceph: CephCluster) -> None:
+def test_snapshots_are_unprotected_and_keep_the_size_they_were_taken_at(
+    backend: RbdBackend, ceph: CephCluster
+) -> None:
     location = new_disk(backend)
-    backend.snapshot(location, RAW, "s1", "op-snap")
+    final = Artifact(IMAGE, location)
+    snap = Artifact(SNAPSHOT, location, "s1")
+
+    seen = backend.snapshot(location, RAW, "s1", "op-snap")
+
+    assert seen.protected is False and backend.probe([snap])[0].protected is False
+    assert snapshots(ceph, location) == {"s1": False}
+    ceph.rbd("snap", "protect", f"{location}@s1")
+    backend.resize(location, RAW, 2 * MiB)
+    final_seen, snap_seen = backend.probe([final, snap])
+    assert snap_seen.protected is True and final_seen.snapshots == ("s1",)
+    # The size the snapshot was taken at, not the image's size now.
+    assert snap_seen.size == MiB and final_seen.size == 2 * MiB
+    missing = Artifact(SNAPSHOT, f"{POOL}/nothing", "s1")
+    assert backend.probe([missing])[0].exists is False
+
+
+def test_remove_snapshot_unprotects_a_protected_one(backend: RbdBackend, ceph: CephCluster) -> None:
+    location = new_disk(backend)
     backend.snapshot(location, RAW, "s2", "op-snap2")
     backend.snapshot(location, RAW, "s3", "op-snap3")
     ceph.rbd("snap", "protect", f"{location}@s3")
-    s1, s2, s3 = (backend.snapshot_artifacts(location, s, "t")[0] for s in ("s1", "s2", "s3"))
+    s2, s3 = (backend.snapshot_artifacts(location, s, "t")[0] for s in ("s2", "s3"))
 
-    backend.remove_snapshot(location, RAW, "s1")
-    backend.remove_snapshot(location, RAW, "s1")
     backend.remove_snapshot(location, RAW, "s3")  # protected: unprotected, then removed
+    backend.remove_snapshot(location, RAW, "s3")
 
-    assert [o.exists for o in backend.probe([s1, s2, s3])] == [False, True, False]
+    assert [o.exists for o in backend.probe([s2, s3])] == [True, False]
     assert snapshots(ceph, location) == {"s2": False}
     assert temporaries(ceph) == set()
 
@@ -382,7 +344,7 @@ def test_remove_snapshot_with_clones_is_refused(
 # -- delete ----------------------------------------------------------------------------------
 
 
-def test_delete_removes_the_image_and_its_snapshots(backend: RbdBackend, ceph: CephCluster) -> None:
+def test_delete_takes_protected_snapshots(backend: RbdBackend, ceph: CephCluster) -> None:
     location = new_disk(backend)
     backend.snapshot(location, RAW, "s1", "op-snap")
     backend.snapshot(location, RAW, "s2", "op-snap2")
@@ -393,14 +355,6 @@ def test_delete_removes_the_image_and_its_snapshots(backend: RbdBackend, ceph: C
 
     assert ceph.pool_contents() == set()
     assert not any(o.exists for o in backend.probe(backend.disk_artifacts(location, ["s1", "s2"])))
-
-
-def test_delete_keeps_the_other_disks(backend: RbdBackend, ceph: CephCluster) -> None:
-    one, two = new_disk(backend, name="one"), new_disk(backend, name="two")
-
-    backend.delete(one, RAW, [])
-
-    assert ceph.pool_contents() == {image(two)}
 
 
 @pytest.mark.parametrize("protected", [True, False], ids=["protected", "clone-v2"])
@@ -483,33 +437,32 @@ def test_delete_waits_for_a_watcher_that_goes_away(ceph: CephCluster, tmp_path: 
 # -- flatten ---------------------------------------------------------------------------------
 
 
-def test_flatten(backend: RbdBackend, template: TemplateSource, ceph: CephCluster) -> None:
+def test_flatten_leaves_the_template_without_clones(
+    backend: RbdBackend, template: TemplateSource, ceph: CephCluster
+) -> None:
     location = backend.disk_location("vm1", "disk0")
     backend.create(location, "op1", size=2 * MiB, template=template)
-    spec = backend.rbd.spec(location)
-    write_pattern(spec, 0x22, offset=MiB)
+    assert ceph.rbd("children", f"{template.location}@snap").strip() == "diskledger/vm1~disk0"
 
-    seen = backend.flatten(location, RAW)
+    backend.flatten(location, RAW)
 
-    assert seen.backing is None and seen.size == 2 * MiB
     assert "parent" not in image_info(ceph, location)
-    assert has_pattern(spec, 0x11) and has_pattern(spec, 0x22, offset=MiB)
     assert ceph.rbd("children", f"{template.location}@snap").strip() == ""
-    assert backend.flatten(location, RAW) == seen  # a flat image is left alone
-    assert temporaries(ceph) == set()
+    assert ceph.pool_contents() == {"vm1~disk0", "_base~tpl", "_base~tpl@snap"}
 
 
 # -- direct snapshot -------------------------------------------------------------------------
 
 
-def test_direct_snapshot(backend: RbdBackend, template: TemplateSource, ceph: CephCluster) -> None:
+def test_direct_snapshot_is_a_protected_snap_in_the_snapshot_pool(
+    backend: RbdBackend, template: TemplateSource, ceph: CephCluster
+) -> None:
     location = backend.disk_location("vm1", "disk0")
     backend.create(location, "op1", size=2 * MiB, template=template)
-    write_pattern(backend.rbd.spec(location), 0x44, offset=MiB)
     temp, source_snapshot, target = backend.direct_snapshot_artifacts(
         location, "handoff", "img1", "op-ds"
     )
-    assert temp.temporary and source_snapshot.temporary and not target.temporary
+    assert temp.kind is IMAGE and temp.location.startswith(f"{SNAPSHOT_POOL}/img1.tmp-")
     assert source_snapshot == Artifact(SNAPSHOT, location, "handoff", temporary=True)
     assert target == Artifact(IMAGE, f"{SNAPSHOT_POOL}/img1")
     url = f"rbd://{fsid(ceph)}/{SNAPSHOT_POOL}/img1/snap"
@@ -519,16 +472,10 @@ def test_direct_snapshot(backend: RbdBackend, template: TemplateSource, ceph: Ce
 
     assert "parent" not in image_info(ceph, target.location)
     assert snapshots(ceph, target.location) == {"snap": True}
-    target_spec = backend.rbd.spec(target.location)
-    assert has_pattern(target_spec, 0x11) and has_pattern(target_spec, 0x44, offset=MiB)
     assert ceph.pool_contents(SNAPSHOT_POOL) == {"img1", "img1@snap"}
     # The source snapshot is gone; the disk and the template are as they were.
     assert ceph.pool_contents() == {"vm1~disk0", "_base~tpl", "_base~tpl@snap"}
     assert image_info(ceph, location)["parent"]["image"] == "_base~tpl"
-    # Run again (a retry after the outcome was lost): the published copy is returned as is.
-    assert backend.direct_snapshot(location, RAW, "handoff", "img1", "op-ds") == url
-    assert ceph.pool_contents(SNAPSHOT_POOL) == {"img1", "img1@snap"}
-    assert temporaries(ceph) == set()
 
 
 def test_direct_snapshot_failing_mid_way_leaves_nothing_after_compensation(
@@ -565,122 +512,20 @@ def test_direct_snapshot_failing_mid_way_leaves_nothing_after_compensation(
     assert has_pattern(backend.rbd.spec(location), 0x44)
 
 
-# -- export and import -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("target_format", ["raw", "qcow2"])
-def test_export_is_standalone(
-    backend: RbdBackend,
-    template: TemplateSource,
-    ceph: CephCluster,
-    tmp_path: Path,
-    target_format: str,
-) -> None:
-    location = backend.disk_location("vm1", "disk0")
-    backend.create(location, "op1", size=2 * MiB, template=template)
-    spec = backend.rbd.spec(location)
-    write_pattern(spec, 0x33, offset=MiB)
-    target = str(tmp_path / "out" / f"export.{target_format}")
-    Path(target).parent.mkdir()
-    temp, final = backend.export_artifacts(target, "op-export")
-    assert temp.temporary and final == Artifact(ArtifactKind.FILE, target)
-
-    seen = backend.export(location, RAW, target, target_format, "op-export")
-
-    assert seen.exists and seen.size == 2 * MiB and seen.format == target_format
-    assert seen.backing is None and "backing-filename" not in info(target, target_format)
-    assert file_has_pattern(target, target_format, 0x11)
-    assert file_has_pattern(target, target_format, 0x33, MiB)
-    compare = ["qemu-img", "compare", "-f", RAW, "-F", target_format, spec, target]
-    assert subprocess.run(compare, capture_output=True, check=False).returncode == 0
-    assert sorted(p.name for p in Path(target).parent.iterdir()) == [Path(target).name]
-    assert ceph.pool_contents() == {"vm1~disk0", "_base~tpl", "_base~tpl@snap"}
-    assert temporaries(ceph) == set()
-
-
-@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
-def test_import_file(backend: RbdBackend, ceph: CephCluster, tmp_path: Path, fmt: str) -> None:
-    source = tmp_path / f"source.{fmt}"
-    make_image(source, fmt, 2 * MiB, pattern=0x55)
-    location = backend.disk_location("vm1", "imported")
-    staged, temp, final = backend.import_artifacts(location, "op-import")
-    assert staged.kind is ArtifactKind.FILE and staged.temporary and temp.temporary
-    assert final == Artifact(IMAGE, location)
-
-    seen = backend.import_file(location, "op-import", str(source), fmt, max_virtual_size=64 * MiB)
-
-    assert seen.exists and (seen.size, seen.format, seen.backing) == (2 * MiB, RAW, None)
-    spec = backend.rbd.spec(location)
-    assert has_pattern(spec, 0x55) and has_pattern(spec, 0x00, offset=MiB)
-    assert ceph.pool_contents() == {"vm1~imported"}
-    assert not Path(staged.location).exists()
-
-    # The reference: a disk that already exists is not imported again.
-    other = tmp_path / "other.raw"
-    make_image(other, "raw", 4 * MiB, pattern=0x66)
-    again = backend.import_file(
-        location, "op-import2", str(other), "raw", max_virtual_size=64 * MiB
-    )
-    assert again == seen and has_pattern(spec, 0x55)
-    assert temporaries(ceph) == set()
-
-
-def test_import_file_refuses_a_backing_file(
-    backend: RbdBackend, ceph: CephCluster, tmp_path: Path
-) -> None:
-    base = tmp_path / "base.raw"
-    make_image(base, "raw", MiB)
-    overlay = tmp_path / "overlay.qcow2"
-    subprocess.run(
-        ["qemu-img", "create", "-f", "qcow2", "-b", str(base), "-F", "raw", str(overlay)],
-        check=True,
-        capture_output=True,
-    )
-    location = backend.disk_location("vm1", "imported")
-    artifacts = backend.import_artifacts(location, "op-import")
-
-    with pytest.raises(UnsafeImage, match="backing"):
-        backend.import_file(location, "op-import", str(overlay), "qcow2", max_virtual_size=64 * MiB)
-
-    backend.remove(artifacts)
-    assert not any(o.exists for o in backend.probe(artifacts))
-    assert ceph.pool_contents() == set()
-
-
 # -- probe, remove, inventory ----------------------------------------------------------------
 
 
-def test_probe(backend: RbdBackend, ceph: CephCluster) -> None:
+def test_probe_of_a_temporary_image_left_by_a_crash(backend: RbdBackend, ceph: CephCluster) -> None:
     location = backend.disk_location("vm1", "disk0")
     temp, final = backend.create_artifacts(location, "op1")
-    snap = backend.snapshot_artifacts(location, "s1", "op2")[0]
-    assert [o.exists for o in backend.probe([temp, final, snap])] == [False, False, False]
 
     ceph.rbd("create", "--size", "1M", temp.location)  # left by a crash mid-create
+
     temp_seen, final_seen = backend.probe([temp, final])
     assert temp_seen.exists and temp_seen.size == MiB and not final_seen.exists
-    ceph.rbd("rm", "--no-progress", temp.location)
-
-    backend.create(location, "op1", size=MiB, template=None)
-    final_seen, snap_seen = backend.probe([final, snap])
-    assert final_seen.exists and (final_seen.size, final_seen.format) == (MiB, RAW)
-    assert final_seen.backing is None and final_seen.snapshots == ()
-    assert not snap_seen.exists
-
-    backend.snapshot(location, RAW, "s1", "op2")
-    (snap_seen,) = backend.probe([snap])
-    assert snap_seen.exists and snap_seen.size == MiB and snap_seen.protected is False
-    ceph.rbd("snap", "protect", f"{location}@s1")
-    backend.resize(location, RAW, 2 * MiB)
-    final_seen, snap_seen = backend.probe([final, snap])
-    assert snap_seen.protected is True and final_seen.snapshots == ("s1",)
-    # The size the snapshot was taken at, not the image's size now.
-    assert snap_seen.size == MiB and final_seen.size == 2 * MiB
-    missing = Artifact(SNAPSHOT, f"{POOL}/nothing", "s1")
-    assert backend.probe([missing])[0].exists is False
 
 
-def test_remove_is_idempotent_and_takes_protected_snapshots(
+def test_remove_takes_a_temporary_with_a_protected_snapshot(
     backend: RbdBackend, ceph: CephCluster
 ) -> None:
     location = backend.disk_location("vm1", "disk0")
