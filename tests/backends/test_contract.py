@@ -54,6 +54,7 @@ def test_probe_does_not_trust_a_temporary_file(backend: Backend) -> None:
 
     assert temp_seen.exists and temp_seen.format is None and not final_seen.exists
     backend.remove([temp, final])
+    assert not any(o.exists for o in backend.probe([temp, final]))
     backend.create(location, "op1", size=MiB, template=None)
     (final_seen,) = backend.probe([final])
     assert final_seen.exists and final_seen.allocated is not None

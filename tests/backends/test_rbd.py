@@ -175,6 +175,9 @@ class TestRbdContract(BackendContract):
     def template_store(self, backend: RbdBackend, tmp_path: Path) -> TemplateStore:
         return RbdTemplateStore(str(tmp_path), backend)
 
+    def template_backing(self, template: TemplateSource) -> str:
+        return f"{template.location}@{TEMPLATE_SNAPSHOT}"
+
 
 # -- names -----------------------------------------------------------------------------------
 
