@@ -52,9 +52,10 @@ def _common() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--backend",
-        choices=BACKENDS,
         default=None,
-        help="disk backend ($DISKLEDGER_BACKEND)",
+        metavar="NAME",
+        help=f"disk backend: {', '.join(BACKENDS)}, or one installed as a package "
+        "($DISKLEDGER_BACKEND)",
     )
     return common
 

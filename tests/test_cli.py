@@ -452,3 +452,23 @@ def test_the_console_script(tmp_path: Path) -> None:
     assert bad.returncode == 1 and bad.stderr.strip() == "diskledger: error: no such disk: vm/x"
     usage = subprocess.run([str(script), "disk", "show"], env=env, capture_output=True, text=True)
     assert usage.returncode == 2
+
+
+@pytest.mark.parametrize("where", ["option", "environment"])
+def test_an_unknown_backend_is_one_line_exit_1_and_touches_nothing(
+    tmp_path: Path, where: str
+) -> None:
+    root = tmp_path / "root"
+    env = {**os.environ, "DISKLEDGER_ROOT": str(root)}
+    argv = ["disk", "create", "vm/x", "--blank", "--size", "1M"]
+    if where == "option":
+        argv += ["--backend", "lvm"]
+    else:
+        env["DISKLEDGER_BACKEND"] = "lvm"
+    script = Path(sys.executable).with_name("diskledger")
+    done = subprocess.run([str(script), *argv], env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr == (
+        "diskledger: error: unknown backend 'lvm'; choose one of: raw, qcow2, rbd\n"
+    )
+    assert not root.exists()

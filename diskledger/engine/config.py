@@ -6,10 +6,10 @@ import os
 import socket
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from diskledger.backends.rbd.cluster import CephConfig
+from diskledger.backends import registry
 from diskledger.engine.inputs import parse_size
 from diskledger.errors import InvalidInput
 from diskledger.hypervisor.libvirt_host import DEFAULT_URI
@@ -29,6 +29,10 @@ class Config:
     ``DISKLEDGER_PREALLOCATE`` (``none``, or ``space``: file disks get their whole virtual size
     allocated when made and grown, as Nova's ``preallocate_images``; their descriptions then use
     native AIO).
+
+    Each backend reads its own settings (``BackendSpec.load_settings``); the configured one's are
+    read, and refused when bad, here; another backend a disk's stream names reads them from the
+    same ``environ`` when it is first needed. A backend installed as a package may add its own.
 
     For ``rbd``: ``DISKLEDGER_CEPH_CONF`` (default ``/etc/ceph/ceph.conf``), ``DISKLEDGER_RBD_POOL``
     (default ``rbd``), ``DISKLEDGER_RBD_USER`` (the cephx client id, without ``client.``),
@@ -51,9 +55,10 @@ class Config:
     """Recover operations left pending by dead processes when an engine opens."""
     max_template_size: int = 16 << 40
     """The largest virtual size a template may claim (a tiny file claiming exabytes is refused)."""
-    ceph: CephConfig | None = None
-    """How the ``rbd`` backend reaches the cluster (None for the file backends)."""
-    preallocate: bool = False
+    settings: object = None
+    """The configured backend's settings, as its spec read them (``CephConfig`` for ``rbd``)."""
+    environ: Mapping[str, str] = field(default_factory=dict)
+    """The ``DISKLEDGER_*`` variables, for the settings of other backends."""
     libvirt_uri: str = DEFAULT_URI
     rbd_secret_uuid: str | None = None
     detach_timeout: float = 30.0
@@ -71,20 +76,21 @@ class Config:
     ) -> Config:
         root_path = Path(root or environ.get("DISKLEDGER_ROOT") or DEFAULT_ROOT).absolute()
         backend = backend or environ.get("DISKLEDGER_BACKEND") or "qcow2"
+        ours = {k: v for k, v in environ.items() if k.startswith("DISKLEDGER_")}
         return cls(
             root=root_path,
             ledger=ledger
             or environ.get("DISKLEDGER_LEDGER")
             or f"sqlite:///{root_path / 'ledger.db'}",
             backend=backend,
-            ceph=_ceph(environ) if backend == "rbd" else None,
+            settings=registry.spec(backend).load_settings(ours),
+            environ=ours,
             host=environ.get("DISKLEDGER_HOST") or socket.gethostname(),
             actor=actor or environ.get("DISKLEDGER_ACTOR") or "diskledger",
             max_template_size=parse_size(
                 environ.get("DISKLEDGER_MAX_TEMPLATE_SIZE", "16T"),
                 what="DISKLEDGER_MAX_TEMPLATE_SIZE",
             ),
-            preallocate=_preallocate(environ),
             libvirt_uri=environ.get("DISKLEDGER_LIBVIRT_URI") or DEFAULT_URI,
             rbd_secret_uuid=_uuid(environ, "DISKLEDGER_RBD_SECRET_UUID"),
             detach_timeout=_seconds(environ, "DISKLEDGER_DETACH_TIMEOUT", 30.0),
@@ -95,27 +101,6 @@ class Config:
                 not in ("0", "no", "off", "false")
             ),
         )
-
-
-def _ceph(environ: Mapping[str, str]) -> CephConfig:
-    budget = _seconds(environ, "DISKLEDGER_CEPH_RETRY_BUDGET", 30.0)
-    return CephConfig(
-        conf=environ.get("DISKLEDGER_CEPH_CONF") or "/etc/ceph/ceph.conf",
-        pool=environ.get("DISKLEDGER_RBD_POOL") or "rbd",
-        user=environ.get("DISKLEDGER_RBD_USER") or None,
-        keyring=environ.get("DISKLEDGER_CEPH_KEYRING") or None,
-        snapshot_pool=environ.get("DISKLEDGER_RBD_SNAPSHOT_POOL") or None,
-        op_timeout=_seconds(environ, "DISKLEDGER_CEPH_OP_TIMEOUT", 10.0),
-        retry_budget=budget,
-        busy_budget=budget,
-    )
-
-
-def _preallocate(environ: Mapping[str, str]) -> bool:
-    raw = environ.get("DISKLEDGER_PREALLOCATE") or "none"
-    if raw not in ("none", "space"):
-        raise InvalidInput(f"DISKLEDGER_PREALLOCATE={raw!r} is not one of none, space")
-    return raw == "space"
 
 
 def _uuid(environ: Mapping[str, str], name: str) -> str | None:

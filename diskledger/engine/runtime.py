@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from diskledger.backends import Backend, TemplateStore, backend_for, template_store_for
+from diskledger.backends import Backend, TemplateStore, registry
 from diskledger.engine.config import Config
 from diskledger.engine.liveness import current_process
 from diskledger.events import Metadata
@@ -97,12 +97,18 @@ def build(
     backend: Backend | None = None,
     store: Callable[[EventStore], EventStore] | None = None,
 ) -> Runtime:
-    """The runtime ``config`` describes. ``backend`` replaces the configured one (a test's own
-    backend); ``store`` wraps the opened event store (to test the harness itself)."""
+    """The runtime ``config`` describes: its backend made as the backend registry declares it
+    (with the settings ``Config.load`` read), its template store, the ledger, the hypervisor.
+    ``backend`` stands in for the configured one (a test's own backend, which keeps templates
+    where the configured one would); ``store`` wraps the opened event store (to test the harness
+    itself)."""
     root = str(config.root)
 
     def make(name: str) -> Backend:
-        return backend_for(name, root, ceph=config.ceph, preallocate=config.preallocate)
+        spec = registry.spec(name)
+        if name == config.backend:
+            return spec.make(root, config.settings)
+        return spec.make(root, spec.load_settings(config.environ))
 
     chosen = backend or make(config.backend)
     config.root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -110,7 +116,7 @@ def build(
     return Runtime(
         store=store(opened) if store is not None else opened,
         backend=chosen,
-        templates=template_store_for(chosen, root, max_virtual_size=config.max_template_size),
+        templates=registry.spec(config.backend).templates(chosen, root, config.max_template_size),
         hypervisor=Hypervisor(config.libvirt_uri, detach_timeout=config.detach_timeout),
         host=config.host,
         make_backend=make,

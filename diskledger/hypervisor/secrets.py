@@ -6,20 +6,11 @@ private and names it ``client.<user> secret``, as Nova's deployment guides do.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
-
+from diskledger.backends.contract import Authenticates
 from diskledger.errors import InvalidInput
 from diskledger.hypervisor.libvirt_host import Hypervisor
 
 __all__ = ["define_ceph_secret", "undefine_ceph_secret"]
-
-
-@runtime_checkable
-class Authenticates(Protocol):  # TEMPORARY until backends.contract has it
-    client_user: str | None
-
-    def client_credentials(self) -> tuple[str, bytes] | None: ...
-
 
 _NOT_CONFIGURED = (
     "the libvirt ceph secret holds the key of the rbd backend's cephx user: "
@@ -42,10 +33,10 @@ def undefine_ceph_secret(hypervisor: Hypervisor, backend: object) -> str | None:
 
 
 def _user(backend: object) -> str:
-    user = getattr(backend, "client_user", None) if isinstance(backend, Authenticates) else None
+    user = backend.client_user if isinstance(backend, Authenticates) else None
     if not user:
         raise InvalidInput(_NOT_CONFIGURED)
-    return str(user)
+    return user
 
 
 def _credentials(backend: object) -> tuple[str, bytes]:
