@@ -1,6 +1,6 @@
 """Faults of the Ceph cluster itself: an OSD that stops answering for a while, or for longer than
 the retry budget, and a process killed while it does; and the retry policies of
-``diskledger.backends.ceph`` on their own.
+``diskledger.backends.rbd.cluster`` on their own.
 
 The OSD is frozen with SIGSTOP and let go on with SIGCONT (``CephCluster.freeze_osd``/``thaw_osd``):
 to a client that is an OSD which stopped answering, and the memstore OSD keeps its data (a real
