@@ -179,7 +179,9 @@ class RbdStorage:
         with ``keyring`` when given, else as the backend's own client."""
         pools = [pool for pool in (config.pool, config.snapshot_pool) if pool]
         if user is None:
-            user, keyring = config.user, config.keyring if keyring is None else keyring
+            user = config.user
+            if keyring is None:
+                keyring = config.keyring
         return cls(config.conf, pools, user=user, keyring=keyring, root=root)
 
     def read(self, location: str, fmt: str, offset: int, length: int) -> bytes:
