@@ -28,6 +28,7 @@ from diskledger.errors import (
     SnapshotNotFound,
     StoreError,
     TemplateNotFound,
+    UnknownBackend,
     UnsafeImage,
 )
 from diskledger.events import Metadata, NewEvent, RecordedEvent
@@ -76,6 +77,7 @@ __all__ = [
     "TemplateNotFound",
     "TemplateState",
     "TemplateView",
+    "UnknownBackend",
     "UnsafeImage",
     "open_store",
     "parse_size",

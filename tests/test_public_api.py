@@ -47,6 +47,7 @@ EXPECTED = {
     "TemplateNotFound",
     "TemplateState",
     "TemplateView",
+    "UnknownBackend",
     "UnsafeImage",
     "open_store",
     "parse_size",
