@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from diskledger.backends import registry
+from diskledger.backends.settings import seconds
 from diskledger.engine.inputs import parse_size
 from diskledger.errors import InvalidInput
 from diskledger.hypervisor.libvirt_host import DEFAULT_URI
@@ -93,7 +94,7 @@ class Config:
             ),
             libvirt_uri=environ.get("DISKLEDGER_LIBVIRT_URI") or DEFAULT_URI,
             rbd_secret_uuid=_uuid(environ, "DISKLEDGER_RBD_SECRET_UUID"),
-            detach_timeout=_seconds(environ, "DISKLEDGER_DETACH_TIMEOUT", 30.0),
+            detach_timeout=seconds(environ, "DISKLEDGER_DETACH_TIMEOUT", 30.0),
             recover=(
                 recover
                 if recover is not None
@@ -111,16 +112,3 @@ def _uuid(environ: Mapping[str, str], name: str) -> str | None:
         return str(uuid.UUID(raw))
     except ValueError:
         raise InvalidInput(f"{name}={raw!r} is not a UUID") from None
-
-
-def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidInput(f"{name}={raw!r} is not a number of seconds") from None
-    if not 0 < value <= 3600:
-        raise InvalidInput(f"{name}={raw!r} is not between 0 and 3600 seconds")
-    return value

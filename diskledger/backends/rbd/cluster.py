@@ -64,6 +64,7 @@ from typing import Any, TypeVar
 
 import tenacity
 
+from diskledger.backends.settings import seconds
 from diskledger.errors import (
     BackendError,
     CephError,
@@ -135,14 +136,14 @@ class CephConfig:
         10), ``DISKLEDGER_CEPH_RETRY_BUDGET`` (seconds of retries for transient and busy errors,
         default 30). A number of seconds that is not one, or not in (0, 3600], is
         ``InvalidInput``."""
-        budget = _seconds(environ, "DISKLEDGER_CEPH_RETRY_BUDGET", 30.0)
+        budget = seconds(environ, "DISKLEDGER_CEPH_RETRY_BUDGET", 30.0)
         return cls(
             conf=environ.get("DISKLEDGER_CEPH_CONF") or "/etc/ceph/ceph.conf",
             pool=environ.get("DISKLEDGER_RBD_POOL") or "rbd",
             user=environ.get("DISKLEDGER_RBD_USER") or None,
             keyring=environ.get("DISKLEDGER_CEPH_KEYRING") or None,
             snapshot_pool=environ.get("DISKLEDGER_RBD_SNAPSHOT_POOL") or None,
-            op_timeout=_seconds(environ, "DISKLEDGER_CEPH_OP_TIMEOUT", 10.0),
+            op_timeout=seconds(environ, "DISKLEDGER_CEPH_OP_TIMEOUT", 10.0),
             retry_budget=budget,
             busy_budget=budget,
         )
@@ -154,19 +155,6 @@ class CephConfig:
     @property
     def busy(self) -> Policy:
         return Policy("busy", _BUSY, self.busy_budget, 0.5, 4.0)
-
-
-def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidInput(f"{name}={raw!r} is not a number of seconds") from None
-    if not 0 < value <= 3600:
-        raise InvalidInput(f"{name}={raw!r} is not between 0 and 3600 seconds")
-    return value
 
 
 def client_key(config: CephConfig) -> str:

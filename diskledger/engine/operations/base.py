@@ -65,13 +65,23 @@ class Operation:
         return f"<operation {self.kind}.{self.name}>"
 
 
-def disk_parts(backend: Backend, params: Mapping[str, Any]) -> tuple[Artifact, ...]:
-    """The disk itself (an in-place change to it), for ``Operation.parts``."""
+def disk_parts(
+    operation: Operation, backend: Backend, params: Mapping[str, Any]
+) -> tuple[Artifact, ...]:
+    """``Operation.parts`` of an in-place change: the disk itself (``parts = disk_parts``)."""
     location = params.get("location")
     return backend.disk_artifacts(location, ()) if location is not None else ()
 
 
-def observed_size(backend: Backend, params: Mapping[str, Any]) -> dict[str, Any]:
-    """The disk's size now, for ``Operation.recovered`` of an in-place change."""
+def observed_size(
+    operation: Operation,
+    rt: Runtime,
+    backend: Backend,
+    params: Mapping[str, Any],
+    view: DiskView | TemplateView,
+    evidence: Evidence,
+) -> dict[str, Any]:
+    """``Operation.recovered`` of an in-place change of size or data: the disk's size now
+    (``recovered = observed_size``)."""
     (disk,) = backend.probe(backend.disk_artifacts(params["location"], ()))
     return {"size": disk.size}

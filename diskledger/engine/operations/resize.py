@@ -5,18 +5,16 @@ Disks never shrink; asking for the size a disk has changes nothing and records n
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from diskledger.backends import Artifact, Backend
 from diskledger.engine.attachments import uses
-from diskledger.engine.decisions import Decision, Evidence, Rule
+from diskledger.engine.decisions import Decision, Rule
 from diskledger.engine.inputs import check_disk, parse_size
 from diskledger.engine.operations.base import Operation, disk_parts, observed_size
 from diskledger.engine.protocol import Plan, on_live_disk
 from diskledger.engine.runtime import Runtime
 from diskledger.errors import DiskAttached, InvalidSize
-from diskledger.states import DiskView, TemplateView
+from diskledger.states import DiskView
 from diskledger.states.streams import disk_stream
 
 __all__ = ["RESIZE", "running_with"]
@@ -77,18 +75,9 @@ class Resize(Operation):
 
         return on_live_disk(rt, self, request, op_id, plan)
 
-    def parts(self, backend: Backend, params: Mapping[str, Any]) -> tuple[Artifact, ...]:
-        return disk_parts(backend, params)
+    parts = disk_parts
 
-    def recovered(
-        self,
-        rt: Runtime,
-        backend: Backend,
-        params: Mapping[str, Any],
-        view: DiskView | TemplateView,
-        evidence: Evidence,
-    ) -> dict[str, Any]:
-        return observed_size(backend, params)
+    recovered = observed_size
 
 
 def running_with(rt: Runtime, view: DiskView) -> tuple[str, str] | None:

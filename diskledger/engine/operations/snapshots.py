@@ -11,13 +11,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from diskledger.backends import Artifact, Backend
-from diskledger.engine.decisions import Decision, Evidence, Rule
+from diskledger.engine.decisions import Decision, Rule
 from diskledger.engine.inputs import check_disk, check_snapshot
 from diskledger.engine.operations.base import Operation, disk_parts, observed_size
 from diskledger.engine.protocol import Plan, existing_snapshot, on_live_disk
 from diskledger.engine.runtime import Runtime
 from diskledger.errors import IllegalTransition
-from diskledger.states import DiskView, TemplateView
+from diskledger.states import DiskView
 from diskledger.states.streams import disk_stream
 
 __all__ = ["REMOVE_SNAPSHOT", "ROLLBACK", "SNAPSHOT"]
@@ -68,15 +68,7 @@ class Snapshot(Operation):
 
         return on_live_disk(rt, self, request, op_id, plan)
 
-    def recovered(
-        self,
-        rt: Runtime,
-        backend: Backend,
-        params: Mapping[str, Any],
-        view: DiskView | TemplateView,
-        evidence: Evidence,
-    ) -> dict[str, Any]:
-        return observed_size(backend, params)
+    recovered = observed_size
 
 
 class Rollback(Operation):
@@ -119,23 +111,14 @@ class Rollback(Operation):
 
         return on_live_disk(rt, self, request, op_id, plan)
 
-    def parts(self, backend: Backend, params: Mapping[str, Any]) -> tuple[Artifact, ...]:
-        return disk_parts(backend, params)
+    parts = disk_parts
 
     def finish(self, rt: Runtime, backend: Backend, params: Mapping[str, Any], op_id: str) -> None:
         backend.rollback(
             params["location"], params["format"], params["snapshot"], op_id, size=params["size"]
         )
 
-    def recovered(
-        self,
-        rt: Runtime,
-        backend: Backend,
-        params: Mapping[str, Any],
-        view: DiskView | TemplateView,
-        evidence: Evidence,
-    ) -> dict[str, Any]:
-        return observed_size(backend, params)
+    recovered = observed_size
 
 
 class RemoveSnapshot(Operation):

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from diskledger.backends import Artifact, Backend, Capability, DirectSnapshots, Flattens
+from diskledger.backends import Backend, Capability, DirectSnapshots, Flattens
 from diskledger.engine.decisions import Decision, Evidence, Rule
 from diskledger.engine.inputs import check_disk, check_name, check_snapshot
 from diskledger.engine.operations.base import Operation, disk_parts
@@ -71,8 +71,7 @@ class Flatten(Operation):
 
         return on_live_disk(rt, self, request, op_id, plan)
 
-    def parts(self, backend: Backend, params: Mapping[str, Any]) -> tuple[Artifact, ...]:
-        return disk_parts(backend, params)
+    parts = disk_parts
 
     def finish(self, rt: Runtime, backend: Backend, params: Mapping[str, Any], op_id: str) -> None:
         assert isinstance(backend, Flattens)
