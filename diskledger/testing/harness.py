@@ -1,13 +1,19 @@
 """A property-based harness that shakes a disk backend with random operations and crashes.
 
 ``DiskLifecycle`` is a Hypothesis ``RuleBasedStateMachine`` that drives an ``Engine`` on real
-storage through random sequences of template imports, creates, resizes, snapshots, rollbacks,
-snapshot removals, exports, deletes, repeated idempotency keys, invalid requests, **crashes at a
-fault point of the next operation** (in-process: the operation's thread dies on the spot and no
-compensation runs; or a real ``diskledger`` CLI process is SIGKILLed there), recoveries and engine
-restarts. A model of the expected state runs alongside. After every step the invariants below are
-checked; a violated one raises ``InvariantViolation`` naming it, and Hypothesis prints the shrunk
-operation sequence that led there.
+storage through random sequences of every operation the engine has — template imports, creates
+(from a template or blank), imports of local image files, resizes, snapshots, rollbacks, snapshot
+removals, exports, flattens, direct snapshots, attaching to and detaching from a libvirt domain
+(when the harness is given one), deletes — with repeated idempotency keys, requests the engine
+must refuse, **guest writes** (a distinct 512-byte marker written into a disk through the
+storage, as a guest would), **operations crashed at a fault point** (in-process: the
+operation's thread dies on the spot and no compensation runs; or a real ``diskledger`` CLI
+process is SIGKILLed there), recoveries and engine restarts. Every size it asks for is a multiple
+of 512 bytes, not of a MiB. A model of the expected state runs alongside, down to the bytes: what
+each disk, snapshot and export holds. After every step, and once more at the end of each example
+(after recovering what a crash left unresolved), the invariants below are checked; a violated one
+raises ``InvariantViolation`` naming it, and Hypothesis prints the shrunk operation sequence that
+led there.
 
 Invariants (``INVARIANTS``; docs/testing.md explains each):
 
@@ -15,10 +21,15 @@ Invariants (``INVARIANTS``; docs/testing.md explains each):
 - stream versions have no gaps, and every recorded transition is legal by the lifecycle tables;
 - storage holds exactly the artifacts the ledger names, with the recorded sizes, formats and
   backing (no orphans, no drift);
-- a disk's size never shrinks and its format never changes;
+- a disk's size never shrinks, is exactly the size asked for (to the byte: sizes are drawn at
+  512-byte granularity), and its format never changes;
 - every template's users are exactly the live disks made from it;
-- the model and the engine agree on every disk (state, size, snapshots, template) and on which
-  requests are refused; a refused request changes nothing;
+- the model and the engine agree on every disk (state, size, snapshots, template, attachment)
+  and on which requests are refused; a refused request changes nothing;
+- a disk holds the bytes the model says (its template's or source's bytes, the markers written
+  into it, zeros elsewhere; after a rollback, the snapshot's bytes), and an export or a direct
+  snapshot holds the bytes of the disk it copied;
+- the domain has exactly the disks the ledger says are attached to it;
 - repeating a completed operation's idempotency key changes nothing;
 - after ``recover`` nothing is pending.
 
@@ -29,13 +40,14 @@ Run it on a backend with a few lines::
     TestMyBackend = lifecycle_test_case(Harness("mine", backend=lambda root: MyBackend(root)))
 
 or, from a pytest test that needs fixtures, ``run_lifecycle(Harness(...))``. The budget comes
-from ``DISKLEDGER_HARNESS_EXAMPLES`` (examples per run, default 10) and
-``DISKLEDGER_HARNESS_STEPS`` (steps per example, default 30). ``STATS`` counts steps, crashes,
-recoveries and violations across runs.
+from ``DISKLEDGER_HARNESS_EXAMPLES`` (examples per run, default 5) and
+``DISKLEDGER_HARNESS_STEPS`` (steps per example, default 30). ``STATS`` counts steps,
+operations, refusals, guest writes, crashes, recoveries and violations across runs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -43,27 +55,25 @@ import sys
 import tempfile
 import unittest
 import uuid
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    Bundle,
-    MultipleResults,
     RuleBasedStateMachine,
-    consumes,
     initialize,
     invariant,
-    multiple,
+    precondition,
     rule,
     run_state_machine_as_test,
 )
 
 from diskledger import faults
-from diskledger.backends import Backend
+from diskledger.backends import Backend, Capability, SourceKind
 from diskledger.engine import Config, Engine, build
 from diskledger.errors import BackendError, DiskLedgerError
 from diskledger.events import COMPLETED, FAILED, split_type
@@ -71,6 +81,7 @@ from diskledger.states import DISK_TABLE, TEMPLATE_TABLE, DiskState, evolve, par
 from diskledger.states.machine import Validator
 from diskledger.states.streams import DISK, empty_view, stream_kind
 from diskledger.store import EventStore
+from diskledger.testing.storage import FileStorage, StorageAccess
 
 __all__ = [
     "INVARIANTS",
@@ -86,24 +97,82 @@ __all__ = [
 ]
 
 MiB = 1 << 20
+SECTOR = 512
+"""The granularity of every size the harness asks for and of every guest write."""
 DISKS = ("vm-1/root", "vm-1/data", "vm-2/root", "vm-2/data", "vm-3/root", "vm-3/swap")
+TARGETS = {disk: f"sd{chr(ord('a') + i)}" for i, disk in enumerate(DISKS)}
+"""The SCSI target each disk is attached at, when the harness has a domain."""
 SNAPSHOTS = ("s1", "s2", "s3")
+DIRECT = "direct"
+"""The short-lived snapshot a direct snapshot copies from (never one of ``SNAPSHOTS``)."""
 TEMPLATES = {"base": "raw", "alt": "qcow2"}
+IMPORTS = {"import.raw": "raw", "import.qcow2": "qcow2"}
+IMPORT_SIZE = 2 * MiB + 3 * SECTOR
+MAX_MARKS = 4
+"""Distinct offsets marked per disk at most (then writes overwrite): keeps the reads cheap."""
+LIVE_DISKS = 3
+"""Creates are drawn while fewer disks than this live, deletes while this many do."""
+REPEATS = 4
+"""Kinds of operation whose idempotency key an example repeats, at most."""
 POINTS = faults.POINTS
+CRASHES = 4
+"""One operation in this many is drawn to crash (Hypothesis favours the first choice, not to
+crash: in practice about one in five does)."""
+HOW = ("in-process", "in-process", "in-process", "kill a CLI process")
+"""How an operation crashes: its thread dies on the spot (``faults.Crash``), or a real
+``diskledger`` CLI process running it is SIGKILLed there (named backends only: a factory's
+backend crashes in-process); a CLI process costs a Python start, hence one in four."""
+
+CHAIN = "the hash chain holds and replay gives the read models"
+GAPLESS = "stream versions have no gaps"
+LEGAL = "every recorded transition is legal"
+STORAGE = "storage holds exactly what the ledger names"
+NEVER_SHRINKS = "sizes never shrink"
+FORMAT = "a disk's format never changes"
+USERS = "template users are the disks made from them"
+AGREE = "the model and the engine agree"
+REFUSED = "a refused request changes nothing"
+REPEATED = "a repeated idempotency key changes nothing"
+RECOVERED = "after recover nothing is pending"
+EXACT_SIZE = "a disk is the size it was asked to be"
+DATA = "a disk holds the bytes the model says"
+COPIES = "an export holds the bytes of the disk it copied"
+ATTACHED = "the domain has exactly the disks attached to it"
 
 INVARIANTS = (
-    "the hash chain holds and replay gives the read models",
-    "stream versions have no gaps",
-    "every recorded transition is legal",
-    "storage holds exactly what the ledger names",
-    "sizes never shrink",
-    "a disk's format never changes",
-    "template users are the disks made from them",
-    "the model and the engine agree",
-    "a refused request changes nothing",
-    "a repeated idempotency key changes nothing",
-    "after recover nothing is pending",
+    CHAIN,
+    GAPLESS,
+    LEGAL,
+    STORAGE,
+    NEVER_SHRINKS,
+    FORMAT,
+    USERS,
+    AGREE,
+    REFUSED,
+    REPEATED,
+    RECOVERED,
+    EXACT_SIZE,
+    DATA,
+    COPIES,
+    ATTACHED,
 )
+
+REFUSED_WHILE_ATTACHED = frozenset(
+    {
+        "attach",
+        "delete",
+        "rollback",
+        "export",
+        "flatten",
+        "snapshot",
+        "remove-snapshot",
+        "direct-snapshot",
+    }
+)
+"""What the model expects the engine to refuse on a disk a domain uses (the harness's own
+statement of the rule, not the engine's table: a change there shows up here as a violation)."""
+SNAPSHOTS_IN_USE = frozenset({"snapshot", "remove-snapshot", "direct-snapshot"})
+"""...except these, on a backend with ``Capability.SNAPSHOT_IN_USE`` (RBD)."""
 
 
 class InvariantViolation(AssertionError):
@@ -123,6 +192,9 @@ class HarnessStats:
     """Steps that ran an operation the model expected to succeed (crashed ones included)."""
     refusals: int = 0
     """Steps that made a request the model expected to be refused."""
+    writes: int = 0
+    """Guest data written into a disk through the storage, not the engine (by the
+    ``write_guest_data`` steps, and by the guest carrying on after a snapshot)."""
     crashes: int = 0
     subprocess_kills: int = 0
     recoveries: int = 0
@@ -131,9 +203,9 @@ class HarnessStats:
     def line(self) -> str:
         return (
             f"{self.examples} examples, {self.steps} steps ({self.operations} operations, "
-            f"{self.refusals} refused requests), {self.crashes} crashes injected "
-            f"({self.subprocess_kills} by SIGKILL of a CLI process), {self.recoveries} recoveries, "
-            f"{self.violations} violations"
+            f"{self.refusals} refused requests, {self.writes} guest writes), {self.crashes} "
+            f"crashes injected ({self.subprocess_kills} by SIGKILL of a CLI process), "
+            f"{self.recoveries} recoveries, {self.violations} violations"
         )
 
 
@@ -149,6 +221,17 @@ class Harness:
     real CLI process need a named backend; a factory gets in-process crashes only.
     ``store`` may wrap the event store (to test the harness itself); ``reset`` runs before and
     after every example (for shared storage: empty the pool).
+
+    ``storage`` makes the ``StorageAccess`` guest bytes are written and read through, given the
+    example's root; by default ``FileStorage(root)``, which serves backends whose disks are
+    files. A backend whose disks are not files (RBD) must be given one; it is closed after each
+    example when it has a ``close()``.
+
+    ``domain`` names a running libvirt domain with a SCSI controller (virtio-scsi) that disks
+    are attached to (at ``sda``..``sdf``) and detached from, and resized in while attached;
+    without one, attach and detach are never drawn. Every disk is detached again after each
+    example. qemu must reach the disks: give a ``workdir`` it can traverse (the examples'
+    directories are made there, mode 0711).
     """
 
     name: str
@@ -157,7 +240,10 @@ class Harness:
     ledger: Callable[[Path], str] | None = None
     store: Callable[[EventStore], EventStore] | None = None
     reset: Callable[[], None] | None = None
-    template_size: int = 4 * MiB
+    template_size: int = 3 * MiB + 5 * SECTOR
+    storage: Callable[[Path], StorageAccess] | None = None
+    domain: str | None = None
+    workdir: Path | None = None
 
     @property
     def kills_processes(self) -> bool:
@@ -181,11 +267,17 @@ class Harness:
             "DISKLEDGER_RECOVER": "0",  # the harness decides when recovery runs
         }
 
+    @property
+    def snapshot_pool(self) -> str | None:
+        """The pool direct snapshots go to, when the settings name one."""
+        key = "DISKLEDGER_RBD_SNAPSHOT_POOL"
+        return self.environ.get(key) or os.environ.get(key) or None
+
 
 def budget(**overrides: Any) -> settings:
     """Hypothesis settings from ``DISKLEDGER_HARNESS_EXAMPLES`` and ``DISKLEDGER_HARNESS_STEPS``."""
     values: dict[str, Any] = {
-        "max_examples": int(os.environ.get("DISKLEDGER_HARNESS_EXAMPLES", "10")),
+        "max_examples": int(os.environ.get("DISKLEDGER_HARNESS_EXAMPLES", "5")),
         "stateful_step_count": int(os.environ.get("DISKLEDGER_HARNESS_STEPS", "30")),
         "deadline": None,
         "database": None,
@@ -197,6 +289,60 @@ def budget(**overrides: Any) -> settings:
 
 # -- the model --------------------------------------------------------------------------------
 
+ZEROS = bytes(SECTOR)
+
+
+def _sector(label: str) -> bytes:
+    """512 bytes that start with ``label`` (each marker's is unique) and go on with a byte
+    drawn from it, so that no two labels' sectors are alike."""
+    text = f"{label}|".encode()
+    return text.ljust(SECTOR, bytes([0x41 + zlib.crc32(text) % 26]))
+
+
+def _show(data: bytes) -> str:
+    if not any(data):
+        return "zeros"
+    label, bar, _ = data.partition(b"|")
+    return repr(label.decode(errors="replace")) if bar else repr(data[:24]) + "..."
+
+
+@dataclass(frozen=True)
+class Image:
+    """The guest bytes of a source file the harness made: a few known sectors, zeros elsewhere."""
+
+    size: int
+    sectors: Mapping[int, bytes]
+
+
+@dataclass(frozen=True)
+class Content:
+    """What a disk (or a snapshot or an export of it) holds: the bytes of the image it was made
+    from (none: a blank disk), the markers written into it on top, zeros everywhere else (also
+    where it grew)."""
+
+    base: Image | None = None
+    marks: Mapping[int, bytes] = field(default_factory=dict)
+
+    def at(self, offset: int) -> bytes:
+        if offset in self.marks:
+            return self.marks[offset]
+        if self.base is not None:
+            return self.base.sectors.get(offset, ZEROS)
+        return ZEROS
+
+    def marked(self, offset: int, data: bytes) -> Content:
+        return Content(self.base, {**self.marks, offset: data})
+
+    def offsets(self, size: int) -> list[int]:
+        """Where to look: every marker, the source's known sectors, the first and last sector."""
+        return sorted({*self.marks, *self.unmarked(size)})
+
+    def unmarked(self, size: int) -> list[int]:
+        """The source's known sectors, then the first and last sector, that hold no marker."""
+        known = [*(sorted(self.base.sectors) if self.base else ()), 0, size - SECTOR]
+        seen = [o for o in dict.fromkeys(known) if o not in self.marks]
+        return [o for o in seen if 0 <= o <= size - SECTOR]
+
 
 @dataclass
 class ModelDisk:
@@ -204,8 +350,28 @@ class ModelDisk:
     size: int
     format: str
     template: str | None
+    content: Content = field(default_factory=Content)
     snapshots: dict[str, int] = field(default_factory=dict)
+    saved: dict[str, Content] = field(default_factory=dict)
+    """What each snapshot holds."""
+    recheck: set[int] = field(default_factory=set)
+    """Offsets to read at the next check besides the markers: after a rollback, every offset
+    where another version of the disk (its bytes before, any snapshot) had a marker, which is
+    where a rollback that restored nothing, or the wrong snapshot, shows."""
     resized: bool = False
+    attached: str | None = None
+    """The target device a domain has the disk at."""
+
+
+@dataclass
+class Copy:
+    """An export file, or a direct snapshot's image, and what it holds."""
+
+    location: str
+    format: str
+    size: int
+    content: Content
+    checked: bool = False
 
 
 @dataclass
@@ -213,6 +379,10 @@ class Model:
     disks: dict[str, ModelDisk] = field(default_factory=dict)
     templates: dict[str, int] = field(default_factory=dict)
     """Cached templates and their virtual sizes."""
+    exports: dict[str, Copy] = field(default_factory=dict)
+    """Finished exports by name (``export-3.qcow2``)."""
+    copies: dict[str, Copy] = field(default_factory=dict)
+    """Finished direct snapshots by image id."""
 
 
 Apply = Callable[[Model], None]
@@ -226,46 +396,102 @@ class Unresolved:
     apply: Apply
 
 
-_SOURCES: dict[int, dict[str, Path]] = {}
+@dataclass(frozen=True)
+class Source:
+    """An image file with known bytes, to make templates and disks from."""
+
+    path: Path
+    format: str
+    image: Image
 
 
-def _template_sources(size: int) -> dict[str, Path]:
-    """One raw and one qcow2 image of ``size`` with data at the start, made once per process."""
-    if size not in _SOURCES:
-        directory = Path(tempfile.mkdtemp(prefix="diskledger-harness-templates-"))
-        raw = directory / "base.raw"
+_SOURCES: dict[tuple[str, int], Source] = {}
+
+
+def _source(name: str, fmt: str, size: int) -> Source:
+    """A ``fmt`` image file of ``size`` bytes with three known sectors (first, middle, last),
+    each naming ``name``; made once per process."""
+    key = (name, size)
+    if key not in _SOURCES:
+        directory = Path(tempfile.mkdtemp(prefix="diskledger-harness-sources-"))
+        middle = size // 2 // SECTOR * SECTOR
+        sectors = {
+            offset: _sector(f"{name} {where}")
+            for offset, where in ((0, "first"), (middle, "middle"), (size - SECTOR, "last"))
+        }
+        raw = directory / f"{name}.raw"
         with raw.open("wb") as handle:
-            handle.write(b"DISKLEDGER-HARNESS".ljust(64 << 10, b"\x5a"))
+            for offset, data in sectors.items():
+                handle.seek(offset)
+                handle.write(data)
             handle.truncate(size)
-        qcow2 = directory / "alt.qcow2"
-        subprocess.run(
-            ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)],
-            check=True,
-            capture_output=True,
-        )
-        _SOURCES[size] = {"base": raw, "alt": qcow2}
-    return _SOURCES[size]
+        path = raw
+        if fmt != "raw":
+            path = directory / f"{name}.{fmt}"
+            subprocess.run(
+                ["qemu-img", "convert", "-f", "raw", "-O", fmt, str(raw), str(path)],
+                check=True,
+                capture_output=True,
+            )
+            raw.unlink()
+        _SOURCES[key] = Source(path, fmt, Image(size, sectors))
+    return _SOURCES[key]
 
+
+T = TypeVar("T")
+
+
+@st.composite
+def _mostly(draw: st.DrawFn, good: Sequence[T], others: Sequence[T], odds: int = 8) -> T:
+    """One of ``good`` ``odds - 1`` times in ``odds`` (when there is one), else any of
+    ``others``; shrinks towards ``good[0]``, which Hypothesis also draws more often than the
+    rest: callers put the most telling choice first."""
+    if good and draw(st.integers(0, odds - 1)) < odds - 1:
+        return draw(st.sampled_from(good))
+    return draw(st.sampled_from(others))
+
+
+def _weighted(*choices: tuple[int, st.SearchStrategy[T]]) -> st.SearchStrategy[T]:
+    """One of ``choices`` with the given weights; shrinks towards the first."""
+    table = [strategy for weight, strategy in choices for _ in range(weight)]
+    return st.integers(0, len(table) - 1).flatmap(lambda i: table[i])
+
+
+_CRASH = _weighted(
+    (CRASHES - 1, st.none()),
+    (1, st.tuples(st.sampled_from(("mid-effect", *POINTS)), st.sampled_from(HOW))),
+)
+"""Whether and where an operation crashes: mid-effect twice as often as at the other fault
+points (half an effect done is where most bugs hide)."""
 
 # -- the machine ------------------------------------------------------------------------------
 
 
 class DiskLifecycle(RuleBasedStateMachine):
-    """The lifecycle machine; ``lifecycle_machine(harness)`` makes one for a harness."""
+    """The lifecycle machine; ``lifecycle_machine(harness)`` makes one for a harness.
+
+    Rules draw what they act on from the model: mostly a disk, snapshot, template or size the
+    request succeeds with, sometimes any (a request for a disk that does not exist, a snapshot
+    that is not there, a size that shrinks must be refused and change nothing). Rules that can
+    only be refused in the current state (a template that is cached, a flatten on a backend
+    that cannot) are drawn only while the example has made fewer than one refused request per
+    four operations, so that most steps do something.
+    """
 
     harness: ClassVar[Harness]
 
-    disks = Bundle("disks")
-    """Disks a create was asked for; operations mostly pick from these, sometimes from any name
-    (a request for a disk that does not exist must be refused and change nothing)."""
-    ANY_DISK = st.one_of(disks, disks, st.sampled_from(DISKS))
-
     def __init__(self) -> None:
         super().__init__()
-        self.directory = Path(tempfile.mkdtemp(prefix="diskledger-harness-"))
+        workdir = self.harness.workdir
+        self.directory = Path(tempfile.mkdtemp(prefix="diskledger-harness-", dir=workdir))
         self.root = self.directory / "root"
         self.exports = self.directory / "exports"
         self.exports.mkdir()
+        if self.harness.domain is not None:
+            # qemu runs as another user: it must traverse every directory above a disk.
+            self.directory.chmod(0o711)
+            self.root.mkdir(mode=0o711)
+            self.root.chmod(0o711)
         self.ledger = (
             self.harness.ledger(self.root)
             if self.harness.ledger
@@ -274,259 +500,598 @@ class DiskLifecycle(RuleBasedStateMachine):
         if self.harness.reset:
             self.harness.reset()
         self.engine = self.harness.open(self.root, self.ledger)
-        self.sources = _template_sources(self.harness.template_size)
+        self.storage: StorageAccess = (self.harness.storage or FileStorage)(self.root)
+        self.files = FileStorage(self.exports)
+        size = self.harness.template_size
+        self.sources = {t: _source(t, fmt, size) for t, fmt in TEMPLATES.items()}
+        self.imports = {name: _source(name, fmt, IMPORT_SIZE) for name, fmt in IMPORTS.items()}
         self.model = Model()
         self.unresolved: dict[str, Unresolved] = {}
-        self.crash_next: tuple[str, str] | None = None
         self.last_completed: tuple[Callable[[Engine, str], Any], str, str] | None = None
         self.sizes: dict[str, int] = {}
         self.formats: dict[str, str] = {}
+        self.here = HarnessStats()
+        """This example's counts."""
+        self.dirty: set[str] = set()
+        """Disks whose bytes may have changed since they were last read."""
+        self.copies_changed = False
+        self.counter = 0
+        self.recovered_at = 0
+        self.reads = 0
+        self.checked: dict[str, int] = {}
+        """The ledger's head when each check of it last ran."""
+        self.repeated: set[str] = set()
+        """The kinds of operation whose idempotency key this example repeated."""
+        capabilities = self.engine.backend.capabilities
+        self.flattens = Capability.FLATTEN in capabilities
+        self.direct_snapshots = (
+            Capability.DIRECT_SNAPSHOT in capabilities and self.harness.snapshot_pool is not None
+        )
+        self.snapshots_in_use = Capability.SNAPSHOT_IN_USE in capabilities
         STATS.examples += 1
 
     def teardown(self) -> None:
-        self.engine.close()
-        if self.harness.reset:
-            self.harness.reset()
-        shutil.rmtree(self.directory, ignore_errors=True)
+        try:
+            if sys.exc_info()[1] is None:  # the example passed so far: see it to its end
+                self._finish()
+        finally:
+            try:
+                if self.harness.domain is not None:
+                    self._detach_everything()
+            finally:
+                self._close()
 
-    # -- rules ------------------------------------------------------------------------------
+    def _close(self) -> None:
+        try:
+            self.engine.close()
+            close = getattr(self.storage, "close", None)
+            if callable(close):
+                close()
+        finally:
+            if self.harness.reset:
+                self.harness.reset()
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _finish(self) -> None:
+        """The end of every example: what a crash left unresolved is recovered, and the
+        invariants are checked once more (a crash whose recovery never ran is still judged)."""
+        if self.unresolved:
+            self.engine.recover()
+            self._after_recovery()
+        for check in (
+            self.disks_match_the_model,
+            self.streams_are_gapless_and_legal,
+            self.the_domain_has_the_attached_disks,
+            self.the_ledger_and_storage_agree,
+            self.what_disks_hold_is_what_the_model_says,
+            self.what_exports_hold_is_what_the_disk_held,
+        ):
+            check()
+
+    def _detach_everything(self) -> None:
+        """Leave the domain as it was: every disk this example attached is detached (quietly
+        after a failure, which must not be hidden by another)."""
+        failed = sys.exc_info()[1] is not None
+        try:
+            self.engine.recover()
+            for view in self.engine.list():
+                if view.attachment is not None:
+                    self.engine.detach(view.disk)
+        except DiskLedgerError:
+            if not failed:
+                raise
+
+    # -- rules: templates and new disks -----------------------------------------------------
 
     @initialize(template=st.sampled_from(sorted(TEMPLATES)))
     def start_with_a_template(self, template: str) -> None:
-        self.add_template(template)
+        self._add_template(None, template)
 
-    @rule(template=st.sampled_from(sorted(TEMPLATES)))
-    def add_template(self, template: str) -> None:
-        fmt = TEMPLATES[template]
+    @precondition(lambda self: self._uncached() or self._may_refuse())
+    @rule(data=st.data())
+    def add_template(self, data: st.DataObject) -> None:
+        template = data.draw(_mostly(self._uncached(), sorted(TEMPLATES)), label="template")
+        self._add_template(data, template)
+
+    def _add_template(self, data: st.DataObject | None, template: str) -> None:
         source = self.sources[template]
         cached = template in self.model.templates or self._pending(f"template:{template}")
-        size = self.harness.template_size
+        size = source.image.size
 
         def apply(model: Model) -> None:
             model.templates[template] = size
 
         self._perform(
+            data,
             "fetch",
             f"template:{template}",
-            lambda engine, op_id: engine.add_template(template, source, fmt, op_id=op_id),
-            ["template", "add", template, str(source), "--format", fmt],
+            lambda engine, op_id: engine.add_template(
+                template, source.path, source.format, op_id=op_id
+            ),
+            ["template", "add", template, str(source.path), "--format", source.format],
             valid=not cached,
             apply=apply,
         )
 
-    @rule(
-        target=disks,
-        disk=st.sampled_from(DISKS),
-        template=st.sampled_from(sorted(TEMPLATES)),
-        asked=st.sampled_from(["none", "same", "bigger", "none", "bigger", "smaller"]),
-    )
-    def create_from_template(self, disk: str, template: str, asked: str) -> MultipleResults[str]:
+    @precondition(lambda self: self._may_create() or self._may_refuse())
+    @rule(data=st.data())
+    def create_from_template(self, data: st.DataObject) -> None:
+        disk = data.draw(_mostly(self._free_names(), DISKS), label="disk")
+        cached = sorted(t for t in self.model.templates if not self._pending(f"template:{t}"))
+        template = data.draw(_mostly(cached, sorted(TEMPLATES)), label="template")
         base = self.model.templates.get(template)
-        size = None
-        if base is not None and asked != "none":
-            size = base + {"same": 0, "bigger": MiB, "smaller": -MiB}[asked]
-        valid = base is not None and asked != "smaller" and self._absent(disk)
+        around = base or self.harness.template_size
+        size = data.draw(
+            _weighted(
+                (3, st.none()),
+                (1, st.just(around)),
+                (3, st.integers(1, 2048).map(lambda n: around + n * SECTOR)),
+                (1, st.integers(1, 64).map(lambda n: around - n * SECTOR)),
+            ),
+            label="size",
+        )
+        valid = (
+            base is not None
+            and (size is None or size >= base)
+            and self._absent(disk)
+            and not self._pending(f"template:{template}")
+        )
         fmt = self._disk_format()
+        image = self.sources[template].image
 
         def apply(model: Model) -> None:
             assert base is not None
-            model.disks[disk] = ModelDisk(DiskState.CREATED, size or base, fmt, template)
+            model.disks[disk] = ModelDisk(
+                DiskState.CREATED, size or base, fmt, template, Content(image)
+            )
 
         argv = ["disk", "create", disk, "--template", template]
-        return self._perform(
+        self._perform(
+            data,
             "create",
             f"disk:{disk}",
             lambda engine, op_id: engine.create(disk, template=template, size=size, op_id=op_id),
             [*argv, "--size", str(size)] if size else argv,
             valid=valid,
             apply=apply,
-            result=disk,
         )
 
-    @rule(target=disks, disk=st.sampled_from(DISKS), size=st.sampled_from([MiB, 3 * MiB]))
-    def create_blank(self, disk: str, size: int) -> MultipleResults[str]:
+    @precondition(lambda self: self._may_create() or self._may_refuse())
+    @rule(data=st.data())
+    def create_blank(self, data: st.DataObject) -> None:
+        disk = data.draw(_mostly(self._free_names(), DISKS), label="disk")
+        size = data.draw(
+            _weighted(
+                (6, st.integers(1, 8192).map(lambda n: n * SECTOR)),
+                (2, st.sampled_from([1, 7, 8, 9, 2047, 2048, 2049]).map(lambda n: n * SECTOR)),
+                (1, st.integers(1, 4 * MiB).filter(lambda n: n % SECTOR != 0)),
+            ),
+            label="size",
+        )
         fmt = self._disk_format()
 
         def apply(model: Model) -> None:
             model.disks[disk] = ModelDisk(DiskState.CREATED, size, fmt, None)
 
-        return self._perform(
+        self._perform(
+            data,
             "create",
             f"disk:{disk}",
             lambda engine, op_id: engine.create(disk, size=size, op_id=op_id),
             ["disk", "create", disk, "--blank", "--size", str(size)],
-            valid=self._absent(disk),
+            valid=self._absent(disk) and size % SECTOR == 0,
             apply=apply,
-            result=disk,
         )
 
-    @rule(disk=ANY_DISK, delta=st.sampled_from([-MiB, 0, MiB, 2 * MiB, MiB, 2 * MiB]))
-    def resize(self, disk: str, delta: int) -> None:
-        current = self._live(disk)
-        size = (current.size if current else 4 * MiB) + delta
+    @precondition(lambda self: self._may_create() or self._may_refuse())
+    @rule(data=st.data())
+    def import_disk(self, data: st.DataObject) -> None:
+        """A disk from a local image file: one the harness made (raw or qcow2), or an export."""
+        disk = data.draw(_mostly(self._free_names(), DISKS), label="disk")
+        sources: dict[str, tuple[Path, str, int, Content]] = {
+            name: (s.path, s.format, s.image.size, Content(s.image))
+            for name, s in self.imports.items()
+        }
+        for name, copy in self.model.exports.items():
+            sources[name] = (Path(copy.location), copy.format, copy.size, copy.content)
+        choice = data.draw(
+            _weighted((9, st.sampled_from(sorted(sources))), (1, st.just("missing.raw"))),
+            label="source",
+        )
+        path, fmt, size, content = sources.get(
+            choice, (self.directory / "missing.raw", "raw", 0, Content())
+        )
+        disk_format = self._disk_format()
 
         def apply(model: Model) -> None:
-            if delta == 0:
-                return
+            model.disks[disk] = ModelDisk(DiskState.CREATED, size, disk_format, None, content)
+
+        self._perform(
+            data,
+            "import",
+            f"disk:{disk}",
+            lambda engine, op_id: engine.import_disk(disk, path, fmt, op_id=op_id),
+            ["disk", "import", disk, str(path), "--format", fmt],
+            valid=self._absent(disk) and choice in sources,
+            apply=apply,
+        )
+
+    # -- rules: changing a disk -------------------------------------------------------------
+
+    @precondition(lambda self: self._live_names() or self._may_refuse())
+    @rule(data=st.data())
+    def resize(self, data: st.DataObject) -> None:
+        disk = data.draw(_mostly(self._live_names(), DISKS), label="disk")
+        current = self._live(disk)
+        now = current.size if current else 4 * MiB
+        size = data.draw(
+            _weighted(
+                (6, st.integers(1, 2048).map(lambda n: now + n * SECTOR)),
+                (1, st.just(now)),
+                (1, st.integers(1, 64).map(lambda n: now - n * SECTOR)),
+                (1, st.integers(1, SECTOR - 1).map(lambda n: now + n)),
+            ),
+            label="size",
+        )
+
+        def apply(model: Model) -> None:
             model_disk = model.disks[disk]
+            if size == model_disk.size:
+                return
             model_disk.size, model_disk.resized = size, True
             if model_disk.state is DiskState.CREATED:
                 model_disk.state = DiskState.RESIZED
 
         self._perform(
+            data,
             "resize",
             f"disk:{disk}",
             lambda engine, op_id: engine.resize(disk, size, op_id=op_id),
             ["disk", "resize", disk, str(size)],
-            valid=current is not None and delta >= 0,
+            valid=current is not None and size >= now and size % SECTOR == 0,
             apply=apply,
-            writes=delta != 0,
+            writes=current is None or size != now,
         )
 
-    @rule(disk=ANY_DISK, snapshot=st.sampled_from(SNAPSHOTS))
-    def snapshot(self, disk: str, snapshot: str) -> None:
+    @precondition(lambda self: self._snapshottable() or self._may_refuse())
+    @rule(data=st.data())
+    def snapshot(self, data: st.DataObject) -> None:
+        # Those with a snapshot first (see _mostly): a rollback then has several to choose from.
+        good = sorted(self._snapshottable(), key=lambda d: not self.model.disks[d].snapshots)
+        disk = self._draw_disk(data, good, "snapshot")
         current = self._live(disk)
+        taken = current.snapshots if current else {}
+        free = [s for s in SNAPSHOTS if s not in taken]
+        snapshot = data.draw(_mostly(free, SNAPSHOTS), label="snapshot")
 
         def apply(model: Model) -> None:
             model_disk = model.disks[disk]
             model_disk.snapshots[snapshot] = model_disk.size
+            model_disk.saved[snapshot] = model_disk.content
             model_disk.state = DiskState.SNAPSHOTTED
 
-        self._perform(
+        done = self._perform(
+            data,
             "snapshot",
             f"disk:{disk}",
             lambda engine, op_id: engine.snapshot(disk, snapshot, op_id=op_id),
             ["disk", "snapshot", disk, snapshot],
-            valid=current is not None and snapshot not in current.snapshots,
+            valid=self._allowed(current, "snapshot") and snapshot not in taken,
             apply=apply,
         )
+        # The guest carries on writing, mostly: the snapshot then holds other bytes than the
+        # disk, and a rollback to it (or to another one) has something to restore.
+        carries_on = _weighted((3, st.just(True)), (1, st.just(False)))
+        if done and disk in self._writable() and data.draw(carries_on, label="then"):
+            self._write(data, disk)
 
-    @rule(disk=ANY_DISK, snapshot=st.sampled_from(SNAPSHOTS))
-    def rollback(self, disk: str, snapshot: str) -> None:
-        current = self._live(disk)
+    @precondition(lambda self: self._with_snapshots("rollback") or self._may_refuse())
+    @rule(data=st.data())
+    def rollback(self, data: st.DataObject) -> None:
+        """Back to a snapshot: mostly one whose bytes differ from the disk's now, the newest
+        first."""
+        disk, snapshot, current = self._draw_snapshot(data, "rollback")
+        self._rollback(data, disk, snapshot, current)
+
+    @precondition(lambda self: self._with_snapshots("rollback", 2))
+    @rule(data=st.data())
+    def rollback_among_several_snapshots(self, data: st.DataObject) -> None:
+        """Back to one of several snapshots that hold different bytes (a backend that restores
+        another one than asked, the newest or the first, shows only here): its own rule, so
+        that it is drawn as often as the others and not only when a rollback happens to find
+        a disk with several."""
+        disk = data.draw(st.sampled_from(self._with_snapshots("rollback", 2)), label="disk")
+        current = self.model.disks[disk]
+        snapshots = list(reversed(current.snapshots))
+        snapshots.sort(key=lambda s: current.saved[s] == current.content)
+        snapshot = data.draw(st.sampled_from(snapshots), label="snapshot")
+        self._rollback(data, disk, snapshot, current)
+
+    def _rollback(
+        self, data: st.DataObject, disk: str, snapshot: str, current: ModelDisk | None
+    ) -> None:
+        def apply(model: Model) -> None:
+            model_disk = model.disks[disk]
+            versions = [model_disk.content, *model_disk.saved.values()]
+            model_disk.content = model_disk.saved[snapshot]
+            model_disk.recheck.update(o for version in versions for o in version.marks)
+
         self._perform(
+            data,
             "rollback",
             f"disk:{disk}",
             lambda engine, op_id: engine.rollback(disk, snapshot, op_id=op_id),
             ["disk", "rollback", disk, snapshot],
-            valid=current is not None and snapshot in current.snapshots,
-            apply=lambda model: None,  # the data goes back; the size and state stay
+            valid=self._allowed(current, "rollback") and snapshot in _snapshots(current),
+            apply=apply,  # the size and the state stay
         )
 
-    @rule(disk=ANY_DISK, snapshot=st.sampled_from(SNAPSHOTS))
-    def remove_snapshot(self, disk: str, snapshot: str) -> None:
-        current = self._live(disk)
+    @precondition(lambda self: self._with_snapshots("remove-snapshot") or self._may_refuse())
+    @rule(data=st.data())
+    def remove_snapshot(self, data: st.DataObject) -> None:
+        disk, snapshot, current = self._draw_snapshot(data, "remove-snapshot")
 
         def apply(model: Model) -> None:
             model_disk = model.disks[disk]
             del model_disk.snapshots[snapshot]
+            del model_disk.saved[snapshot]
             if not model_disk.snapshots:
                 model_disk.state = DiskState.RESIZED if model_disk.resized else DiskState.CREATED
 
         self._perform(
+            data,
             "remove-snapshot",
             f"disk:{disk}",
             lambda engine, op_id: engine.remove_snapshot(disk, snapshot, op_id=op_id),
             ["disk", "remove-snapshot", disk, snapshot],
-            valid=current is not None and snapshot in current.snapshots,
+            valid=self._allowed(current, "remove-snapshot") and snapshot in _snapshots(current),
             apply=apply,
         )
 
-    @rule(disk=ANY_DISK, fmt=st.sampled_from(["raw", "qcow2"]))
-    def export(self, disk: str, fmt: str) -> None:
+    def _draw_snapshot(self, data: st.DataObject, op: str) -> tuple[str, str, ModelDisk | None]:
+        # A rollback first on those with the most snapshots (a rollback to the wrong one shows
+        # there); a removal first on those with the fewest (the others keep theirs).
+        good = sorted(
+            self._with_snapshots(op),
+            key=lambda d: len(self.model.disks[d].snapshots) * (-1 if op == "rollback" else 1),
+        )
+        disk = self._draw_disk(data, good, op)
         current = self._live(disk)
-        target = self.exports / f"{uuid.uuid4().hex}.{fmt}"
+        taken = list(reversed(current.snapshots)) if current else []  # the newest first
+        if op == "rollback" and current is not None:
+            # First those whose bytes differ from the disk's now: where a rollback shows.
+            taken.sort(key=lambda s: current.saved[s] == current.content)
+        snapshot = data.draw(_mostly(taken, SNAPSHOTS), label="snapshot")
+        return disk, snapshot, current
+
+    @precondition(lambda self: self._live_names("export") or self._may_refuse())
+    @rule(data=st.data(), fmt=st.sampled_from(["raw", "qcow2"]))
+    def export(self, data: st.DataObject, fmt: str) -> None:
+        disk = self._draw_disk(data, self._live_names("export"), "export")
+        current = self._live(disk)
+        self.counter += 1
+        name = f"export-{self.counter}.{fmt}"
+        target = self.exports / name
+        copy = Copy(str(target), fmt, current.size, current.content) if current else None
+
+        def apply(model: Model) -> None:
+            assert copy is not None
+            model.exports[name] = copy
+            self.copies_changed = True
+
         self._perform(
+            data,
             "export",
             f"disk:{disk}",
             lambda engine, op_id: engine.export(disk, target, fmt, op_id=op_id),
             ["disk", "export", disk, str(target), "--format", fmt],
-            valid=current is not None,
-            apply=lambda model: None,
+            valid=self._allowed(current, "export"),
+            apply=apply,
         )
 
-    @rule(disk=st.one_of(consumes(disks), st.sampled_from(DISKS)))
-    def delete(self, disk: str) -> None:
+    @precondition(
+        lambda self: (self.flattens and self._live_names("flatten")) or self._may_refuse()
+    )
+    @rule(data=st.data())
+    def flatten(self, data: st.DataObject) -> None:
+        """RBD: copy into a clone what it shares with its template (no other backend can)."""
+        disk = self._draw_disk(data, self._live_names("flatten"), "flatten")
+        current = self._live(disk)
+        self._perform(
+            data,
+            "flatten",
+            f"disk:{disk}",
+            lambda engine, op_id: engine.flatten(disk, op_id=op_id),
+            ["disk", "flatten", disk],
+            valid=self.flattens and self._allowed(current, "flatten"),
+            apply=lambda model: None,  # the same bytes, no longer shared
+        )
+
+    @precondition(
+        lambda self: (
+            (self.direct_snapshots and self._live_names("direct-snapshot")) or self._may_refuse()
+        )
+    )
+    @rule(data=st.data())
+    def direct_snapshot(self, data: st.DataObject) -> None:
+        """RBD with a snapshot pool: a standalone copy of the disk there, as Glance gets one."""
+        disk = self._draw_disk(data, self._live_names("direct-snapshot"), "direct-snapshot")
+        current = self._live(disk)
+        taken = current.snapshots if current else {}
+        snapshot = data.draw(_mostly([DIRECT], SNAPSHOTS), label="snapshot")
+        self.counter += 1
+        image_id = f"image-{self.counter}"
+        copy = None
+        if current is not None and self.harness.snapshot_pool:
+            location = f"{self.harness.snapshot_pool}/{image_id}@snap"
+            copy = Copy(location, "raw", current.size, current.content)
+
+        def apply(model: Model) -> None:
+            assert copy is not None
+            model.copies[image_id] = copy
+            self.copies_changed = True
+
+        self._perform(
+            data,
+            "direct-snapshot",
+            f"disk:{disk}",
+            lambda engine, op_id: engine.direct_snapshot(disk, snapshot, image_id, op_id=op_id),
+            ["disk", "direct-snapshot", disk, snapshot, image_id],
+            valid=self.direct_snapshots
+            and self._allowed(current, "direct-snapshot")
+            and snapshot not in taken,
+            apply=apply,
+        )
+
+    @precondition(
+        lambda self: (
+            self.harness.domain is not None and (self._live_names("attach") or self._may_refuse())
+        )
+    )
+    @rule(data=st.data())
+    def attach(self, data: st.DataObject) -> None:
+        disk = self._draw_disk(data, self._live_names("attach"), "attach")
+        current = self._live(disk)
+        domain, target = self.harness.domain, TARGETS[disk]
+        assert domain is not None
+
+        def apply(model: Model) -> None:
+            model.disks[disk].attached = target
+
+        self._perform(
+            data,
+            "attach",
+            f"disk:{disk}",
+            lambda engine, op_id: engine.attach(
+                disk, domain, target_dev=target, bus="scsi", op_id=op_id
+            ),
+            ["disk", "attach", disk, domain, "--dev", target, "--bus", "scsi"],
+            valid=self._allowed(current, "attach"),
+            apply=apply,
+        )
+
+    @precondition(
+        lambda self: self.harness.domain is not None and (self._attached() or self._may_refuse())
+    )
+    @rule(data=st.data())
+    def detach(self, data: st.DataObject) -> None:
+        disk = data.draw(_mostly(self._attached(), DISKS), label="disk")
+        current = self._live(disk)
+
+        def apply(model: Model) -> None:
+            model.disks[disk].attached = None
+
+        self._perform(
+            data,
+            "detach",
+            f"disk:{disk}",
+            lambda engine, op_id: engine.detach(disk, op_id=op_id),
+            ["disk", "detach", disk],
+            valid=current is not None and current.attached is not None,
+            apply=apply,
+        )
+
+    @precondition(lambda self: self._may_delete() or self._may_refuse())
+    @rule(data=st.data())
+    def delete(self, data: st.DataObject) -> None:
+        disk = self._draw_disk(data, self._live_names("delete"), "delete")
+        current = self._live(disk)
+
         def apply(model: Model) -> None:
             del model.disks[disk]
 
         self._perform(
+            data,
             "delete",
             f"disk:{disk}",
             lambda engine, op_id: engine.delete(disk, op_id=op_id),
             ["disk", "delete", disk],
-            valid=self._live(disk) is not None,
+            valid=self._allowed(current, "delete"),
             apply=apply,
         )
 
+    # -- rules: the guest, repeats, crashes, recovery ---------------------------------------
+
+    @precondition(lambda self: bool(self._writable()))
+    @rule(data=st.data())
+    def write_guest_data(self, data: st.DataObject) -> None:
+        """A distinct marker into a disk no domain uses, through the storage, as a guest would
+        (mostly one whose bytes a snapshot holds: a later rollback then has work to do)."""
+        STATS.steps += 1
+        self.here.steps += 1
+        writable = self._writable()
+        kept = [
+            d for d in writable if self.model.disks[d].content in self.model.disks[d].saved.values()
+        ]
+        self._write(data, data.draw(_mostly(kept, writable), label="disk"))
+
+    def _write(self, data: st.DataObject, disk: str) -> None:
+        """A marker naming the disk and a counter into its first or last sector, where another
+        version of it had one (a snapshot's end, a marker undone by a rollback), or anywhere."""
+        STATS.writes += 1
+        self.here.writes += 1
+        model_disk = self.model.disks[disk]
+        last = model_disk.size // SECTOR - 1
+        marks = sorted(o // SECTOR for o in model_disk.content.marks)
+        if len(marks) >= MAX_MARKS:
+            where: st.SearchStrategy[int] = st.sampled_from(marks)
+        else:
+            near = {0, last, *marks}
+            near |= {o // SECTOR for saved in model_disk.saved.values() for o in saved.marks}
+            near |= {s // SECTOR for s in model_disk.snapshots.values()}
+            if model_disk.content.base is not None:
+                near.add(model_disk.content.base.size // SECTOR)
+            interesting = sorted(s for s in near if 0 <= s <= last)
+            where = _weighted((1, st.sampled_from(interesting)), (2, st.integers(0, last)))
+        offset = data.draw(where, label="sector") * SECTOR
+        self.counter += 1
+        marker = _sector(f"{disk} #{self.counter} @{offset}")
+        view = self.engine.show(disk)
+        assert view.location and view.format
+        self.storage.write(view.location, view.format, offset, marker)
+        model_disk.content = model_disk.content.marked(offset, marker)
+        self.dirty.add(disk)
+
+    @precondition(
+        lambda self: (
+            self.last_completed is not None
+            and self.last_completed[2].split()[0] not in self.repeated
+            and len(self.repeated) < REPEATS
+        )
+    )
     @rule()
     def repeat_an_idempotency_key(self) -> None:
-        """The last completed operation again, with its key: its result, nothing new."""
+        """The last completed operation again, with its key: its result, nothing new. Drawn
+        once per kind of operation, for up to ``REPEATS`` kinds in an example."""
         STATS.steps += 1
-        if self.last_completed is None:
-            return
+        self.here.steps += 1
+        assert self.last_completed is not None
         request, op_id, what = self.last_completed
+        self.repeated.add(what.split()[0])
         before = self._event_count()
         try:
             request(self.engine, op_id)
         except DiskLedgerError as exc:
-            self._violate(
-                "a repeated idempotency key changes nothing", f"{what} again raised: {exc}"
-            )
+            self._violate(REPEATED, f"{what} again raised: {exc}")
         if self._event_count() != before:
-            self._violate(
-                "a repeated idempotency key changes nothing", f"{what} again appended events"
-            )
+            self._violate(REPEATED, f"{what} again appended events")
 
-    @rule(
-        point=st.sampled_from(POINTS),
-        how=st.sampled_from(["in-process", "in-process", "kill a CLI process"]),
-    )
-    def crash_during_the_next_operation(self, point: str, how: str) -> None:
-        STATS.steps += 1
-        if how != "in-process" and not self.harness.kills_processes:
-            how = "in-process"
-        self.crash_next = (point, how)
-
+    @precondition(lambda self: self.unresolved or self.here.steps >= self.recovered_at + 10)
     @rule(restart=st.booleans())
     def recover(self, restart: bool) -> None:
         """Recover in this engine, or restart: a new engine, as a restarted process gets, which
-        recovers before it serves."""
+        recovers before it serves. Drawn while a crashed operation is unresolved, and every ten
+        steps or so otherwise."""
         STATS.steps += 1
+        self.here.steps += 1
+        self.recovered_at = self.here.steps
         if restart:
             self.engine.close()
             self.engine = self.harness.open(self.root, self.ledger)
         self.engine.recover()
         self._after_recovery()
 
-    # -- invariants -------------------------------------------------------------------------
-
-    @invariant()
-    def the_ledger_and_storage_agree(self) -> None:
-        report = self.engine.verify()
-        if report.chain_error or report.model_mismatches:
-            details = report.chain_error or "; ".join(report.model_mismatches)
-            self._violate(INVARIANTS[0], details)
-        if report.orphans or report.drift:
-            self._violate(INVARIANTS[3], f"orphans {report.orphans}, drift {report.drift}")
-        leftovers = [p.name for p in self.exports.iterdir() if ".tmp-" in p.name]
-        if leftovers and not self.unresolved:
-            self._violate(INVARIANTS[3], f"temporary export files left: {leftovers}")
-
-    @invariant()
-    def streams_are_gapless_and_legal(self) -> None:
-        versions: dict[str, int] = {}
-        views: dict[str, Any] = {}
-        for event in self.engine.store.read_all():
-            expected = versions.get(event.stream, 0) + 1
-            if event.version != expected:
-                self._violate(INVARIANTS[1], f"{event.stream} jumps to {event.version}")
-            versions[event.stream] = event.version
-            view = views.get(event.stream) or empty_view(event.stream)
-            validator = _VALIDATORS[stream_kind(event.stream)]
-            if validator.target(view, event.type, params_of(view, event)) is None:
-                self._violate(INVARIANTS[2], f"{event.stream} v{event.version} {event.type}")
-            views[event.stream] = evolve(view, event)
+    # -- invariants (Hypothesis checks them in the order of their names: bytes last) ---------
 
     @invariant()
     def disks_match_the_model(self) -> None:
@@ -534,9 +1099,9 @@ class DiskLifecycle(RuleBasedStateMachine):
         for disk, view in views.items():
             assert view.size is not None and view.format is not None
             if view.size < self.sizes.get(disk, 0):
-                self._violate(INVARIANTS[4], f"{disk} went from {self.sizes[disk]} to {view.size}")
+                self._violate(NEVER_SHRINKS, f"{disk} went from {self.sizes[disk]} to {view.size}")
             if self.formats.setdefault(disk, view.format) != view.format:
-                self._violate(INVARIANTS[5], f"{disk} {self.formats[disk]} -> {view.format}")
+                self._violate(FORMAT, f"{disk} {self.formats[disk]} -> {view.format}")
             self.sizes[disk] = view.size
         for gone in set(self.sizes) - set(views):
             del self.sizes[gone]
@@ -545,19 +1110,165 @@ class DiskLifecycle(RuleBasedStateMachine):
             users = sorted(self.engine.template_users(template))
             expected = sorted(d for d, m in self.model.disks.items() if m.template == template)
             if not self._any_pending() and users != expected:
-                self._violate(INVARIANTS[6], f"{template}: {users}, expected {expected}")
+                self._violate(USERS, f"{template}: {users}, expected {expected}")
         for disk in DISKS:
             if self._pending(f"disk:{disk}"):
                 continue
-            seen = _describe_view(views.get(disk))
-            wanted = _describe_model(self.model.disks.get(disk))
-            if seen != wanted:
-                self._violate(INVARIANTS[7], f"{disk}: the engine has {seen}, the model {wanted}")
+            seen_view, wanted = views.get(disk), self.model.disks.get(disk)
+            if seen_view is not None and wanted is not None:
+                if seen_view.size != wanted.size:
+                    change = f"{(seen_view.size or 0) - wanted.size:+d}"
+                    self._violate(
+                        EXACT_SIZE,
+                        f"{disk} is {seen_view.size} bytes, asked {wanted.size} ({change})",
+                    )
+                for snapshot in seen_view.snapshots:
+                    asked = wanted.snapshots.get(snapshot.name)
+                    if asked is not None and snapshot.size != asked:
+                        self._violate(
+                            EXACT_SIZE,
+                            f"{disk}@{snapshot.name} is {snapshot.size} bytes, taken at {asked}",
+                        )
+            seen, expected_view = _describe_view(seen_view), _describe_model(wanted)
+            if seen != expected_view:
+                self._violate(AGREE, f"{disk}: the engine has {seen}, the model {expected_view}")
+
+    @invariant()
+    def what_disks_hold_is_what_the_model_says(self) -> None:
+        """Read back every disk that may have changed since it was last read (the one an
+        operation or a guest write touched; all of them after a crash or a recovery): each
+        marker, two offsets without one (in turn the known sectors of its source and its first
+        and last sector), and after a rollback every offset another version of it had a marker
+        at."""
+        for disk in sorted(self.dirty):
+            model_disk = self.model.disks.get(disk)
+            if model_disk is None:
+                self.dirty.discard(disk)
+                continue
+            if self._pending(f"disk:{disk}") or model_disk.attached is not None:
+                continue  # read once it settles, or once the guest let go of it
+            view = self.engine.show(disk)
+            assert view.location and view.format
+            content, size = model_disk.content, model_disk.size
+            others = content.unmarked(size)
+            self.reads += 1
+            turn = [others[(self.reads + i) % len(others)] for i in range(min(2, len(others)))]
+            recheck = {o for o in model_disk.recheck if o <= size - SECTOR}
+            model_disk.recheck.clear()
+            for offset in sorted({*content.marks, *turn, *recheck}):
+                wanted = content.at(offset)
+                try:
+                    got = self.storage.read(view.location, view.format, offset, SECTOR)
+                except Exception as exc:  # unreadable is a wrong answer too
+                    self._violate(DATA, f"{disk} at {offset}: cannot read it: {exc}")
+                if got != wanted:
+                    self._violate(
+                        DATA,
+                        f"{disk} ({view.format}, {size} bytes) at {offset}: "
+                        f"{_show(got)}, expected {_show(wanted)}",
+                    )
+            self.dirty.discard(disk)
+
+    @invariant()
+    def what_exports_hold_is_what_the_disk_held(self) -> None:
+        """Each finished export (and direct snapshot) once: its size, and the bytes where the
+        disk it copied had markers or known sectors. With a snapshot pool, it holds exactly the
+        finished direct snapshots."""
+        for name, copy in [*self.model.exports.items(), *self.model.copies.items()]:
+            if copy.checked:
+                continue
+            storage = self.files if name in self.model.exports else self.storage
+            if name in self.model.exports:
+                size = _virtual_size(copy.location, copy.format)
+                if size != copy.size:
+                    self._violate(COPIES, f"{name} is {size} bytes, the disk was {copy.size}")
+            for offset in copy.content.offsets(copy.size):
+                wanted = copy.content.at(offset)
+                try:
+                    got = storage.read(copy.location, copy.format, offset, SECTOR)
+                except Exception as exc:  # unreadable is a wrong answer too
+                    self._violate(COPIES, f"{name} at {offset}: cannot read it: {exc}")
+                if got != wanted:
+                    self._violate(
+                        COPIES, f"{name} at {offset}: {_show(got)}, expected {_show(wanted)}"
+                    )
+            copy.checked = True
+        pool = self.harness.snapshot_pool
+        if self.direct_snapshots and pool and self.copies_changed and not self.unresolved:
+            self.copies_changed = False
+            there = {x for x in self.storage.existing() if x.startswith(f"{pool}/")}
+            wanted_images = {c.location.partition("@")[0] for c in self.model.copies.values()}
+            expected = wanted_images | {c.location for c in self.model.copies.values()}
+            if there != expected:
+                self._violate(
+                    STORAGE,
+                    f"the snapshot pool has {sorted(there - expected)} the ledger does not "
+                    f"name and lacks {sorted(expected - there)}",
+                )
+
+    @invariant()
+    def streams_are_gapless_and_legal(self) -> None:
+        if self._nothing_new("streams"):
+            return
+        versions: dict[str, int] = {}
+        views: dict[str, Any] = {}
+        for event in self.engine.store.read_all():
+            expected = versions.get(event.stream, 0) + 1
+            if event.version != expected:
+                self._violate(GAPLESS, f"{event.stream} jumps to {event.version}")
+            versions[event.stream] = event.version
+            view = views.get(event.stream) or empty_view(event.stream)
+            validator = _VALIDATORS[stream_kind(event.stream)]
+            if validator.target(view, event.type, params_of(view, event)) is None:
+                self._violate(LEGAL, f"{event.stream} v{event.version} {event.type}")
+            views[event.stream] = evolve(view, event)
+
+    @invariant()
+    def the_domain_has_the_attached_disks(self) -> None:
+        domain = self.harness.domain
+        if domain is None or self._nothing_new("domain"):
+            return
+        info = self.engine.hypervisor.find(domain)
+        if info is None:
+            self._violate(ATTACHED, f"domain {domain} is gone")
+        ours = {target: disk for disk, target in TARGETS.items()}
+        for target, source in sorted(info.disks.items()):
+            disk = ours.get(target)
+            if disk is None or self._pending(f"disk:{disk}"):
+                continue
+            model_disk = self.model.disks.get(disk)
+            if model_disk is None or model_disk.attached != target:
+                self._violate(ATTACHED, f"{domain} has {target}; the ledger has no disk there")
+            location = self.engine.show(disk).location
+            where = source.path if source.kind is SourceKind.FILE else source.name
+            if where != location:
+                self._violate(ATTACHED, f"{domain} has {where} at {target}, not {disk}")
+        for disk, model_disk in self.model.disks.items():
+            at = model_disk.attached
+            if at and at not in info.disks and not self._pending(f"disk:{disk}"):
+                self._violate(ATTACHED, f"{disk} is attached at {at}; {domain} lacks it")
+
+    @invariant()
+    def the_ledger_and_storage_agree(self) -> None:
+        if self._nothing_new("verify"):
+            return
+        report = self.engine.verify()
+        if report.chain_error or report.model_mismatches:
+            details = report.chain_error or "; ".join(report.model_mismatches)
+            self._violate(CHAIN, details)
+        if report.orphans or report.drift:
+            self._violate(STORAGE, f"orphans {report.orphans}, drift {report.drift}")
+        if report.stale_attachments and not self.unresolved:
+            self._violate(ATTACHED, f"stale attachments {report.stale_attachments}")
+        leftovers = [p.name for p in self.exports.iterdir() if ".tmp-" in p.name]
+        if leftovers and not self.unresolved:
+            self._violate(STORAGE, f"temporary export files left: {leftovers}")
 
     # -- the operation step -----------------------------------------------------------------
 
     def _perform(
         self,
+        data: st.DataObject | None,
         op: str,
         stream: str,
         request: Callable[[Engine, str], Any],
@@ -566,40 +1277,47 @@ class DiskLifecycle(RuleBasedStateMachine):
         valid: bool,
         apply: Apply,
         writes: bool = True,
-        result: str | None = None,
-    ) -> MultipleResults[str]:
-        """Run one operation as the next step says (plainly, or crashing at a fault point), and
-        check it against the model; returns ``result`` for a bundle when the request was valid."""
+    ) -> bool:
+        """Run one operation, and check it against the model: a request the model expects to be
+        refused must be, and change nothing; one it expects to succeed runs to its end, or (one
+        time in ``CRASHES``, drawn from ``data``) crashes at a fault point, in this process or
+        by SIGKILL of a CLI process running it. Returns whether it completed here and now."""
         STATS.steps += 1
+        self.here.steps += 1
         what = f"{op} {stream.partition(':')[2]}"
         valid = valid and not self._pending(stream)
-        op_id = uuid.uuid4().hex
+        op_id = _new_op_id()
         if not valid:
             STATS.refusals += 1
+            self.here.refusals += 1
             self._refused(what, lambda: request(self.engine, op_id))
-            return multiple()
+            return False
         STATS.operations += 1
-        produced = multiple(result) if result is not None else multiple()
-        crash, self.crash_next = (self.crash_next, None) if writes else (None, self.crash_next)
+        self.here.operations += 1
+        if stream.startswith("disk:"):
+            self.dirty.add(stream.partition(":")[2])
+        crash = None
+        if writes and data is not None:
+            crash = data.draw(_CRASH, label="crash")
         if crash is None:
             try:
                 request(self.engine, op_id)
             except DiskLedgerError as exc:
-                self._violate(INVARIANTS[7], f"{what} was refused: {exc}")
+                self._violate(AGREE, f"{what} was refused: {exc}")
             apply(self.model)
             if writes:  # an operation that changed nothing recorded nothing to repeat
                 self.last_completed = (request, op_id, what)
-            return produced
+            return True
         point, how = crash
         STATS.crashes += 1
-        if how == "in-process":
+        if how == "in-process" or not self.harness.kills_processes:
             with faults.armed(f"{op}@{point}:crash"):
                 try:
                     request(self.engine, op_id)
                 except faults.Crash:
                     pass
                 except DiskLedgerError as exc:
-                    self._violate(INVARIANTS[7], f"{what} was refused: {exc}")
+                    self._violate(AGREE, f"{what} was refused: {exc}")
         else:
             STATS.subprocess_kills += 1
             env = self.harness.cli_environ(self.root, self.ledger)
@@ -613,23 +1331,23 @@ class DiskLifecycle(RuleBasedStateMachine):
                 check=False,
             )
             if done.returncode not in (0, -9):
-                self._violate(INVARIANTS[7], f"{what} in a CLI process: {done.stderr.strip()}")
+                self._violate(AGREE, f"{what} in a CLI process: {done.stderr.strip()}")
         self.unresolved[op_id] = Unresolved(stream, apply)
         self._resolve()
-        return produced
+        return False
 
     def _refused(self, what: str, call: Callable[[], Any]) -> None:
         before = self._event_count()
         try:
             call()
         except BackendError as exc:
-            self._violate(INVARIANTS[8], f"{what} reached storage before it was refused: {exc}")
+            self._violate(REFUSED, f"{what} reached storage before it was refused: {exc}")
         except DiskLedgerError:
             pass
         else:
-            self._violate(INVARIANTS[7], f"{what} was accepted; the model expected a refusal")
+            self._violate(AGREE, f"{what} was accepted; the model expected a refusal")
         if self._event_count() != before:
-            self._violate(INVARIANTS[8], f"{what} was refused but appended events")
+            self._violate(REFUSED, f"{what} was refused but appended events")
 
     def _resolve(self) -> None:
         """Apply to the model every crashed operation whose outcome is now recorded."""
@@ -641,19 +1359,32 @@ class DiskLifecycle(RuleBasedStateMachine):
             elif FAILED not in phases and phases:
                 continue  # still pending
             del self.unresolved[op_id]
+        # Whatever a crash or a recovery may have touched is read again.
+        self.dirty.update(self.model.disks)
 
     def _after_recovery(self) -> None:
         STATS.recoveries += 1
         self._resolve()
         pending = [f"{e.stream} {e.operation.op}" for e in self.engine.store.pending()]
         if pending:
-            self._violate(INVARIANTS[10], f"still pending: {pending}")
+            self._violate(RECOVERED, f"still pending: {pending}")
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _violate(self, invariant: str, details: str) -> None:
+    def _violate(self, invariant: str, details: str) -> NoReturn:
         STATS.violations += 1
         raise InvariantViolation(invariant, details)
+
+    def _nothing_new(self, check: str) -> bool:
+        """Whether the ledger has had no event since ``check`` last ran: then the ledger, the
+        storage it names and the domain have nothing new to show (a refused request, a guest
+        write, an armed crash or a repeated key append nothing; a refused request that touched
+        storage all the same shows at the next check that runs, and Hypothesis shrinks to it)."""
+        head = self.engine.store.head()
+        if self.checked.get(check) == head:
+            return True
+        self.checked[check] = head
+        return False
 
     def _pending(self, stream: str) -> bool:
         return any(u.stream == stream for u in self.unresolved.values())
@@ -667,11 +1398,85 @@ class DiskLifecycle(RuleBasedStateMachine):
     def _live(self, disk: str) -> ModelDisk | None:
         return self.model.disks.get(disk)
 
+    def _allowed(self, disk: ModelDisk | None, op: str) -> bool:
+        """Whether ``op`` may run on ``disk``: it exists, and no domain uses it, or the
+        operation may run under a guest (see ``REFUSED_WHILE_ATTACHED``)."""
+        if disk is None:
+            return False
+        if disk.attached is None or op not in REFUSED_WHILE_ATTACHED:
+            return True
+        return op in SNAPSHOTS_IN_USE and self.snapshots_in_use
+
+    def _live_names(self, op: str | None = None) -> list[str]:
+        """Live disks with nothing pending that ``op`` may act on."""
+        return [
+            d
+            for d in DISKS
+            if d in self.model.disks
+            and not self._pending(f"disk:{d}")
+            and (op is None or self._allowed(self.model.disks[d], op))
+        ]
+
+    def _draw_disk(self, data: st.DataObject, good: Sequence[str], op: str) -> str:
+        """Mostly one of ``good``, else any name; one time in four a disk a domain uses when
+        ``op`` is refused on it, so that the refusals while attached are checked too."""
+        refused = [d for d in self._attached() if not self._allowed(self.model.disks[d], op)]
+        if refused:
+            return data.draw(_mostly(good, refused, odds=4), label="disk")
+        return data.draw(_mostly(good, DISKS), label="disk")
+
+    def _free_names(self) -> list[str]:
+        return [d for d in DISKS if d not in self.model.disks and not self._pending(f"disk:{d}")]
+
+    def _uncached(self) -> list[str]:
+        return [
+            t
+            for t in sorted(TEMPLATES)
+            if t not in self.model.templates and not self._pending(f"template:{t}")
+        ]
+
+    def _may_create(self) -> bool:
+        """While fewer than ``LIVE_DISKS`` disks live (of six names): each disk then lives long
+        enough to be snapshotted, written and rolled back."""
+        return bool(self._free_names()) and len(self.model.disks) < LIVE_DISKS
+
+    def _may_delete(self) -> bool:
+        """While ``LIVE_DISKS`` disks live, one of which may be deleted."""
+        return len(self.model.disks) >= LIVE_DISKS and bool(self._live_names("delete"))
+
+    def _snapshottable(self) -> list[str]:
+        return [
+            d
+            for d in self._live_names("snapshot")
+            if len(self.model.disks[d].snapshots) < len(SNAPSHOTS)
+        ]
+
+    def _with_snapshots(self, op: str, at_least: int = 1) -> list[str]:
+        """Disks ``op`` may act on with ``at_least`` snapshots (that hold different bytes,
+        when more than one)."""
+        return [
+            d
+            for d in self._live_names(op)
+            if len(self.model.disks[d].snapshots) >= at_least
+            and (at_least < 2 or _differ(list(self.model.disks[d].saved.values())))
+        ]
+
+    def _attached(self) -> list[str]:
+        return [d for d in self._live_names() if self.model.disks[d].attached]
+
+    def _writable(self) -> list[str]:
+        return [d for d in self._live_names() if self.model.disks[d].attached is None]
+
+    def _may_refuse(self) -> bool:
+        """Whether a rule that can only be refused now may be drawn: while this example has
+        made fewer than one refused request per four operations."""
+        return 4 * self.here.refusals < self.here.operations
+
     def _disk_format(self) -> str:
         return self.engine.backend.disk_format
 
     def _event_count(self) -> int:
-        return sum(1 for _ in self.engine.store.read_all())
+        return self.engine.store.head()
 
 
 _VALIDATORS: dict[str, Validator[Any]] = {
@@ -680,18 +1485,50 @@ _VALIDATORS: dict[str, Validator[Any]] = {
 }
 
 
+def _new_op_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _differ(contents: Sequence[Content]) -> bool:
+    return any(c != contents[0] for c in contents[1:])
+
+
+def _snapshots(disk: ModelDisk | None) -> Mapping[str, int]:
+    return disk.snapshots if disk is not None else {}
+
+
+def _virtual_size(path: str, fmt: str) -> int:
+    done = subprocess.run(
+        ["qemu-img", "info", "-f", fmt, "--output=json", "-U", path],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        return -1
+    return int(json.loads(done.stdout)["virtual-size"])
+
+
 def _describe_view(view: Any) -> tuple[Any, ...] | None:
     if view is None:
         return None
     snapshots = tuple((s.name, s.size) for s in view.snapshots)
-    return (view.state.value, view.size, view.format, view.template, snapshots)
+    attached = view.attachment.target_dev if view.attachment else None
+    return (view.state.value, view.size, view.format, view.template, snapshots, attached)
 
 
 def _describe_model(model: ModelDisk | None) -> tuple[Any, ...] | None:
     if model is None:
         return None
     snapshots = tuple(model.snapshots.items())
-    return (model.state.value, model.size, model.format, model.template, snapshots)
+    return (
+        model.state.value,
+        model.size,
+        model.format,
+        model.template,
+        snapshots,
+        model.attached,
+    )
 
 
 def lifecycle_machine(harness: Harness) -> type[DiskLifecycle]:

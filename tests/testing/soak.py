@@ -23,6 +23,7 @@ from diskledger.testing import (
     run_lifecycle,
 )
 from tests.support.ceph import CephCluster
+from tests.testing.test_harness import rbd_harness
 
 SHARES = {"raw": 0.4, "qcow2": 0.4, "rbd": 0.2}
 
@@ -51,12 +52,7 @@ def main() -> int:
     started = time.monotonic()
     try:
         for name, share in SHARES.items():
-            harness = Harness(
-                name,
-                backend=name,
-                environ=cluster.environ() if name == "rbd" else {},
-                reset=cluster.purge if name == "rbd" else None,
-            )
+            harness = rbd_harness(cluster) if name == "rbd" else Harness(name, backend=name)
             before = dataclasses.replace(STATS)
             goal = STATS.steps + int(target * share)
             t0 = time.monotonic()
