@@ -117,7 +117,7 @@ REPEATS = 4
 POINTS = faults.POINTS
 CRASHES = 4
 """One operation in this many is drawn to crash (Hypothesis favours the first choice, not to
-crash: in practice about one in five does)."""
+crash: in practice about one in six does)."""
 HOW = ("in-process", "in-process", "in-process", "kill a CLI process")
 """How an operation crashes: its thread dies on the spot (``faults.Crash``), or a real
 ``diskledger`` CLI process running it is SIGKILLed there (named backends only: a factory's
