@@ -500,6 +500,16 @@ class DiskLifecycle(RuleBasedStateMachine):
         if self.harness.reset:
             self.harness.reset()
         self.engine = self.harness.open(self.root, self.ledger)
+        if self.harness.storage is None:
+            backend = self.engine.backend
+            where = backend.disk_source(backend.disk_location("vm-1", "root"), addresses=False)
+            if where.kind is not SourceKind.FILE:
+                self.engine.close()
+                shutil.rmtree(self.directory, ignore_errors=True)
+                raise ValueError(
+                    f"the {backend.name} backend's disks are not files: give the harness a "
+                    "storage= that reaches them (a StorageAccess, e.g. RbdStorage for rbd)"
+                )
         self.storage: StorageAccess = (self.harness.storage or FileStorage)(self.root)
         self.files = FileStorage(self.exports)
         size = self.harness.template_size

@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from diskledger.backends import RawBackend
+import pytest
+
+from diskledger.backends import DiskSource, RawBackend, SourceKind
 from diskledger.testing import (
     STATS,
     Harness,
@@ -73,3 +75,17 @@ def test_most_steps_are_real_operations(qemu_img: None) -> None:
         }
     )
     assert done.operations >= done.steps / 2, done.line()
+
+
+class DisksOverTheNetwork(RawBackend):
+    """Files, but described as network disks: the harness cannot know where to read them."""
+
+    def disk_source(self, location: str, *, addresses: bool = True) -> DiskSource:
+        return DiskSource(SourceKind.NETWORK, protocol="rbd", name=location)
+
+
+def test_a_backend_whose_disks_are_not_files_needs_a_storage(qemu_img: None) -> None:
+    with pytest.raises(ValueError, match="give the harness a storage="):
+        run_lifecycle(
+            Harness("network", backend=DisksOverTheNetwork), settings=budget(max_examples=1)
+        )
