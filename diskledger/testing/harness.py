@@ -47,6 +47,7 @@ operations, refusals, guest writes, crashes, recoveries and violations across ru
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -410,10 +411,11 @@ _SOURCES: dict[tuple[str, int], Source] = {}
 
 def _source(name: str, fmt: str, size: int) -> Source:
     """A ``fmt`` image file of ``size`` bytes with three known sectors (first, middle, last),
-    each naming ``name``; made once per process."""
+    each naming ``name``; made once per process, removed when it exits."""
     key = (name, size)
     if key not in _SOURCES:
         directory = Path(tempfile.mkdtemp(prefix="diskledger-harness-sources-"))
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
         middle = size // 2 // SECTOR * SECTOR
         sectors = {
             offset: _sector(f"{name} {where}")
