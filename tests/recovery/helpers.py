@@ -420,8 +420,16 @@ class PoolView:
     def __init__(self, ceph: CephCluster) -> None:
         import rados
 
+        # Timeouts: a request an OSD never answers fails the look (and the test, with the
+        # reason) instead of stalling the whole run.
         self.cluster = rados.Rados(
-            conffile=str(ceph.conf), rados_id="admin", conf={"keyring": str(ceph.admin_keyring)}
+            conffile=str(ceph.conf),
+            rados_id="admin",
+            conf={
+                "keyring": str(ceph.admin_keyring),
+                "rados_osd_op_timeout": "60",
+                "rados_mon_op_timeout": "60",
+            },
         )
         self.cluster.connect(timeout=10)
 
