@@ -20,9 +20,13 @@ translated where they cross into diskledger, with ``raise ... from`` so the caus
     ├── Conflict
     │   ├── ConcurrencyError    the stream moved since it was read (UNIQUE(stream_id, version))
     │   ├── OperationPending    the disk or template has an operation in flight
+    │   ├── OwnershipLost       another member took over this process's operation (or is taking
+    │   │                       over this member): it must record and remove nothing more
     │   └── DiskAttached        a domain uses the disk, and the operation would change it under
     │                           the guest (or the disk is attached elsewhere already)
     ├── StoreError              the ledger database failed or refused (e.g. append-only triggers)
+    │   └── FeedGap             the change feed saw a position gap or a broken hash chain
+    ├── Fenced                  this member lost its lease or was fenced: it stops all effects
     ├── HypervisorError         libvirt refused or failed (carries libvirt's error code)
     │   └── HypervisorUnavailable  libvirtd cannot be reached (or python3-libvirt is missing)
     └── BackendError            storage failed; carries the command and its stderr
@@ -52,6 +56,8 @@ __all__ = [
     "DiskLedgerError",
     "DiskNotFound",
     "DomainNotFound",
+    "FeedGap",
+    "Fenced",
     "HypervisorError",
     "HypervisorUnavailable",
     "IllegalTransition",
@@ -62,6 +68,7 @@ __all__ = [
     "InvalidSource",
     "NotFound",
     "OperationPending",
+    "OwnershipLost",
     "SnapshotNotFound",
     "StorageIOError",
     "StoreError",
@@ -184,8 +191,36 @@ class DiskAttached(Conflict):
         self.target_dev = target_dev
 
 
+class OwnershipLost(Conflict):
+    """Another member claimed this operation (``<op>.taken-over``), or is fencing this member:
+    the process that started it must not record or remove anything for it any more."""
+
+    def __init__(self, stream: str, op_id: str, detail: str = "") -> None:
+        extra = f": {detail}" if detail else ""
+        super().__init__(f"{stream}: operation {op_id} is no longer ours{extra}")
+        self.stream = stream
+        self.op_id = op_id
+
+
 class StoreError(DiskLedgerError):
     """The ledger database failed or refused a write."""
+
+
+class FeedGap(StoreError):
+    """A change-feed consumer saw a position out of sequence or an event whose ``prev_hash`` is
+    not the hash of the event before it: the ledger is not what it was, so the feed stops."""
+
+    def __init__(self, position: int, expected: int, reason: str) -> None:
+        super().__init__(
+            f"change feed broken at position {position} (expected {expected}): {reason}"
+        )
+        self.position = position
+        self.expected = expected
+
+
+class Fenced(DiskLedgerError):
+    """This member's lease ran out or another member is fencing it: every effect stops, and it
+    never reconnects to shared storage without a new membership."""
 
 
 class HypervisorError(DiskLedgerError):

@@ -22,11 +22,13 @@ from datetime import datetime
 from typing import Any, Final, Literal
 
 __all__ = [
+    "COMPENSATING",
     "COMPLETED",
     "FAILED",
     "LEASE_RENEWED",
     "NEEDS_OPERATOR",
     "STARTED",
+    "TAKEN_OVER",
     "Metadata",
     "NewEvent",
     "Phase",
@@ -35,15 +37,31 @@ __all__ = [
     "split_type",
 ]
 
-Phase = Literal["started", "completed", "failed", "needs-operator", "lease-renewed"]
+Phase = Literal[
+    "started",
+    "completed",
+    "failed",
+    "needs-operator",
+    "lease-renewed",
+    "taken-over",
+    "compensating",
+]
 STARTED: Final = "started"
 COMPLETED: Final = "completed"
 FAILED: Final = "failed"
 NEEDS_OPERATOR: Final = "needs-operator"
 """Recovery found contradictory evidence: the operation stays pending until a person decides."""
 LEASE_RENEWED: Final = "lease-renewed"
-"""The writer of a leased operation is still at work: its lease runs until the new expiry."""
-_PHASES: Final = frozenset({STARTED, COMPLETED, FAILED, NEEDS_OPERATOR, LEASE_RENEWED})
+"""Ledgers from before members: the writer of a template fetch renewed a per-operation lease."""
+TAKEN_OVER: Final = "taken-over"
+"""Another member claimed the operation of a fenced one (``{from, from_epoch, by, by_epoch}``):
+from here on only it may record the outcome or remove anything."""
+COMPENSATING: Final = "compensating"
+"""The owner claims its own failed operation before it removes anything: should another member
+have taken the operation over meanwhile, the claim fails and nothing is removed."""
+_PHASES: Final = frozenset(
+    {STARTED, COMPLETED, FAILED, NEEDS_OPERATOR, LEASE_RENEWED, TAKEN_OVER, COMPENSATING}
+)
 
 JSON = Mapping[str, Any]
 

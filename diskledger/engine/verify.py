@@ -25,11 +25,13 @@ from diskledger.engine.attachments import uses
 from diskledger.engine.runtime import Runtime
 from diskledger.errors import HypervisorError, IllegalTransition
 from diskledger.events import RecordedEvent
-from diskledger.states import DiskState, DiskView, TemplateState, TemplateView, evolve
+from diskledger.states import DiskState, DiskView, MemberView, TemplateState, TemplateView, evolve
 from diskledger.states.streams import empty_view
 from diskledger.store import GENESIS, canonical_json, event_hash
 
 __all__ = ["VerifyReport", "verify"]
+
+AnyView = DiskView | TemplateView | MemberView
 
 _LEDGER_FILES = ("ledger.db", "ledger.db-wal", "ledger.db-shm", "ledger.db-journal")
 
@@ -90,8 +92,8 @@ def verify(rt: Runtime) -> VerifyReport:
     return report
 
 
-def _check_chain_and_fold(rt: Runtime, report: VerifyReport) -> dict[str, DiskView | TemplateView]:
-    views: dict[str, DiskView | TemplateView] = {}
+def _check_chain_and_fold(rt: Runtime, report: VerifyReport) -> dict[str, AnyView]:
+    views: dict[str, AnyView] = {}
     prev_hash, expected = GENESIS, 1
     for event in rt.store.read_all(batch=10_000):
         report.events += 1
@@ -134,18 +136,22 @@ def _chain_problem(event: RecordedEvent, expected: int, prev_hash: str) -> str |
     return None
 
 
-def _check_read_models(
-    rt: Runtime, views: dict[str, DiskView | TemplateView], report: VerifyReport
-) -> None:
+def _check_read_models(rt: Runtime, views: dict[str, AnyView], report: VerifyReport) -> None:
     stored_disks = {f"disk:{d.disk}": d for d in rt.store.disks()}
+    stored_members = {f"member:{m.member}": m.view for m in rt.store.members()}
     for stream, view in views.items():
+        stored: AnyView | None
         if isinstance(view, DiskView):
-            stored: DiskView | TemplateView | None = stored_disks.pop(stream, None)
+            stored = stored_disks.pop(stream, None)
+        elif isinstance(view, MemberView):
+            stored = stored_members.pop(stream, None)
         else:
             stored = rt.store.template(stream)
         if stored != view:
             report.model_mismatches.append(f"{stream}: the stored view differs from the log")
-    report.model_mismatches.extend(f"{s}: a stored view without events" for s in stored_disks)
+    report.model_mismatches.extend(
+        f"{s}: a stored view without events" for s in (*stored_disks, *stored_members)
+    )
     pending = {v.pending.op_id for v in views.values() if v.pending is not None}
     indexed = {entry.operation.op_id for entry in rt.store.pending()}
     if pending != indexed:

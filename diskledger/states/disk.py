@@ -57,6 +57,9 @@ class PendingOperation:
     params: Mapping[str, Any]
     artifacts: tuple[Mapping[str, Any], ...]
     started_version: int
+    owner: Mapping[str, Any] | None = None
+    """``{member, epoch}``: who may record its outcome — the member that recorded the intent, or
+    the last one that took it over. None on a ledger without members."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -65,7 +68,12 @@ class PendingOperation:
             "params": dict(self.params),
             "artifacts": [dict(a) for a in self.artifacts],
             "started_version": self.started_version,
+            "owner": dict(self.owner) if self.owner is not None else None,
         }
+
+    @property
+    def owner_member(self) -> str | None:
+        return None if self.owner is None else str(self.owner["member"])
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> PendingOperation:
@@ -75,6 +83,7 @@ class PendingOperation:
             params=raw["params"],
             artifacts=tuple(raw["artifacts"]),
             started_version=raw["started_version"],
+            owner=raw.get("owner"),
         )
 
 

@@ -15,8 +15,9 @@ from operator import attrgetter
 from typing import Any, Protocol, TypeVar, overload
 
 from diskledger.errors import IllegalTransition
-from diskledger.events import COMPLETED, FAILED, STARTED, Metadata, split_type
+from diskledger.events import COMPLETED, FAILED, STARTED, TAKEN_OVER, Metadata, split_type
 from diskledger.states.disk import DISK_TABLE, DiskView, PendingOperation, disk_changes
+from diskledger.states.member import MEMBER_TABLE, MemberView, member_changes
 from diskledger.states.table import Table
 from diskledger.states.template import TEMPLATE_TABLE, TemplateView, template_changes
 
@@ -34,14 +35,21 @@ class EventLike(Protocol):
     def metadata(self) -> Metadata: ...
 
 
-View = TypeVar("View", DiskView, TemplateView)
+View = TypeVar("View", DiskView, TemplateView, MemberView)
+AnyView = DiskView | TemplateView | MemberView
+
+_TABLES: dict[type, Table[Any]] = {
+    DiskView: DISK_TABLE,
+    TemplateView: TEMPLATE_TABLE,
+    MemberView: MEMBER_TABLE,
+}
 
 
 _split = lru_cache(maxsize=256)(split_type)
 """Event types are few and replay sees each millions of times."""
 
 
-def params_of(view: DiskView | TemplateView, event: EventLike) -> Mapping[str, Any]:
+def params_of(view: AnyView, event: EventLike) -> Mapping[str, Any]:
     """The operation parameters an event is judged by: its own for an intent or a fact, the
     pending intent's for an outcome."""
     _, _, phase = _split(event.type)
@@ -55,8 +63,10 @@ def params_of(view: DiskView | TemplateView, event: EventLike) -> Mapping[str, A
 def evolve(view: DiskView, event: EventLike) -> DiskView: ...
 @overload
 def evolve(view: TemplateView, event: EventLike) -> TemplateView: ...
-def evolve(view: DiskView | TemplateView, event: EventLike) -> DiskView | TemplateView:
-    table: Table[Any] = DISK_TABLE if isinstance(view, DiskView) else TEMPLATE_TABLE
+@overload
+def evolve(view: MemberView, event: EventLike) -> MemberView: ...
+def evolve(view: AnyView, event: EventLike) -> AnyView:
+    table = _TABLES[type(view)]
     kind, op, phase = _split(event.type)
     if kind != table.kind:
         raise _illegal(view, event, f"not a {table.kind} event")
@@ -83,6 +93,18 @@ def evolve(view: DiskView | TemplateView, event: EventLike) -> DiskView | Templa
             params=params,
             artifacts=tuple(event.data.get("artifacts", ())),
             started_version=view.version + 1,
+            owner=event.data.get("owner"),
+        )
+    elif phase == TAKEN_OVER:
+        assert pending is not None
+        owner = {"member": event.data["by"], "epoch": event.data["by_epoch"]}
+        pending = PendingOperation(
+            pending.op,
+            pending.op_id,
+            pending.params,
+            pending.artifacts,
+            pending.started_version,
+            owner,
         )
     elif phase in (COMPLETED, FAILED):
         pending = None  # needs-operator and lease-renewed leave the operation pending
@@ -93,23 +115,30 @@ def evolve(view: DiskView | TemplateView, event: EventLike) -> DiskView | Templa
     }
     if isinstance(view, DiskView):
         changes.update(disk_changes(view, op, phase, event.data, params))
+    elif isinstance(view, MemberView):
+        changes.update(member_changes(view, op, event.data))
     else:
         changes.update(template_changes(view, op, phase, event.data, params))
     return _rebuild(view, changes)
 
 
-def _illegal(view: DiskView | TemplateView, event: EventLike, reason: str) -> IllegalTransition:
-    stream = view.disk if isinstance(view, DiskView) else view.template
+def _illegal(view: AnyView, event: EventLike, reason: str) -> IllegalTransition:
+    if isinstance(view, DiskView):
+        stream = view.disk
+    elif isinstance(view, MemberView):
+        stream = view.member
+    else:
+        stream = view.template
     return IllegalTransition(stream, view.state, event.type, reason)
 
 
 # Replay folds every event of the ledger through here: one attrgetter call and one constructor
 # per event is several times cheaper than dataclasses.replace.
-_GETTERS = {cls: attrgetter(*(f.name for f in fields(cls))) for cls in (DiskView, TemplateView)}
-_INDEXES = {cls: {f.name: i for i, f in enumerate(fields(cls))} for cls in (DiskView, TemplateView)}
+_GETTERS = {cls: attrgetter(*(f.name for f in fields(cls))) for cls in _TABLES}
+_INDEXES = {cls: {f.name: i for i, f in enumerate(fields(cls))} for cls in _TABLES}
 
 
-def _rebuild(view: DiskView | TemplateView, changes: Mapping[str, Any]) -> DiskView | TemplateView:
+def _rebuild(view: AnyView, changes: Mapping[str, Any]) -> AnyView:
     cls = type(view)
     values = list(_GETTERS[cls](view))
     index = _INDEXES[cls]

@@ -15,6 +15,7 @@ from transitions import Machine, MachineError
 
 from diskledger.events import COMPLETED, split_type
 from diskledger.states.disk import DISK_TABLE
+from diskledger.states.member import MEMBER_TABLE
 from diskledger.states.table import Table
 from diskledger.states.template import TEMPLATE_TABLE
 
@@ -116,13 +117,22 @@ Every operation that touches storage is recorded as `<kind>.<op>.started` (the i
 every artifact it may create), then `<kind>.<op>.completed` or `<kind>.<op>.failed`. `started`
 leaves the state as it is (templates show `fetching`), `failed` returns to the state the operation
 started from; the diagrams show what `completed` (and the single-event facts) do. Guards in
-brackets choose between edges or refuse the event.
+brackets choose between edges or refuse the event. `taken-over` (another member claimed the
+operation of a fenced one) and `compensating` (the owner claims its failed operation before
+removing anything) change who may finish an operation, not the state.
+
+Members have no storage operations: each event is a fact. A member's epoch is the position of
+its `member.joined`; lease renewals are not events (see docs/multihost.md).
 """
 
 
 def states_markdown() -> str:
     parts = [_HEADER]
-    for title, table in (("Disk", DISK_TABLE), ("Template", TEMPLATE_TABLE)):
+    for title, table in (
+        ("Disk", DISK_TABLE),
+        ("Template", TEMPLATE_TABLE),
+        ("Member", MEMBER_TABLE),
+    ):
         parts.append(f"## {title}\n\n```mermaid\n{mermaid(table)}\n```\n")
         parts.append("| event | from | to | guards |\n|---|---|---|---|")
         parts.extend(

@@ -4,7 +4,8 @@ A lifecycle is written as a tuple of ``Row``s, one per legal operation from one 
 comment in the source saying why it is there. ``expand`` turns the rows into the transitions the
 ledger actually records: an operation that touches storage becomes four event types
 (``started``: source -> busy-or-source, ``completed``: -> dest, ``failed``: back to source,
-``needs-operator``: stays busy, the operation still pending); a fact
+``needs-operator``: stays busy, the operation still pending), plus the two claims that change who
+may finish it (``taken-over`` and ``compensating``: stay busy); a fact
 that touches no storage is one event type. Everything else (``evolve``, the ``transitions``
 machine, the Mermaid diagram in docs/states.md) is derived from the expanded table.
 """
@@ -16,7 +17,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
-from diskledger.events import COMPLETED, FAILED, LEASE_RENEWED, NEEDS_OPERATOR, STARTED
+from diskledger.events import (
+    COMPENSATING,
+    COMPLETED,
+    FAILED,
+    LEASE_RENEWED,
+    NEEDS_OPERATOR,
+    STARTED,
+    TAKEN_OVER,
+)
 
 __all__ = ["Guard", "Row", "Table", "Transition"]
 
@@ -44,7 +53,9 @@ class Row(Generic[S]):
     when: tuple[str, ...] = ()
     fact: bool = False
     leased: bool = False
-    """The writer holds a lease it renews while working (``<op>.lease-renewed``)."""
+    """Ledgers from before members renewed a per-operation lease (``<op>.lease-renewed``); the
+    event type stays in the table so that they replay. New writers are covered by their member
+    lease instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +111,8 @@ class Table(Generic[S]):
             Transition(f"{name}.{COMPLETED}", busy, row.dest, row.when),
             Transition(f"{name}.{FAILED}", busy, row.source, ()),
             Transition(f"{name}.{NEEDS_OPERATOR}", busy, busy, ()),
+            Transition(f"{name}.{TAKEN_OVER}", busy, busy, ()),
+            Transition(f"{name}.{COMPENSATING}", busy, busy, ()),
         ]
         if row.leased:
             expanded.append(Transition(f"{name}.{LEASE_RENEWED}", busy, busy, ()))

@@ -8,6 +8,11 @@ Alongside the log it keeps read models — the current view of every disk and te
 of operations whose intent has no outcome yet — updated in the same transaction as each append by
 folding the new events with ``diskledger.states.evolve``. An append whose events the lifecycle does
 not allow raises ``IllegalTransition`` and records nothing.
+
+Members (``member:<id>`` streams) have a lease besides their events: ``member.joined`` starts it,
+``renew`` extends it, and only the database's clock judges it. ``member.fencing`` with
+``reason: lease-expired`` is refused (``Conflict``) unless that lease has expired, checked in the
+append's own transaction, so a renewal and a fence can never both win.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from diskledger.events import NewEvent, RecordedEvent
-from diskledger.states import DiskView, PendingOperation, TemplateView
+from diskledger.states import DiskView, MemberView, PendingOperation, TemplateView
 
-__all__ = ["EventStore", "PendingEntry"]
+__all__ = ["EventStore", "MemberRecord", "PendingEntry"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +35,34 @@ class PendingEntry:
     operation: PendingOperation
     started_position: int
     started_at: str
+
+    @property
+    def owner(self) -> str | None:
+        """The member that may record its outcome (None on a ledger without members)."""
+        return self.operation.owner_member
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRecord:
+    """A member as the ``members`` read model holds it, with its lease judged by the database.
+
+    ``expires_in``: seconds until its lease runs out by the database's clock (negative once it
+    has); ``renewals`` counts successful renewals, so that a taker can see them stop on its own
+    clock too, whatever the database's clock does.
+    """
+
+    view: MemberView
+    epoch: int | None
+    expires_in: float | None
+    renewals: int
+
+    @property
+    def member(self) -> str:
+        return self.view.member
+
+    @property
+    def lapsed(self) -> bool:
+        return self.expires_in is not None and self.expires_in < 0
 
 
 @runtime_checkable
@@ -88,5 +121,20 @@ class EventStore(Protocol):
     def pending(self) -> list[PendingEntry]:
         """Operations with an intent and no outcome, oldest first, read from the index."""
         ...
+
+    def renew(self, member_stream: str) -> bool:
+        """Extend a live member's lease by its ``lease_ttl`` from the database's ``now``.
+
+        False (and nothing changed) when the lease had already run out or the member is no
+        longer ``live`` (a taker began fencing it): the caller must fence itself. Renewals are
+        not events; they change only the ``members`` read model.
+        """
+        ...
+
+    def members(self) -> list[MemberRecord]:
+        """Every member ever joined, by epoch."""
+        ...
+
+    def member(self, member_stream: str) -> MemberRecord | None: ...
 
     def close(self) -> None: ...

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HEAD", "current_revision", "head_revision", "migrate"]
 
-HEAD: Final = "0002"
+HEAD: Final = "0003"
 """The newest migration; a test checks it against Alembic's script directory."""
 
 _MIGRATIONS = Path(__file__).parent / "migrations"

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["disks", "events", "ledger_head", "metadata", "pending_operations", "templates"]
+__all__ = [
+    "disks",
+    "events",
+    "ledger_head",
+    "members",
+    "metadata",
+    "pending_operations",
+    "templates",
+]
 
 metadata = sa.MetaData()
 
@@ -65,4 +73,23 @@ pending_operations = sa.Table(
     sa.Column("started_position", sa.BigInteger, nullable=False),
     sa.Column("started_at", sa.String(40), nullable=False),
     sa.Column("operation", sa.Text, nullable=False),
+    # The member that may record the outcome: the intent's writer, or the last to take it over.
+    sa.Column("owner", sa.String(200), nullable=True, index=True),
+)
+
+members = sa.Table(
+    "members",
+    metadata,
+    sa.Column("stream_id", sa.String(300), primary_key=True),
+    sa.Column("member", sa.String(200), nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("view", sa.Text, nullable=False),
+    sa.Column("host", sa.String(200), nullable=True),
+    # The ledger position of member.joined: the member's fencing token.
+    sa.Column("epoch", sa.BigInteger, nullable=True),
+    sa.Column("lease_ttl", sa.Float, nullable=True),
+    # Seconds since the epoch on the database's clock; no other clock ever judges a lease.
+    sa.Column("expires_at", sa.Float, nullable=True),
+    sa.Column("renewals", sa.BigInteger, nullable=False, server_default="0"),
 )

@@ -11,10 +11,13 @@ from diskledger.errors import IllegalTransition
 from diskledger.events import Metadata, NewEvent
 from diskledger.states import (
     DISK_TABLE,
+    MEMBER_TABLE,
     TEMPLATE_TABLE,
     Attachment,
     DiskState,
     DiskView,
+    MemberState,
+    MemberView,
     Snapshot,
     TemplateState,
     TemplateView,
@@ -67,7 +70,14 @@ def test_every_operation_row_expands_to_the_protocol_phases() -> None:
             if row.fact:
                 assert types == {f"{table.kind}.{row.op}"}
             else:
-                phases = ["started", "completed", "failed", "needs-operator"]
+                phases = [
+                    "started",
+                    "completed",
+                    "failed",
+                    "needs-operator",
+                    "taken-over",
+                    "compensating",
+                ]
                 if row.leased:
                     phases.append("lease-renewed")
                 assert types == {f"{table.kind}.{row.op}.{p}" for p in phases}
@@ -305,3 +315,64 @@ def test_attach_and_detach_fold_into_the_view_and_keep_the_state() -> None:
     view = evolve(view, ev("disk.detach.started", params={}, artifacts=[]))
     view = evolve(view, ev("disk.detach.completed"))
     assert view.attachment is None and view.state is DiskState.RESIZED and view.pending is None
+
+
+# (state, event, expected destination or None for refused): every row of the member table.
+MEMBER_CASES = [
+    (MemberState.ABSENT, "member.joined", MemberState.LIVE),
+    (MemberState.LIVE, "member.joined", None),  # an epoch is given once
+    (MemberState.LIVE, "member.client-added", MemberState.LIVE),
+    (MemberState.FENCING, "member.client-added", None),  # a member being fenced adds nothing
+    (MemberState.LIVE, "member.left", MemberState.LEFT),
+    (MemberState.FENCING, "member.left", None),  # too late to leave cleanly
+    (MemberState.LIVE, "member.fencing", MemberState.FENCING),
+    (MemberState.FENCING, "member.fencing", MemberState.FENCING),  # its fencer died
+    (MemberState.FENCED, "member.fencing", None),
+    (MemberState.LEFT, "member.fencing", None),
+    (MemberState.FENCING, "member.fenced", MemberState.FENCED),
+    (MemberState.LIVE, "member.fenced", None),  # fenced only after `fencing` was recorded
+    (MemberState.LIVE, "member.confirmed-down", MemberState.LIVE),
+    (MemberState.FENCED, "member.confirmed-down", MemberState.FENCED),
+    (MemberState.LIVE, "member.takeover-suspended", MemberState.LIVE),
+    (MemberState.FENCING, "member.takeover-suspended", None),
+]
+
+
+@pytest.mark.parametrize(("state", "event_type", "expected"), MEMBER_CASES)
+def test_member_table_row_by_row(
+    state: MemberState, event_type: str, expected: MemberState | None
+) -> None:
+    view = MemberView("h/1", state=state)
+    target = Validator(MEMBER_TABLE).target(view, event_type, {})
+    assert target == (expected.value if expected else None)
+
+
+def test_a_member_life_folds_to_the_expected_views() -> None:
+    view = evolve(
+        MemberView("h/1"),
+        ev("member.joined", host="h", boot_id="b", pid=7, lease_ttl=3.0, ceph_clients=["a:1/2"]),
+    )
+    assert view.state is MemberState.LIVE and view.host == "h" and view.lease_ttl == 3.0
+    view = evolve(view, ev("member.client-added", addresses=["a:1/2", "a:1/3"]))
+    assert view.ceph_clients == ("a:1/2", "a:1/3")
+    view = evolve(view, ev("member.fencing", by="g/2", by_epoch=9, reason="lease expired"))
+    assert view.fencing_by == {"member": "g/2", "epoch": 9}
+    view = evolve(view, ev("member.fenced", blocklisted=["a:1/2", "a:1/3"], osdmap_epoch=4))
+    assert view.state is MemberState.FENCED and view.fence is not None
+    assert MemberView.from_json(view.to_json()) == view
+    with pytest.raises(IllegalTransition):
+        evolve(view, ev("member.client-added", addresses=["a:1/4"]))
+
+
+def test_a_takeover_changes_the_owner_and_keeps_the_operation_pending() -> None:
+    view = DiskView("i/d", state=DiskState.CREATED, size=5)
+    owner = {"member": "h/1", "epoch": 3}
+    view = evolve(view, ev("disk.resize.started", params={"size": 9}, artifacts=[], owner=owner))
+    assert view.pending is not None and view.pending.owner == owner
+    view = evolve(view, ev("disk.resize.taken-over", by="g/2", by_epoch=8, **{"from": "h/1"}))
+    assert view.pending is not None and view.pending.owner == {"member": "g/2", "epoch": 8}
+    assert view.state is DiskState.CREATED
+    view = evolve(view, ev("disk.resize.compensating"))
+    assert view.pending is not None
+    view = evolve(view, ev("disk.resize.failed", error="x"))
+    assert view.pending is None and view.state is DiskState.CREATED
