@@ -16,15 +16,22 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from diskledger.errors import ConcurrencyError, StoreError
+from diskledger.errors import ConcurrencyError, Conflict, StoreError
 from diskledger.events import Metadata, NewEvent, RecordedEvent
-from diskledger.states import DiskView, TemplateView, evolve
+from diskledger.states import DiskView, MemberView, TemplateView, evolve
 from diskledger.states.disk import PendingOperation
-from diskledger.states.streams import DISK, TEMPLATE, empty_view, stream_kind
-from diskledger.store.contract import PendingEntry
+from diskledger.states.streams import DISK, MEMBER, TEMPLATE, empty_view, stream_kind
+from diskledger.store.contract import MemberRecord, PendingEntry
 from diskledger.store.hashing import canonical_json, event_hash
 from diskledger.store.migrate import migrate
-from diskledger.store.schema import disks, events, ledger_head, pending_operations, templates
+from diskledger.store.schema import (
+    disks,
+    events,
+    ledger_head,
+    members,
+    pending_operations,
+    templates,
+)
 
 __all__ = ["SqlEventStore", "open_store"]
 
@@ -76,6 +83,9 @@ _QUERIES: dict[str, sa.Executable] = {
     "template_users": sa.select(disks.c.disk)
     .where(disks.c.template == sa.bindparam("template"))
     .order_by(disks.c.disk),
+    "intent": sa.select(events.c.position, events.c.recorded_at).where(
+        events.c.stream_id == sa.bindparam("stream"), events.c.version == sa.bindparam("version")
+    ),
     "pending": sa.select(
         pending_operations.c.stream_id,
         pending_operations.c.operation,
@@ -123,7 +133,38 @@ def _read_model(table: sa.Table, key: str, *, has_template: bool) -> _ReadModel:
 _MODELS = {
     DISK: _read_model(disks, "disk", has_template=True),
     TEMPLATE: _read_model(templates, "template", has_template=False),
+    MEMBER: _read_model(members, "member", has_template=False),
 }
+
+_VIEWS: dict[str, Any] = {DISK: DiskView, TEMPLATE: TemplateView, MEMBER: MemberView}
+
+# The database's clock, in seconds since the Unix epoch: the only clock a lease is judged by, so
+# that two hosts' clocks are never compared.
+_NOW = {
+    "postgresql": "EXTRACT(EPOCH FROM clock_timestamp())::float8",
+    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
+}
+
+
+def _member_sql(now: str, param: str) -> dict[str, str]:
+    """Lease statements for one dialect (``param``: how a named parameter is spelled)."""
+
+    def p(name: str) -> str:
+        return param.format(name)
+
+    return {
+        "joined": f"UPDATE members SET host = {p('host')}, epoch = {p('epoch')}, "
+        f"lease_ttl = {p('ttl')}, expires_at = {now} + {p('ttl')}, renewals = 0 "
+        f"WHERE stream_id = {p('stream')}",
+        # Zero rows once the lease ran out or a taker began fencing: the member fences itself.
+        "renew": f"UPDATE members SET expires_at = {now} + lease_ttl, renewals = renewals + 1 "
+        f"WHERE stream_id = {p('stream')} AND state = 'live' AND expires_at > {now}",
+        "lapsed": f"SELECT expires_at < {now} FROM members WHERE stream_id = {p('stream')}",
+        "members": f"SELECT view, epoch, expires_at - {now}, renewals FROM members "
+        "ORDER BY epoch, stream_id",
+        "member": f"SELECT view, epoch, expires_at - {now}, renewals FROM members "
+        f"WHERE stream_id = {p('stream')}",
+    }
 
 
 @dataclass(frozen=True)
@@ -235,6 +276,8 @@ class SqlEventStore:
                 *_QUERIES.items(),
             )
         }
+        param = "%({})s" if dialect.name == "postgresql" else ":{}"
+        self._members = _member_sql(_NOW[dialect.name], param)
         self._models = {
             kind: {
                 "lock": _Compiled.of(model.lock, dialect),
@@ -278,15 +321,13 @@ class SqlEventStore:
         cursor.execute(lock.sql, lock.bind({"stream": stream}))
         position, prev_hash, _, stored_view = cursor.fetchone()
         exists = stored_view is not None
-        view: DiskView | TemplateView
-        if not exists:
-            view = empty_view(stream)
-        elif kind == DISK:
-            view = DiskView.from_json(json.loads(stored_view))
-        else:
-            view = TemplateView.from_json(json.loads(stored_view))
+        view: DiskView | TemplateView | MemberView = (
+            _VIEWS[kind].from_json(json.loads(stored_view)) if exists else empty_view(stream)
+        )
         if view.version != expected_version:
             raise ConcurrencyError(stream, expected_version, view.version)
+        if kind == MEMBER:
+            self._check_fencing(cursor, stream, new_events)
 
         recorded_at = datetime.now(UTC).isoformat(timespec="microseconds")
         time = datetime.fromisoformat(recorded_at)
@@ -346,16 +387,43 @@ class SqlEventStore:
         cursor.execute(move.sql, move.bind({"new_position": position, "new_hash": prev_hash}))
         projected = {
             "stream": stream,
-            "key": view.disk if isinstance(view, DiskView) else view.template,
+            "key": _key(view),
             "state": view.state.value,
             "version": view.version,
-            "template": view.template,
+            "template": getattr(view, "template", None),
             "view": canonical_json(view.to_json()),
         }
         project = model["update" if exists else "insert"]
         cursor.execute(project.sql, project.bind(projected))
-        self._index_pending(cursor, stream, pending_before, view.pending, recorded, recorded_at)
+        if kind == MEMBER:
+            self._project_member(cursor, stream, recorded)
+        else:
+            self._index_pending(cursor, stream, pending_before, view.pending, recorded, recorded_at)
         return tuple(recorded)
+
+    def _check_fencing(self, cursor: Any, stream: str, new_events: Sequence[NewEvent]) -> None:
+        """A taker may begin fencing a member for an expired lease only if the lease has expired
+        by the database's clock, checked here, under the append's lock: a renewal that commits
+        first wins, and one that comes after finds the member ``fencing`` and fails."""
+        for new in new_events:
+            if new.type == "member.fencing" and new.data.get("reason") == "lease-expired":
+                cursor.execute(self._members["lapsed"], {"stream": stream})
+                row = cursor.fetchone()
+                if row is None or not row[0]:
+                    raise Conflict(f"{stream}: its lease has not expired: not fencing it")
+
+    def _project_member(self, cursor: Any, stream: str, recorded: Sequence[RecordedEvent]) -> None:
+        for event in recorded:
+            if event.type == "member.joined":
+                cursor.execute(
+                    self._members["joined"],
+                    {
+                        "stream": stream,
+                        "host": event.data["host"],
+                        "epoch": event.position,
+                        "ttl": float(event.data["lease_ttl"]),
+                    },
+                )
 
     def _index_pending(
         self,
@@ -366,11 +434,23 @@ class SqlEventStore:
         recorded: Sequence[RecordedEvent],
         recorded_at: str,
     ) -> None:
-        if before is not None and (after is None or after.op_id != before.op_id):
+        changed_owner = (
+            before is not None
+            and after is not None
+            and before.op_id == after.op_id
+            and before.owner != after.owner
+        )
+        if before is not None and (after is None or after.op_id != before.op_id or changed_owner):
             unindex = self._sql["unindex_pending"]
             cursor.execute(unindex.sql, unindex.bind({"op": before.op_id}))
-        if after is not None and (before is None or before.op_id != after.op_id):
-            started = next(e for e in recorded if e.version == after.started_version)
+        if after is not None and (before is None or before.op_id != after.op_id or changed_owner):
+            if changed_owner:
+                started_position, started_at = self._intent(cursor, stream, after)
+            else:
+                started_position = next(
+                    e for e in recorded if e.version == after.started_version
+                ).position
+                started_at = recorded_at
             index = self._sql["index_pending"]
             cursor.execute(
                 index.sql,
@@ -379,12 +459,53 @@ class SqlEventStore:
                         "op_id": after.op_id,
                         "stream_id": stream,
                         "op": after.op,
-                        "started_position": started.position,
-                        "started_at": recorded_at,
+                        "started_position": started_position,
+                        "started_at": started_at,
                         "operation": canonical_json(after.to_json()),
+                        "owner": after.owner_member,
                     }
                 ),
             )
+
+    def _intent(self, cursor: Any, stream: str, op: PendingOperation) -> tuple[int, str]:
+        """Where and when ``op``'s intent was recorded (its index row moves to a new owner)."""
+        query = self._sql["intent"]
+        cursor.execute(query.sql, query.bind({"stream": stream, "version": op.started_version}))
+        position, recorded_at = cursor.fetchone()
+        return int(position), str(recorded_at)
+
+    # -- members -------------------------------------------------------------------------------
+
+    def renew(self, member_stream: str) -> bool:
+        try:
+            with self.engine.connect().execution_options(**{_WRITE: True}) as conn, conn.begin():
+                cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                try:
+                    cursor.execute(self._members["renew"], {"stream": member_stream})
+                    return bool(cursor.rowcount == 1)
+                finally:
+                    cursor.close()
+        except (SQLAlchemyError, self._dbapi.Error) as exc:
+            raise StoreError(f"lease renewal of {member_stream} failed: {exc}") from exc
+
+    def members(self) -> list[MemberRecord]:
+        return [_member_record(row) for row in self._fetch_text("members", {})]
+
+    def member(self, member_stream: str) -> MemberRecord | None:
+        rows = self._fetch_text("member", {"stream": member_stream})
+        return _member_record(rows[0]) if rows else None
+
+    def _fetch_text(self, name: str, params: Mapping[str, Any]) -> Sequence[Any]:
+        try:
+            with self.engine.connect() as conn:
+                cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                try:
+                    cursor.execute(self._members[name], params)
+                    return list(cursor.fetchall())
+                finally:
+                    cursor.close()
+        except (SQLAlchemyError, self._dbapi.Error) as exc:
+            raise StoreError(f"ledger read failed: {exc}") from exc
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -455,6 +576,24 @@ class SqlEventStore:
                 return rows
         except (SQLAlchemyError, self._dbapi.Error) as exc:
             raise StoreError(f"ledger read failed: {exc}") from exc
+
+
+def _key(view: DiskView | TemplateView | MemberView) -> str:
+    if isinstance(view, DiskView):
+        return view.disk
+    if isinstance(view, MemberView):
+        return view.member
+    return view.template
+
+
+def _member_record(row: Sequence[Any]) -> MemberRecord:
+    view, epoch, expires_in, renewals = row
+    return MemberRecord(
+        view=MemberView.from_json(json.loads(view)),
+        epoch=epoch,
+        expires_in=None if expires_in is None else float(expires_in),
+        renewals=int(renewals),
+    )
 
 
 def _recorded(row: Sequence[Any]) -> RecordedEvent:
