@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
@@ -33,7 +33,7 @@ from diskledger.store.schema import (
     templates,
 )
 
-__all__ = ["SqlEventStore", "open_store"]
+__all__ = ["SqlEventStore", "open_store", "postgres_client_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,87 @@ def _private_file(path: Path) -> None:
         raise StoreError(f"cannot create ledger file {str(path)!r}: {exc.strerror}") from exc
 
 
+_PG_CONNECTION: Final = {
+    # libpq keepalives: a ledger server that vanished (or a partition) is noticed in ~11 s
+    # instead of the kernel's two hours, so a stuck append or feed fails and can be retried.
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
+    "keepalives_count": "3",
+    "connect_timeout": "10",
+}
+_PG_SESSION: Final = {
+    # An append waits at most this long for the ledger_head lock: a writer stalled inside its
+    # transaction must not stall every other host (docs/multihost.md, "PostgreSQL settings").
+    "lock_timeout": "5s",
+    "statement_timeout": "10s",
+    # Our own sessions never sit in a transaction; if one does (a frozen process), the server
+    # ends it and releases its locks.
+    "idle_in_transaction_session_timeout": "10s",
+}
+_PG_ENVIRONMENT: Final = {"connect_timeout": "PGCONNECT_TIMEOUT"}
+
+
+def postgres_client_settings(
+    url: sa.URL, environ: Mapping[str, str] = os.environ
+) -> dict[str, str]:
+    """libpq connection parameters for a PostgreSQL ledger: keepalives, ``connect_timeout`` and,
+    through ``options``, the session's ``lock_timeout``, ``statement_timeout`` and
+    ``idle_in_transaction_session_timeout``.
+
+    Whatever the URL sets explicitly (``?keepalives_idle=30``, ``?options=-c lock_timeout=2s``),
+    or libpq's environment (``PGCONNECT_TIMEOUT``, ``PGOPTIONS``), is kept: only what is unset
+    gets a default. The user's ``options`` come first in the string passed on.
+    """
+    given = {key.lower() for key in url.query}
+    settings = {
+        key: value
+        for key, value in _PG_CONNECTION.items()
+        if key not in given and _PG_ENVIRONMENT.get(key, "") not in environ
+    }
+    query_options = url.query.get("options")
+    options = (
+        (query_options if isinstance(query_options, str) else " ".join(query_options))
+        if query_options is not None
+        else environ.get("PGOPTIONS", "")
+    )
+    named = _option_names(options)
+    ours = [f"-c {name}={value}" for name, value in _PG_SESSION.items() if name not in named]
+    if ours:
+        settings["options"] = " ".join(part for part in (options.strip(), *ours) if part)
+    return settings
+
+
+def _option_names(options: str) -> set[str]:
+    """The settings a libpq ``options`` string sets (``-c name=value``, ``-cname=value``,
+    ``--name=value``; whitespace separates, a backslash escapes)."""
+    words: list[str] = []
+    word, escaped = "", False
+    for char in options:
+        if escaped:
+            word, escaped = word + char, False
+        elif char == "\\":
+            escaped = True
+        elif char.isspace():
+            if word:
+                words.append(word)
+            word = ""
+        else:
+            word += char
+    if word:
+        words.append(word)
+    names: set[str] = set()
+    for i, item in enumerate(words):
+        if item == "-c" and i + 1 < len(words):
+            setting = words[i + 1]
+        elif item.startswith(("-c", "--")):
+            setting = item[2:]
+        else:
+            continue
+        names.add(setting.partition("=")[0].strip().lower().replace("-", "_"))
+    return names
+
+
 def open_store(url: str, *, upgrade: bool = True) -> SqlEventStore:
     """Open (and, unless told otherwise, create or upgrade) the ledger at a SQLAlchemy URL."""
     try:
@@ -238,8 +319,9 @@ def open_store(url: str, *, upgrade: bool = True) -> SqlEventStore:
         raise StoreError(f"unsupported ledger database {backend!r}: use sqlite or postgresql")
     if backend == "sqlite" and sa_url.database not in (None, "", ":memory:"):
         _private_file(Path(sa_url.database))
+    connect_args = postgres_client_settings(sa_url) if backend == "postgresql" else {}
     try:
-        engine = sa.create_engine(sa_url)
+        engine = sa.create_engine(sa_url, connect_args=connect_args)
     except (SQLAlchemyError, ImportError) as exc:
         raise StoreError(f"cannot open ledger {sa_url!r}: {exc}") from exc
     if backend == "sqlite":
@@ -248,6 +330,9 @@ def open_store(url: str, *, upgrade: bool = True) -> SqlEventStore:
     if upgrade:
         try:
             with engine.connect().execution_options(**{_WRITE: True}) as conn:
+                if backend == "postgresql":
+                    # Upgrading a large ledger may rightly take longer than the appends' limit.
+                    conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
                 migrate(conn)
                 conn.commit()
         except SQLAlchemyError as exc:

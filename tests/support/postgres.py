@@ -408,6 +408,15 @@ class PostgresServer:
             "synchronous_commit": "off",
             "full_page_writes": "off",
             "shared_buffers": _conf_quote(self._shared_buffers),
+            # What docs/multihost.md ("PostgreSQL settings") requires of a production server, so
+            # that the tests run against it: a session idle in a transaction (a stalled writer
+            # holding the ledger_head lock) is ended, and a vanished client is noticed in seconds.
+            "idle_in_transaction_session_timeout": _conf_quote("10s"),
+            "tcp_keepalives_idle": "5",
+            "tcp_keepalives_interval": "2",
+            "tcp_keepalives_count": "3",
+            "tcp_user_timeout": _conf_quote("10s"),
+            "client_connection_check_interval": _conf_quote("2s"),
         }
         path = self.data_dir / "diskledger.conf"
         path.write_text("".join(f"{key} = {value}\n" for key, value in settings.items()))
