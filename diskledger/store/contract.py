@@ -17,12 +17,14 @@ append's own transaction, so a renewal and a fence can never both win.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, overload, runtime_checkable
 
 from diskledger.events import NewEvent, RecordedEvent
 from diskledger.states import DiskView, MemberView, PendingOperation, TemplateView
+from diskledger.store.feed import Heartbeat, Subscription
 
 __all__ = ["EventStore", "MemberRecord", "PendingEntry"]
 
@@ -92,6 +94,63 @@ class EventStore(Protocol):
 
     def read_all(self, after_position: int = 0, *, batch: int = 1000) -> Iterator[RecordedEvent]:
         """Every event with a position above ``after_position``, in ledger order."""
+        ...
+
+    @overload
+    def subscribe(
+        self,
+        after_position: int = 0,
+        *,
+        heartbeat: None = None,
+        stop: threading.Event | None = None,
+        batch: int = 1000,
+    ) -> Subscription[RecordedEvent]: ...
+
+    @overload
+    def subscribe(
+        self,
+        after_position: int = 0,
+        *,
+        heartbeat: float,
+        stop: threading.Event | None = None,
+        batch: int = 1000,
+    ) -> Subscription[RecordedEvent | Heartbeat]: ...
+
+    def subscribe(
+        self,
+        after_position: int = 0,
+        *,
+        heartbeat: float | None = None,
+        stop: threading.Event | None = None,
+        batch: int = 1000,
+    ) -> Subscription[RecordedEvent] | Subscription[RecordedEvent | Heartbeat]:
+        """The change feed: every event after ``after_position``, in ledger order, then each new
+        one as it is committed, for as long as the subscription runs.
+
+        - It catches up with ``read_all`` and then goes live; waiting is only a wake-up, and every
+          read is by position, so events come exactly in ledger order, none skipped.
+        - Every event is checked: its position is the last one's plus one, its ``prev_hash`` the
+          hash of the event before it (for the first, of the event at ``after_position``, or
+          ``GENESIS`` from 0) and its hash matches its content. Anything else raises ``FeedGap``
+          (a ``StoreError``) and the feed ends; a consumer never gets past a gap or a break.
+          Resuming after a position the ledger does not have is a ``FeedGap`` too.
+        - At-least-once: the feed keeps no position for the consumer. A consumer stores the
+          position of the last event it acted on with its own effects, and resumes with
+          ``subscribe(after_position=that)``: no event before it comes again, none after it is
+          missed.
+        - ``heartbeat=<seconds>``: after that many seconds without an event, a ``Heartbeat(head)``
+          carrying the last position handed out, again each time the interval passes idle, so a
+          consumer that skips most events can still checkpoint. Without it, only events come.
+        - It ends (the iterator stops) when ``stop`` is set or the ``Subscription`` is closed,
+          from any thread; ``close()`` (or leaving its ``with`` block) releases its connection.
+        - A lost database connection is re-opened and the feed re-reads from its last position;
+          when the database stays out of reach (``diskledger.store.feed.GIVE_UP`` seconds) the
+          last ``StoreError`` is raised. ``InvalidInput`` for a negative position, a
+          non-positive heartbeat or batch.
+        - PostgreSQL: a connection of the subscription's own LISTENs on ``diskledger`` (appends
+          notify it on commit); it needs a real session (no transaction pooling). SQLite: a
+          connection of its own polls ``PRAGMA data_version`` (a ledger file, not ``:memory:``).
+        """
         ...
 
     def head(self) -> int:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, overload
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
@@ -21,6 +22,7 @@ from diskledger.events import Metadata, NewEvent, RecordedEvent
 from diskledger.states import DiskView, MemberView, TemplateView, evolve
 from diskledger.states.disk import PendingOperation
 from diskledger.states.streams import DISK, MEMBER, TEMPLATE, empty_view, stream_kind
+from diskledger.store import feed
 from diskledger.store.contract import MemberRecord, PendingEntry
 from diskledger.store.hashing import canonical_json, event_hash
 from diskledger.store.migrate import migrate
@@ -93,6 +95,9 @@ _QUERIES: dict[str, sa.Executable] = {
         pending_operations.c.started_at,
     ).order_by(pending_operations.c.started_position),
 }
+# PostgreSQL only: a wake-up for change feeds, sent when the append commits (NOTIFY is delivered
+# on commit, in commit order). The payload is the new head; feeds re-read by position anyway.
+_NOTIFY = sa.select(sa.func.pg_notify(feed.CHANNEL, sa.bindparam("head", type_=sa.String)))
 _UNINDEX_PENDING = pending_operations.delete().where(
     pending_operations.c.op_id == sa.bindparam("op")
 )
@@ -361,6 +366,7 @@ class SqlEventStore:
                 *_QUERIES.items(),
             )
         }
+        self._notify = _Compiled.of(_NOTIFY, dialect) if dialect.name == "postgresql" else None
         param = "%({})s" if dialect.name == "postgresql" else ":{}"
         self._members = _member_sql(_NOW[dialect.name], param)
         self._models = {
@@ -470,6 +476,8 @@ class SqlEventStore:
         cursor.executemany(insert.sql, [insert.bind(row) for row in rows])
         move = self._sql["move_head"]
         cursor.execute(move.sql, move.bind({"new_position": position, "new_hash": prev_hash}))
+        if self._notify is not None:
+            cursor.execute(self._notify.sql, self._notify.bind({"head": str(position)}))
         projected = {
             "stream": stream,
             "key": _key(view),
@@ -643,6 +651,48 @@ class SqlEventStore:
             )
             for stream, operation, started_position, started_at in self._fetch("pending", {})
         ]
+
+    # -- following -----------------------------------------------------------------------------
+
+    @overload
+    def subscribe(
+        self,
+        after_position: int = 0,
+        *,
+        heartbeat: None = None,
+        stop: threading.Event | None = None,
+        batch: int = 1000,
+    ) -> feed.Subscription[RecordedEvent]: ...
+
+    @overload
+    def subscribe(
+        self,
+        after_position: int = 0,
+        *,
+        heartbeat: float,
+        stop: threading.Event | None = None,
+        batch: int = 1000,
+    ) -> feed.Subscription[RecordedEvent | feed.Heartbeat]: ...
+
+    def subscribe(
+        self,
+        after_position: int = 0,
+        *,
+        heartbeat: float | None = None,
+        stop: threading.Event | None = None,
+        batch: int = 1000,
+    ) -> feed.Subscription[Any]:
+        """See ``EventStore.subscribe``; the feed itself is ``diskledger.store.feed``."""
+        url = self.engine.url
+        wake: Any
+        if self.engine.dialect.name == "postgresql":
+            _, kwargs = self.engine.dialect.create_connect_args(url)
+            wake = feed.PostgresWaker.factory({**kwargs, **postgres_client_settings(url)})
+        else:
+            wake = feed.SqliteWaker.factory(url.database or "")
+        return feed.subscribe(
+            self, wake, after_position, heartbeat=heartbeat, stop=stop, batch=batch
+        )
 
     def close(self) -> None:
         self.engine.dispose()
