@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import builtins
 import os
+import threading
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, overload
 
 from diskledger.backends import Backend, TemplateStore
 from diskledger.engine.config import Config
@@ -34,6 +35,7 @@ from diskledger.hypervisor import Hypervisor, secrets
 from diskledger.states import DiskState, DiskView, TemplateState, TemplateView
 from diskledger.states.streams import disk_stream
 from diskledger.store import EventStore
+from diskledger.store.feed import Heartbeat, Subscription
 
 __all__ = ["FORMATS", "DirectSnapshot", "Engine", "Export"]
 
@@ -249,6 +251,42 @@ class Engine:
         if not events:
             raise DiskNotFound(disk)
         return events
+
+    @overload
+    def subscribe(
+        self,
+        after_position: int = 0,
+        *,
+        heartbeat: None = None,
+        stop: threading.Event | None = None,
+        batch: int = 1000,
+    ) -> Subscription[RecordedEvent]: ...
+
+    @overload
+    def subscribe(
+        self,
+        after_position: int = 0,
+        *,
+        heartbeat: float,
+        stop: threading.Event | None = None,
+        batch: int = 1000,
+    ) -> Subscription[RecordedEvent | Heartbeat]: ...
+
+    def subscribe(
+        self,
+        after_position: int = 0,
+        *,
+        heartbeat: float | None = None,
+        stop: threading.Event | None = None,
+        batch: int = 1000,
+    ) -> Subscription[Any]:
+        """The ledger's change feed: every event after ``after_position``, then each new one as
+        it commits, checked against the hash chain (``FeedGap`` on a gap or a break); heartbeats
+        when asked for; ends when ``stop`` is set or the subscription is closed. The contract is
+        ``EventStore.subscribe``'s. Orchestrators wait here for their operation's outcome."""
+        if heartbeat is None:
+            return self.store.subscribe(after_position, stop=stop, batch=batch)
+        return self.store.subscribe(after_position, heartbeat=heartbeat, stop=stop, batch=batch)
 
     # -- libvirt ---------------------------------------------------------------------------------
 
