@@ -22,10 +22,10 @@ beyond asking a cluster where its monitors are.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
     "Artifact",
@@ -36,8 +36,10 @@ __all__ = [
     "DirectSnapshots",
     "DiskSource",
     "Fences",
+    "FencesMembers",
     "Flattens",
     "Observation",
+    "SetsAside",
     "SourceKind",
     "TemplateSource",
     "TemplateStore",
@@ -312,6 +314,77 @@ class Fences(Protocol):
     def fence(
         self, writer: Mapping[str, Any] | None, artifacts: Sequence[Artifact]
     ) -> list[str]: ...
+
+
+@runtime_checkable
+class FencesMembers(Protocol):
+    """A backend on shared storage that can fence a whole member (one engine incarnation of a
+    shared ledger) before another member takes its pending operations over (RBD: Ceph's OSD
+    blocklist).
+
+    The member side: ``set_registrar`` puts the backend in member mode. Every storage client it
+    opens from then on is handed to ``on_connect`` (its addresses) before it serves any request,
+    so the ledger knows every client a fence must name; when ``on_connect`` raises, the client
+    is shut down unused and the error reaches the caller. A client that finds itself fenced is
+    never replaced: the call raises ``Fenced``, every later call too, and ``on_fenced`` is told
+    once (the engine then stops all its effects and exits).
+
+    The taker side: ``fence_member(clients)`` returns only once the storage refuses those
+    clients: every request they make to an object after the fencer's first request to that
+    object following ``fence_member`` is refused (RBD: the OSD serving it has the blocklisting
+    OSD map by then, and never serves a fenced client again), so what the fencer probes, removes
+    or finishes next cannot be overtaken by the fenced member. It returns
+    ``{"blocklisted": [...], "osdmap_epoch": N}``, what the ledger records as ``member.fenced``.
+    It is idempotent, refuses the caller's own clients, refuses addresses that name a whole host
+    unless ``scope="host-ip"`` says so (that cuts off the host's VMs too), and raises ``Fenced``
+    when the caller is itself fenced (a zombie fences nobody). ``unfence_member`` lifts a fence
+    once the member's host is back with a new boot id (its old processes are gone).
+
+    What it does not cover: clients that are not the backend's own (the tools it runs on the
+    storage, ``qemu-img``): those are cut off as watchers of the operation's temporary images
+    (``Fences.fence``); and writes the storage accepted before the fence.
+    """
+
+    def set_registrar(
+        self,
+        on_connect: Callable[[Sequence[str]], None],
+        *,
+        on_fenced: Callable[[str], None] | None = None,
+    ) -> None: ...
+
+    def client_addresses(self) -> list[str]:
+        """This process's current client addresses (what ``on_connect`` was given)."""
+        ...
+
+    def fence_member(
+        self,
+        clients: Sequence[str],
+        *,
+        expire_seconds: int = 24 * 3600,
+        scope: Literal["client", "host-ip"] = "client",
+    ) -> dict[str, Any]: ...
+
+    def unfence_member(
+        self, clients: Sequence[str], *, scope: Literal["client", "host-ip"] = "client"
+    ) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class SetsAside(Protocol):
+    """A backend whose operations publish by renaming a temporary into place on a directory that
+    several hosts share (files on NFS), where the storage has no fence of its own.
+
+    ``set_aside(temporaries, tag)`` renames each temporary file among ``temporaries`` to
+    ``<path>.fenced-<tag>`` (other artifacts are left alone) and returns the new names of those
+    moved; a temporary not there yet gets a tombstone under that name. A member taking over an
+    operation calls it before probing: from then on the fenced member's publishing rename fails
+    (``StorageIOError`` ``ENOENT``: its temporary is gone) or is refused (``Fenced``: a
+    tombstone), so the operation's final artifact appears only if it had already appeared when
+    the taker probed. Idempotent. It covers operations that publish by rename (create, import,
+    export, template fetch, copy snapshots), not those that change a file in place.
+    """
+
+    def set_aside(self, temporaries: Sequence[Artifact], tag: str) -> list[str]: ...
 
 
 @runtime_checkable
