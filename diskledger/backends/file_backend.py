@@ -1,5 +1,6 @@
 """What the file backends (raw, qcow2) share: disks as files under ``<root>/disks``, made under a
-temporary name and published by rename; import, resize, export, probe and remove."""
+temporary name and published by rename; import, resize, export, probe and remove; and, for a
+member taking over another's operation on a shared directory, ``set_aside`` (``SetsAside``)."""
 
 from __future__ import annotations
 
@@ -191,6 +192,17 @@ class FileBackend:
                 files.remove_file(artifact.location)
             else:
                 self._remove_other(artifact)
+
+    def set_aside(self, temporaries: Sequence[Artifact], tag: str) -> list[str]:
+        """Rename each temporary file of ``temporaries`` to ``<path>.fenced-<tag>`` and return
+        those names (``SetsAside``); final artifacts, and artifacts that are not files, are left
+        alone. A temporary not there gets a tombstone under that name instead, so that it can
+        never be published either. Files on a shared directory have no fence but this one;
+        operations that change a disk in place (resize, qcow2 snapshots and rollback, delete)
+        are not covered by it. See ``files.set_aside``."""
+        return files.set_aside_all(
+            self.root, [a.location for a in temporaries if a.kind is FILE and a.temporary], tag
+        )
 
     # -- per backend -------------------------------------------------------------------------
 

@@ -1,15 +1,26 @@
-"""File helpers shared by the file backends: temp names, atomic publish, sparse copies.
+"""File helpers shared by the file backends: temp names, atomic publish, sparse copies, and
+setting a fenced operation's temporaries aside.
 
 Every ``OSError`` from the file system leaves here as a ``StorageIOError`` carrying its errno.
+
+**Fencing on a shared directory.** Files have no storage-side fence: a host that another member
+took over may still be running (frozen, then thawed). What it may still do is publish, and every
+publish renames an operation-unique temporary onto its final name; so the member that takes the
+operation over first renames each temporary aside (``set_aside``), and the zombie's ``publish``
+fails: its temporary is gone (``ENOENT``), or, when it is recreated after the taker looked, a
+*tombstone* ``<temporary>.fenced-<tag>`` beside it makes ``publish`` refuse (``Fenced``). The
+rename is atomic within one directory (on NFS too, by the server), which is what makes this a
+fence: either the zombie's rename came first, and the taker sees the final name, or it fails.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Sequence
 
 from diskledger.backends import runner
-from diskledger.errors import BackendError, InvalidName, StorageIOError
+from diskledger.errors import BackendError, Fenced, InvalidName, StorageIOError
 
 __all__ = [
     "IMAGE_DIR_MODE",
@@ -18,12 +29,18 @@ __all__ = [
     "publish",
     "remove_dir",
     "remove_file",
+    "set_aside",
+    "set_aside_all",
     "sparse_copy",
     "stat",
     "temporary_path",
 ]
 
 _TEMP_MARK = ".tmp-"
+_ASIDE_MARK = ".fenced-"
+_NOTHING_ASIDE = "nothing-was-here-to-set-aside"
+"""Where the tombstone of a temporary that did not exist yet points: it is a dangling symbolic
+link, told apart from a set-aside temporary (a file) at a glance, and opened by nothing."""
 
 # For the directories disks and templates live in: qemu, when libvirt starts it, runs as another
 # user (libvirt-qemu) that must traverse them to open a disk and its backing template.
@@ -43,24 +60,114 @@ def check_component(value: str, what: str) -> str:
 
 
 def publish(temp: str, final: str) -> None:
-    """Make ``temp`` durable, rename it onto ``final`` and make the rename durable."""
+    """Make ``temp`` durable, rename it onto ``final`` and make the rename durable.
+
+    Never publishes the temporary of an operation another member took over: when ``temp`` was
+    set aside the rename fails (``StorageIOError``, ``ENOENT``), and when a tombstone of it
+    exists (``set_aside``) nothing is renamed (``Fenced``)."""
     try:
         fd = os.open(temp, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+        _refuse_set_aside(temp)
         os.replace(temp, final)
         _fsync_dir(os.path.dirname(final))
     except OSError as exc:
         raise _io_error(f"cannot publish {temp} as {final}", exc) from exc
 
 
+def set_aside(root: str, path: str, tag: str) -> str | None:
+    """Rename the temporary ``path`` to ``<path>.fenced-<tag>`` and return that name, for the
+    member taking over the operation that writes it (see the module doc); None when there was
+    nothing to move.
+
+    A temporary that does not exist (yet) gets a tombstone under that name instead, a dangling
+    symbolic link: a zombie that has still to create it then writes it, but cannot publish it.
+    Under ``root`` the directory is made for the tombstone if need be; elsewhere (an export's
+    target directory, which nothing creates) a missing directory needs none. Idempotent: an
+    earlier call's set-aside file is returned again, and a temporary recreated since is moved
+    over it. Tombstones stay until the caller removes them (``remove_file``), which it does once
+    the fenced member can no longer act (its host is back with a new boot id, or an operator
+    said it is down): until then they are files the ledger does not name."""
+    check_component(tag, "fence tag")
+    if _TEMP_MARK not in os.path.basename(path):
+        raise BackendError(f"{path} is not a temporary name: only temporaries are set aside")
+    aside = f"{path}{_ASIDE_MARK}{tag}"
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return aside if _tombstone(root, aside) else None
+    except OSError as exc:
+        raise _io_error(f"cannot set {path} aside", exc) from exc
+    _fsync_dir(os.path.dirname(path))
+    return aside
+
+
+def set_aside_all(root: str, paths: Sequence[str], tag: str) -> list[str]:
+    """``set_aside`` each of ``paths``; the names of those set aside (moved, now or before)."""
+    moved: list[str] = []
+    for path in paths:
+        aside = set_aside(root, path, tag)
+        if aside is not None:
+            moved.append(aside)
+    return moved
+
+
+def _tombstone(root: str, aside: str) -> bool:
+    """Leave the tombstone ``aside`` where nothing was moved; whether ``aside`` already holds a
+    temporary an earlier call set aside (a file, not a tombstone)."""
+    try:
+        if not os.path.islink(aside) and os.path.lexists(aside):
+            return True
+        directory = os.path.dirname(aside)
+        if not os.path.isdir(directory):
+            if os.path.relpath(os.path.abspath(directory), os.path.abspath(root)).startswith(
+                os.pardir
+            ):
+                return False  # outside the root nothing makes it: nothing will publish there
+            ensure_dir_under(root, directory, IMAGE_DIR_MODE)
+        try:
+            os.symlink(_NOTHING_ASIDE, aside)
+        except FileExistsError:
+            return False  # an earlier call's tombstone
+        _fsync_dir(directory)
+    except OSError as exc:
+        raise _io_error(f"cannot leave the tombstone {aside}", exc) from exc
+    return False
+
+
+def _refuse_set_aside(temp: str) -> None:
+    """Raise ``Fenced`` when ``temp`` has been set aside, or has a tombstone."""
+    directory, name = os.path.split(temp)
+    prefix = f"{name}{_ASIDE_MARK}"
+    with os.scandir(directory or ".") as entries:
+        found = sorted(entry.name for entry in entries if entry.name.startswith(prefix))
+    if found:
+        raise Fenced(
+            f"not publishing {temp}: another member took its operation over and set it aside "
+            f"({os.path.join(directory, found[0])})"
+        )
+
+
 def reserve(path: str, size: int) -> None:
     """Allocate ``size`` bytes of space for the file without changing its length (``fallocate
     -n``, as Nova's ``preallocate_images=space``): writes up to there will not fail for space,
-    and qemu's native AIO will not block on allocating it."""
-    runner.run(["fallocate", "--keep-size", "--length", str(size), os.path.abspath(path)])
+    and qemu's native AIO will not block on allocating it.
+
+    The file is opened here and handed to ``fallocate`` by descriptor: ``fallocate`` creates a
+    file it does not find, and a temporary set aside by a member taking over must stay gone."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _io_error(f"cannot reserve space for {path}", exc) from exc
+    try:
+        runner.run(
+            ["fallocate", "--keep-size", "--length", str(size), f"/proc/{os.getpid()}/fd/{fd}"]
+        )
+    finally:
+        os.close(fd)
 
 
 def sparse_copy(src: str, dst: str) -> None:
