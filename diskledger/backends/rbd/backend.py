@@ -1,15 +1,22 @@
 """RBD disks: images in a Ceph pool, cloned copy-on-write from a protected template snapshot
-(see ``images.py`` for the names, ``cluster.py`` for retries and errors)."""
+(see ``images.py`` for the names, ``cluster.py`` for retries and errors).
+
+Members of a shared ledger fence each other here (``FencesMembers``): ``set_registrar`` puts the
+connection in member mode (each new client registered before use, a blocklisted one final),
+``fence_member`` blocklists another member's clients, ``unfence_member`` lifts that when its host
+comes back with a new boot id.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import errno
+import ipaddress
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 from diskledger import faults
 from diskledger.backends import files, qemu
@@ -23,7 +30,13 @@ from diskledger.backends.contract import (
     TemplateSource,
 )
 from diskledger.backends.files import check_component, temporary_path
-from diskledger.backends.rbd.cluster import CephConfig, Cluster, client_key
+from diskledger.backends.rbd.cluster import (
+    CephConfig,
+    Cluster,
+    FenceHandler,
+    Registrar,
+    client_key,
+)
 from diskledger.backends.rbd.images import (
     TEMPLATE_SNAPSHOT,
     Images,
@@ -59,14 +72,110 @@ class RbdBackend:
     )
     preallocates = False  # RBD images are thin; space is the cluster's to manage
 
-    def __init__(self, root: str, config: CephConfig, cluster: Cluster | None = None) -> None:
+    def __init__(
+        self,
+        root: str,
+        config: CephConfig,
+        cluster: Cluster | None = None,
+        *,
+        on_connect: Registrar | None = None,
+        on_fenced: FenceHandler | None = None,
+    ) -> None:
+        """``on_connect``/``on_fenced``: member mode from the start (see ``set_registrar``);
+        they are ignored when a ``cluster`` is given (it has its own)."""
         self.root = root
         self.config = config
-        self.cluster = cluster or Cluster(config)
+        self.cluster = cluster or Cluster(config, on_connect=on_connect, on_fenced=on_fenced)
         self.rbd = Images(self.cluster)
 
     def close(self) -> None:
         self.cluster.close()
+
+    # -- fencing members (FencesMembers) ---------------------------------------------------------
+
+    def set_registrar(
+        self, on_connect: Registrar, *, on_fenced: FenceHandler | None = None
+    ) -> None:
+        """Member mode: every new Ceph connection's addresses go to ``on_connect`` before the
+        connection serves any request; a blocklisted connection is never replaced, and every
+        call raises ``Fenced`` from then on (``on_fenced`` is told once). The connection open
+        now, made before registration, is retired."""
+        self.cluster.set_registrar(on_connect, on_fenced=on_fenced)
+
+    def client_addresses(self) -> list[str]:
+        """The addresses of this process's Ceph client (``ip:port/nonce``), connecting (and
+        registering, in member mode) when no connection is open. Not the clients of the tools
+        it runs (``qemu-img`` on an ``rbd:`` spec connects on its own): those are fenced as
+        watchers of the operation's temporary images (``fence``)."""
+        return self.cluster.client_addresses()
+
+    def fence_member(
+        self,
+        clients: Sequence[str],
+        *,
+        expire_seconds: int = 24 * 3600,
+        scope: Literal["client", "host-ip"] = "client",
+    ) -> dict[str, Any]:
+        """Blocklist each of ``clients`` for ``expire_seconds``, wait for the OSD map that
+        holds the blocklist, and return ``{"blocklisted": [...], "osdmap_epoch": N}``.
+
+        First one OSD round trip proves this process is not fenced itself (a blocklisted
+        zombie gets ``Fenced`` here and fences nobody: the monitors would still take its
+        blocklist commands). Blocklisting an address already blocklisted renews it, so a fence
+        can be repeated. ``scope="client"`` (the default) takes client addresses only, with a
+        nonce (``10.0.0.5:0/3719287140``): an address without one (``10.0.0.5:0/0``, or a bare
+        IP) would cut off every client of that host, its VMs included, and is refused.
+        ``scope="host-ip"`` blocklists the whole IP of each address given (``10.0.0.5:0/0``),
+        which is what fencing a host means, VMs and all. This process's own addresses, or its
+        own IP with ``host-ip``, are refused (``InvalidInput``).
+        """
+        if expire_seconds <= 0:
+            raise InvalidInput(f"a fence must last some time, not {expire_seconds} s")
+        targets = _blocklist_targets(clients, scope)
+        own = [_blocklist_target(a, "client") for a in self.client_addresses()]
+        for target in targets:
+            if target in own or (scope == "host-ip" and _ip(target) in map(_ip, own)):
+                raise InvalidInput(f"refusing to fence {target}: it is this process's own")
+        self.cluster.prove_unfenced(self.config.pool)
+        for target in targets:
+            self.cluster.mon_command(
+                {
+                    "prefix": "osd blocklist",
+                    "blocklistop": "add",
+                    "addr": target,
+                    "expire": float(expire_seconds),
+                }
+            )
+        return {"blocklisted": targets, "osdmap_epoch": self.cluster.latest_osdmap()}
+
+    def unfence_member(
+        self, clients: Sequence[str], *, scope: Literal["client", "host-ip"] = "client"
+    ) -> dict[str, Any]:
+        """Take ``clients`` off the blocklist (addresses as ``fence_member`` takes them; one
+        not blocklisted is fine) and return ``{"unblocklisted": [...], "osdmap_epoch": N}``.
+        For a member whose host came back with a new boot id: its old processes are gone.
+
+        Needs more than ``mon 'profile rbd'``, which may only add to the blocklist: the client
+        also needs ``allow command "osd blocklist" with blocklistop=rm`` (else ``CephError``,
+        permission denied). A blocklisted process gets ``Fenced``: it cannot unfence itself.
+        """
+        targets = _blocklist_targets(clients, scope)
+        self.cluster.prove_unfenced(self.config.pool)
+        for target in targets:
+            self.cluster.mon_command(
+                {"prefix": "osd blocklist", "blocklistop": "rm", "addr": target}
+            )
+        return {"unblocklisted": targets, "osdmap_epoch": self.cluster.latest_osdmap()}
+
+    def set_aside(self, temporaries: Sequence[Artifact], tag: str) -> list[str]:
+        """Rename this backend's temporary *files* aside (``SetsAside``): the staging copies of
+        imports and template fetches, and export files, which a blocklist does not stop (a
+        zombie that has read the image publishes its export without another Ceph request).
+        Temporary images are not touched: ``fence_member`` covers them, since every request a
+        fenced client makes to rename or write one is refused. See ``files.set_aside``."""
+        return files.set_aside_all(
+            self.root, [a.location for a in temporaries if a.kind is FILE and a.temporary], tag
+        )
 
     @property
     def client_user(self) -> str | None:
@@ -421,6 +530,72 @@ def _unnamed_file(directory: str) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+def _blocklist_targets(clients: Sequence[str], scope: str) -> list[str]:
+    """The blocklist entries for ``clients`` under ``scope``, each once, in the order given."""
+    targets: list[str] = []
+    for client in clients:
+        target = _blocklist_target(client, scope)
+        if target not in targets:
+            targets.append(target)
+    return targets
+
+
+def _blocklist_target(address: str, scope: str) -> str:
+    """``address`` as a blocklist entry: ``ip:port/nonce`` for one client (scope ``client``),
+    ``ip:0/0`` for every client of that IP (scope ``host-ip``). A messenger type prefix
+    (``v1:``, ``v2:``, ``any:``) is dropped: Pacific blocklists an address whatever its type."""
+    if scope not in ("client", "host-ip"):
+        raise InvalidInput(f"a fence scope is 'client' or 'host-ip', not {scope!r}")
+    text = address.strip()
+    kind, sep, rest = text.partition(":")
+    if sep and kind in ("v1", "v2", "any"):
+        text = rest
+    where, slash, nonce_text = text.rpartition("/")
+    if not slash:
+        where, nonce_text = text, ""
+    host, port_text = _split_host_port(where)
+    malformed = f"{address!r} is not a Ceph client address (ip:port/nonce, [ipv6]:port/nonce)"
+    if slash and ":" in host and not where.startswith("["):
+        raise InvalidInput(malformed)
+    if not all(part.isascii() and part.isdigit() for part in (port_text, nonce_text) if part):
+        raise InvalidInput(malformed)
+    port, nonce = int(port_text or "0"), int(nonce_text or "0")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise InvalidInput(malformed) from exc
+    if port > 65535 or nonce > 0xFFFFFFFF:
+        raise InvalidInput(malformed)
+    shown = f"[{ip}]" if ip.version == 6 else str(ip)
+    if scope == "host-ip":
+        return f"{shown}:0/0"
+    if nonce == 0:
+        raise InvalidInput(
+            f"{address!r} names no one client (it has no nonce): blocklisted, it would cut off "
+            f"every client on {ip}, the VMs there included; fence it with scope='host-ip' if "
+            "that is meant"
+        )
+    return f"{shown}:{port}/{nonce}"
+
+
+def _split_host_port(where: str) -> tuple[str, str]:
+    """``1.2.3.4:0`` / ``[::1]:0`` / a bare IP → (host, port text, empty when none)."""
+    if where.startswith("["):
+        host, _, after = where[1:].partition("]")
+        return host, after.removeprefix(":")
+    if where.count(":") == 1:
+        host, _, port = where.partition(":")
+        return host, port
+    # An IPv4 address alone, or an IPv6 address alone; Ceph writes an IPv6 address with a port
+    # in brackets, and ``fe80::1:0`` would be ambiguous without them.
+    return where, ""
+
+
+def _ip(target: str) -> str:
+    """The IP of a blocklist entry made by ``_blocklist_target``."""
+    return _split_host_port(target.rpartition("/")[0])[0]
 
 
 def _image_pair(location: str, token: str) -> tuple[Artifact, ...]:

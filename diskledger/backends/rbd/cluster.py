@@ -47,6 +47,25 @@ Once a call has run out of its budget without an answer, the cluster is taken to
 the next budget's length each call makes one attempt instead of retrying for the whole budget
 again (the compensation that follows a failed operation then fails fast, leaving the intent to
 ``recover``), until a librbd request is answered.
+
+**Single-host mode and member mode.** Without a registrar (``on_connect``), a connection lost
+with ``ESHUTDOWN`` is replaced as above, and that is a hazard wherever another process may fence
+this one: blocklisting matches a client's address *and nonce*, and the new connection has a new
+nonce, so a blocklisted process that makes one more request is silently unfenced (the request
+that met the blocklist fails, the next succeeds). That is fine for one engine per cluster, and
+wrong for members of a shared ledger. With a registrar (member mode):
+
+- every new connection's client addresses are handed to ``on_connect`` after librados connected
+  and before the connection serves any request of the caller (the engine records them in the
+  ledger, so that a fence can name them); if ``on_connect`` raises, the connection is shut down
+  and its error reaches the caller unchanged: no OSD or monitor request was made on it;
+- ``ESHUTDOWN`` means this client was fenced: the connection is retired and never replaced;
+  the call raises ``Fenced``, and so does every later call; ``on_fenced`` is called once, with
+  the reason (the engine then stops all effects). ``ENOTCONN`` is still a lost connection,
+  replaced by the next request, through ``on_connect`` again.
+
+A blocklisted client is refused by the OSDs only: the monitors still answer it, so a fenced
+client learns it is fenced at its next OSD request (``prove_unfenced`` makes one).
 """
 
 from __future__ import annotations
@@ -57,7 +76,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -69,12 +88,24 @@ from diskledger.errors import (
     BackendError,
     CephError,
     CephUnavailable,
+    Fenced,
     ImageBusy,
     InvalidInput,
     StorageIOError,
 )
 
-__all__ = ["MSGR2_PORT", "CephConfig", "Cluster", "Policy", "client_key", "errno_of", "translate"]
+__all__ = [
+    "MSGR2_PORT",
+    "CephConfig",
+    "Cluster",
+    "FenceHandler",
+    "Policy",
+    "Registrar",
+    "client_key",
+    "errno_of",
+    "split_addresses",
+    "translate",
+]
 
 # Named as before the module moved (docs/backends/rbd.md tells operators this name).
 log = logging.getLogger("diskledger.backends.ceph")
@@ -98,6 +129,17 @@ _DENIED = frozenset({errno.EPERM, errno.EACCES})
 
 MSGR2_PORT = 3300
 """The IANA port of Ceph's msgr2 protocol."""
+
+Registrar = Callable[[Sequence[str]], None]
+"""Called with a new connection's client addresses before the connection is used (member mode).
+It must not call back into the ``Cluster``: connecting is serialised around it."""
+
+FenceHandler = Callable[[str], None]
+"""Called once, with the reason, when a member-mode connection finds itself blocklisted."""
+
+_PROBE_OBJECT = "diskledger.fence-probe"
+"""An object nobody writes: reading it costs one OSD round trip that answers ``ENOENT``, or
+``ESHUTDOWN`` to a blocklisted client."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,28 +257,73 @@ class _Attempts:
     """Some attempt went unanswered (a timeout, or a lock request that took ``op_timeout``)."""
 
 
+class _Registration(Exception):
+    """The registrar refused a new connection: carries its error past the translation into
+    ``BackendError`` (the caller gets the registrar's own error)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class Cluster:
-    """A lazily opened, shared connection as ``config.user``; re-opened after a lost connection.
+    """A lazily opened, shared connection as ``config.user``; re-opened after a lost connection
+    (in member mode, only through ``on_connect``, and never once fenced: see the module doc).
 
     Thread-safe: librados handles may be shared between threads; (re)connecting is serialised.
     A lost connection is retired, not shut down under the pool and image handles still open on
     it (librados hangs or crashes on those): it is shut down when the last of them is closed.
     """
 
-    def __init__(self, config: CephConfig) -> None:
+    def __init__(
+        self,
+        config: CephConfig,
+        *,
+        on_connect: Registrar | None = None,
+        on_fenced: FenceHandler | None = None,
+    ) -> None:
         self.config = config
         self._lock = threading.Lock()
+        # Held while a connection is made and registered, so that no other thread can use it
+        # before the registrar has recorded it; ``_lock`` stays free for releasing handles.
+        self._connecting = threading.Lock()
         self._slot = _Slot()
         # librados does not shut a handle down when it is garbage-collected: an engine closed
         # without closing its cluster would leave a connection (and its ~15 threads) behind.
         weakref.finalize(self, self._slot.close).atexit = False
         self._generation = 0
         self._down_until = 0.0
+        self._on_connect = on_connect
+        self._on_fenced = on_fenced
+        self._fenced: str | None = None
+
+    def set_registrar(
+        self, on_connect: Registrar, *, on_fenced: FenceHandler | None = None
+    ) -> None:
+        """Enter member mode: from now on every new connection goes through ``on_connect``
+        before it is used, and a blocklisted one raises ``Fenced`` for good (``on_fenced`` is
+        told once). The current connection, opened without registration, is retired: the next
+        request opens a registered one."""
+        with self._connecting:
+            self._on_connect = on_connect
+            self._on_fenced = on_fenced
+            self.reset()
+
+    @property
+    def member_mode(self) -> bool:
+        """Whether connections are registered (and a blocklisted one is final)."""
+        return self._on_connect is not None
+
+    @property
+    def fenced(self) -> str | None:
+        """Why this client is fenced (member mode, after it met the blocklist), else None."""
+        return self._fenced
 
     def call(self, what: str, fn: Callable[[], T], *, policy: Policy | None = None) -> T:
         """Run ``fn`` under ``policy`` (default: transient); translate what still fails.
 
         ``what`` names the request for the error message (``"clone pool/image@snap"``).
+        In member mode, ``Fenced`` once this client is blocklisted (and on every call after).
         """
         return self._call(what, fn, policy or self.config.transient, reconnects=False)
 
@@ -245,6 +332,7 @@ class Cluster:
         it may be retried after a lost connection; it is answered by librados or the monitor
         alone (opening a pool, the fsid, monitor commands), so its success says nothing of the
         OSDs and does not end the one-attempt window."""
+        self._refuse_if_fenced()
         seen = _Attempts()
         slow = self.config.op_timeout / 2
 
@@ -255,6 +343,8 @@ class Cluster:
                 result = fn()
             except Exception as exc:
                 code = errno_of(exc)
+                if code == errno.ESHUTDOWN and self.member_mode:
+                    raise self._fence(what, exc) from exc
                 if code in _LOST:
                     self._lose(seen.generation)
                 if code == errno.ETIMEDOUT or (
@@ -290,7 +380,10 @@ class Cluster:
         )
         try:
             result = retrying(attempt)
-        except BackendError:
+        except _Registration as exc:
+            # The registrar's own error, as it raised it (its cause kept, this frame's hidden).
+            raise exc.error from exc.error.__cause__
+        except (BackendError, Fenced):
             raise
         except Exception as exc:
             error = translate(exc, what, policy, unanswered=seen.unanswered, tried_once=one_attempt)
@@ -342,6 +435,47 @@ class Cluster:
                 reconnects=True,
             )
         )
+
+    def client_addresses(self) -> list[str]:
+        """This client's addresses (``ip:port/nonce``, as a blocklist names a client), from the
+        current connection; one is opened (and registered, in member mode) when there is none."""
+        return self._call(
+            "read this client's addresses",
+            lambda: split_addresses(self._connected().get_addrs()),
+            self.config.transient,
+            reconnects=True,
+        )
+
+    def prove_unfenced(self, pool: str) -> None:
+        """One OSD round trip on this connection (reading an object nobody writes, in
+        ``pool``): returns when an OSD served this client just now. A blocklisted client gets
+        ``Fenced`` in member mode (``CephUnavailable`` otherwise): the monitors answer a
+        blocklisted client as before, so only an OSD request tells."""
+        with self.ioctx(pool) as ioctx:
+            try:
+                self.call(
+                    "check that this client is not blocklisted",
+                    lambda: ioctx.stat(_PROBE_OBJECT),
+                )
+            except CephError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+
+    def latest_osdmap(self) -> int:
+        """Wait until this client has the cluster's latest OSD map, and return its epoch: a
+        request this client sends from now on is served by an OSD only once that OSD has this
+        map too (an OSD holds a request stamped with a newer map than its own until it has
+        caught up)."""
+
+        def wait() -> None:
+            # The binding returns librados' status rather than raising on a failure.
+            status = self._connected().wait_for_latest_osdmap()
+            if isinstance(status, int) and status < 0:
+                raise OSError(-status, "waiting for the latest OSD map failed")
+
+        self._call("wait for the latest OSD map", wait, self.config.transient, reconnects=True)
+        status = self.mon_command({"prefix": "osd stat", "format": "json"})
+        return int(status["epoch"])
 
     def mon_command(self, command: dict[str, Any]) -> Any:
         def run() -> Any:
@@ -395,10 +529,70 @@ class Cluster:
 
     def _connection(self) -> _Connection:
         with self._lock:
-            if self._slot.connection is None:
-                self._generation += 1
-                self._slot.connection = _Connection(self._connect(), self._generation)
-            return self._slot.connection
+            self._refuse_if_fenced()
+            if self._slot.connection is not None:
+                return self._slot.connection
+        with self._connecting:
+            with self._lock:
+                self._refuse_if_fenced()
+                if self._slot.connection is not None:  # another thread connected meanwhile
+                    return self._slot.connection
+            handle = self._connect()
+            try:
+                self._register(handle)
+                with self._lock:
+                    self._refuse_if_fenced()  # fenced on an older connection meanwhile
+                    self._generation += 1
+                    connection = _Connection(handle, self._generation)
+                    self._slot.connection = connection
+            except BaseException:
+                _shutdown_handle(handle)
+                raise
+            return connection
+
+    def _register(self, handle: Any) -> None:
+        """Hand a new connection's addresses to the registrar before anything uses it."""
+        on_connect = self._on_connect
+        if on_connect is None:
+            return
+        addresses = split_addresses(handle.get_addrs())  # local: no request to the cluster
+        try:
+            on_connect(addresses)
+        except Fenced as exc:
+            # The member is fenced (its lease is gone): no connection of this client may serve
+            # anything any more, the next call included.
+            with self._lock:
+                self._fenced = self._fenced or str(exc)
+            raise _Registration(exc) from exc
+        except Exception as exc:
+            raise _Registration(exc) from exc
+
+    def _fence(self, what: str, exc: BaseException) -> Fenced:
+        """This client met the blocklist (member mode): retire the connection for good, tell
+        ``on_fenced`` once, and give the caller its ``Fenced``."""
+        with self._lock:
+            first = self._fenced is None
+            if first:
+                self._fenced = (
+                    f"ceph: {what}: this client was blocklisted ({exc}): another member fenced "
+                    "it, and it does not reconnect"
+                )
+            reason = self._fenced
+            assert reason is not None
+        if first:
+            log.critical("%s", reason)
+            self.reset()  # shut down once the handles still open on it are closed
+            handler = self._on_fenced
+            if handler is not None:
+                try:
+                    handler(reason)
+                except Exception:  # the caller must still see Fenced
+                    log.exception("ceph: the fence handler failed")
+        return Fenced(reason)
+
+    def _refuse_if_fenced(self) -> None:
+        if self._fenced is not None:
+            raise Fenced(self._fenced)
 
     def _open_ioctx(self, pool: str) -> tuple[_Connection, Any]:
         connection = self._connection()
@@ -445,10 +639,23 @@ class Cluster:
 
 
 def _shutdown(connection: _Connection) -> None:
+    _shutdown_handle(connection.handle)
+
+
+def _shutdown_handle(handle: Any) -> None:
     try:
-        connection.handle.shutdown()
+        handle.shutdown()
     except Exception:  # a dead connection may refuse to shut down cleanly
         log.debug("ceph: shutting down a lost connection failed", exc_info=True)
+
+
+def split_addresses(addrs: str) -> list[str]:
+    """librados' ``get_addrs()`` as a list: one address (``127.0.0.1:0/3719287140``), or each
+    address of a vector (``[v2:10.0.0.1:0/42,v1:10.0.0.1:0/42]``)."""
+    text = addrs.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def errno_of(exc: BaseException) -> int | None:
