@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A one-node Ceph cluster in a directory, on loopback, with cephx on as in production.
+# A one-node Ceph cluster in a directory, on loopback (or CEPH_DEV_ADDR), with cephx on as in production.
 #
 #   scripts/ceph-dev.sh start DIR [PORT]   start (or find running) and print DIR/ceph.conf
 #   scripts/ceph-dev.sh stop DIR           stop the daemons by their pid files, keep DIR
@@ -18,11 +18,14 @@ POOL=${DISKLEDGER_RBD_POOL:-diskledger}
 IMAGE_POOL=${DISKLEDGER_RBD_SNAPSHOT_POOL:-diskledger-snapshots}
 CLIENT=diskledger
 TIMEOUT=${CEPH_DEV_TIMEOUT:-90}
+# The address the daemons bind to: loopback, or (the multi-host rig, tests/multihost, run inside a
+# network namespace with `ip netns exec`) that namespace's own address, which other namespaces reach.
+ADDR=${CEPH_DEV_ADDR:-127.0.0.1}
 
 die() { echo "ceph-dev: $*" >&2; exit 1; }
 
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+    python3 -c 'import socket; s=socket.socket(); s.bind(("'"$ADDR"'", 0)); print(s.getsockname()[1])'
 }
 
 # shellcheck source=scripts/pidfiles.sh
@@ -68,8 +71,8 @@ start() {
     cat >"$DIR/ceph.conf" <<EOF
 [global]
 fsid = $fsid
-mon host = [v2:127.0.0.1:$port,v1:127.0.0.1:$v1port]
-public addr = 127.0.0.1
+mon host = [v2:$ADDR:$port,v1:$ADDR:$v1port]
+public addr = $ADDR
 ms bind ipv6 = false
 auth cluster required = cephx
 auth service required = cephx
@@ -108,7 +111,7 @@ EOF
     ceph-authtool --create-keyring "$DIR/client.admin.keyring" --gen-key -n client.admin \
         --cap mon 'allow *' --cap osd 'allow *' --cap mgr 'allow *' >/dev/null
     ceph-authtool "$DIR/mon.a.keyring" --import-keyring "$DIR/client.admin.keyring" >/dev/null
-    monmaptool --create --addv a "[v2:127.0.0.1:$port,v1:127.0.0.1:$v1port]" --fsid "$fsid" "$DIR/monmap" >/dev/null
+    monmaptool --create --addv a "[v2:$ADDR:$port,v1:$ADDR:$v1port]" --fsid "$fsid" "$DIR/monmap" >/dev/null
     ceph-mon -c "$DIR/ceph.conf" --mkfs -i a --monmap "$DIR/monmap" --keyring "$DIR/mon.a.keyring"
     ceph-mon -c "$DIR/ceph.conf" -i a 2>>"$DIR/log/mon.a.stderr"
     wait_for "the monitor" admin mon stat

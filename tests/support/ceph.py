@@ -40,7 +40,15 @@ class CephUnavailable(RuntimeError):
 
 
 class CephCluster:
-    def __init__(self, directory: str | None = None) -> None:
+    def __init__(
+        self, directory: str | None = None, *, netns: str | None = None, address: str | None = None
+    ) -> None:
+        """``netns`` and ``address`` serve the multi-host rig (tests/multihost): the daemons start
+        inside that network namespace (``ip netns exec``) bound to ``address`` (default loopback),
+        and ``rbd()`` runs there too. ``purge()`` uses the Python bindings of this process, so it
+        only reaches a cluster on loopback of this process's namespace."""
+        self.netns = netns
+        self.address = address
         self._owns_directory = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="diskledger-ceph-"))
         self.conf = self.directory / "ceph.conf"
@@ -53,10 +61,11 @@ class CephCluster:
                 "ceph-osd, ceph-common)"
             )
         done = subprocess.run(
-            [str(SCRIPT), "start", str(self.directory)],
+            [*self.command_prefix, str(SCRIPT), "start", str(self.directory)],
             capture_output=True,
             text=True,
             timeout=180,
+            env={**os.environ, "CEPH_DEV_ADDR": self.address} if self.address else None,
         )
         if done.returncode != 0:
             raise RuntimeError(f"the Ceph cluster did not start: {done.stderr.strip()}")
@@ -66,6 +75,11 @@ class CephCluster:
         subprocess.run([str(SCRIPT), "stop", str(self.directory)], check=False, timeout=60)
         if self._owns_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+    @property
+    def command_prefix(self) -> list[str]:
+        """What runs a command where the daemons are (``ip netns exec NS``, or nothing)."""
+        return ["ip", "netns", "exec", self.netns] if self.netns else []
 
     @property
     def keyring(self) -> Path:
@@ -101,6 +115,7 @@ class CephCluster:
     def rbd(self, *args: str) -> str:
         done = subprocess.run(
             [
+                *self.command_prefix,
                 "rbd",
                 "-c",
                 str(self.conf),

@@ -158,7 +158,16 @@ class PostgresServer:
         bindir: Path | None = None,
         startup_timeout: int = 60,
         shared_buffers: str = "16MB",
+        listen_addresses: str = "127.0.0.1",
+        hba_networks: Sequence[str] = (),
+        command_prefix: Sequence[str] = (),
     ) -> None:
+        """``listen_addresses``, ``hba_networks`` (CIDRs allowed in by TCP with ``trust``) and
+        ``command_prefix`` (e.g. ``ip netns exec NS``, put before every server command, so that
+        the server runs in that network namespace) serve the multi-host rig (tests/multihost)."""
+        self._listen_addresses = listen_addresses
+        self._hba_networks = tuple(hba_networks)
+        self._command_prefix = tuple(command_prefix)
         self._bindir_override = bindir
         self._startup_timeout = startup_timeout
         self._shared_buffers = shared_buffers
@@ -358,8 +367,8 @@ class PostgresServer:
     def _command(self, args: Sequence[str]) -> list[str]:
         if self._as_postgres:
             assert self._runuser is not None
-            return [self._runuser, "-u", SYSTEM_USER, "--", *args]
-        return list(args)
+            return [*self._command_prefix, self._runuser, "-u", SYSTEM_USER, "--", *args]
+        return [*self._command_prefix, *args]
 
     def _run(self, args: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -398,10 +407,13 @@ class PostgresServer:
             )
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write("\n# Added by tests/support/postgres.py\ninclude = 'diskledger.conf'\n")
+        if self._hba_networks:
+            with (self.data_dir / "pg_hba.conf").open("a") as hba:
+                hba.writelines(f"host all all {network} trust\n" for network in self._hba_networks)
 
     def _write_settings(self, port: int) -> None:
         settings = {
-            "listen_addresses": _conf_quote("127.0.0.1"),
+            "listen_addresses": _conf_quote(self._listen_addresses),
             "port": str(port),
             "unix_socket_directories": _conf_quote(str(self.socket_dir)),
             "fsync": "off",
