@@ -3,8 +3,9 @@
 # system packages (qemu-utils, PostgreSQL for the ledger tests, a one-node Ceph cluster's daemons,
 # the rados/rbd Python bindings and qemu's rbd driver, libvirtd with its qemu and rbd drivers,
 # KVM's qemu-system-x86 and the libvirt Python bindings for the tests that boot real domains,
-# python3-venv) and a venv made from /usr/bin/python3 with --system-site-packages (Debian's
-# rados/rbd/libvirt bindings live there).
+# python3-venv, and for the multi-host rig (tests/multihost) iptables and libfaketime) and a venv
+# made from /usr/bin/python3 with --system-site-packages (Debian's rados/rbd/libvirt bindings live
+# there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,7 @@ packages=(
     ceph-mon ceph-osd ceph-common python3-rados python3-rbd qemu-block-extra
     libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-daemon-driver-storage-rbd
     python3-libvirt qemu-system-x86
+    iptables faketime
 )
 
 missing=()
