@@ -26,6 +26,9 @@ class OperationContext:
     step: str
     """``effect`` (the operation itself), ``compensate`` or ``takeover`` (settling it)."""
 
+    def with_step(self, step: str) -> OperationContext:
+        return OperationContext(self.op_id, self.op, self.member, self.epoch, step)
+
 
 _CURRENT: ContextVar[OperationContext | None] = ContextVar("diskledger_operation", default=None)
 

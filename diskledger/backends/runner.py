@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import tenacity
 
+from diskledger.context import current
 from diskledger.errors import (
     BackendError,
     CommandFailed,
     CommandNotFound,
     CommandTimedOut,
+    Fenced,
     StorageIOError,
 )
 
-__all__ = ["run"]
+__all__ = ["forbid", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,47 @@ class _Locked(CommandFailed):
     """qemu refused: another process holds the image's write lock."""
 
 
+_children: dict[subprocess.Popen[str], str | None] = {}
+"""Every tool running, with the member it runs for (``diskledger.context``)."""
+_children_lock = threading.Lock()
+_forbidden: dict[str | None, str] = {}
+"""Members that fenced themselves (None: the whole process), and why."""
+
+
+def forbid(reason: str, member: str | None = None) -> None:
+    """Kill every tool running for ``member`` (every tool, when None) and refuse to start
+    another: a member that lost its lease fences itself, and a ``qemu-img convert`` left running
+    would go on writing."""
+    with _children_lock:
+        _forbidden[member] = reason
+        running = [p for p, m in _children.items() if member is None or m == member]
+    for process in running:
+        with contextlib.suppress(OSError):  # it has just exited
+            process.kill()
+
+
+def _refusal(member: str | None) -> str | None:
+    return _forbidden.get(None) or (_forbidden.get(member) if member is not None else None)
+
+
+@contextlib.contextmanager
+def _tracked(process: subprocess.Popen[str], member: str | None, tool: str) -> Iterator[None]:
+    """Keep ``process`` where ``forbid`` finds it while it runs; raise ``Fenced`` after it when
+    it was forbidden meanwhile (its result cannot be trusted to have been wanted)."""
+    with _children_lock:
+        _children[process] = member
+        if _refusal(member) is not None:
+            process.kill()  # forbidden while it started: it must not run on
+    try:
+        yield
+    finally:
+        with _children_lock:
+            _children.pop(process, None)
+            fenced = _refusal(member)
+    if fenced is not None:
+        raise Fenced(f"{tool} killed: {fenced}")
+
+
 def run(
     argv: Sequence[str],
     *,
@@ -81,6 +125,11 @@ def _run_once(argv: Sequence[str], *, timeout: float, untrusted: bool) -> str:
     tool = os.path.basename(argv[0])
     command = ("prlimit", *UNTRUSTED_LIMITS, "--", *argv) if untrusted else tuple(argv)
     log.debug("running %s", command)
+    working = current()
+    member = working.member if working is not None else None
+    with _children_lock:
+        if (refused := _refusal(member)) is not None:
+            raise Fenced(f"not running {tool}: {refused}")
     try:
         process = subprocess.Popen(
             command,
@@ -108,7 +157,7 @@ def _run_once(argv: Sequence[str], *, timeout: float, untrusted: bool) -> str:
 
     watchdog = threading.Timer(timeout, kill)
     watchdog.daemon = True
-    with process:
+    with process, _tracked(process, member, tool):
         watchdog.start()
         try:
             stdout, stderr = process.communicate()

@@ -12,6 +12,7 @@ from pathlib import Path
 from diskledger.backends import registry
 from diskledger.backends.settings import seconds
 from diskledger.engine.inputs import parse_size
+from diskledger.engine.members import LeaseSettings
 from diskledger.errors import InvalidInput
 from diskledger.hypervisor.libvirt_host import DEFAULT_URI
 
@@ -45,6 +46,10 @@ class Config:
 
     For attached disks: ``DISKLEDGER_LIBVIRT_URI`` (default ``qemu:///system``),
     ``DISKLEDGER_DETACH_TIMEOUT`` (seconds a guest has to release an unplugged disk, default 30).
+
+    For a ledger shared by several hosts: ``DISKLEDGER_MEMBERS`` (``1`` to join as a member with
+    a lease, ``0`` not to; default: on for PostgreSQL, off for SQLite), and the lease settings
+    ``LeaseSettings.from_environ`` reads (``DISKLEDGER_LEASE_TTL`` and friends).
     """
 
     root: Path
@@ -63,6 +68,9 @@ class Config:
     libvirt_uri: str = DEFAULT_URI
     rbd_secret_uuid: str | None = None
     detach_timeout: float = 30.0
+    members: bool = False
+    """Join the ledger as a member (fencing token, heartbeat lease, takeover of dead members)."""
+    lease: LeaseSettings = field(default_factory=LeaseSettings)
 
     @classmethod
     def load(
@@ -78,11 +86,12 @@ class Config:
         root_path = Path(root or environ.get("DISKLEDGER_ROOT") or DEFAULT_ROOT).absolute()
         backend = backend or environ.get("DISKLEDGER_BACKEND") or "qcow2"
         ours = {k: v for k, v in environ.items() if k.startswith("DISKLEDGER_")}
+        ledger = (
+            ledger or environ.get("DISKLEDGER_LEDGER") or f"sqlite:///{root_path / 'ledger.db'}"
+        )
         return cls(
             root=root_path,
-            ledger=ledger
-            or environ.get("DISKLEDGER_LEDGER")
-            or f"sqlite:///{root_path / 'ledger.db'}",
+            ledger=ledger,
             backend=backend,
             settings=registry.spec(backend).load_settings(ours),
             environ=ours,
@@ -98,10 +107,22 @@ class Config:
             recover=(
                 recover
                 if recover is not None
-                else environ.get("DISKLEDGER_RECOVER", "1").lower()
-                not in ("0", "no", "off", "false")
+                else _flag(environ, "DISKLEDGER_RECOVER", default=True)
             ),
+            members=_flag(environ, "DISKLEDGER_MEMBERS", default=ledger.startswith("postgresql")),
+            lease=LeaseSettings.from_environ(environ),
         )
+
+
+def _flag(environ: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "yes", "on", "true"):
+        return True
+    if raw.lower() in ("0", "no", "off", "false"):
+        return False
+    raise InvalidInput(f"{name}={raw!r}: use 1 or 0")
 
 
 def _uuid(environ: Mapping[str, str], name: str) -> str | None:

@@ -28,13 +28,14 @@ from diskledger.engine.operations.templates import (
 from diskledger.engine.protocol import disk_view, live_disk
 from diskledger.engine.recovery import RecoveryReport, recover
 from diskledger.engine.runtime import Runtime, build
+from diskledger.engine.takeover import Observer, TakeoverReport, confirm_down, take_over
 from diskledger.engine.verify import VerifyReport, verify
 from diskledger.errors import DiskNotFound
 from diskledger.events import RecordedEvent
 from diskledger.hypervisor import Hypervisor, secrets
 from diskledger.states import DiskState, DiskView, TemplateState, TemplateView
 from diskledger.states.streams import disk_stream
-from diskledger.store import EventStore
+from diskledger.store import EventStore, MemberRecord
 from diskledger.store.feed import Heartbeat, Subscription
 
 __all__ = ["FORMATS", "DirectSnapshot", "Engine", "Export"]
@@ -59,6 +60,7 @@ class Engine:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self._observer = Observer()
 
     @classmethod
     def open(cls, config: Config | None = None, **overrides: Any) -> Engine:
@@ -109,7 +111,31 @@ class Engine:
         in docs/recovery.md) and are recorded as events with the evidence the probe saw.
         ``dry_run`` decides and reports without changing anything.
         """
-        return recover(self.runtime, dry_run=dry_run)
+        return recover(self.runtime, dry_run=dry_run, observer=self._observer)
+
+    # -- members of a shared ledger ------------------------------------------------------------
+
+    @property
+    def member(self) -> str | None:
+        """This engine's member id on a shared ledger (None without members, or before its
+        first intent: it joins then)."""
+        membership = self.runtime.membership
+        return membership.member if membership is not None and membership.joined else None
+
+    def members(self) -> builtins.list[MemberRecord]:
+        """Every member of the ledger, with its lease as the database judges it."""
+        return self.runtime.store.members()
+
+    def take_over(self, *, member: str | None = None) -> TakeoverReport:
+        """One takeover scan (see ``diskledger.engine.takeover``): fence the members whose lease
+        ran out (and whose renewals this engine saw stop for a whole lease), then settle the
+        operations they owned. ``member``: consider that member only."""
+        return take_over(self.runtime, self._observer, only=member)
+
+    def confirm_down(self, member: str, *, by: str = "operator") -> MemberRecord:
+        """Record an operator's word that ``member``'s host is down (powered off): takeover may
+        then go past the circuit breaker and past in-place operations on unfenced storage."""
+        return confirm_down(self.runtime, member, by=by)
 
     def verify(self) -> VerifyReport:
         """Check the hash chain, the read models against the log, and storage against the ledger."""

@@ -5,9 +5,15 @@ artifacts it may create, the effect) and hands the plan to ``perform``, which
 
 1. validates the intent (and any prelude facts) against the lifecycle table, refuses when a final
    artifact it names exists unowned, and appends ``<op>.started`` with the stream's version;
-2. runs the effect (under a renewed lease when the operation is leased);
-3. appends ``<op>.completed`` with what the effect observed, or, when it raised, settles the
-   operation through the same compensation crash recovery runs (``settle``).
+2. runs the effect;
+3. appends ``<op>.completed`` with what the effect observed, or, when it raised, claims the
+   operation (``<op>.compensating``) and settles it through the same compensation crash
+   recovery runs (``settle``).
+
+On a shared ledger the intent names its ``owner`` (this member and its epoch). Every later
+append is a compare-and-swap on the stream's version, so once another member has taken the
+operation over (``<op>.taken-over``), the outcome and the compensating claim both fail: the
+process that lost ownership raises ``OwnershipLost`` and records or removes nothing more.
 
 Before planning, an operation with an idempotency key asks ``repeated`` for an earlier outcome of
 the same request. The lookups every operation starts with (``disk_view``, ``live_disk``) are here
@@ -23,25 +29,29 @@ from typing import Any, Generic, TypeVar
 
 from diskledger import faults
 from diskledger.backends import Artifact, Backend, Fences
+from diskledger.context import OperationContext, working_for
 from diskledger.engine.attachments import refuse_while_attached
 from diskledger.engine.inputs import check_disk, check_name, check_snapshot
-from diskledger.engine.leases import LeaseKeeper
 from diskledger.engine.liveness import abandon
 from diskledger.engine.operations.base import Operation
 from diskledger.engine.runtime import Runtime
 from diskledger.engine.settle import settle
 from diskledger.errors import (
+    ConcurrencyError,
     Conflict,
     DiskLedgerError,
     DiskNotFound,
     IllegalTransition,
     OperationPending,
+    OwnershipLost,
     SnapshotNotFound,
 )
 from diskledger.events import (
+    COMPENSATING,
     COMPLETED,
     FAILED,
     STARTED,
+    TAKEN_OVER,
     NewEvent,
     RecordedEvent,
     operation_event,
@@ -68,6 +78,7 @@ __all__ = [
     "live_disk",
     "new_op_id",
     "on_live_disk",
+    "ownership_lost",
     "perform",
     "refuse_pending",
     "repeated",
@@ -96,7 +107,6 @@ class Plan(Generic[View]):
     artifacts: Sequence[Artifact] = ()
     prelude: Sequence[NewEvent] = ()
     """Facts appended with the intent, in the same transaction (``disk.template-bound``)."""
-    leased: bool = False
 
 
 def perform(
@@ -111,6 +121,7 @@ def perform(
     backend = plan.backend
     # Who the writer is to shared storage, for recovery to fence it should it die.
     writer = {"writer": backend.writer()} if isinstance(backend, Fences) else {}
+    owner = rt.owner()
     intent = operation_event(
         kind,
         op,
@@ -119,39 +130,59 @@ def perform(
             "params": {**plan.params, "backend": backend.name, **writer},
             "artifacts": [a.to_json() for a in plan.artifacts],
             "request": dict(request or {}),
+            **({"owner": owner} if owner is not None else {}),
         },
         meta,
     )
     _validate(kind, stream, view, [*plan.prelude, intent])
     _refuse_unowned(backend, stream, plan.artifacts)
     view = fold(view, rt.store.append(stream, view.version, [*plan.prelude, intent]))
-    keeper = LeaseKeeper(rt.store, stream, view.version, kind, op, meta) if plan.leased else None
+    context = OperationContext(
+        plan.op_id,
+        op,
+        None if owner is None else str(owner["member"]),
+        None if owner is None else int(str(owner["epoch"])),
+        "effect",
+    )
     try:
-        faults.reach("after-intent", op)
-        if keeper is None:
+        with working_for(context):
+            faults.reach("after-intent", op)
             observed = plan.effect()
-        else:
-            with keeper:
-                observed = plan.effect()
-            view = _reread(rt, stream, view)
-        faults.reach("after-effect", op)
+            faults.reach("after-effect", op)
     except faults.Crash:
         abandon(plan.op_id)  # died on the spot: no compensation, recovery decides
         raise
     except BaseException as exc:
-        if keeper is not None:
-            view = _reread(rt, stream, view)
+        claim = operation_event(kind, op, COMPENSATING, {"error": str(exc)}, meta)
         try:
-            # The same probe, decision table and compensation a crash recovery runs.
-            settle(rt, operation, stream, view, meta, error=exc)
+            # The same probe, decision table and compensation a crash recovery runs, once the
+            # claim shows the operation is still ours.
+            with working_for(context.with_step("compensate")):
+                settle(rt, operation, stream, view, meta, error=exc, claim=claim)
         except DiskLedgerError as ledger_exc:
             # The intent stays pending; a recovery in another process will resolve it.
             exc.add_note(f"recording the outcome also failed: {ledger_exc}")
         raise
     outcome = operation_event(kind, op, COMPLETED, observed, meta)
-    view = fold(view, rt.store.append(stream, view.version, [outcome]))
+    try:
+        view = fold(view, rt.store.append(stream, view.version, [outcome]))
+    except ConcurrencyError as exc:
+        raise ownership_lost(rt, stream, view, plan.op_id) from exc
     faults.reach("after-outcome", op)
     return view, observed
+
+
+def ownership_lost(
+    rt: Runtime, stream: str, view: DiskView | TemplateView, op_id: str
+) -> OwnershipLost | ConcurrencyError:
+    """What an append that found the stream moved under a pending operation means: another
+    member took the operation over (``OwnershipLost``), or a plain concurrency error."""
+    moved = rt.store.read_stream(stream, after_version=view.version)
+    taker = next((e for e in moved if e.type.endswith(f".{TAKEN_OVER}")), None)
+    if taker is None or taker.metadata.op_id != op_id:
+        return ConcurrencyError(stream, view.version, moved[-1].version if moved else None)
+    detail = f"taken over by {taker.data.get('by')} (epoch {taker.data.get('by_epoch')})"
+    return OwnershipLost(stream, op_id, detail)
 
 
 def on_live_disk(
@@ -249,13 +280,6 @@ def existing_snapshot(disk: str, view: DiskView, snapshot: str) -> None:
 
 def new_op_id() -> str:
     return uuid.uuid4().hex
-
-
-def _reread(rt: Runtime, stream: str, view: View) -> View:
-    """The stream's view as stored now (a lease keeper appended renewals meanwhile)."""
-    stored = rt.store.disk(stream) if isinstance(view, DiskView) else rt.store.template(stream)
-    assert stored is not None
-    return stored
 
 
 def _refuse_unowned(backend: Backend, stream: str, artifacts: Sequence[Artifact]) -> None:

@@ -34,15 +34,15 @@ from typing import Any
 
 from diskledger.backends import Artifact, Fences
 from diskledger.engine.decisions import Decision, DomainEvidence, Evidence, Rule
-from diskledger.engine.leases import expired
 from diskledger.engine.liveness import abandoned, is_alive
 from diskledger.engine.operations import REGISTRY, RULES
 from diskledger.engine.runtime import Runtime
 from diskledger.engine.settle import Outcome, settle
-from diskledger.errors import ConcurrencyError, DiskLedgerError, HypervisorError
-from diskledger.events import NEEDS_OPERATOR
+from diskledger.engine.takeover import Observer, take_over
+from diskledger.errors import ConcurrencyError, DiskLedgerError, HypervisorError, OwnershipLost
+from diskledger.events import NEEDS_OPERATOR, TAKEN_OVER, operation_event
 from diskledger.states import DiskView, TemplateView
-from diskledger.states.streams import DISK, TEMPLATE, stream_kind
+from diskledger.states.streams import DISK, stream_kind
 from diskledger.store import PendingEntry
 
 __all__ = [
@@ -86,11 +86,19 @@ class RecoveryReport:
         }
 
 
-def recover(rt: Runtime, *, dry_run: bool = False) -> RecoveryReport:
+def recover(
+    rt: Runtime, *, dry_run: bool = False, observer: Observer | None = None
+) -> RecoveryReport:
     """Resolve every pending operation whose writer is dead. Cost: the pending index, then one
-    stream read and one probe per pending operation."""
+    stream read and one probe per pending operation.
+
+    On a ledger with members, operations owned by another member are settled by a takeover
+    (``diskledger.engine.takeover``) when its rule allows; ``observer`` carries what this
+    process has seen of the other members' renewals from one call to the next."""
     report = RecoveryReport(dry_run=dry_run)
     run_id = uuid.uuid4().hex
+    me = rt.membership
+    owned_elsewhere: list[Outcome] = []
     for entry in rt.store.pending():
         op = entry.operation
         intent = rt.store.read_stream(entry.stream, after_version=op.started_version - 1)
@@ -99,16 +107,16 @@ def recover(rt: Runtime, *, dry_run: bool = False) -> RecoveryReport:
         started = intent[0].metadata
         found = Outcome(entry.stream, op.op, op.op_id, "pending", "no outcome recorded")
         report.pending.append(found)
-        if (
-            not abandoned(op.op_id)
-            and is_alive(started.process, started.host, rt.host)
-            and not _lease_ran_out(rt, entry.stream)
-        ):
+        ours = me is not None and entry.owner == me.member
+        if entry.owner is not None and not ours:
+            owned_elsewhere.append(found)
+            continue
+        if not abandoned(op.op_id) and (ours or is_alive(started.process, started.host, rt.host)):
             report.in_flight.append(_with(found, "in-flight", "its writer is still running"))
             continue
         try:
-            outcome = _resolve(rt, entry, intent, run_id, dry_run=dry_run)
-        except ConcurrencyError:
+            outcome = _resolve(rt, entry, intent, run_id, dry_run=dry_run, claim=ours)
+        except (ConcurrencyError, OwnershipLost):
             continue  # another recovery got there first
         except HypervisorError as exc:
             # One unreachable libvirtd must not hold up the recovery of every other disk.
@@ -130,14 +138,39 @@ def recover(rt: Runtime, *, dry_run: bool = False) -> RecoveryReport:
             Decision.BACK: report.rolled_back,
             Decision.OPERATOR: report.needs_operator,
         }[Decision(outcome.decision)].append(outcome)
+    if owned_elsewhere:
+        _take_over(rt, report, owned_elsewhere, observer, dry_run=dry_run)
     return report
 
 
-def _lease_ran_out(rt: Runtime, stream: str) -> bool:
-    if stream_kind(stream) != TEMPLATE:
-        return False
-    view = rt.store.template(stream)
-    return view is not None and expired(view.lease_expires)
+def _take_over(
+    rt: Runtime,
+    report: RecoveryReport,
+    found: list[Outcome],
+    observer: Observer | None,
+    *,
+    dry_run: bool,
+) -> None:
+    settled: dict[str, Outcome] = {}
+    waiting: dict[str, str] = {}
+    if rt.membership is not None and not dry_run:
+        taken = take_over(rt, observer or Observer())
+        settled = {o.op_id: o for o in taken.outcomes}
+        waiting = {w["member"]: w["reason"] for w in taken.waiting}
+    owners = {e.operation.op_id: e.owner for e in rt.store.pending()}
+    for outcome in found:
+        done = settled.get(outcome.op_id)
+        if done is None:
+            owner = owners.get(outcome.op_id)
+            why = waiting.get(owner or "", f"its member {owner} holds its lease")
+            report.in_flight.append(_with(outcome, "in-flight", why))
+            continue
+        {
+            Decision.FORWARD: report.rolled_forward,
+            Decision.FINISH: report.rolled_forward,
+            Decision.BACK: report.rolled_back,
+            Decision.OPERATOR: report.needs_operator,
+        }[Decision(done.decision)].append(done)
 
 
 def _with(outcome: Outcome, decision: str, reason: str) -> Outcome:
@@ -151,21 +184,43 @@ def _resolve(
     run_id: str,
     *,
     dry_run: bool,
+    claim: bool,
 ) -> Outcome:
+    """Settle one dead writer's operation; ``claim``: it is this member's own (a thread of this
+    process died in it), claimed first like any takeover."""
     kind = stream_kind(entry.stream)
     view = rt.store.disk(entry.stream) if kind == DISK else rt.store.template(entry.stream)
     assert view is not None and view.pending is not None
     already_reported = since_intent[-1].type.endswith(NEEDS_OPERATOR)
+    meta = rt.recovery_metadata(entry.operation.op_id, run_id)
+    owner = rt.owner() if claim else None
+    taken = (
+        operation_event(
+            kind,
+            entry.operation.op,
+            TAKEN_OVER,
+            {
+                "from": entry.owner,
+                "from_epoch": (entry.operation.owner or {}).get("epoch"),
+                "by": owner["member"],
+                "by_epoch": owner["epoch"],
+            },
+            meta,
+        )
+        if owner is not None
+        else None
+    )
     return settle(
         rt,
         REGISTRY[entry.operation.op],
         entry.stream,
         view,
-        rt.recovery_metadata(entry.operation.op_id, run_id),
+        meta,
         error=None,
         dry_run=dry_run,
         already_reported=already_reported,
         fenced=() if dry_run else _fence(rt, entry.stream, view),
+        claim=taken,
     )
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from diskledger.backends import Backend, TemplateStore, registry
 from diskledger.engine.config import Config
 from diskledger.engine.liveness import current_process
+from diskledger.engine.members import Membership
 from diskledger.events import Metadata
 from diskledger.hypervisor import Hypervisor
 from diskledger.states import DiskView
@@ -41,6 +42,8 @@ class Runtime:
     max_image_size: int = 16 << 40
     rbd_secret_uuid: str | None = None
     """The libvirt secret network disk descriptions authenticate with."""
+    membership: Membership | None = None
+    """This engine as a member of a shared ledger (None: a single-host ledger)."""
     _backends: dict[str, Backend] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -60,6 +63,11 @@ class Runtime:
         """The backend that keeps ``disk`` (ledgers from before the ``backend`` field recorded
         only the format, which then names a file backend)."""
         return self.backend_named(disk.backend or disk.format)
+
+    def owner(self) -> dict[str, object] | None:
+        """``{member, epoch}`` for a new intent (joining the ledger on first use), or None on a
+        ledger without members."""
+        return None if self.membership is None else self.membership.owner()
 
     def template_stream(self, template: str) -> str:
         """The stream of ``template`` in this runtime's template store."""
@@ -84,6 +92,8 @@ class Runtime:
 
     def close(self) -> None:
         try:
+            if self.membership is not None:
+                self.membership.leave()
             for backend in self._backends.values():
                 backend.close()
             self.hypervisor.close()
@@ -113,8 +123,14 @@ def build(
     chosen = backend or make(config.backend)
     config.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     opened = open_store(config.ledger)
+    ledger = store(opened) if store is not None else opened
+    membership = (
+        Membership(ledger, config.host, config.lease, actor=config.actor)
+        if config.members
+        else None
+    )
     return Runtime(
-        store=store(opened) if store is not None else opened,
+        store=ledger,
         backend=chosen,
         templates=registry.spec(config.backend).templates(chosen, root, config.max_template_size),
         hypervisor=Hypervisor(config.libvirt_uri, detach_timeout=config.detach_timeout),
@@ -123,4 +139,5 @@ def build(
         actor=config.actor,
         max_image_size=config.max_template_size,
         rbd_secret_uuid=config.rbd_secret_uuid,
+        membership=membership,
     )

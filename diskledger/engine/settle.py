@@ -14,9 +14,9 @@ from diskledger.backends import Artifact
 from diskledger.engine.decisions import Decision, Evidence, decide
 from diskledger.engine.operations.base import Operation
 from diskledger.engine.runtime import Runtime
-from diskledger.errors import DiskLedgerError
+from diskledger.errors import ConcurrencyError, DiskLedgerError, OwnershipLost
 from diskledger.events import COMPLETED, FAILED, NEEDS_OPERATOR, Metadata, NewEvent, operation_event
-from diskledger.states import DiskState, DiskView, TemplateView
+from diskledger.states import DiskState, DiskView, TemplateView, evolve
 from diskledger.states.streams import stream_kind
 
 __all__ = ["Outcome", "settle"]
@@ -55,12 +55,18 @@ def settle(
     dry_run: bool = False,
     already_reported: bool = False,
     fenced: Sequence[str] = (),
+    claim: NewEvent | None = None,
 ) -> Outcome:
     """Probe, decide by ``operation.rules`` and record the outcome of ``view``'s pending operation.
 
     Recovery calls it for a dead writer's operation (``error`` None), after fencing that writer
     (``fenced``: what it cut off, recorded with the decision); the protocol calls it at once when
     an operation's effect raised (``error``): one compensation path for both.
+
+    ``claim`` (``<op>.taken-over`` for a takeover, ``<op>.compensating`` for the owner itself) is
+    appended before anything is removed or recorded: a compare-and-swap on the stream's version,
+    so that of two processes settling one operation only one acts. Losing it raises
+    ``OwnershipLost`` having changed nothing.
     """
     op = view.pending
     assert op is not None and op.op == operation.name
@@ -87,6 +93,12 @@ def settle(
     if fenced:
         recovery["fenced"] = list(fenced)
     cause = f"{error}" if error is not None else "a crash"
+    if claim is not None:
+        try:
+            rt.store.append(stream, view.version, [claim])
+        except ConcurrencyError as exc:
+            raise OwnershipLost(stream, op.op_id, "another member claimed it first") from exc
+        view = evolve(view, claim)
     events: list[NewEvent]
     try:
         if rule.decision is Decision.OPERATOR:

@@ -25,7 +25,15 @@ from diskledger.engine.attachments import uses
 from diskledger.engine.runtime import Runtime
 from diskledger.errors import HypervisorError, IllegalTransition
 from diskledger.events import RecordedEvent
-from diskledger.states import DiskState, DiskView, MemberView, TemplateState, TemplateView, evolve
+from diskledger.states import (
+    DiskState,
+    DiskView,
+    MemberState,
+    MemberView,
+    TemplateState,
+    TemplateView,
+    evolve,
+)
 from diskledger.states.streams import empty_view
 from diskledger.store import GENESIS, canonical_json, event_hash
 
@@ -178,10 +186,24 @@ def _check_storage(rt: Runtime, report: VerifyReport) -> None:
         if template.state is TemplateState.CACHED and template.location:
             owned.add(template.location)
             _check_template(rt, template, report)
+    fence_marks = _fence_marks(rt)
     for path in _walk(root):
-        if path not in owned and os.path.basename(path) not in _LEDGER_FILES:
-            report.orphans.append(path)
+        if path in owned or os.path.basename(path) in _LEDGER_FILES:
+            continue
+        if path.rpartition(".fenced-")[2] in fence_marks:
+            continue  # a taker set a fenced member's temporary aside; it stays as the fence
+        report.orphans.append(path)
     _check_inventory(rt, owned, report)
+
+
+def _fence_marks(rt: Runtime) -> set[str]:
+    """The suffixes of temporaries set aside when a member was fenced (its epoch): on storage
+    without a fence of its own they keep its publishing renames failing (``SetsAside``)."""
+    return {
+        str(m.epoch)
+        for m in rt.store.members()
+        if m.view.state is MemberState.FENCED and m.epoch is not None
+    }
 
 
 def _check_inventory(rt: Runtime, owned: set[str], report: VerifyReport) -> None:

@@ -19,16 +19,18 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "diskledger"
 
 # Which top-level parts of the package each part may import. The shared leaves (errors, events,
-# faults) are for everyone; the arrows are: states/store <- engine -> backends, hypervisor;
-# cli -> engine; backends and hypervisor never see the ledger.
-LEAVES = {"errors", "events", "faults"}
+# faults, context: which operation a thread works for) are for everyone; the arrows are:
+# states/store <- engine -> backends, hypervisor; cli -> engine; backends and hypervisor never
+# see the ledger.
+LEAVES = {"errors", "events", "faults", "context"}
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "events": set(),
+    "context": set(),
     "faults": {"errors"},
     "states": {"errors", "events"},
     "store": {"errors", "events", "states"},
-    "backends": {"errors", "faults"},
+    "backends": {"errors", "faults", "context"},
     "hypervisor": {"errors", "backends.contract"},
     "engine": LEAVES | {"states", "store", "backends", "hypervisor"},
     "testing": LEAVES | {"states", "store", "backends", "engine"},

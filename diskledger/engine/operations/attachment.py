@@ -28,6 +28,8 @@ __all__ = ["ATTACH", "DETACH", "describe_disk"]
 
 
 class _ProbesTheDomain(Operation):
+    host_bound = True
+
     def domain(self, rt: Runtime, params: Mapping[str, Any]) -> DomainEvidence | None:
         info = rt.hypervisor.find(params["domain"])
         return DomainEvidence(

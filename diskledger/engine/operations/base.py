@@ -14,7 +14,12 @@ rest of the engine asks of it:
 - ``finish``: how recovery runs an idempotent in-place effect again to the end;
 - ``recovered``: what its ``completed`` event records when recovery rolls it forward (observed
   again, since the writer died before it could say);
-- ``domain``: for attach and detach, what libvirt shows of the domain.
+- ``domain``: for attach and detach, what libvirt shows of the domain;
+- ``publishes``: its effect makes its result visible by renaming op-unique temporaries into place
+  (a takeover on storage without a fence sets those temporaries aside, so that a zombie's
+  publishing rename fails); the others change storage in place;
+- ``host_bound``: only the host that ran it can probe it (libvirt there), so another host's
+  takeover leaves it to an operator.
 
 How it plans (its intent's params and artifacts) and what it observes (its ``completed`` data)
 are in its ``__call__``; ``diskledger.engine.protocol`` runs intent, effect and outcome.
@@ -41,6 +46,8 @@ class Operation:
     while_attached: ClassVar[str | None] = None
     in_use_snapshot: ClassVar[bool] = False
     rules: ClassVar[tuple[Rule, ...]] = ()
+    publishes: ClassVar[bool] = False
+    host_bound: ClassVar[bool] = False
 
     def parts(self, backend: Backend, params: Mapping[str, Any]) -> tuple[Artifact, ...]:
         return ()

@@ -48,6 +48,8 @@ def created(seen: Observation) -> dict[str, Any]:
 
 
 class _Publishes(Operation):
+    publishes = True
+
     def recovered(
         self,
         rt: Runtime,

@@ -37,6 +37,7 @@ class Export:
 
 class ExportDisk(Operation):
     name = "export"
+    publishes = True
     while_attached = (
         "a copy of a disk the guest is writing is not consistent; detach it first "
         "(on rbd, direct-snapshot copies it crash-consistently)"

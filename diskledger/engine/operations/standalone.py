@@ -91,6 +91,7 @@ class Flatten(Operation):
 
 class DirectSnapshotDisk(Operation):
     name = "direct-snapshot"
+    publishes = True
     while_attached = "this backend cannot copy a disk a guest is writing; detach it first"
     in_use_snapshot = True
     rules = (

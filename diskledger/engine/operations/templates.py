@@ -1,7 +1,8 @@
 """Bringing a template into the store (``fetch``), once, however many callers ask at a time.
 
-The fetcher holds a lease it renews while it copies (``template.fetch.lease-renewed``); others
-wait for its outcome, and take over (recovering its fetch) when it dies or stops renewing.
+Others wait for the fetcher's outcome, and recover its fetch when it dies: on one host when its
+process is gone, on a shared ledger when its member's lease has run out (judged by the
+database's clock alone, never by comparing two hosts' clocks) and it has been fenced.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 from diskledger.backends import Backend, Observation
 from diskledger.engine.decisions import Decision, Evidence, Rule
 from diskledger.engine.inputs import check_name, readable_file
-from diskledger.engine.leases import expired, expiry
 from diskledger.engine.liveness import abandoned, is_alive
 from diskledger.engine.operations.base import Operation
 from diskledger.engine.protocol import (
@@ -35,8 +35,8 @@ from diskledger.errors import (
     OperationPending,
     TemplateNotFound,
 )
-from diskledger.states import DiskView, TemplateState, TemplateView
-from diskledger.states.streams import TEMPLATE
+from diskledger.states import DiskView, MemberState, TemplateState, TemplateView
+from diskledger.states.streams import TEMPLATE, member_stream
 
 __all__ = ["FETCH", "FORMATS", "cached_template", "ensure_template", "fetched", "find_template"]
 
@@ -56,6 +56,7 @@ def fetched(fmt: str, seen: Observation) -> dict[str, Any]:
 
 class Fetch(Operation):
     name = "fetch"
+    publishes = True
     kind = TEMPLATE
     rules = (
         Rule("fetch", "final names exist", Decision.FORWARD, "the template was published whole"),
@@ -85,19 +86,14 @@ class Fetch(Operation):
             raise IllegalTransition(stream, view.state, "template.fetch.started", "already cached")
         op_id = op_id or new_op_id()
         store = rt.templates
-        params = {
-            "template": template,
-            "source": str(source_path),
-            "format": fmt,
-            "lease_expires": expiry(),
-        }
+        params = {"template": template, "source": str(source_path), "format": fmt}
 
         def fetch() -> dict[str, Any]:
             seen = store.import_file(str(source_path), fmt, template, op_id)
             return fetched(store.cached_format(fmt), seen)
 
         artifacts = store.import_artifacts(template, op_id)
-        plan = Plan(stream, view, rt.backend, op_id, params, fetch, artifacts, leased=True)
+        plan = Plan(stream, view, rt.backend, op_id, params, fetch, artifacts)
         return perform(rt, self, plan, request)[0]
 
     def recovered(
@@ -152,12 +148,15 @@ def ensure_template(
 
 
 def _abandoned(rt: Runtime, view: TemplateView) -> bool:
-    """Whether the fetch in flight has lost its writer (dead, or its lease ran out)."""
+    """Whether the fetch in flight has lost its writer: its thread died here, its member's lease
+    ran out or it is being fenced, or (without members) its process is gone."""
     assert view.pending is not None
-    if expired(view.lease_expires):
-        return True
     if abandoned(view.pending.op_id):
         return True
+    owner = view.pending.owner_member
+    if owner is not None:
+        record = rt.store.member(member_stream(owner))
+        return record is None or record.lapsed or record.view.state is not MemberState.LIVE
     intent = rt.store.read_operation(view.pending.op_id)
     meta = intent[0].metadata if intent else None
     return meta is not None and not is_alive(meta.process, meta.host, rt.host)

@@ -1,0 +1,250 @@
+"""Members and takeover on a shared PostgreSQL ledger, with real processes killed mid-operation.
+
+Each "host" here is a ``diskledger`` process with its own ``DISKLEDGER_HOST``; the victim is
+killed (SIGKILL, by a fault point) with its operation pending, and an engine in this process,
+as another host, takes it over under the rule: lease expired by the database's clock, renewals
+seen standing for a whole lease, a recorded fence before any claim. The network-namespace rig in
+tests/multihost runs the same with whole hosts killed, frozen and cut off.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from diskledger.engine import Config, Engine
+from diskledger.engine.members import Membership
+from diskledger.engine.operations.resize import RESIZE
+from diskledger.engine.protocol import Plan, perform
+from diskledger.errors import Fenced, OwnershipLost
+from diskledger.states import DiskState, MemberState
+from diskledger.store import MemberRecord
+
+LEASE = {
+    "DISKLEDGER_LEASE_TTL": "1.5",
+    "DISKLEDGER_LEASE_RENEW": "0.2",
+    "DISKLEDGER_LEASE_DEADLINE": "1.0",
+    "DISKLEDGER_TAKEOVER_SCAN": "0.2",
+}
+
+
+@pytest.fixture
+def shared(postgres_url: str, tmp_path: Path, qemu_img: None) -> dict[str, str]:
+    """The environment of every "host": one ledger, one shared directory of raw files."""
+    return {
+        "DISKLEDGER_LEDGER": postgres_url,
+        "DISKLEDGER_ROOT": str(tmp_path / "shared"),
+        "DISKLEDGER_BACKEND": "raw",
+        "DISKLEDGER_MEMBERS": "1",
+        **LEASE,
+    }
+
+
+def open_host(environ: dict[str, str], host: str, fenced: list[str] | None = None) -> Engine:
+    config = Config.load(environ={**environ, "DISKLEDGER_HOST": host})
+    engine = Engine.open(config)
+    membership = engine.runtime.membership
+    assert membership is not None
+    if fenced is not None:
+        engine.runtime.membership = Membership(
+            engine.runtime.store, host, config.lease, on_fenced=fenced.append
+        )
+    return engine
+
+
+@pytest.fixture
+def taker(shared: dict[str, str]) -> Iterator[Engine]:
+    with open_host(shared, "host-a") as engine:
+        yield engine
+
+
+def run_host(environ: dict[str, str], host: str, *argv: str, fault: str = "") -> int:
+    env = {**os.environ, **environ, "DISKLEDGER_HOST": host, "DISKLEDGER_FAULT": fault}
+    done = subprocess.run(
+        [sys.executable, "-m", "diskledger.cli", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return done.returncode
+
+
+def take_over_until_settled(engine: Engine, op: str, limit: float = 30.0) -> list[str]:
+    """Scan like an agent until the op has an outcome; the event types of its operation."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        engine.take_over()
+        types = [e.type for e in engine.store.read_all() if e.type.startswith(f"disk.{op}.")]
+        if types and types[-1].rsplit(".", 1)[1] in ("completed", "failed", "needs-operator"):
+            return types
+        time.sleep(0.2)
+    raise AssertionError(f"{op} not settled within {limit} s")
+
+
+def test_an_intent_names_its_owner_and_the_member_leaves_cleanly(taker: Engine) -> None:
+    view = taker.create("vm-1/root", size="1M")
+    assert view.state is DiskState.CREATED
+    (intent,) = [e for e in taker.history("vm-1/root") if e.type.endswith(".started")]
+    (me,) = taker.members()
+    assert intent.data["owner"] == {"member": me.member, "epoch": me.epoch}
+    assert taker.member == me.member and me.view.host == "host-a"
+    taker.close()
+    (left,) = Engine.open(Config.load(environ={"DISKLEDGER_LEDGER": taker.store.url})).members()
+    assert left.view.state is MemberState.LEFT
+
+
+def test_a_killed_hosts_publishing_operation_is_fenced_claimed_and_rolled_back(
+    shared: dict[str, str], taker: Engine
+) -> None:
+    code = run_host(
+        shared,
+        "host-b",
+        "disk",
+        "create",
+        "vm-2/root",
+        "--blank",
+        "--size",
+        "1M",
+        fault="create@mid-effect",
+    )
+    assert code == -9  # SIGKILLed at the fault point, its intent pending
+    (entry,) = taker.store.pending()
+    victim = entry.owner
+    assert victim is not None and victim.startswith("host-b/")
+    # Not before its lease ran out by the database's clock and a whole lease of no renewals.
+    assert taker.take_over().outcomes == []
+    types = take_over_until_settled(taker, "create")
+    assert types == ["disk.create.started", "disk.create.taken-over", "disk.create.failed"]
+    member_events = [e.type for e in taker.store.read_stream(f"member:{victim}")]
+    assert member_events == ["member.joined", "member.fencing", "member.fenced"]
+    claim = next(e for e in taker.store.read_all() if e.type == "disk.create.taken-over")
+    fenced = taker.store.read_stream(f"member:{victim}")[-1]
+    assert fenced.position < claim.position  # a recorded fence precedes every claim
+    assert claim.data["from"] == victim and claim.data["by"] == taker.member
+    intent = next(e for e in taker.store.read_all() if e.type == "disk.create.started")
+    assert (claim.time - intent.time).total_seconds() >= float(LEASE["DISKLEDGER_LEASE_TTL"])
+    assert taker.store.pending() == []
+    # The temporary was set aside (its publishing rename can never succeed) and stays as the
+    # fence's marker; nothing else is left.
+    (aside,) = Path(shared["DISKLEDGER_ROOT"]).rglob("*.tmp*")
+    assert aside.name.endswith(f".fenced-{claim.data['from_epoch']}")
+    assert taker.verify().ok
+
+
+def test_an_in_place_operation_on_unfenced_files_waits_for_an_operator(
+    shared: dict[str, str], taker: Engine
+) -> None:
+    taker.create("vm-3/root", size="1M")
+    code = run_host(
+        shared, "host-b", "disk", "resize", "vm-3/root", "2M", fault="resize@mid-effect"
+    )
+    assert code == -9
+    types = take_over_until_settled(taker, "resize")
+    assert types[-1] == "disk.resize.needs-operator"
+    (entry,) = taker.store.pending()
+    assert entry.owner is not None and entry.owner.startswith("host-b/")
+    taker.confirm_down(entry.owner)
+    report = taker.take_over()
+    assert [o.op_id for o in report.outcomes] == [entry.operation.op_id]
+    assert taker.store.pending() == []
+    assert taker.show("vm-3/root").pending is None
+
+
+def test_a_member_that_lost_its_lease_fences_itself_and_records_nothing_more(
+    shared: dict[str, str], taker: Engine
+) -> None:
+    fenced: list[str] = []
+    zombie = open_host(shared, "host-c", fenced)
+    try:
+        zombie.create("vm-4/root", size="1M")
+        membership = zombie.runtime.membership
+        assert membership is not None and membership.joined
+        # The database says its lease is gone; a taker fences it. Its heartbeat then fails.
+        records = {r.member: r for r in taker.members()}
+        assert records[membership.member].view.state is MemberState.LIVE
+        membership._stop.set()  # frozen: no renewals, as a SIGSTOPped host
+        taken = take_over_until_fenced(taker, membership.member)
+        assert taken.view.state is MemberState.FENCED
+        assert not membership.renew_now()  # thawed: its first renewal fails...
+        assert fenced and membership.fenced is not None  # ...and it fences itself
+        with pytest.raises(Fenced):
+            zombie.resize("vm-4/root", "2M")
+        assert [e.type for e in taker.history("vm-4/root")][-1] == "disk.create.completed"
+    finally:
+        zombie.close()
+
+
+def take_over_until_fenced(engine: Engine, member: str, limit: float = 30.0) -> MemberRecord:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        engine.take_over()
+        record = next(r for r in engine.members() if r.member == member)
+        if record.view.state is MemberState.FENCED:
+            return record
+        time.sleep(0.2)
+    raise AssertionError(f"{member} not fenced within {limit} s")
+
+
+@pytest.mark.parametrize("effect_ends", ["returns", "raises"])
+def test_a_zombie_whose_operation_was_taken_over_records_and_removes_nothing(
+    shared: dict[str, str], taker: Engine, effect_ends: str
+) -> None:
+    fenced: list[str] = []
+    zombie = open_host(shared, "host-d", fenced)
+    try:
+        zombie.create("vm-5/root", size="1M")
+        rt = zombie.runtime
+        view = zombie.show("vm-5/root")
+        claimed = threading.Event()
+
+        def effect() -> dict[str, object]:
+            assert claimed.wait(60)
+            if effect_ends == "raises":
+                raise OSError("the zombie's effect failed late")
+            return {"size": 2 << 20}
+
+        params = {
+            "size": 2 << 20,
+            "previous_size": view.size,
+            "location": view.location,
+            "format": view.format,
+        }
+        plan = Plan("disk:vm-5/root", view, rt.backend, "op-zombie", params, effect)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                perform(rt, RESIZE, plan)
+            except BaseException as exc:
+                errors.append(exc)
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        while not taker.store.pending():
+            assert worker.is_alive(), errors
+            time.sleep(0.05)
+        membership = rt.membership
+        assert membership is not None
+        membership._stop.set()  # frozen mid-effect
+        taker.confirm_down(membership.member)  # the operator powered host-d off (it thinks)
+        take_over_until_fenced(taker, membership.member)
+        types = [e.type for e in taker.history("vm-5/root")]
+        # The disk still has its old size: the taker undid the resize and recorded it.
+        assert types[-2:] == ["disk.resize.taken-over", "disk.resize.failed"]
+        claimed.set()
+        worker.join(60)
+        (error,) = errors
+        assert isinstance(error, OwnershipLost) or any(
+            "no longer ours" in note for note in getattr(error, "__notes__", [])
+        )
+        assert [e.type for e in taker.history("vm-5/root")] == types  # nothing more recorded
+    finally:
+        zombie.close()
