@@ -5,6 +5,8 @@ The embedding API is ``Engine``; everything a caller may catch is in ``diskledge
 
 from diskledger.backends import Artifact, Backend, DiskSource, Observation
 from diskledger.engine import Config, DirectSnapshot, Engine, Export, parse_size
+from diskledger.engine.members import LeaseSettings
+from diskledger.engine.takeover import TakeoverReport
 from diskledger.errors import (
     BackendError,
     CephError,
@@ -15,6 +17,8 @@ from diskledger.errors import (
     DiskLedgerError,
     DiskNotFound,
     DomainNotFound,
+    FeedGap,
+    Fenced,
     HypervisorError,
     HypervisorUnavailable,
     IllegalTransition,
@@ -25,6 +29,7 @@ from diskledger.errors import (
     InvalidSource,
     NotFound,
     OperationPending,
+    OwnershipLost,
     SnapshotNotFound,
     StoreError,
     TemplateNotFound,
@@ -32,8 +37,16 @@ from diskledger.errors import (
     UnsafeImage,
 )
 from diskledger.events import Metadata, NewEvent, RecordedEvent
-from diskledger.states import Attachment, DiskState, DiskView, TemplateState, TemplateView
-from diskledger.store import EventStore, open_store
+from diskledger.states import (
+    Attachment,
+    DiskState,
+    DiskView,
+    MemberState,
+    MemberView,
+    TemplateState,
+    TemplateView,
+)
+from diskledger.store import EventStore, MemberRecord, open_store
 
 __version__ = "0.1.0"
 
@@ -58,6 +71,8 @@ __all__ = [
     "Engine",
     "EventStore",
     "Export",
+    "FeedGap",
+    "Fenced",
     "HypervisorError",
     "HypervisorUnavailable",
     "IllegalTransition",
@@ -66,14 +81,20 @@ __all__ = [
     "InvalidName",
     "InvalidSize",
     "InvalidSource",
+    "LeaseSettings",
+    "MemberRecord",
+    "MemberState",
+    "MemberView",
     "Metadata",
     "NewEvent",
     "NotFound",
     "Observation",
     "OperationPending",
+    "OwnershipLost",
     "RecordedEvent",
     "SnapshotNotFound",
     "StoreError",
+    "TakeoverReport",
     "TemplateNotFound",
     "TemplateState",
     "TemplateView",

@@ -8,6 +8,14 @@ import diskledger
 from diskledger import errors
 
 EXPECTED = {
+    "FeedGap",
+    "Fenced",
+    "LeaseSettings",
+    "MemberRecord",
+    "MemberState",
+    "MemberView",
+    "OwnershipLost",
+    "TakeoverReport",
     "Attachment",
     "DiskAttached",
     "DiskSource",

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from diskledger.backends import Backend, TemplateStore, registry
+from diskledger.backends import Backend, FencesMembers, TemplateStore, registry
 from diskledger.engine.config import Config
 from diskledger.engine.liveness import current_process
 from diskledger.engine.members import Membership
@@ -48,6 +48,16 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self._backends.setdefault(self.backend.name, self.backend)
+        self._enlist(self.backend)
+
+    def _enlist(self, backend: Backend) -> None:
+        """On a shared ledger, a backend on shared storage registers every client it opens with
+        this member before using it, and tells the member when the storage fenced it."""
+        if self.membership is not None and isinstance(backend, FencesMembers):
+            backend.set_registrar(
+                self.membership.register_clients, on_fenced=self.membership.fence_self
+            )
+            self.membership.on_storage_fence(backend.close)
 
     def backend_named(self, name: str | None) -> Backend:
         """The backend called ``name`` (the configured one when None): a disk is always handled
@@ -57,6 +67,7 @@ class Runtime:
         backend = self._backends.get(name)
         if backend is None:
             backend = self._backends[name] = self.make_backend(name)
+            self._enlist(backend)
         return backend
 
     def backend_of(self, disk: DiskView) -> Backend:
