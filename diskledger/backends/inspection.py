@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from oslo_utils.imageutils import format_inspector
 
-from diskledger.errors import UnsafeImage
+from diskledger.errors import StorageIOError, UnsafeImage
 
 __all__ = ["inspect_image"]
 
@@ -21,6 +21,11 @@ def inspect_image(path: str, declared: str, *, max_virtual_size: int) -> int:
         inspector = format_inspector.detect_file_format(path)
     except format_inspector.ImageFormatError as exc:
         raise UnsafeImage(f"the image cannot be inspected: {exc}") from exc
+    except OSError as exc:
+        # The copy went away under the inspector (a taker set it aside, or the disk failed).
+        raise StorageIOError(
+            f"cannot read {path} to inspect it: {exc.strerror}", errno=exc.errno
+        ) from exc
     if inspector is None:
         raise UnsafeImage("the image's format is not one the inspector knows")
     detected = inspector.NAME

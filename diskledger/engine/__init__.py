@@ -2,13 +2,16 @@
 
 ``Engine`` is a façade; the runtime it composes (``runtime``), the one place the operation
 protocol runs (``protocol``), the operations themselves (``operations/``), crash recovery
-(``recovery``, deciding by each operation's rules through ``settle``) and ``verify`` are its parts.
+(``recovery``, deciding by each operation's rules through ``settle``), ``verify``, and on a shared
+ledger the member (``members``), the takeover (``takeover``) and the agent (``agent``) are its
+parts.
 """
 
 from diskledger.engine.config import DEFAULT_ROOT, Config
 from diskledger.engine.engine import FORMATS, DirectSnapshot, Engine, Export
 from diskledger.engine.inputs import check_disk, check_name, parse_size
 from diskledger.engine.runtime import Runtime, build
+from diskledger.store import MemberRecord
 
 __all__ = [
     "DEFAULT_ROOT",
@@ -17,6 +20,7 @@ __all__ = [
     "DirectSnapshot",
     "Engine",
     "Export",
+    "MemberRecord",
     "Runtime",
     "build",
     "check_disk",

@@ -153,7 +153,13 @@ def perform(
         abandon(plan.op_id)  # died on the spot: no compensation, recovery decides
         raise
     except BaseException as exc:
-        claim = operation_event(kind, op, COMPENSATING, {"error": str(exc)}, meta)
+        # On a shared ledger the owner claims its operation before removing anything (another
+        # member may have taken it over); alone on its ledger, nobody else could have.
+        claim = (
+            operation_event(kind, op, COMPENSATING, {"error": str(exc)}, meta)
+            if owner is not None
+            else None
+        )
         try:
             # The same probe, decision table and compensation a crash recovery runs, once the
             # claim shows the operation is still ours.

@@ -81,7 +81,13 @@ class TakeoverReport:
 
     fenced: list[dict[str, Any]] = field(default_factory=list)
     waiting: list[dict[str, Any]] = field(default_factory=list)
-    """Members that look gone but may not be taken over yet (and why)."""
+    """Members that look gone but may not be taken over yet (and why); ``observing``: only
+    because this taker has not watched their renewals stand still for a whole lease yet."""
+
+    @property
+    def observing(self) -> bool:
+        return any(w.get("observing") for w in self.waiting)
+
     suspended: dict[str, Any] | None = None
     outcomes: list[Outcome] = field(default_factory=list)
 
@@ -123,7 +129,10 @@ def take_over(
         if verdict == "stale":
             stale.append(record)
         elif verdict.startswith("wait:"):
-            report.waiting.append({"member": record.member, "reason": verdict[5:]})
+            # Its lease ran out; this taker has not yet watched it stand still for a lease.
+            report.waiting.append(
+                {"member": record.member, "reason": verdict[5:], "observing": True}
+            )
         elif record.view.state in (MemberState.LIVE, MemberState.FENCING) or owned.get(
             record.member
         ):

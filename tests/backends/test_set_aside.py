@@ -148,12 +148,6 @@ def test_an_import_set_aside_before_it_began_never_publishes(
     assert not os.path.lexists(location)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=FileNotFoundError,
-    reason="staging's inspection (inspection.py, oslo's format inspector) lets the OSError of a "
-    "staged copy that was set aside through untranslated; nothing is published either way",
-)
 def test_an_import_set_aside_while_its_copy_is_inspected_fails_with_a_storage_error(
     backend: Backend, tmp_path: Path, at_mid_effect: Callable[[str, Callable[[], None]], None]
 ) -> None:
