@@ -1,16 +1,17 @@
 """``python -m benchmarks [--markdown] [--profile-append] [BENCHMARK...]``
 
-Benchmarks: ``engine``, ``append``, ``replay``, ``recovery``, ``rbd``, ``libvirt`` (default:
-all).
+Benchmarks: ``engine``, ``append``, ``replay``, ``recovery``, ``rbd``, ``libvirt``, ``feed``
+(default: all).
 
 Environment: ``DISKLEDGER_BENCH_EVENTS`` (replay ledger size, default 1,000,000) and
-``DISKLEDGER_BENCH_TRIALS`` (trials per side for the engine, append and libvirt benchmarks,
-defaults 200, 2000 and 200; it also caps the replay runs, default 3) scale a run down for a quick
-look; ``DISKLEDGER_BENCH_RBD_DISKS`` (disks per side of the rbd benchmark, default 100). The rbd
-benchmark starts its own one-node Ceph cluster; without the Ceph packages it is left out of a run
-of all benchmarks (asked for by name, it fails). The libvirt benchmark uses or starts libvirtd at
-qemu:///system and boots a KVM domain; without KVM or libvirt it is left out of a run of all
-benchmarks the same way.
+``DISKLEDGER_BENCH_TRIALS`` (trials per side for the engine, append, libvirt and feed benchmarks,
+defaults 200, 2000, 200 and 300; it also caps the replay runs, default 3) scale a run down for a
+quick look; ``DISKLEDGER_BENCH_RBD_DISKS`` (disks per side of the rbd benchmark, default 100). The
+rbd benchmark starts its own one-node Ceph cluster; without the Ceph packages it is left out of a
+run of all benchmarks (asked for by name, it fails). The libvirt benchmark uses or starts libvirtd
+at qemu:///system and boots a KVM domain; without KVM or libvirt it is left out of a run of all
+benchmarks the same way. The feed benchmark starts its own PostgreSQL server; without PostgreSQL
+installed it is left out the same way too.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Callable
 
 from benchmarks import (
     engine_overhead,
+    feed,
     ledger_append,
     libvirt_resize,
     rbd_clone,
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         "only",
         nargs="*",
         metavar="BENCHMARK",
-        help="run only these, of engine, append, replay, recovery, rbd and libvirt (default: all)",
+        help="run only these, of engine, append, replay, recovery, rbd, libvirt and feed "
+        "(default: all)",
     )
     parser.add_argument(
         "--markdown", action="store_true", help="also print a section for docs/performance.md"
@@ -73,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "rbd": lambda: rbd_clone.run(env_int("DISKLEDGER_BENCH_RBD_DISKS", rbd_clone.DISKS)),
         "libvirt": lambda: libvirt_resize.run(trials or libvirt_resize.DEFAULT_TRIALS),
+        "feed": lambda: feed.run(trials or feed.DEFAULT_TRIALS),
     }
     chosen: list[str] = args.only or list(benchmarks)
     if not args.only and shutil.which("ceph-mon") is None:
@@ -81,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.only and not os.path.exists("/dev/kvm"):
         print("libvirt: left out, no /dev/kvm (KVM is not available on this machine)")
         chosen.remove("libvirt")
+    if not args.only and not _postgres_installed():
+        print("feed: left out, PostgreSQL is not installed (scripts/bootstrap.sh)")
+        chosen.remove("feed")
     unknown = sorted(set(chosen) - benchmarks.keys())
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}: choose from {', '.join(benchmarks)}")
@@ -106,6 +113,16 @@ def main(argv: list[str] | None = None) -> int:
         print("\n<!-- markdown for docs/performance.md -->")
         print(markdown(machine, reports))
     return 0
+
+
+def _postgres_installed() -> bool:
+    from tests.support.postgres import PostgresUnavailable, find_bindir
+
+    try:
+        find_bindir()
+    except PostgresUnavailable:
+        return False
+    return True
 
 
 def describe_machine() -> dict[str, str]:
