@@ -5,6 +5,7 @@
 #
 #   scripts/cluster-dev.sh start DIR [HOSTS]   build it (3 hosts by default), write DIR/h<i>.env
 #   scripts/cluster-dev.sh status DIR          what runs
+#   scripts/cluster-dev.sh run DIR h<i> CMD... run CMD on host h<i> with its environment
 #   scripts/cluster-dev.sh stop DIR            remove exactly what start made (names and pid
 #                                              files recorded in DIR/state), then DIR's files
 #
@@ -160,12 +161,25 @@ stop() {
     rmdir "$DIR" 2>/dev/null || true
 }
 
-[ $# -ge 2 ] || die "usage: $0 start|stop|status DIR [HOSTS]"
+run_on() {
+    local host=$1; shift
+    [ $# -ge 1 ] || die "usage: $0 run DIR h<i> COMMAND..."
+    [ -e "$DIR/state" ] || die "no cluster in $DIR (start one: $0 start $DIR)"
+    local ns envfile
+    ns=$(grep '^netns=' "$DIR/state" | cut -d= -f2 | grep -- "-$host\$" | head -1)
+    envfile="$DIR/$host.env"
+    [ -n "$ns" ] && [ -e "$envfile" ] || die "no host $host in $DIR (see $0 status $DIR)"
+    # The env file holds KEY=VALUE lines without spaces in the values.
+    # shellcheck disable=SC2046
+    exec ip netns exec "$ns" env $(grep -v '^#' "$envfile") PATH="$ROOT/.venv/bin:$PATH" "$@"
+}
+
+[ $# -ge 2 ] || die "usage: $0 start|stop|status|run DIR [HOSTS | h<i> COMMAND...]"
 DIR=$2
-HOSTS=${3:-}
 case $1 in
-    start) start ;;
+    start) HOSTS=${3:-}; start ;;
     stop) stop ;;
     status) status ;;
-    *) die "unknown command $1 (start, stop, status)" ;;
+    run) [ $# -ge 4 ] || die "usage: $0 run DIR h<i> COMMAND..."; shift 2; run_on "$@" ;;
+    *) die "unknown command $1 (start, stop, status, run)" ;;
 esac
