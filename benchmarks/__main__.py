@@ -1,6 +1,7 @@
 """``python -m benchmarks [--markdown] [--profile-append] [BENCHMARK...]``
 
-Benchmarks: ``engine``, ``append``, ``replay``, ``recovery``, ``rbd``, ``libvirt``, ``feed``
+Benchmarks: ``engine``, ``append``, ``replay``, ``recovery``, ``rbd``, ``libvirt``, ``feed``,
+``multihost``
 (default: all).
 
 Environment: ``DISKLEDGER_BENCH_EVENTS`` (replay ledger size, default 1,000,000) and
@@ -31,6 +32,7 @@ from benchmarks import (
     feed,
     ledger_append,
     libvirt_resize,
+    multihost,
     rbd_clone,
     recovery_scan,
     replay,
@@ -45,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         "only",
         nargs="*",
         metavar="BENCHMARK",
-        help="run only these, of engine, append, replay, recovery, rbd, libvirt and feed "
-        "(default: all)",
+        help="run only these, of engine, append, replay, recovery, rbd, libvirt, feed and "
+        "multihost (default: all)",
     )
     parser.add_argument(
         "--markdown", action="store_true", help="also print a section for docs/performance.md"
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         "rbd": lambda: rbd_clone.run(env_int("DISKLEDGER_BENCH_RBD_DISKS", rbd_clone.DISKS)),
         "libvirt": lambda: libvirt_resize.run(trials or libvirt_resize.DEFAULT_TRIALS),
         "feed": lambda: feed.run(trials or feed.DEFAULT_TRIALS),
+        "multihost": multihost.run,
     }
     chosen: list[str] = args.only or list(benchmarks)
     if not args.only and shutil.which("ceph-mon") is None:
@@ -86,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         print("libvirt: left out, no /dev/kvm (KVM is not available on this machine)")
         chosen.remove("libvirt")
     if not args.only and not _postgres_installed():
-        print("feed: left out, PostgreSQL is not installed (scripts/bootstrap.sh)")
+        print("feed, multihost: left out, PostgreSQL is not installed (scripts/bootstrap.sh)")
         chosen.remove("feed")
+        chosen.remove("multihost")
     unknown = sorted(set(chosen) - benchmarks.keys())
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}: choose from {', '.join(benchmarks)}")
