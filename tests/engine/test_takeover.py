@@ -248,3 +248,32 @@ def test_a_zombie_whose_operation_was_taken_over_records_and_removes_nothing(
         assert [e.type for e in taker.history("vm-5/root")] == types  # nothing more recorded
     finally:
         zombie.close()
+
+
+def test_a_fetch_whose_member_died_is_taken_over_by_the_waiter_and_fetched_again(
+    shared: dict[str, str], taker: Engine, template_files: dict[str, Path]
+) -> None:
+    # The same host name: the victim's process is provably dead, so no lease need run out.
+    source = str(template_files["raw"])
+    code = run_host(
+        shared,
+        "host-a",
+        *("disk", "create", "vm-6/root", "--template", "base"),
+        *("--template-source", source, "--template-format", "raw"),
+        fault="fetch@mid-effect",
+    )
+    assert code == -9
+    (entry,) = taker.store.pending()
+    assert entry.operation.op == "fetch" and "lease_expires" not in entry.operation.params
+    view = taker.ensure_template("base", source, "raw", timeout=60)
+    assert view.state.value == "cached"
+    types = [e.type for e in taker.store.read_all() if e.type.startswith("template.")]
+    assert types == [
+        "template.fetch.started",
+        "template.fetch.taken-over",
+        "template.fetch.failed",
+        "template.fetch.started",
+        "template.fetch.completed",
+    ]
+    fencing = next(e for e in taker.store.read_all() if e.type == "member.fencing")
+    assert fencing.data["reason"] == "process-dead"

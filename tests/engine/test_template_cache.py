@@ -109,29 +109,6 @@ def test_a_killed_fetcher_is_taken_over(tmp_path: Path, big_template: Path) -> N
         assert engine.verify().ok
 
 
-def test_a_fetch_renews_its_lease_while_it_works(
-    tmp_path: Path, big_template: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from diskledger.engine import leases
-
-    monkeypatch.setattr(leases, "LEASE_SECONDS", 0.03)
-    with Engine.open(Config.load(root=tmp_path / "root", backend="raw", environ={})) as engine:
-        original = engine.templates.import_file
-
-        def slow_import(*args: object, **kwargs: object) -> object:
-            import time
-
-            time.sleep(0.2)
-            return original(*args, **kwargs)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(engine.templates, "import_file", slow_import)
-        view = engine.add_template("base", big_template, "raw")
-        types = [e.type for e in engine.history()]
-    assert types[0] == "template.fetch.started" and types[-1] == "template.fetch.completed"
-    assert "template.fetch.lease-renewed" in types
-    assert view.lease_expires is None and view.state.value == "cached"
-
-
 def test_ensure_template_does_not_spin_on_a_refusal(tmp_path: Path, big_template: Path) -> None:
     """A cached file nobody owns is a refusal, not a race to wait out."""
     from diskledger.errors import Conflict
