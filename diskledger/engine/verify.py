@@ -24,7 +24,6 @@ from diskledger.backends import Artifact, ArtifactKind, Capability, Observation
 from diskledger.engine.attachments import uses
 from diskledger.engine.runtime import Runtime
 from diskledger.errors import HypervisorError, IllegalTransition
-from diskledger.events import RecordedEvent
 from diskledger.states import (
     DiskState,
     DiskView,
@@ -35,7 +34,8 @@ from diskledger.states import (
     evolve,
 )
 from diskledger.states.streams import empty_view
-from diskledger.store import GENESIS, canonical_json, event_hash
+from diskledger.store import GENESIS
+from diskledger.store.hashing import chain_problem
 
 __all__ = ["VerifyReport", "verify"]
 
@@ -106,7 +106,7 @@ def _check_chain_and_fold(rt: Runtime, report: VerifyReport) -> dict[str, AnyVie
     for event in rt.store.read_all(batch=10_000):
         report.events += 1
         if report.chain_error is None:
-            problem = _chain_problem(event, expected, prev_hash)
+            problem = chain_problem(event, expected, prev_hash)
             if problem:
                 report.chain_error, report.first_bad_position = problem, event.position
         prev_hash, expected = event.hash, event.position + 1
@@ -121,27 +121,6 @@ def _check_chain_and_fold(rt: Runtime, report: VerifyReport) -> dict[str, AnyVie
         report.chain_error = f"the ledger head is at {head} but the last event is {expected - 1}"
         report.first_bad_position = expected
     return views
-
-
-def _chain_problem(event: RecordedEvent, expected: int, prev_hash: str) -> str | None:
-    if event.position != expected:
-        return f"expected position {expected}, found {event.position} (an event is missing)"
-    if event.prev_hash != prev_hash:
-        return "prev_hash does not match the event before it (removed, reordered or forged)"
-    digest = event_hash(
-        event.prev_hash,
-        event.position,
-        event.stream,
-        event.version,
-        event.type,
-        event.schema,
-        canonical_json(event.data),
-        canonical_json(event.metadata.to_json()),
-        event.time.isoformat(timespec="microseconds"),
-    )
-    if digest != event.hash:
-        return "the event's content does not match its hash (edited)"
-    return None
 
 
 def _check_read_models(rt: Runtime, views: dict[str, AnyView], report: VerifyReport) -> None:

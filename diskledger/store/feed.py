@@ -29,7 +29,7 @@ from typing import Any, Final, Generic, Protocol, Self, TypeVar
 
 from diskledger.errors import FeedGap, InvalidInput, StoreError
 from diskledger.events import RecordedEvent
-from diskledger.store.hashing import GENESIS, canonical_json, event_hash
+from diskledger.store.hashing import GENESIS, chain_problem
 
 __all__ = [
     "CHANNEL",
@@ -265,27 +265,9 @@ def _hash_at(store: _Log, position: int) -> str:
 
 def _check(event: RecordedEvent, expected: int, prev_hash: str) -> None:
     """Raise ``FeedGap`` unless ``event`` is the next link of the chain."""
-    if event.position != expected:
-        raise FeedGap(event.position, expected, "events are missing before it")
-    if event.prev_hash != prev_hash:
-        raise FeedGap(
-            event.position,
-            expected,
-            "its prev_hash is not the hash of the event before it (removed, reordered or forged)",
-        )
-    digest = event_hash(
-        event.prev_hash,
-        event.position,
-        event.stream,
-        event.version,
-        event.type,
-        event.schema,
-        canonical_json(event.data),
-        canonical_json(event.metadata.to_json()),
-        event.time.isoformat(timespec="microseconds"),
-    )
-    if digest != event.hash:
-        raise FeedGap(event.position, expected, "its content does not match its hash (edited)")
+    problem = chain_problem(event, expected, prev_hash)
+    if problem is not None:
+        raise FeedGap(event.position, expected, problem)
 
 
 class SqliteWaker:
