@@ -137,7 +137,13 @@ def take_over(
             record.member
         ):
             victims.append((record, verdict))
-    if len(stale) >= 2 and 2 * len(stale) > len(live):
+    # Members an operator confirmed down still count as gone at once: confirming one of many
+    # must not close the breaker for the rest.
+    confirmed = sum(
+        1 for r, why in victims if why == "confirmed-down" and r.view.state is MemberState.LIVE
+    )
+    gone = len(stale) + confirmed
+    if stale and gone >= 2 and 2 * gone > len(live):
         report.suspended = _suspend(me, stale, len(live))
         report.waiting.extend(
             {"member": r.member, "reason": "takeover suspended: confirm it is down"} for r in stale

@@ -277,3 +277,42 @@ def test_a_fetch_whose_member_died_is_taken_over_by_the_waiter_and_fetched_again
     ]
     fencing = next(e for e in taker.store.read_all() if e.type == "member.fencing")
     assert fencing.data["reason"] == "process-dead"
+
+
+def test_when_most_members_go_stale_at_once_takeover_waits_for_an_operator(
+    shared: dict[str, str], taker: Engine
+) -> None:
+    config = Config.load(environ={**shared, "DISKLEDGER_HOST": "host-x"})
+    frozen = []
+    for host in ("host-x", "host-y", "host-z"):
+        member = Membership(taker.store, host, config.lease, on_fenced=lambda _: None)
+        member.owner()  # joined
+        member._stop.set()  # and silent from now on, as if the network had gone
+        frozen.append(member)
+    taker.take_over()  # host-a joins and starts watching
+    deadline = time.monotonic() + 30
+    while True:
+        report = taker.take_over()
+        if report.suspended is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert report.suspended == {"stale": sorted(m.member for m in frozen), "live": 4}
+    assert report.fenced == [] and report.outcomes == []
+    records = {r.member: r for r in taker.members()}
+    assert all(records[m.member].view.state is MemberState.LIVE for m in frozen)
+    mine = records[str(taker.member)].view
+    assert mine.suspended == report.suspended  # recorded, once
+    taker.take_over()
+    suspensions = [
+        e
+        for e in taker.store.read_stream(f"member:{taker.member}")
+        if e.type == "member.takeover-suspended"
+    ]
+    assert len(suspensions) == 1
+    # An operator confirms one host is down: that one, and only that one, is taken over.
+    taker.confirm_down(frozen[0].member)
+    report = taker.take_over()
+    assert [f["member"] for f in report.fenced] == [frozen[0].member]
+    states = {r.member: r.view.state for r in taker.members()}
+    assert states[frozen[0].member] is MemberState.FENCED
+    assert states[frozen[1].member] is MemberState.LIVE
