@@ -16,9 +16,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from diskledger import faults
 from diskledger.engine import Config, Engine
 from diskledger.engine.members import Membership
 from diskledger.engine.operations.resize import RESIZE
@@ -316,3 +318,60 @@ def test_when_most_members_go_stale_at_once_takeover_waits_for_an_operator(
     states = {r.member: r.view.state for r in taker.members()}
     assert states[frozen[0].member] is MemberState.FENCED
     assert states[frozen[1].member] is MemberState.LIVE
+
+
+def test_a_zombies_late_failure_claims_first_loses_and_touches_nothing(
+    shared: dict[str, str], taker: Engine
+) -> None:
+    """The hazard: a fenced process whose effect failed late ran its compensation (probe,
+    decide, remove) and only then found its ledger append refused, after another member had
+    settled the operation. Now its first act is the ``compensating`` claim: it loses it
+    (``OwnershipLost``, not a failed outcome append) before probing or removing anything."""
+    zombie = open_host(shared, "host-e", [])
+    published = threading.Event()
+    claimed = threading.Event()
+    backend = zombie.runtime.backend
+    create = backend.create
+
+    def create_then_stall(*args: Any, **kwargs: Any) -> Any:
+        seen = create(*args, **kwargs)  # the disk is published under its final name
+        published.set()
+        assert claimed.wait(60)  # frozen until another member has taken over
+        return seen
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with faults.armed("create@after-effect:eio"):  # and then it fails late
+                zombie.create("vm-7/root", size="1M")
+        except BaseException as exc:
+            errors.append(exc)
+
+    backend.create = create_then_stall  # type: ignore[method-assign]
+    worker = threading.Thread(target=run)
+    try:
+        worker.start()
+        assert published.wait(60), errors
+        membership = zombie.runtime.membership
+        assert membership is not None
+        membership._stop.set()
+        taker.confirm_down(membership.member)
+        take_over_until_fenced(taker, membership.member)
+        assert [e.type for e in taker.history("vm-7/root")][-2:] == [
+            "disk.create.taken-over",
+            "disk.create.completed",
+        ]
+        location = taker.show("vm-7/root").location
+        assert location is not None and Path(location).exists()
+        claimed.set()
+        worker.join(60)
+        (error,) = errors
+        assert "no longer ours" in " ".join(getattr(error, "__notes__", []))
+        assert Path(location).exists()  # the zombie removed nothing
+        assert [e.type for e in taker.history("vm-7/root")][-1] == "disk.create.completed"
+        assert taker.verify().ok
+    finally:
+        claimed.set()
+        worker.join(60)
+        zombie.close()
