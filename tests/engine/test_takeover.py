@@ -325,8 +325,8 @@ def test_a_zombies_late_failure_claims_first_loses_and_touches_nothing(
 ) -> None:
     """The hazard: a fenced process whose effect failed late ran its compensation (probe,
     decide, remove) and only then found its ledger append refused, after another member had
-    settled the operation. Now its first act is the ``compensating`` claim: it loses it
-    (``OwnershipLost``, not a failed outcome append) before probing or removing anything."""
+    settled the operation. Now it claims (``compensating``) before it removes or records
+    anything: it loses the claim (``OwnershipLost``, not a failed outcome append) and stops."""
     zombie = open_host(shared, "host-e", [])
     published = threading.Event()
     claimed = threading.Event()
