@@ -1,0 +1,49 @@
+"""The multi-host smoke run, in the default test run: the real workload (tests/multihost/worker.py)
+on three rig hosts under 30 host kills (half at armed fault points, a quarter of those at each
+of after-intent/mid-effect/after-effect/after-outcome; half from outside at random moments),
+10 freezes (5 of half a lease: no takeover; 5 of three leases: takeover, and the thawed zombie
+fences itself), 10 partitions (PostgreSQL, Ceph, both) and 5 listener kills, then every check of
+tests/multihost/run.py. A few minutes on two cores; ``make chaos`` runs the long one.
+
+``DISKLEDGER_CHAOS_SEED`` replays a schedule (the timing is real, so a run is never the same);
+``DISKLEDGER_CHAOS_FIGURES=path`` writes the figures as JSON. Without root, iproute2, iptables,
+the freezer, libfaketime, PostgreSQL or Ceph it is skipped, except under CI=true (a failure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.multihost.rig import Cluster
+from tests.multihost.run import KNOWN_BUGS, run
+
+pytestmark = pytest.mark.multihost
+
+
+def test_smoke(cluster: Cluster) -> None:
+    result = run(
+        cluster,
+        kills=30,
+        freezes_short=5,
+        freezes_long=5,
+        partitions=10,
+        listener_kills=5,
+        seed=os.environ.get("DISKLEDGER_CHAOS_SEED"),
+    )
+    print(result.render())
+    if os.environ.get("DISKLEDGER_CHAOS_FIGURES"):
+        Path(os.environ["DISKLEDGER_CHAOS_FIGURES"]).write_text(
+            json.dumps(result.figures, indent=2) + "\n"
+        )
+    figures = result.figures
+    assert figures["nemeses"]["kill"] >= 30
+    assert figures["takeovers"] > 0
+    assert not result.unexplained, result.render()
+    if result.known:
+        # Every other check held; these are engine bugs found here, reported with their
+        # evidence (docs/multihost.md, "Chaos runs"): visible as XFAIL until they are fixed.
+        pytest.xfail("; ".join(f"{bug}: {KNOWN_BUGS[bug]}" for bug in sorted(result.known)))
