@@ -66,3 +66,18 @@ docs: setup  ## regenerate the lifecycle diagrams from the tables
 
 clean:
 	rm -rf var build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+CLUSTER_DEV ?= $(CURDIR)/var/cluster
+
+.PHONY: cluster-dev cluster-dev-stop chaos
+cluster-dev: setup  ## (as root) three hosts in network namespaces sharing PostgreSQL and Ceph under ./var/cluster
+	@./scripts/cluster-dev.sh start $(CLUSTER_DEV)
+
+cluster-dev-stop:  ## remove what cluster-dev made (the names and pid files it recorded)
+	@./scripts/cluster-dev.sh stop $(CLUSTER_DEV)
+	@rm -rf $(CLUSTER_DEV)
+
+chaos: setup  ## (as root, ~90 min) 500 host kills and every nemesis on the multi-host rig; figures for docs/multihost.md
+	$(PY) -m tests.multihost.run --kills 500 --freezes-short 40 --freezes-long 60 \
+		--partitions 150 --link-downs 20 --pg-restarts 20 --listener-kills 50 \
+		--subscriber-kills 50 --clock-offsets 30 --clock-rates 30 --figures var/chaos-figures.json
