@@ -116,6 +116,8 @@ class Membership:
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self._storage_fences: list[Callable[[], None]] = []
+        self._last_good = 0.0
+        """When (monotonic) the last renewal that succeeded was sent."""
 
     # -- joining and leaving -------------------------------------------------------------------
 
@@ -144,13 +146,16 @@ class Membership:
             },
             self.metadata(),
         )
+        sent = time.monotonic()
         (recorded,) = self.store.append(self.stream, 0, [joined])
         self.epoch, self._version = recorded.position, recorded.version
         log.info("joined as member %s, epoch %d", self.member, self.epoch)
+        self._last_good = sent  # the join started the lease
         self._heartbeat = threading.Thread(
             target=self._beat, name=f"lease {self.member}", daemon=True
         )
         self._heartbeat.start()
+        threading.Thread(target=self._watch, name=f"deadline {self.member}", daemon=True).start()
 
     def leave(self) -> None:
         """Stop the heartbeat and record ``member.left`` (a clean shutdown: nothing to take
@@ -224,15 +229,20 @@ class Membership:
 
     def _beat(self) -> None:
         settings = self.settings
-        last_good = time.monotonic()
         while not self._stop.wait(settings.renew_every):
             sent = time.monotonic()
-            renewed = self.renew_now()
+            renewed = self.renew_now()  # may block for as long as the database is unreachable
             if renewed:
-                last_good = sent
+                self._last_good = max(self._last_good, sent)
             elif renewed is False:
                 return
-            if time.monotonic() - last_good > settings.renew_deadline:
+
+    def _watch(self) -> None:
+        """The deadline, kept apart from the renewals: a renewal stuck on a dead connection
+        (a partition: nothing answers, not even a refusal) must not hold the self-fence up."""
+        settings = self.settings
+        while not self._stop.wait(min(settings.renew_every, settings.renew_deadline / 4)):
+            if time.monotonic() - self._last_good > settings.renew_deadline:
                 self.fence_self(
                     f"member {self.member} could not renew its lease for "
                     f"{settings.renew_deadline:g} s"

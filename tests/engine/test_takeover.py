@@ -18,7 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+import sqlalchemy as sa
 
 from diskledger import faults
 from diskledger.engine import Config, Engine
@@ -375,3 +377,30 @@ def test_a_zombies_late_failure_claims_first_loses_and_touches_nothing(
         claimed.set()
         worker.join(60)
         zombie.close()
+
+
+def test_a_member_whose_renewal_hangs_fences_itself_at_its_deadline(
+    shared: dict[str, str], taker: Engine
+) -> None:
+    """A partition does not refuse a renewal, it leaves it hanging: the deadline must not wait
+    for the renewal to come back. Here the renewal hangs on the member's own row, locked by
+    another session (as a stalled writer would hold it), for longer than the deadline."""
+    fenced: list[str] = []
+    config = Config.load(environ={**shared, "DISKLEDGER_HOST": "host-f"})
+    member = Membership(taker.store, "host-f", config.lease, on_fenced=fenced.append)
+    member.owner()
+    url = sa.make_url(shared["DISKLEDGER_LEDGER"]).set(drivername="postgresql")
+    with psycopg.connect(url.render_as_string(hide_password=False)) as holder:
+        holder.execute("SELECT 1 FROM members WHERE stream_id = %s FOR UPDATE", (member.stream,))
+        deadline = time.monotonic() + 30
+        while not fenced and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # The fence came while the renewal still hung on the lock (it would have been ended by
+        # the session's lock_timeout, 5 s, had the member waited for it).
+        (hanging,) = holder.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE 'UPDATE members SET expires_at%%'"
+        ).fetchone() or (0,)
+        holder.rollback()
+    assert fenced and "could not renew" in fenced[0]
+    assert hanging == 1
