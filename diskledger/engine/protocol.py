@@ -166,7 +166,10 @@ def perform(
             with working_for(context.with_step("compensate")):
                 settle(rt, operation, stream, view, meta, error=exc, claim=claim)
         except DiskLedgerError as ledger_exc:
-            # The intent stays pending; a recovery in another process will resolve it.
+            # The intent stays pending. Should this process live on (an agent), its own next
+            # recovery pass resolves it: nobody else may while it holds its lease.
+            if not isinstance(ledger_exc, OwnershipLost):
+                abandon(plan.op_id)
             exc.add_note(f"recording the outcome also failed: {ledger_exc}")
         raise
     outcome = operation_event(kind, op, COMPLETED, observed, meta)
@@ -174,6 +177,11 @@ def perform(
         view = fold(view, rt.store.append(stream, view.version, [outcome]))
     except ConcurrencyError as exc:
         raise ownership_lost(rt, stream, view, plan.op_id) from exc
+    except DiskLedgerError:
+        # The effect is done and the ledger did not take its outcome (unreachable, a lock
+        # timeout): recovery (this process's next pass, or anyone's once it is gone) settles it.
+        abandon(plan.op_id)
+        raise
     faults.reach("after-outcome", op)
     return view, observed
 

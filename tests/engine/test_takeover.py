@@ -27,7 +27,7 @@ from diskledger.engine import Config, Engine
 from diskledger.engine.members import Membership
 from diskledger.engine.operations.resize import RESIZE
 from diskledger.engine.protocol import Plan, perform
-from diskledger.errors import Fenced, OwnershipLost
+from diskledger.errors import Fenced, OwnershipLost, StoreError
 from diskledger.states import DiskState, MemberState
 from diskledger.store import MemberRecord
 
@@ -404,3 +404,54 @@ def test_a_member_whose_renewal_hangs_fences_itself_at_its_deadline(
         holder.rollback()
     assert fenced and "could not renew" in fenced[0]
     assert hanging == 1
+
+
+def test_an_outcome_the_ledger_refused_is_settled_by_the_same_process_next_pass(
+    shared: dict[str, str], taker: Engine
+) -> None:
+    """The effect ran, but its outcome append failed (the ledger head stayed locked past the
+    lock timeout, as a partitioned writer holds it): the process lives on, so no other member may
+    settle the operation; its own next recovery pass must, instead of leaving it pending."""
+    taker.create("vm-8/root", size="1M")
+    rt = taker.runtime
+    view = taker.show("vm-8/root")
+    effect_done = threading.Event()
+    locked = threading.Event()
+
+    def effect() -> dict[str, object]:
+        effect_done.set()
+        assert locked.wait(60)
+        return {"size": 2 << 20}
+
+    params = {
+        "size": 2 << 20,
+        "previous_size": view.size,
+        "location": view.location,
+        "format": view.format,
+    }
+    plan = Plan("disk:vm-8/root", view, rt.backend, "op-refused", params, effect)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            perform(rt, RESIZE, plan)
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    url = sa.make_url(shared["DISKLEDGER_LEDGER"]).set(drivername="postgresql")
+    with psycopg.connect(url.render_as_string(hide_password=False)) as holder:
+        assert effect_done.wait(60)
+        holder.execute("SELECT 1 FROM ledger_head FOR UPDATE")
+        locked.set()
+        worker.join(60)
+        holder.rollback()
+    (error,) = errors
+    assert isinstance(error, StoreError) and "lock timeout" in str(error)
+    assert [e.operation.op_id for e in taker.store.pending()] == ["op-refused"]
+    report = taker.recover()
+    assert [o.op_id for o in report.rolled_back] == ["op-refused"]  # the disk kept its size
+    assert taker.store.pending() == []
+    types = [e.type for e in taker.history("vm-8/root")][-3:]
+    assert types == ["disk.resize.started", "disk.resize.taken-over", "disk.resize.failed"]
