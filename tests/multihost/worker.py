@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -266,8 +267,9 @@ class Worker:
             t.start()
         self.stop.wait()
         self.quiesce.set()
+        deadline = time.monotonic() + 40  # the driver waits 60 s, then dumps stacks and kills
         for t in workload:
-            t.join(60)
+            t.join(max(0.0, deadline - time.monotonic()))
         owned = self._still_owned(str(owner["member"]), workload)
         if owned:
             # Leaving would hand these over without a fence (a left member is taken over as it
@@ -505,7 +507,17 @@ def main(argv: list[str] | None = None) -> int:
         "%(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("transitions").setLevel(logging.WARNING)
-    worker = Worker(args)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the driver's "where are you stuck"
+    deadline = time.monotonic() + 60
+    while True:  # a ledger restarting, or stalled by a writer cut off mid-append, for a while
+        try:
+            worker = Worker(args)
+            break
+        except StoreError as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("worker %s: opening the ledger failed, retrying: %s", args.token, exc)
+            time.sleep(1)
     with _terminated(worker.stop):
         return worker.run()
 
