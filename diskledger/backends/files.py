@@ -15,6 +15,7 @@ fence: either the zombie's rename came first, and the taker sees the final name,
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Sequence
@@ -145,6 +146,9 @@ def _refuse_set_aside(temp: str) -> None:
     with os.scandir(directory or ".") as entries:
         found = sorted(entry.name for entry in entries if entry.name.startswith(prefix))
     if found:
+        # What this zombie wrote after the taker settled is nobody's: it goes, not the taker's.
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
         raise Fenced(
             f"not publishing {temp}: another member took its operation over and set it aside "
             f"({os.path.join(directory, found[0])})"

@@ -171,6 +171,8 @@ def _check_storage(rt: Runtime, report: VerifyReport) -> None:
             continue
         if path.rpartition(".fenced-")[2] in fence_marks:
             continue  # a taker set a fenced member's temporary aside; it stays as the fence
+        if any(os.path.lexists(f"{path}.fenced-{epoch}") for epoch in fence_marks):
+            continue  # written by a fenced member after the fence; its publish is refused
         report.orphans.append(path)
     _check_inventory(rt, owned, report)
 

@@ -95,7 +95,8 @@ def test_a_create_set_aside_before_it_began_writes_but_never_publishes(
 ) -> None:
     """The zombie had not made its temporary when the taker looked: nothing moves, a tombstone
     takes the set-aside name (the instance directory is made for it), and the zombie's create,
-    when it runs after all, writes its temporary but is refused the rename (Fenced)."""
+    when it runs after all, writes its temporary but is refused the rename (Fenced) and removes
+    what it wrote: the taker settled before it existed, so nobody else would."""
     location = backend.disk_location("vm1", "disk0")
     artifacts = backend.create_artifacts(location, "op-create")
     temp = artifacts[0].location
@@ -108,9 +109,9 @@ def test_a_create_set_aside_before_it_began_writes_but_never_publishes(
         backend.create(location, "op-create", size=MiB, template=None)
 
     assert not os.path.lexists(location)
-    assert os.path.isfile(temp)  # the zombie's own leftover, named in its intent
-    assert set_aside(backend, artifacts) == [tombstone]  # and now it is set aside too
     assert not os.path.lexists(temp)
+    assert set_aside(backend, artifacts) == []  # idempotent: the tombstone stays
+    assert os.path.islink(tombstone)
 
 
 def test_an_export_set_aside_mid_effect_never_appears(

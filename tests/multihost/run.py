@@ -194,35 +194,19 @@ class HostState:
     respawn_at: float = 0.0
 
 
-KNOWN_BUGS: dict[str, str] = {
-    "C1": (
-        "checker: a member reclaiming its own abandoned operation (taken-over with from == by: "
-        "recovery's claim of an operation whose outcome the ledger refused, since the E2 fix) "
-        "is counted by check_fenced_before_takeover as a takeover without a fence; "
-        "tests/multihost/checker.py should count it apart (and check_dual_execution must not "
-        "treat the member as having lost the operation to itself)"
-    ),
-    "E4": (
-        "a fenced member that creates its temporary after the taker set the name aside (left a "
-        "tombstone) is refused at publication but leaves the temporary behind, and verify "
-        "reports it as an orphan (nobody removes it: the taker settled before it existed)"
-    ),
-}
+KNOWN_BUGS: dict[str, str] = {}
 """Engine bugs a run found and that are not fixed yet, with their evidence in docs/multihost.md
 ("Chaos runs"): a violation matching one is reported as it is and listed under
-``RunResult.known`` (the smoke test then shows XFAIL). E1 (a member cut from PostgreSQL fenced
-itself only once its hanging renewal returned) and E2 (an operation whose outcome append the
-ledger refused stayed pending while its process lived) are fixed; their violations fail the run."""
+``RunResult.known`` (the smoke test then shows XFAIL). Empty: those found so far are fixed and
+their violations fail the run — E1 (a member cut from PostgreSQL fenced itself only once its
+hanging renewal returned), E2 (an operation whose outcome append the ledger refused stayed
+pending while its process lived), C1 (the checker counted a member reclaiming its own operation
+as a takeover without a fence), E4 (a temporary a fenced member wrote after the fence stayed
+behind: its refused publish now removes it, and verify knows it while it exists)."""
 
 
 def known_bug(v: Violation) -> str | None:
     """Which known (unfixed) engine bug a violation is evidence of, if any."""
-    if v.check == "verify" and v.evidence.get("only_late_temporaries"):
-        return "E4"
-    takeover = v.evidence.get("takeover") or {}
-    data = takeover.get("data") or {}
-    if v.check == "fenced before takeover" and data.get("from") and data["from"] == data.get("by"):
-        return "C1"
     return None
 
 
