@@ -113,6 +113,7 @@ class Membership:
         self._actor = actor
         self._version = 0
         self._lock = threading.RLock()
+        self._fence_lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self._storage_fences: list[Callable[[], None]] = []
@@ -263,7 +264,9 @@ class Membership:
     def fence_self(self, reason: str) -> None:
         """Stop every effect: kill running tools, forbid new ones, shut storage clients, then
         ``on_fenced`` (which by default exits the process)."""
-        with self._lock:
+        # Not self._lock: that one is held across ledger appends, which hang in a partition,
+        # and the self-fence must not wait for them.
+        with self._fence_lock:
             if self.fenced is not None:
                 return
             self.fenced = reason

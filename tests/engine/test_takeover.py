@@ -9,6 +9,7 @@ tests/multihost runs the same with whole hosts killed, frozen and cut off.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -455,3 +456,35 @@ def test_an_outcome_the_ledger_refused_is_settled_by_the_same_process_next_pass(
     assert taker.store.pending() == []
     types = [e.type for e in taker.history("vm-8/root")][-3:]
     assert types == ["disk.resize.started", "disk.resize.taken-over", "disk.resize.failed"]
+
+
+def test_the_self_fence_does_not_wait_for_an_append_hanging_in_the_same_partition(
+    shared: dict[str, str], taker: Engine
+) -> None:
+    """In a partition every call to the ledger hangs, an append on the member's own stream
+    (registering a Ceph client) as much as the renewal: the deadline must not wait for either."""
+    fenced: list[str] = []
+    config = Config.load(environ={**shared, "DISKLEDGER_HOST": "host-g"})
+    member = Membership(taker.store, "host-g", config.lease, on_fenced=fenced.append)
+    member.owner()
+    url = sa.make_url(shared["DISKLEDGER_LEDGER"]).set(drivername="postgresql")
+    with psycopg.connect(url.render_as_string(hide_password=False)) as holder:
+        holder.execute("SELECT 1 FROM ledger_head FOR UPDATE")
+        holder.execute("SELECT 1 FROM members WHERE stream_id = %s FOR UPDATE", (member.stream,))
+        registering = threading.Thread(target=lambda: _quietly(member.register_clients, ["a:0/1"]))
+        registering.start()
+        deadline = time.monotonic() + 30
+        while not fenced and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (hanging,) = holder.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        ).fetchone() or (0,)
+        holder.rollback()
+    registering.join(60)
+    assert fenced and "could not renew" in fenced[0]
+    assert hanging == 2  # the renewal and the append were both still waiting
+
+
+def _quietly(call: Any, *args: Any) -> None:
+    with contextlib.suppress(Exception):
+        call(*args)
