@@ -265,7 +265,10 @@ class Worker:
         ]
         for t in [*threads, *workload]:
             t.start()
-        self.stop.wait()
+        # A timed wait: under a libfaketime rate an untimed one never returns to run the
+        # SIGTERM handler (the signal arrives; the Python handler waits for the main thread).
+        while not self.stop.wait(0.5):
+            pass
         self.quiesce.set()
         deadline = time.monotonic() + 40  # the driver waits 60 s, then dumps stacks and kills
         for t in workload:
