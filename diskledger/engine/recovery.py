@@ -191,6 +191,9 @@ def _resolve(
     kind = stream_kind(entry.stream)
     view = rt.store.disk(entry.stream) if kind == DISK else rt.store.template(entry.stream)
     assert view is not None and view.pending is not None
+    if claim and view.pending.owner_member != entry.owner:
+        # Taken over since the index was read (this member was fenced): not ours to settle.
+        raise OwnershipLost(entry.stream, entry.operation.op_id, "taken over meanwhile")
     already_reported = since_intent[-1].type.endswith(NEEDS_OPERATOR)
     meta = rt.recovery_metadata(entry.operation.op_id, run_id)
     owner = rt.owner() if claim else None
@@ -200,8 +203,8 @@ def _resolve(
             entry.operation.op,
             TAKEN_OVER,
             {
-                "from": entry.owner,
-                "from_epoch": (entry.operation.owner or {}).get("epoch"),
+                "from": view.pending.owner_member,
+                "from_epoch": (view.pending.owner or {}).get("epoch"),
                 "by": owner["member"],
                 "by_epoch": owner["epoch"],
             },

@@ -294,6 +294,10 @@ def _claim_and_settle(
     )
     if view is None or view.pending is None or view.pending.op_id != op.op_id:
         return None  # settled since the index was read
+    if view.pending.owner_member != victim.member:
+        # Another taker claimed it since the index was read, and may be settling it now: the
+        # claim below would succeed (its version is this fresh view's) and run it twice.
+        return None
     backend = rt.backend_named(_backend_name(entry))
     run_id = uuid.uuid4().hex
     meta = rt.recovery_metadata(op.op_id, run_id)

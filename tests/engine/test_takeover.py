@@ -28,8 +28,11 @@ from diskledger.engine import Config, Engine
 from diskledger.engine.members import Membership
 from diskledger.engine.operations.resize import RESIZE
 from diskledger.engine.protocol import Plan, perform
+from diskledger.engine.takeover import _claim_and_settle
 from diskledger.errors import Fenced, OwnershipLost, StoreError
+from diskledger.events import TAKEN_OVER, operation_event
 from diskledger.states import DiskState, MemberState
+from diskledger.states.streams import DISK, member_stream
 from diskledger.store import MemberRecord
 
 LEASE = {
@@ -488,3 +491,45 @@ def test_the_self_fence_does_not_wait_for_an_append_hanging_in_the_same_partitio
 def _quietly(call: Any, *args: Any) -> None:
     with contextlib.suppress(Exception):
         call(*args)
+
+
+def test_a_taker_with_a_stale_pending_index_does_not_claim_a_claimed_operation(
+    shared: dict[str, str], taker: Engine
+) -> None:
+    """E5 of the chaos runs: a taker that read the pending index before another taker's claim
+    re-read the view (whose version includes that claim), checked only the op id, and claimed
+    the operation again from the member its stale index named: two members then settled it."""
+    code = run_host(
+        shared, "host-b", "disk", "create", "vm-9/root", "--blank", "--size", "1M",
+        fault="create@mid-effect",
+    )  # fmt: skip
+    assert code == -9
+    (stale,) = taker.store.pending()
+    assert stale.owner is not None
+    victim = taker.store.member(member_stream(stale.owner))
+    assert victim is not None
+    with open_host(shared, "host-c") as first:
+        first_owner = first.runtime.owner()
+        assert first_owner is not None
+        view = first.store.disk(stale.stream)
+        assert view is not None
+        claim = operation_event(
+            DISK,
+            "create",
+            TAKEN_OVER,
+            {
+                "from": victim.member,
+                "from_epoch": victim.epoch,
+                "by": first_owner["member"],
+                "by_epoch": first_owner["epoch"],
+            },
+            first.runtime.recovery_metadata(stale.operation.op_id, "first-taker"),
+        )
+        first.store.append(stale.stream, view.version, [claim])  # claimed, still settling
+        me = taker.runtime.membership
+        assert me is not None
+        assert _claim_and_settle(taker.runtime, me, victim, stale) is None
+        types = [e.type for e in taker.history("vm-9/root")]
+        assert types == ["disk.create.started", "disk.create.taken-over"]
+        (entry,) = taker.store.pending()
+        assert entry.owner == first_owner["member"]

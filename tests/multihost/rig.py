@@ -26,7 +26,7 @@ checker reads):
 * ``terminate_listeners()``: ``pg_terminate_backend`` of every session whose query is ``LISTEN%``.
 * ``set_clock(h, offset=, rate=)``: libfaketime (``Cluster(faketime=True)``): every process of
   every host is started with libfaketime preloaded, reading its spec from a per-host file that
-  this rewrites (it takes effect within a second). Wall-clock time only: ``DONT_FAKE_MONOTONIC=1``
+  this rewrites (it takes effect within three seconds). Wall-clock time only: ``DONT_FAKE_MONOTONIC=1``
   keeps CLOCK_MONOTONIC real (one clock for all hosts, which the witness log relies on). See
   ``ClockSkew`` for what libfaketime 0.9.10 does with rates.
 

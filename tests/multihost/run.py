@@ -204,15 +204,7 @@ class HostState:
     respawn_at: float = 0.0
 
 
-KNOWN_BUGS: dict[str, str] = {
-    "E5": (
-        "a taker claims an operation from the member its stale pending index names although "
-        "another taker claimed it meanwhile and is settling it: takeover._claim_and_settle "
-        "re-reads the view but checks only the op id, not that the owner is still the victim "
-        "(10 of 514 claims in the full chaos run; the first taker then removed artifacts after "
-        "the second claim, 5 times)"
-    ),
-}
+KNOWN_BUGS: dict[str, str] = {}
 """Engine bugs a run found and that are not fixed yet, with their evidence in docs/multihost.md
 ("Chaos runs"): a violation matching one is reported as it is and listed under
 ``RunResult.known`` (the smoke test then shows XFAIL). Fixed, so their violations fail the
@@ -220,13 +212,13 @@ run — E1 (a member cut from PostgreSQL fenced itself only once its
 hanging renewal returned), E2 (an operation whose outcome append the ledger refused stayed
 pending while its process lived), C1 (the checker counted a member reclaiming its own operation
 as a takeover without a fence), E4 (a temporary a fenced member wrote after the fence stayed
-behind: its refused publish now removes it, and verify knows it while it exists)."""
+behind: its refused publish now removes it, and verify knows it while it exists), E5 (a taker
+whose pending index was read before another taker's claim claimed the operation again: it now
+checks the owner on the view it claims against)."""
 
 
 def known_bug(v: Violation) -> str | None:
     """Which known (unfixed) engine bug a violation is evidence of, if any."""
-    if v.check == "claim chain":
-        return "E5"
     return None
 
 
