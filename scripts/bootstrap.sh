@@ -3,9 +3,11 @@
 # system packages (qemu-utils, PostgreSQL for the ledger tests, a one-node Ceph cluster's daemons,
 # the rados/rbd Python bindings and qemu's rbd driver, libvirtd with its qemu and rbd drivers,
 # KVM's qemu-system-x86 and the libvirt Python bindings for the tests that boot real domains,
-# python3-venv, and for the multi-host rig (tests/multihost) iptables and libfaketime) and a venv
-# made from /usr/bin/python3 with --system-site-packages (Debian's rados/rbd/libvirt bindings live
-# there).
+# python3-venv, for the multi-host rig (tests/multihost) iptables and libfaketime, and for the test
+# guest (tests/support/guest.py, device-mapper for LVM and dm-crypt) mkfs.ext4; the guest's own
+# kernel and userland are Debian packages it downloads into /var/cache/diskledger-guest, installed
+# nowhere) and a venv made from /usr/bin/python3 with --system-site-packages (Debian's
+# rados/rbd/libvirt bindings live there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +18,7 @@ packages=(
     libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-daemon-driver-storage-rbd
     python3-libvirt qemu-system-x86
     iptables faketime
+    e2fsprogs apt
 )
 
 missing=()

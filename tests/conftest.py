@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.ceph import CephCluster, CephUnavailable
 from tests.support.fixtures import postgres_server, postgres_url  # noqa: F401
+from tests.support.guest import Guest, GuestDisk, GuestUnavailable, build, python_payload
 from tests.support.libvirt import Domains, LibvirtDaemon, LibvirtUnavailable
 
 if TYPE_CHECKING:
@@ -163,3 +164,30 @@ def libvirt_root() -> Iterator[Path]:
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
+    """One running Linux guest for the session (tests/support/guest.py): this machine's kernel
+    has no device-mapper, the guest's has. It has diskledger and its dependencies at
+    ``/payload`` (``PYTHONPATH=/payload/src:/payload/site``) and two empty 8 GiB disks,
+    ``/dev/disk/by-serial/pv0`` and ``pv1``; tests leave them as they found them.
+
+    Skipped when the guest cannot be built here, except under CI=true, where that is a failure;
+    a guest that fails to boot is a failure everywhere."""
+    work = tmp_path_factory.mktemp("guest")
+    disks = []
+    for serial in ("pv0", "pv1"):
+        path = work / f"{serial}.raw"
+        with path.open("wb") as sparse:
+            sparse.truncate(8 << 30)
+        disks.append(GuestDisk(path, serial))
+    try:
+        image = build()
+    except GuestUnavailable as exc:
+        if IN_CI:
+            pytest.fail(f"{exc}; under CI=true a missing component is a failure", pytrace=False)
+        pytest.skip(str(exc))
+    payload = python_payload(Path(__file__).resolve().parent.parent, work / "payload")
+    with Guest(image, disks=disks, payload=payload, work_dir=work) as running:
+        yield running
