@@ -10,6 +10,7 @@ from diskledger.backends.contract import (
     ArtifactKind,
     Backend,
     Capability,
+    ChecksCapacity,
     DirectSnapshots,
     DiskSource,
     Fences,
@@ -22,6 +23,7 @@ from diskledger.backends.contract import (
     TemplateStore,
 )
 from diskledger.backends.file_backend import FileSettings
+from diskledger.backends.lvm import LvmBackend, LvmSettings
 from diskledger.backends.qcow2 import Qcow2Backend
 from diskledger.backends.raw import RawBackend
 from diskledger.backends.rbd import RbdBackend, RbdTemplateStore
@@ -37,12 +39,15 @@ __all__ = [
     "BackendSpec",
     "Capability",
     "CephConfig",
+    "ChecksCapacity",
     "DirectSnapshots",
     "DiskSource",
     "Fences",
     "FencesMembers",
     "FileSettings",
     "Flattens",
+    "LvmBackend",
+    "LvmSettings",
     "Observation",
     "Qcow2Backend",
     "RawBackend",
@@ -57,7 +62,7 @@ __all__ = [
     "template_store_for",
 ]
 
-BACKENDS = ("raw", "qcow2", "rbd")
+BACKENDS = ("raw", "qcow2", "rbd", "lvm")
 """The built-in backends (``registry.names()`` lists every backend known)."""
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "Authenticates",
     "Backend",
     "Capability",
+    "ChecksCapacity",
     "DirectSnapshots",
     "DiskSource",
     "Fences",
@@ -55,6 +56,10 @@ class ArtifactKind(StrEnum):
     """The RBD image ``location`` (``pool/image``), with whatever snapshots it holds."""
     RBD_SNAPSHOT = "rbd-snapshot"
     """The snapshot ``name`` of the RBD image ``location`` (``pool/image``)."""
+    LVM_VOLUME = "lvm-volume"
+    """The logical volume ``location`` (``vg/lv``)."""
+    LVM_SNAPSHOT = "lvm-snapshot"
+    """The snapshot ``name`` of the disk at ``location`` (``vg/lv``), itself a logical volume."""
 
 
 class Capability(StrEnum):
@@ -268,6 +273,19 @@ class Backend(Protocol):
         """How a hypervisor on this host reaches the disk at ``location``. ``addresses=False``
         leaves out what must be looked up (a cluster's monitors): enough to recognise the disk
         in a domain's description, and it works while the cluster does not answer."""
+        ...
+
+
+@runtime_checkable
+class ChecksCapacity(Protocol):
+    """A backend whose storage has a fixed capacity it can check before an operation starts
+    (an LVM volume group), so that a disk too large for it is refused before the intent is
+    recorded, rather than failing in the effect."""
+
+    def check_capacity(self, size: int, *, grow: str | None = None) -> None:
+        """Raise ``InvalidSize`` (one line) when a new disk of ``size`` bytes, or the disk at
+        ``grow`` grown to ``size``, cannot fit; ``InvalidInput`` when the storage is not
+        there."""
         ...
 
 

@@ -84,14 +84,24 @@ def convert(src: str, src_fmt: str, dst: str, dst_fmt: str) -> None:
 
 
 def convert_spec(
-    src: str, src_fmt: str, dst: str, dst_fmt: str, *, target_exists: bool = False
+    src: str,
+    src_fmt: str,
+    dst: str,
+    dst_fmt: str,
+    *,
+    target_exists: bool = False,
+    target_is_zero: bool = False,
 ) -> None:
     """``qemu-img convert`` between filenames or protocol specs (``rbd:pool/image:...``), taken
-    as given. ``target_exists``: write into an existing image (``-n``) instead of creating one.
-    Zeroed areas are skipped either way, so the target stays sparse."""
+    as given. ``target_exists``: write into an existing image (``-n``) instead of creating one;
+    its zeroed areas are then zeroed there too (unmapped where the target can), unless
+    ``target_is_zero`` says the target reads as zeroes already (a new thin volume): then they
+    are skipped, so nothing is allocated for them."""
     argv = ["qemu-img", "convert", "-f", src_fmt, "-O", dst_fmt]
     if target_exists:
         argv.append("-n")
+        if target_is_zero:
+            argv.append("--target-is-zero")
     runner.run([*argv, src, dst], timeout=3600.0)
 
 

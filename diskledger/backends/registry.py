@@ -36,6 +36,7 @@ _BUILT_IN: Final[Mapping[str, str]] = {
     "raw": "diskledger.backends.raw",
     "qcow2": "diskledger.backends.qcow2",
     "rbd": "diskledger.backends.rbd",
+    "lvm": "diskledger.backends.lvm",
 }
 """Each built-in backend's name and the module whose ``SPEC`` declares it (imported on first
 use)."""

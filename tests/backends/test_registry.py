@@ -31,7 +31,7 @@ from diskledger.backends.contract import Authenticates
 from diskledger.errors import InvalidInput, UnknownBackend
 from tests.backends.helpers import MiB
 
-BUILT_IN = ("raw", "qcow2", "rbd")
+BUILT_IN = ("raw", "qcow2", "rbd", "lvm")
 
 
 class TinyBackend(RawBackend):
@@ -59,7 +59,7 @@ def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_the_built_in_backends_come_first_in_order() -> None:
-    assert registry.names()[:3] == BUILT_IN
+    assert registry.names()[:4] == BUILT_IN
     for name in BUILT_IN:
         assert registry.spec(name).name == name
 
@@ -86,12 +86,12 @@ def test_the_rbd_backend_is_made_from_a_ceph_configuration(tmp_path: Path) -> No
 
 def test_an_unknown_name_is_refused_with_the_names_known() -> None:
     with pytest.raises(UnknownBackend) as caught:
-        registry.spec("lvm")
-    assert str(caught.value) == "unknown backend 'lvm'; choose one of: raw, qcow2, rbd"
-    assert caught.value.name == "lvm" and caught.value.known == registry.names()
+        registry.spec("ploop")
+    assert str(caught.value) == "unknown backend 'ploop'; choose one of: raw, qcow2, rbd, lvm"
+    assert caught.value.name == "ploop" and caught.value.known == registry.names()
     assert isinstance(caught.value, InvalidInput)
-    with pytest.raises(UnknownBackend, match=r"^unknown backend 'lvm'; choose one of: raw, qcow2"):
-        backend_for("lvm", "/nonexistent")
+    with pytest.raises(UnknownBackend, match=r"^unknown backend 'ploop'; choose one of: raw, qcow2"):
+        backend_for("ploop", "/nonexistent")
 
 
 @pytest.mark.usefixtures("isolated_registry")
@@ -284,7 +284,7 @@ location = backend.disk_location("vm-1", "root")
 seen = backend.create(location, "op-1", size=1 << 20, template=None)
 found["tiny"] = [type(backend).__name__, backend.name, backend.preallocates, location, seen.size]
 found["again"] = registry.spec("tiny") is spec and backend_for("tiny", root).name == "tiny"
-for name in ("broken", "notaspec", "misnamed", "lvm"):
+for name in ("broken", "notaspec", "misnamed", "ploop"):
     try:
         registry.spec(name)
     except Exception as exc:
@@ -378,8 +378,9 @@ def test_an_installed_distribution_adds_a_backend_through_its_entry_point(tmp_pa
         "backend 'tiny'",
         None,
     ]
-    assert found["lvm"] == [
+    assert found["ploop"] == [
         "UnknownBackend",
-        "unknown backend 'lvm'; choose one of: raw, qcow2, rbd, broken, misnamed, notaspec, tiny",
+        "unknown backend 'ploop'; choose one of: raw, qcow2, rbd, lvm, broken, misnamed, notaspec, "
+        "tiny",
         None,
     ]

@@ -63,6 +63,8 @@ KERNEL_PACKAGE = "linux-image-cloud-amd64"
 built in; smaller and faster to boot than the generic flavour (no 9p, which is not needed)."""
 USERLAND = (
     "busybox-static",
+    "coreutils",
+    "util-linux",
     "lvm2",
     "thin-provisioning-tools",
     "dmsetup",
@@ -354,7 +356,8 @@ for module in list(sys.modules.values()):
 print("\\n".join(sorted(seen)))
 """
 """Prints what of Debian's own Python packages diskledger and its tests import."""
-PAYLOAD_SKIP = {"pip", "setuptools", "mypy", "mypyc", "pygments", "_distutils_hack"}
+PAYLOAD_SKIP = {"pip", "setuptools", "mypy", "mypyc", "_distutils_hack"}
+"""Not needed in the guest (pytest 9 imports pygments at start-up: it must go along)."""
 
 
 def python_payload(repo: Path, into: Path) -> Path:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from diskledger.backends import Backend, Observation, TemplateSource
+from diskledger.backends import Backend, ChecksCapacity, Observation, TemplateSource
 from diskledger.engine.decisions import Decision, Evidence, Rule
 from diskledger.engine.inputs import check_disk, parse_size, readable_file
 from diskledger.engine.operations.base import Operation
@@ -108,10 +108,13 @@ class Create(_Publishes):
             prelude.append(_bind(rt, template, cached, op_id))
         backend = rt.backend
         location = backend.disk_location(*disk.split("/"))
+        size_needed = wanted or (source.virtual_size if source else None)
+        if isinstance(backend, ChecksCapacity) and size_needed is not None:
+            backend.check_capacity(size_needed)  # a disk that cannot fit is refused unrecorded
         params = {
             "disk": disk,
             "template": template,
-            "size": wanted or (source.virtual_size if source else None),
+            "size": size_needed,
             "format": backend.disk_format,
             "backend": backend.name,
             "location": location,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from diskledger.backends import ChecksCapacity
 from diskledger.engine.attachments import uses
 from diskledger.engine.decisions import Decision, Rule
 from diskledger.engine.inputs import check_disk, parse_size
@@ -58,6 +59,8 @@ class Resize(Operation):
                 "format": fmt,
             }
             live = running_with(rt, view)
+            if isinstance(backend, ChecksCapacity):
+                backend.check_capacity(wanted, grow=location)  # refused before the intent
             if live is None:
 
                 def resize() -> dict[str, Any]:

@@ -1,0 +1,396 @@
+"""LVM disks: logical volumes in one volume group, thick or thin (see ``docs/backends/lvm.md``).
+
+Every volume is made under a temporary name and renamed onto its final one when whole, and is
+tagged as diskledger's with the id of the operation that made it. Snapshots are thin snapshots
+of a thin disk, and full copies of a thick one (classic copy-on-write snapshots slow every write
+to the disk, overflow and turn invalid when too small, and keep the disk from being extended
+while active). Volumes holding guest data are cleared per ``volume_clear`` before removal.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from diskledger import faults
+from diskledger.backends import files, qemu
+from diskledger.backends.contract import (
+    Artifact,
+    ArtifactKind,
+    Capability,
+    DiskSource,
+    Observation,
+    SourceKind,
+    TemplateSource,
+)
+from diskledger.backends.files import temporary_path
+from diskledger.backends.lvm import names
+from diskledger.backends.lvm.settings import LvmSettings
+from diskledger.backends.lvm.volumes import Volume, Volumes
+from diskledger.backends.staging import stage
+from diskledger.errors import BackendError, InvalidInput, InvalidSize
+
+__all__ = ["LvmBackend"]
+
+LV = ArtifactKind.LVM_VOLUME
+SNAPSHOT = ArtifactKind.LVM_SNAPSHOT
+FILE = ArtifactKind.FILE
+MiB = 1 << 20
+
+
+class LvmBackend:
+    """Disks as logical volumes ``VG/INSTANCE+DISK``, raw, reached as ``/dev/VG/LV``."""
+
+    name = "lvm"
+    disk_format = "raw"
+    capabilities: frozenset[Capability] = frozenset()
+
+    def __init__(self, root: str, settings: LvmSettings) -> None:
+        self.root = os.path.abspath(root)
+        self.settings = settings
+        self.lvm = Volumes(settings.vg)
+        # Thick volumes are allocated whole when made and grown.
+        self.preallocates = not settings.sparse
+        self._pool_zeroes: bool | None = None
+
+    # -- names ---------------------------------------------------------------------------------
+
+    def disk_location(self, instance: str, disk: str) -> str:
+        return self._location(names.disk_lv(instance, disk))
+
+    def create_artifacts(self, location: str, token: str) -> tuple[Artifact, ...]:
+        return self._pair(location, token)
+
+    def import_artifacts(self, location: str, token: str) -> tuple[Artifact, ...]:
+        copy = Artifact(FILE, temporary_path(self._staging(location), token), temporary=True)
+        return (copy, *self._pair(location, token))
+
+    def snapshot_artifacts(self, location: str, snapshot: str, token: str) -> tuple[Artifact, ...]:
+        lv = names.snapshot_lv(self._lv(location), snapshot)
+        return (
+            Artifact(LV, self._location(names.temporary(lv, token)), temporary=True),
+            Artifact(SNAPSHOT, location, name=snapshot),
+        )
+
+    def rollback_artifacts(self, location: str, snapshot: str, token: str) -> tuple[Artifact, ...]:
+        return ()  # data is copied back in place: a rollback cut short is run again to the end
+
+    def export_artifacts(self, target: str, token: str) -> tuple[Artifact, ...]:
+        return (
+            Artifact(FILE, temporary_path(target, token), temporary=True),
+            Artifact(FILE, target),
+        )
+
+    def disk_artifacts(self, location: str, snapshots: Sequence[str]) -> tuple[Artifact, ...]:
+        return (Artifact(LV, location), *(Artifact(SNAPSHOT, location, s) for s in snapshots))
+
+    def disk_source(self, location: str, *, addresses: bool = True) -> DiskSource:
+        return DiskSource(
+            SourceKind.BLOCK,
+            path=self.lvm.device(self._lv(location)),
+            preallocated=self.preallocates,
+        )
+
+    # -- capacity (ChecksCapacity) -------------------------------------------------------------
+
+    def check_capacity(self, size: int, *, grow: str | None = None) -> None:
+        """Refuse a disk the volume group cannot hold: a thick one beyond its free extents, a
+        thin one larger than the whole group (the pool itself may be overcommitted)."""
+        group = self.lvm.group()
+        needed = group.rounded(size)
+        if self.settings.sparse:
+            if needed > group.size:
+                raise InvalidSize(
+                    f"size {size} is larger than volume group {self.lvm.vg!r} ({group.size} bytes)"
+                )
+            return
+        have = 0
+        if grow is not None:
+            volume = self.lvm.report().get(self._lv(grow))
+            have = volume.size if volume is not None else 0
+        if needed - have > group.free:
+            raise InvalidSize(
+                f"size {size} needs {needed - have} bytes; volume group {self.lvm.vg!r} has "
+                f"{group.free} free"
+            )
+
+    # -- effects -------------------------------------------------------------------------------
+
+    def create(
+        self, location: str, token: str, *, size: int | None, template: TemplateSource | None
+    ) -> Observation:
+        volumes = self.lvm.report()
+        final = self._lv(location)
+        if final in volumes:
+            return self._observe(location, volumes[final])
+        if template is None and size is None:
+            raise InvalidSize("a blank disk needs a size")
+        wanted = max(size or 0, template.virtual_size if template else 0)
+        temp = names.temporary(final, token)
+        self._remove_lv(temp, volumes)  # a retry after a partial create starts afresh
+        self.lvm.create(temp, wanted, token, pool=self.settings.thin_pool)
+        zeroed = self._reads_zeroes()
+        written = 0
+        if template is not None:
+            qemu.convert_spec(
+                template.location, template.format, self.lvm.device(temp), "raw",
+                target_exists=True, target_is_zero=zeroed,
+            )  # fmt: skip
+            written = template.virtual_size
+        if not zeroed:
+            # Freed extents hold what their last volume held: a guest must never read it.
+            self.lvm.zero(temp, written, self._size(temp) - written)
+        faults.reach("mid-effect", "create")
+        self.lvm.rename(temp, final)
+        return self._observe(location)
+
+    def import_file(
+        self, location: str, token: str, source: str, fmt: str, *, max_virtual_size: int
+    ) -> Observation:
+        volumes = self.lvm.report()
+        final = self._lv(location)
+        if final in volumes:
+            return self._observe(location, volumes[final])
+        copy = temporary_path(self._staging(location), token)
+        files.ensure_dir_under(self.root, os.path.dirname(copy), files.IMAGE_DIR_MODE)
+        size = stage(source, fmt, copy, op="import", max_virtual_size=max_virtual_size)
+        self.check_capacity(size)
+        temp = names.temporary(final, token)
+        self._remove_lv(temp, volumes)
+        self.lvm.create(temp, size, token, pool=self.settings.thin_pool)
+        zeroed = self._reads_zeroes()
+        qemu.convert_spec(
+            copy, fmt, self.lvm.device(temp), "raw", target_exists=True, target_is_zero=zeroed
+        )
+        if not zeroed:
+            self.lvm.zero(temp, size, self._size(temp) - size)
+        files.remove_file(copy)
+        self.lvm.rename(temp, final)
+        return self._observe(location)
+
+    def resize(self, location: str, fmt: str, size: int) -> Observation:
+        self._check_format(fmt)
+        lv = self._lv(location)
+        before = self._size(lv)
+        if before < size:
+            faults.reach("mid-effect", "resize")
+            self.lvm.extend(lv, size)
+            if not self._reads_zeroes():
+                # The new extents held another volume's data.
+                self.lvm.zero(lv, before, self._size(lv) - before)
+        return self._observe(location)
+
+    def snapshot(self, location: str, fmt: str, snapshot: str, token: str) -> Observation:
+        self._check_format(fmt)
+        artifact = Artifact(SNAPSHOT, location, name=snapshot)
+        disk = self._lv(location)
+        final = names.snapshot_lv(disk, snapshot)
+        volumes = self.lvm.report()
+        if final in volumes:
+            return self._observe_snapshot(artifact, volumes[final])
+        if disk not in volumes:
+            raise BackendError(f"no disk at {location}")
+        temp = names.temporary(final, token)
+        self._remove_lv(temp, volumes)
+        if self.settings.sparse:
+            self.lvm.thin_snapshot(disk, temp, token)
+        else:
+            # A full copy, as the raw backend keeps snapshots (see the module doc).
+            self.lvm.create(temp, volumes[disk].size, token, pool=None)
+            self._copy(disk, temp)
+        faults.reach("mid-effect", "snapshot")
+        self.lvm.rename(temp, final)
+        return self._observe_snapshot(artifact, self.lvm.report()[final])
+
+    def rollback(
+        self, location: str, fmt: str, snapshot: str, token: str, *, size: int
+    ) -> Observation:
+        """Copy the snapshot's data back over the disk, zero what lies past the snapshot's end,
+        and grow the disk back to ``size``. In place, and idempotent: a rollback cut short is
+        run again to the end (recovery's rule for rollback)."""
+        self._check_format(fmt)
+        disk = self._lv(location)
+        source = names.snapshot_lv(disk, snapshot)
+        volumes = self.lvm.report()
+        if source not in volumes:
+            raise BackendError(f"{location} has no snapshot {snapshot!r}")
+        if disk not in volumes:
+            raise BackendError(f"no disk at {location}")
+        if volumes[disk].size < size:
+            self.lvm.extend(disk, size)
+        self._copy(source, disk)
+        faults.reach("mid-effect", "rollback")
+        self.lvm.zero(disk, volumes[source].size, self._size(disk) - volumes[source].size)
+        return self._observe(location)
+
+    def remove_snapshot(self, location: str, fmt: str, snapshot: str) -> None:
+        self._check_format(fmt)
+        faults.reach("mid-effect", "remove-snapshot")
+        self._discard(names.snapshot_lv(self._lv(location), snapshot), self.lvm.report())
+
+    def delete(self, location: str, fmt: str, snapshots: Sequence[str]) -> None:
+        """Clear and remove the disk and its snapshots. The disk is renamed aside first: from
+        then on it is gone, so a delete cut short while clearing is finished by recovery, never
+        rolled back onto half-cleared data."""
+        self._check_format(fmt)
+        disk = self._lv(location)
+        volumes = self.lvm.report()
+        if disk in volumes:
+            self.lvm.rename(disk, names.deleting(disk))
+            volumes = self.lvm.report()
+        faults.reach("mid-effect", "delete")
+        for snapshot in snapshots:
+            self._discard(names.snapshot_lv(disk, snapshot), volumes)
+        self._discard(disk, volumes)
+
+    def export(
+        self, location: str, fmt: str, target: str, target_format: str, token: str
+    ) -> Observation:
+        self._check_format(fmt)
+        temp = temporary_path(target, token)
+        qemu.convert(self.lvm.device(self._lv(location)), "raw", temp, target_format)
+        faults.reach("mid-effect", "export")
+        files.publish(temp, target)
+        return qemu.observe(Artifact(FILE, target), target_format)
+
+    # -- recovery ------------------------------------------------------------------------------
+
+    def probe(self, artifacts: Sequence[Artifact]) -> tuple[Observation, ...]:
+        volumes = self.lvm.report() if any(a.kind is not FILE for a in artifacts) else {}
+        return tuple(self._probe(a, volumes) for a in artifacts)
+
+    def remove(self, artifacts: Sequence[Artifact]) -> None:
+        volumes = self.lvm.report() if any(a.kind is not FILE for a in artifacts) else {}
+        for artifact in artifacts:
+            if artifact.kind is FILE:
+                files.remove_file(artifact.location)
+            elif artifact.kind is SNAPSHOT:
+                assert artifact.name is not None
+                lv = names.snapshot_lv(self._lv(artifact.location), artifact.name)
+                volumes = self._discard(lv, volumes)
+            elif artifact.temporary:
+                volumes = self._remove_lv(self._lv(artifact.location), volumes)
+            else:
+                volumes = self._discard(self._lv(artifact.location), volumes)
+
+    def inventory(self) -> tuple[Artifact, ...]:
+        """Every volume of the group tagged as diskledger's; an operator's are not listed."""
+        found: list[Artifact] = []
+        for volume in self.lvm.report().values():
+            parsed = names.parse(volume.name) if volume.ours else None
+            if parsed is None:
+                continue
+            if parsed.snapshot is not None and parsed.marker is None:
+                found.append(Artifact(SNAPSHOT, self._location(parsed.disk), parsed.snapshot))
+            else:
+                found.append(
+                    Artifact(LV, self._location(volume.name), temporary=bool(parsed.marker))
+                )
+        return tuple(found)
+
+    def close(self) -> None:
+        pass  # every call is a command of its own
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _probe(self, artifact: Artifact, volumes: dict[str, Volume]) -> Observation:
+        if artifact.kind is FILE:
+            try:
+                return qemu.observe(artifact, None)
+            except BackendError:
+                return Observation(artifact, exists=True)
+        if artifact.kind is SNAPSHOT:
+            assert artifact.name is not None
+            found = volumes.get(names.snapshot_lv(self._lv(artifact.location), artifact.name))
+            if found is None:
+                return Observation(artifact, exists=False)
+            return self._observe_snapshot(artifact, found)
+        found = volumes.get(self._lv(artifact.location))
+        if found is None:
+            return Observation(artifact, exists=False)
+        if artifact.temporary:  # never trusted to be whole
+            return Observation(artifact, exists=True, allocated=found.allocated)
+        return Observation(artifact, True, "raw", found.size, found.allocated)
+
+    def _observe(self, location: str, volume: Volume | None = None) -> Observation:
+        found = volume or self.lvm.report().get(self._lv(location))
+        if found is None:
+            raise BackendError(f"no disk at {location}")
+        return Observation(Artifact(LV, location), True, "raw", found.size, found.allocated)
+
+    def _observe_snapshot(self, artifact: Artifact, volume: Volume) -> Observation:
+        return Observation(artifact, True, "raw", volume.size, volume.allocated)
+
+    def _discard(self, lv: str, volumes: dict[str, Volume]) -> dict[str, Volume]:
+        """Clear ``lv`` (or what was renamed aside from it) per ``volume_clear``, and remove it.
+        Idempotent; returns the volumes left."""
+        aside = names.deleting(lv)
+        if lv in volumes:
+            self.lvm.rename(lv, aside)
+            volumes = {**volumes, aside: volumes[lv]}
+            del volumes[lv]
+        if aside in volumes:
+            self._clear(aside, volumes[aside])
+            self.lvm.remove(aside)
+            volumes = {k: v for k, v in volumes.items() if k != aside}
+        return volumes
+
+    def _clear(self, lv: str, volume: Volume) -> None:
+        """Nova's ``volume_clear``. A thin volume is not cleared: writing over it would
+        allocate it whole only to free it, and the pool zeroes every block it hands out again
+        (``docs/backends/lvm.md``)."""
+        method, limit = self.settings.volume_clear, self.settings.volume_clear_size * MiB
+        if method == "none" or volume.thin:
+            return
+        length = min(volume.size, limit) if limit else volume.size
+        if method == "zero":
+            self.lvm.zero(lv, 0, length)
+        else:
+            self.lvm.shred(lv, length)
+
+    def _remove_lv(self, lv: str, volumes: dict[str, Volume]) -> dict[str, Volume]:
+        if lv not in volumes:
+            return volumes
+        self.lvm.remove(lv)
+        return {k: v for k, v in volumes.items() if k != lv}
+
+    def _copy(self, source: str, target: str) -> None:
+        qemu.convert_spec(
+            self.lvm.device(source), "raw", self.lvm.device(target), "raw", target_exists=True
+        )
+
+    def _reads_zeroes(self) -> bool:
+        """Whether a new volume reads as zeroes: a thin one from a pool that zeroes what it
+        provisions. A thick one holds whatever its extents last held."""
+        pool = self.settings.thin_pool
+        if pool is None:
+            return False
+        if self._pool_zeroes is None:
+            self._pool_zeroes = self.lvm.pool_zeroes(pool)
+        return self._pool_zeroes
+
+    def _size(self, lv: str) -> int:
+        found = self.lvm.report().get(lv)
+        if found is None:
+            raise BackendError(f"no logical volume {self.lvm.vg}/{lv}")
+        return found.size
+
+    def _lv(self, location: str) -> str:
+        vg, _, lv = location.partition("/")
+        if vg != self.lvm.vg or not lv or "/" in lv:
+            raise InvalidInput(f"{location} is not a volume of volume group {self.lvm.vg!r}")
+        return lv
+
+    def _location(self, lv: str) -> str:
+        return f"{self.lvm.vg}/{lv}"
+
+    def _pair(self, location: str, token: str) -> tuple[Artifact, ...]:
+        temp = names.temporary(self._lv(location), token)
+        return (Artifact(LV, self._location(temp), temporary=True), Artifact(LV, location))
+
+    def _staging(self, location: str) -> str:
+        return os.path.join(self.root, "staging", self._lv(location))
+
+    def _check_format(self, fmt: str) -> None:
+        if fmt != self.disk_format:
+            raise InvalidInput(f"LVM disks are raw, not {fmt}")
