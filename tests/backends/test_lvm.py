@@ -10,6 +10,7 @@ import pytest
 from diskledger.backends import registry
 from diskledger.backends.lvm import LvmBackend, LvmSettings, names
 from diskledger.errors import InvalidInput, InvalidName
+from diskledger.hypervisor.device import describe
 
 LVM_NAME = re.compile(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]*")
 RESERVED = ("_cdata", "_cmeta", "_corig", "_mlog", "_mimage", "_pmspare", "_rimage", "_rmeta",
@@ -120,3 +121,14 @@ def test_locations_and_the_libvirt_source() -> None:
     )
     with pytest.raises(InvalidInput, match="not a volume of volume group 'vg0'"):
         backend.disk_source("vg1/vm-1+root")
+
+
+def test_the_libvirt_description_is_a_block_disk() -> None:
+    for sparse, io in ((None, "native"), ("pool", None)):
+        backend = LvmBackend("/nonexistent", LvmSettings("vg0", sparse))
+        source = backend.disk_source(backend.disk_location("vm-1", "root"))
+        xml = describe(source, backend.disk_format, target_dev="vda").to_xml()
+        assert '<disk type="block" device="disk">' in xml
+        assert '<source dev="/dev/vg0/vm-1+root" />' in xml
+        driver = f'<driver name="qemu" type="raw" cache="none"{f" io={io!r}" if io else ""} />'
+        assert driver.replace("'", '"') in xml, xml

@@ -90,7 +90,9 @@ def test_an_unknown_name_is_refused_with_the_names_known() -> None:
     assert str(caught.value) == "unknown backend 'ploop'; choose one of: raw, qcow2, rbd, lvm"
     assert caught.value.name == "ploop" and caught.value.known == registry.names()
     assert isinstance(caught.value, InvalidInput)
-    with pytest.raises(UnknownBackend, match=r"^unknown backend 'ploop'; choose one of: raw, qcow2"):
+    with pytest.raises(
+        UnknownBackend, match=r"^unknown backend 'ploop'; choose one of: raw, qcow2"
+    ):
         backend_for("ploop", "/nonexistent")
 
 

@@ -99,15 +99,15 @@ class LvmBackend:
         group = self.lvm.group()
         needed = group.rounded(size)
         if self.settings.sparse:
+            self._reads_zeroes()  # the pool is there
             if needed > group.size:
                 raise InvalidSize(
                     f"size {size} is larger than volume group {self.lvm.vg!r} ({group.size} bytes)"
                 )
             return
         have = 0
-        if grow is not None:
-            volume = self.lvm.report().get(self._lv(grow))
-            have = volume.size if volume is not None else 0
+        if grow is not None and os.path.exists(self.lvm.device(self._lv(grow))):
+            have = self._size(self._lv(grow))
         if needed - have > group.free:
             raise InvalidSize(
                 f"size {size} needs {needed - have} bytes; volume group {self.lvm.vg!r} has "
@@ -171,6 +171,8 @@ class LvmBackend:
     def resize(self, location: str, fmt: str, size: int) -> Observation:
         self._check_format(fmt)
         lv = self._lv(location)
+        if not os.path.exists(self.lvm.device(lv)):
+            raise BackendError(f"no disk at {location}")
         before = self._size(lv)
         if before < size:
             faults.reach("mid-effect", "resize")
@@ -235,9 +237,9 @@ class LvmBackend:
         self._check_format(fmt)
         disk = self._lv(location)
         volumes = self.lvm.report()
-        if disk in volumes:
+        if disk in volumes and self._clears(volumes[disk]):
             self.lvm.rename(disk, names.deleting(disk))
-            volumes = self.lvm.report()
+            volumes = {names.deleting(disk) if k == disk else k: v for k, v in volumes.items()}
         faults.reach("mid-effect", "delete")
         for snapshot in snapshots:
             self._discard(names.snapshot_lv(disk, snapshot), volumes)
@@ -325,6 +327,9 @@ class LvmBackend:
         """Clear ``lv`` (or what was renamed aside from it) per ``volume_clear``, and remove it.
         Idempotent; returns the volumes left."""
         aside = names.deleting(lv)
+        if lv in volumes and not self._clears(volumes[lv]):
+            self.lvm.remove(lv)  # one command: removed whole, or not at all
+            return {k: v for k, v in volumes.items() if k != lv}
         if lv in volumes:
             self.lvm.rename(lv, aside)
             volumes = {**volumes, aside: volumes[lv]}
@@ -335,13 +340,16 @@ class LvmBackend:
             volumes = {k: v for k, v in volumes.items() if k != aside}
         return volumes
 
+    def _clears(self, volume: Volume) -> bool:
+        """Whether ``volume`` is cleared before it is removed (Nova's ``volume_clear``). A thin
+        volume is not: writing over it would allocate it whole only to free it, and the pool
+        zeroes every block it hands out again (``docs/backends/lvm.md``)."""
+        return self.settings.volume_clear != "none" and not volume.thin
+
     def _clear(self, lv: str, volume: Volume) -> None:
-        """Nova's ``volume_clear``. A thin volume is not cleared: writing over it would
-        allocate it whole only to free it, and the pool zeroes every block it hands out again
-        (``docs/backends/lvm.md``)."""
-        method, limit = self.settings.volume_clear, self.settings.volume_clear_size * MiB
-        if method == "none" or volume.thin:
+        if not self._clears(volume):
             return
+        method, limit = self.settings.volume_clear, self.settings.volume_clear_size * MiB
         length = min(volume.size, limit) if limit else volume.size
         if method == "zero":
             self.lvm.zero(lv, 0, length)
@@ -370,10 +378,7 @@ class LvmBackend:
         return self._pool_zeroes
 
     def _size(self, lv: str) -> int:
-        found = self.lvm.report().get(lv)
-        if found is None:
-            raise BackendError(f"no logical volume {self.lvm.vg}/{lv}")
-        return found.size
+        return self.lvm.size(lv)
 
     def _lv(self, location: str) -> str:
         vg, _, lv = location.partition("/")

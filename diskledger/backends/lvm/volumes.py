@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from diskledger.backends import runner
 from diskledger.backends.lvm.names import OWNER_TAG, op_tag
-from diskledger.errors import BackendError, CommandFailed, InvalidInput
+from diskledger.errors import BackendError, CommandFailed, InvalidInput, StorageIOError
 
 __all__ = ["Volume", "Volumes"]
 
@@ -75,6 +76,19 @@ class Volumes:
     def device(self, lv: str) -> str:
         return f"/dev/{self.vg}/{lv}"
 
+    def size(self, lv: str) -> int:
+        """The active volume's size in bytes, as the kernel has it: no LVM command (each costs
+        a device scan)."""
+        path = self.device(lv)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StorageIOError(f"cannot open {path}: {exc.strerror}", errno=exc.errno) from exc
+        try:
+            return os.lseek(fd, 0, os.SEEK_END)
+        finally:
+            os.close(fd)
+
     def report(self) -> dict[str, Volume]:
         """Every visible volume of the group, by name (one ``lvs``)."""
         report = self._report(["lvs", "-o", _LV_FIELDS, self.vg], "lv")
@@ -85,9 +99,19 @@ class Volumes:
         return Group(int(row["vg_size"]), int(row["vg_free"]), int(row["vg_extent_size"]))
 
     def pool_zeroes(self, pool: str) -> bool:
-        """Whether the thin pool zeroes the blocks it provisions (its ``zero`` flag)."""
-        rows = self._report(["lvs", "-o", "lv_name,zero", f"{self.vg}/{pool}"], "lv")
-        return bool(rows) and rows[0].get("zero") in ("zero", "1")
+        """Whether the thin pool zeroes the blocks it provisions (its ``zero`` flag);
+        ``InvalidInput`` when there is no such thin pool."""
+        try:
+            rows = self._report(["lvs", "-o", "lv_name,zero,segtype", f"{self.vg}/{pool}"], "lv")
+        except CommandFailed as exc:
+            if "Failed to find logical volume" not in (exc.stderr or ""):
+                raise
+            rows = []
+        if not rows or rows[0].get("segtype") != "thin-pool":
+            raise InvalidInput(
+                f"volume group {self.vg!r} has no thin pool {pool!r} (DISKLEDGER_LVM_SPARSE)"
+            )
+        return rows[0].get("zero") in ("zero", "1")
 
     def create(self, lv: str, size: int, token: str, *, pool: str | None) -> None:
         """A new volume of ``size`` bytes (rounded up to extents), thin in ``pool`` when given,
