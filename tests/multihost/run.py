@@ -56,7 +56,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -287,7 +287,9 @@ class Chaos:
         self.stuck: list[dict[str, Any]] = []
         """Operations seen pending for STUCK_AFTER seconds while their owner ran, or still
         pending once everything healed and settled."""
-        self._pending_since: dict[str, float] = {}
+        self._pending_since: dict[tuple[str, str | None], float] = {}
+        self.breaker_confirmed: set[str] = set()
+        """Members confirmed down because the circuit breaker held their takeover."""
         self.crashed_at_start = 0
         self._workers_seen = 0
         self._operator_at = 0.0
@@ -497,15 +499,20 @@ class Chaos:
 
     def _play_operator(self) -> None:
         """Confirm down the dead members whose operations wait for an operator (files on the
-        shared directory have no storage fence: in-place changes need this word)."""
+        shared directory have no storage fence: in-place changes need this word), and those a
+        circuit breaker holds (docs/multihost.md, "What needs an operator"): an operator
+        confirms only members whose process they know is gone."""
         assert self.store is not None and self.operator is not None
         by_member = {w.member: w for w in self.workers.values() if w.member}
         try:
+            self._answer_breaker(by_member)
             pending = self.store.pending()
             now = monotonic()
             for entry in pending:
                 owner = entry.owner
-                seen = self._pending_since.setdefault(entry.operation.op_id, now)
+                # Per owner: a takeover hands the operation to a live member, and its own time
+                # pending starts then.
+                seen = self._pending_since.setdefault((entry.operation.op_id, owner), now)
                 worker = by_member.get(owner or "")
                 if worker is not None and worker.code is None and now - seen > STUCK_AFTER:
                     self._stuck(entry, now - seen)
@@ -523,6 +530,26 @@ class Chaos:
                 self.confirmed.add(owner)
         except errors.DiskLedgerError as exc:
             self.say(f"operator: the ledger did not answer: {exc}")
+
+    def _answer_breaker(self, by_member: Mapping[str, WorkerProc]) -> None:
+        assert self.store is not None and self.operator is not None
+        held = {
+            str(name)
+            for record in self.store.members()
+            if record.view.state is MemberState.LIVE and record.view.suspended
+            for name in record.view.suspended.get("stale", ())
+        }
+        for member in sorted(held - self.confirmed):
+            worker = by_member.get(member)
+            if worker is None or worker.code is None:
+                continue  # its process may still run
+            record = self.store.member(member_stream(member))
+            if record is None or record.view.state in (MemberState.FENCED, MemberState.LEFT):
+                continue
+            self.say(f"operator: the circuit breaker holds {member}, whose process is gone")
+            self.operator.confirm_down(member, by="chaos-operator")
+            self.confirmed.add(member)
+            self.breaker_confirmed.add(member)
 
     def _stuck(self, entry: PendingEntry, age: float) -> None:
         """An operation pending this long while its owner's process runs: it will not settle
@@ -573,6 +600,25 @@ class Chaos:
                 return {m: None for m in members}
             states[member] = None if record is None else record.view.state
         return states
+
+    def _member_digest(self) -> dict[str, Any]:
+        """Every member not gone, as the takers see it: what a liveness failure is read with
+        (the rig's ledger does not outlive the run)."""
+        assert self.store is not None
+        try:
+            return {
+                r.member: {
+                    "state": r.view.state.value,
+                    "expires_in": None if r.expires_in is None else round(r.expires_in, 2),
+                    "renewals": r.renewals,
+                    "suspended": r.view.suspended,
+                    "confirmed_down": r.view.confirmed_down is not None,
+                }
+                for r in self.store.members()
+                if r.view.state not in (MemberState.FENCED, MemberState.LEFT)
+            }
+        except errors.DiskLedgerError as exc:
+            return {"error": str(exc)}
 
     def _live_worker(self, state: HostState, timeout: float = 30) -> WorkerProc | None:
         self._wait_until(
@@ -641,7 +687,11 @@ class Chaos:
             self.problems.append(
                 (
                     f"{host.name} killed, its members not fenced within {FENCED_WITHIN:g} s",
-                    {"members": self._member_states(victims), "kill": t_kill},
+                    {
+                        "members": self._member_states(victims),
+                        "kill": t_kill,
+                        "every member": self._member_digest(),
+                    },
                 )
             )
         state.hold = False
@@ -995,6 +1045,7 @@ class Chaos:
                 last_data=last.data,
             )
         result.counts["members confirmed down by the operator"] = len(self.confirmed)
+        result.counts["of them held by the circuit breaker"] = len(self.breaker_confirmed)
         return result
 
     def _check_kill_latency(
