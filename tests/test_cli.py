@@ -462,13 +462,13 @@ def test_an_unknown_backend_is_one_line_exit_1_and_touches_nothing(
     env = {**os.environ, "DISKLEDGER_ROOT": str(root)}
     argv = ["disk", "create", "vm/x", "--blank", "--size", "1M"]
     if where == "option":
-        argv += ["--backend", "lvm"]
+        argv += ["--backend", "ploop"]
     else:
-        env["DISKLEDGER_BACKEND"] = "lvm"
+        env["DISKLEDGER_BACKEND"] = "ploop"
     script = Path(sys.executable).with_name("diskledger")
     done = subprocess.run([str(script), *argv], env=env, capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr == (
-        "diskledger: error: unknown backend 'lvm'; choose one of: raw, qcow2, rbd\n"
+        "diskledger: error: unknown backend 'ploop'; choose one of: raw, qcow2, rbd, lvm\n"
     )
     assert not root.exists()

@@ -102,7 +102,7 @@ def spec(name: str) -> BackendSpec:
 
 
 def names() -> tuple[str, ...]:
-    """Every backend name known: the built-ins (raw, qcow2, rbd), then the registered and the
+    """Every backend name known: the built-ins (raw, qcow2, rbd, lvm), then the registered and the
     entry-point names, sorted. Entry points are listed, not imported."""
     with _lock:
         others = (set(_registered) | set(_entry_points())) - set(_BUILT_IN)

@@ -85,4 +85,4 @@ def test_backend_for(tmp_path: Path) -> None:
         backend = backend_for(name, str(tmp_path))
         assert isinstance(backend, Backend) and backend.name == name
     with pytest.raises(InvalidInput, match="raw, qcow2"):
-        backend_for("lvm", str(tmp_path))
+        backend_for("ploop", str(tmp_path))
