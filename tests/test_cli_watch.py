@@ -62,6 +62,17 @@ def command(root: Path, url: str, *args: str) -> list[str]:
     ]
 
 
+@pytest.fixture(autouse=True)
+def interruptible() -> Iterator[None]:
+    """The watches get SIGINT at its default. A suite started in the background by a
+    non-interactive shell inherits SIGINT ignored, Python keeps an inherited SIG_IGN, and so do
+    the processes it starts: the watches then ignored the tests' interrupts (a clean-clone run
+    failed so). A signal caught here is reset to its default in a child at exec."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 class Watch:
     """A running ``diskledger watch``; its stdout lines arrive on a queue."""
 
