@@ -125,7 +125,12 @@ def _build(root: Path, disks: int) -> None:
         )
     db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?)", events)
     db.executemany("INSERT INTO disks VALUES (?,?,?,?,?,?)", views)
-    db.executemany("INSERT INTO pending_operations VALUES (?,?,?,?,?,?)", pending)
+    # Columns named: the index grows columns (owner, since members) that a bare VALUES would miss.
+    db.executemany(
+        "INSERT INTO pending_operations"
+        " (op_id, stream_id, op, started_position, started_at, operation) VALUES (?,?,?,?,?,?)",
+        pending,
+    )
     db.execute("UPDATE ledger_head SET position = ?", (position,))
     db.commit()
     db.close()
