@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -387,12 +388,12 @@ class SqlEventStore:
             return ()
         kind = stream_kind(stream)
         try:
-            with self.engine.connect().execution_options(**{_WRITE: True}) as conn, conn.begin():
-                cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-                try:
-                    return self._append(cursor, stream, kind, expected_version, new_events)
-                finally:
-                    cursor.close()
+            with (
+                self.engine.connect().execution_options(**{_WRITE: True}) as conn,
+                conn.begin(),
+                self._cursor(conn) as cursor,
+            ):
+                return self._append(cursor, stream, kind, expected_version, new_events)
         except (IntegrityError, self._dbapi.IntegrityError) as exc:
             # The UNIQUE(stream_id, version) gate: another writer took this version first.
             raise ConcurrencyError(stream, expected_version) from exc
@@ -571,13 +572,13 @@ class SqlEventStore:
 
     def renew(self, member_stream: str) -> bool:
         try:
-            with self.engine.connect().execution_options(**{_WRITE: True}) as conn, conn.begin():
-                cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-                try:
-                    cursor.execute(self._members["renew"], {"stream": member_stream})
-                    return bool(cursor.rowcount == 1)
-                finally:
-                    cursor.close()
+            with (
+                self.engine.connect().execution_options(**{_WRITE: True}) as conn,
+                conn.begin(),
+                self._cursor(conn) as cursor,
+            ):
+                cursor.execute(self._members["renew"], {"stream": member_stream})
+                return bool(cursor.rowcount == 1)
         except (SQLAlchemyError, self._dbapi.Error) as exc:
             raise StoreError(f"lease renewal of {member_stream} failed: {exc}") from exc
 
@@ -590,13 +591,9 @@ class SqlEventStore:
 
     def _fetch_text(self, name: str, params: Mapping[str, Any]) -> Sequence[Any]:
         try:
-            with self.engine.connect() as conn:
-                cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-                try:
-                    cursor.execute(self._members[name], params)
-                    return list(cursor.fetchall())
-                finally:
-                    cursor.close()
+            with self.engine.connect() as conn, self._cursor(conn) as cursor:
+                cursor.execute(self._members[name], params)
+                return list(cursor.fetchall())
         except (SQLAlchemyError, self._dbapi.Error) as exc:
             raise StoreError(f"ledger read failed: {exc}") from exc
 
@@ -701,16 +698,30 @@ class SqlEventStore:
         """Run one of the store's compiled queries; a single statement needs no BEGIN."""
         query = self._sql[name]
         try:
-            with self.engine.connect() as conn:
-                cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-                try:
-                    cursor.execute(query.sql, query.bind(params))
-                    rows = cursor.fetchall()
-                finally:
-                    cursor.close()
-                return rows
+            with self.engine.connect() as conn, self._cursor(conn) as cursor:
+                cursor.execute(query.sql, query.bind(params))
+                return list(cursor.fetchall())
         except (SQLAlchemyError, self._dbapi.Error) as exc:
             raise StoreError(f"ledger read failed: {exc}") from exc
+
+    @contextmanager
+    def _cursor(self, conn: Connection) -> Iterator[Any]:
+        """A DB-API cursor on ``conn`` (the hot paths skip SQLAlchemy's statement layer).
+
+        SQLAlchemy cannot see a driver error raised on its own cursor, so a session the server
+        ended would go back to the pool, and the pool's reset would log a traceback; the session
+        is invalidated here instead, the way SQLAlchemy does for statements it runs.
+        """
+        dbapi_connection = conn.connection.dbapi_connection
+        cursor = dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            yield cursor
+        except self._dbapi.Error as exc:
+            if self.engine.dialect.is_disconnect(exc, dbapi_connection, cursor):
+                conn.invalidate(exc)
+            raise
+        finally:
+            cursor.close()
 
 
 def _key(view: DiskView | TemplateView | MemberView) -> str:

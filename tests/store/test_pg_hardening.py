@@ -141,3 +141,41 @@ REQUIRED_SERVER_SETTINGS = {
     "tcp_user_timeout": "10s",
     "client_connection_check_interval": "2s",
 }
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        pytest.param(lambda store: store.members(), id="members (raw cursor)"),
+        pytest.param(lambda store: store.renew("member:gone"), id="renew (raw cursor, in BEGIN)"),
+        pytest.param(lambda store: store.head(), id="head (compiled query)"),
+        pytest.param(
+            lambda store: store.append(DISK, 2, [started("resize", "op-x", size=4096)]),
+            id="append",
+        ),
+    ],
+)
+def test_a_session_the_server_ended_is_dropped_from_the_pool_quietly(
+    postgres_server: PostgresServer,
+    postgres_url: str,
+    read: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A restarted or failed-over server ends every pooled session. The call that meets the
+    dead session fails with StoreError; the session is discarded rather than returned to the
+    pool (where SQLAlchemy's reset would log a traceback at ERROR that an operator reads as a
+    crash), and the next call gets a fresh one."""
+    store = open_store(postgres_url)
+    try:
+        create_disk(store)
+        with store.engine.connect() as conn:
+            pooled_pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with postgres_server.connect("postgres", autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pooled_pid,))
+        with caplog.at_level("ERROR", logger="sqlalchemy"), pytest.raises(StoreError):
+            read(store)
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("sqlalchemy")] == []
+        assert store.stream_version(DISK) == 2  # nothing recorded by the failed call
+        read(store)  # a fresh session
+    finally:
+        store.close()
