@@ -142,9 +142,11 @@ def _run_once(argv: Sequence[str], *, timeout: float, untrusted: bool) -> str:
             env={**os.environ, "LC_ALL": "C"},
         )
     except FileNotFoundError as exc:
-        package = _PACKAGES.get(tool)
+        # The program exec'd is the first word: prlimit when the command is untrusted.
+        missing = os.path.basename(command[0])
+        package = _PACKAGES.get(missing)
         hint = f" (install the Debian package {package})" if package else ""
-        raise CommandNotFound(f"{tool} is not installed{hint}", command=command) from exc
+        raise CommandNotFound(f"{missing} is not installed{hint}", command=command) from exc
     except OSError as exc:
         raise StorageIOError(f"cannot run {tool}: {exc.strerror}", errno=exc.errno) from exc
     # A watchdog thread rather than communicate(timeout=...): with a timeout, the final wait

@@ -24,6 +24,19 @@ def test_missing_tool_names_its_package(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert isinstance(caught.value.__cause__, FileNotFoundError)
 
 
+def test_missing_prlimit_is_named_not_the_tool_it_limits(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An untrusted command runs under prlimit: when prlimit is the one missing, the error
+    names it (and util-linux), not the tool it would have limited."""
+    (tmp_path / "qemu-img").symlink_to("/bin/true")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(CommandNotFound) as caught:
+        runner.run(["qemu-img", "info", "-f", "raw", "x"], untrusted=True)
+    assert str(caught.value) == "prlimit is not installed (install the Debian package util-linux)"
+    assert caught.value.command[:2] == ("prlimit", runner.UNTRUSTED_LIMITS[0])
+
+
 def test_failure_carries_command_status_and_stderr(tmp_path: Path) -> None:
     missing = str(tmp_path / "missing.qcow2")
     argv = ["qemu-img", "info", "-f", "qcow2", missing]
