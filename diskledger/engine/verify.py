@@ -7,7 +7,8 @@ Four checks, each reported on its own:
 - the read models: every stream folded from the log equals the stored view, and the pending index
   holds exactly the operations the fold leaves pending;
 - orphans: files under the root that no live artifact of the ledger names (the ledger's own
-  database files aside; artifacts named by an operation still pending are not orphans);
+  database files aside; artifacts named by an operation still pending are not orphans, nor
+  what a backend set aside for a disk with an operation pending: ``SetsAside``);
 - drift: live artifacts that are missing, or whose size, format or backing file differ from what the
   ledger recorded.
 """
@@ -18,7 +19,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from diskledger.backends import Artifact, ArtifactKind, Capability, Observation
 from diskledger.engine.attachments import uses
@@ -37,9 +38,21 @@ from diskledger.states.streams import empty_view
 from diskledger.store import GENESIS
 from diskledger.store.hashing import chain_problem
 
-__all__ = ["VerifyReport", "verify"]
+__all__ = ["SetsAside", "VerifyReport", "verify"]
 
 AnyView = DiskView | TemplateView | MemberView
+
+
+@runtime_checkable
+class SetsAside(Protocol):
+    """A backend whose operations keep storage under names their intents do not record (lvm: a
+    disk renamed ``+.deleting`` to be cleared, a ``+.grow`` volume of extents being zeroed)."""
+
+    def set_aside_from(self, artifact: Artifact) -> str | None:
+        """The location of the disk ``artifact`` (from ``inventory``) was set aside from or
+        works for; None when it is no such thing."""
+        ...
+
 
 _LEDGER_FILES = ("ledger.db", "ledger.db-wal", "ledger.db-shm", "ledger.db-journal")
 
@@ -152,7 +165,10 @@ def _check_storage(rt: Runtime, report: VerifyReport) -> None:
     owned: set[str] = set()
     for entry in rt.store.pending():
         owned.update(a["location"] for a in entry.operation.artifacts)
+    busy = set(owned)  # what operations still pending may work on: their artifacts, disks
     for disk in rt.store.disks():
+        if disk.pending and disk.location:
+            busy.add(disk.location)
         if disk.state in (DiskState.ABSENT, DiskState.TEMPLATE_CACHED) or disk.pending:
             if disk.location:
                 owned.add(disk.location)
@@ -174,7 +190,7 @@ def _check_storage(rt: Runtime, report: VerifyReport) -> None:
         if any(os.path.lexists(f"{path}.fenced-{epoch}") for epoch in fence_marks):
             continue  # written by a fenced member after the fence; its publish is refused
         report.orphans.append(path)
-    _check_inventory(rt, owned, report)
+    _check_inventory(rt, owned, busy, report)
 
 
 def _fence_marks(rt: Runtime) -> set[str]:
@@ -187,11 +203,18 @@ def _fence_marks(rt: Runtime) -> set[str]:
     }
 
 
-def _check_inventory(rt: Runtime, owned: set[str], report: VerifyReport) -> None:
-    """Storage outside the root (an RBD pool): every image must be one the ledger names; an
-    image's snapshots are checked with its disk (drift) or belong to its template."""
-    for artifact in rt.backend.inventory():
+def _check_inventory(rt: Runtime, owned: set[str], busy: set[str], report: VerifyReport) -> None:
+    """Storage outside the root (an RBD pool, a volume group): every image must be one the
+    ledger names; an image's snapshots are checked with its disk (drift) or belong to its
+    template. A volume set aside for a disk (``SetsAside``) is its pending operation's while the
+    disk has one (a delete killed while clearing: the disk is gone or going, recovery finishes
+    it), and an orphan once nothing pending will remove it."""
+    backend = rt.backend
+    sets_aside = backend if isinstance(backend, SetsAside) else None
+    for artifact in backend.inventory():
         if artifact.location in owned:
+            continue
+        if sets_aside is not None and sets_aside.set_aside_from(artifact) in busy:
             continue
         where = artifact.location + (f"@{artifact.name}" if artifact.name else "")
         report.orphans.append(where)

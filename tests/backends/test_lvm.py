@@ -4,11 +4,15 @@ backend itself runs against a real volume group in the test guest (tests/guest/t
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
 from diskledger.backends import registry
-from diskledger.backends.lvm import LvmBackend, LvmSettings, names
+from diskledger.backends.lvm import LvmBackend, LvmSettings, Volume, names
+from diskledger.engine import verify
+from diskledger.engine.runtime import Runtime
 from diskledger.errors import InvalidInput, InvalidName
 from diskledger.hypervisor.device import describe
 
@@ -132,3 +136,44 @@ def test_the_libvirt_description_is_a_block_disk() -> None:
         assert '<source dev="/dev/vg0/vm-1+root" />' in xml
         driver = f'<driver name="qemu" type="raw" cache="none"{f" io={io!r}" if io else ""} />'
         assert driver.replace("'", '"') in xml, xml
+
+
+def _volume(name: str, *, ours: bool = True) -> Volume:
+    tags = frozenset({names.OWNER_TAG} if ours else ())
+    return Volume(name, 4 << 20, tags, None, None, None, "linear")
+
+
+def test_verify_gives_a_set_aside_volume_to_its_disks_pending_operation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A delete killed while clearing leaves ``+.deleting`` volumes (the disk's, a snapshot's),
+    a resize killed while zeroing a ``+.grow``: while the disk has an operation pending they
+    are that operation's (recovery finishes or removes them); once nothing pending will,
+    they are orphans. Another disk's pending operation does not own them."""
+    backend = LvmBackend("/nonexistent", LvmSettings("vg0"))
+    disk = names.disk_lv("vm-1", "root")
+    aside = [
+        names.deleting(disk),
+        names.deleting(names.snapshot_lv(disk, "s1")),
+        names.growing(disk),
+    ]
+    found = {lv: _volume(lv) for lv in [*aside, names.disk_lv("vm-2", "root")]}
+    monkeypatch.setattr(backend.lvm, "report", lambda: found)
+    runtime = cast(Runtime, SimpleNamespace(backend=backend))
+    assert isinstance(backend, verify.SetsAside)
+    assert [backend.set_aside_from(a) for a in backend.inventory()] == [
+        "vg0/vm-1+root",
+        "vg0/vm-1+root",
+        "vg0/vm-1+root",
+        None,
+    ]
+
+    def orphans(owned: set[str], busy: set[str]) -> list[str]:
+        report = verify.VerifyReport()
+        verify._check_inventory(runtime, owned, busy, report)
+        return report.orphans
+
+    owned = {"vg0/vm-2+root"}
+    assert orphans(owned, busy={"vg0/vm-1+root"}) == []  # the pending delete's
+    assert orphans(owned, busy={"vg0/vm-3+root"}) == [f"vg0/{lv}" for lv in aside]
+    assert orphans(owned | {"vg0/vm-1+root"}, busy=set()) == [f"vg0/{lv}" for lv in aside]

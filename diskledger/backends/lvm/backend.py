@@ -9,6 +9,7 @@ while active). Volumes holding guest data are cleared per ``volume_clear`` befor
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 
@@ -36,6 +37,8 @@ LV = ArtifactKind.LVM_VOLUME
 SNAPSHOT = ArtifactKind.LVM_SNAPSHOT
 FILE = ArtifactKind.FILE
 MiB = 1 << 20
+
+log = logging.getLogger(__name__)
 
 
 class LvmBackend:
@@ -169,17 +172,36 @@ class LvmBackend:
         return self._observe(location)
 
     def resize(self, location: str, fmt: str, size: int) -> Observation:
+        """Grow the disk to ``size``. A thick disk's new extents held another volume's data:
+        they are zeroed *before* the disk takes them (in ``<disk>+.grow``, a volume of the
+        added size, removed just before ``lvextend`` takes exactly its extents), so the disk is
+        never at its new size with a stale region a guest could read, whenever the process
+        dies; recovery's rule for resize (new size: forward, old size: back) needs nothing
+        more. A ``+.grow`` left by a kill is removed when the disk is next probed (recovery
+        probes it first) or resized."""
         self._check_format(fmt)
         lv = self._lv(location)
         if not os.path.exists(self.lvm.device(lv)):
             raise BackendError(f"no disk at {location}")
         before = self._size(lv)
-        if before < size:
+        if before >= size:
+            return self._observe(location)
+        if self.settings.sparse:
             faults.reach("mid-effect", "resize")
             self.lvm.extend(lv, size)
             if not self._reads_zeroes():
-                # The new extents held another volume's data.
+                # A pool that does not zero what it provisions: provision it zeroed here.
                 self.lvm.zero(lv, before, self._size(lv) - before)
+            return self._observe(location)
+        grow = names.growing(lv)
+        if os.path.exists(self.lvm.device(grow)):
+            self.lvm.remove(grow)  # left by a resize cut short
+        self.lvm.create(grow, size - before, None, pool=None)
+        self.lvm.zero(grow, 0, self._size(grow))
+        onto = self.lvm.extent_ranges(grow)
+        faults.reach("mid-effect", "resize")
+        self.lvm.remove(grow)  # its extents are free, zeroed, and named in onto
+        self.lvm.extend(lv, size, onto)
         return self._observe(location)
 
     def snapshot(self, location: str, fmt: str, snapshot: str, token: str) -> Observation:
@@ -236,7 +258,7 @@ class LvmBackend:
         rolled back onto half-cleared data."""
         self._check_format(fmt)
         disk = self._lv(location)
-        volumes = self.lvm.report()
+        volumes = self._remove_lv(names.growing(disk), self.lvm.report())
         if disk in volumes and self._clears(volumes[disk]):
             self.lvm.rename(disk, names.deleting(disk))
             volumes = {names.deleting(disk) if k == disk else k: v for k, v in volumes.items()}
@@ -259,6 +281,17 @@ class LvmBackend:
 
     def probe(self, artifacts: Sequence[Artifact]) -> tuple[Observation, ...]:
         volumes = self.lvm.report() if any(a.kind is not FILE for a in artifacts) else {}
+        for artifact in artifacts:
+            if artifact.kind is LV and not artifact.temporary:
+                # Probed for a decision: the disk's operation is not running. A resize killed
+                # before it took its zeroed extents left them as <disk>+.grow: not the disk's,
+                # never its evidence, and named by no intent (resize names none), so it goes.
+                grow = names.growing(self._lv(artifact.location))
+                if grow in volumes and volumes[grow].ours:
+                    try:
+                        volumes = self._remove_lv(grow, volumes)
+                    except BackendError as exc:  # in use: verify met a resize running
+                        log.warning("%s left in place: %s", grow, exc)
         return tuple(self._probe(a, volumes) for a in artifacts)
 
     def remove(self, artifacts: Sequence[Artifact]) -> None:
@@ -289,6 +322,17 @@ class LvmBackend:
                     Artifact(LV, self._location(volume.name), temporary=bool(parsed.marker))
                 )
         return tuple(found)
+
+    def set_aside_from(self, artifact: Artifact) -> str | None:
+        """The location of the disk an inventory volume was set aside from or works for (a
+        ``+.deleting`` volume being cleared and removed, a ``+.grow`` volume of new extents
+        being zeroed): while that disk has an operation pending, the volume is that operation's,
+        not an orphan (``verify``). None for any other volume."""
+        if artifact.kind is not LV:
+            return None
+        vg, _, lv = artifact.location.partition("/")
+        disk = names.set_aside_from(lv) if vg == self.lvm.vg else None
+        return None if disk is None else self._location(disk)
 
     def close(self) -> None:
         pass  # every call is a command of its own

@@ -10,6 +10,8 @@ so it never occurs inside one:
 - its snapshot ``SNAP``: ``INSTANCE+DISK+SNAP``
 - a temporary, written until it is renamed onto its final name: ``<final>+.tmp-<op id>``
 - a volume being cleared and removed: ``<final>+.deleting``
+- the new extents of a thick disk being grown, zeroed before the disk takes them:
+  ``<disk>+.grow``
 
 ``_`` is always followed by upper-case hex, so no name contains LVM's reserved lower-case
 suffixes (``_mlog``, ``_tdata``, ``_rimage``...); no encoded part starts with ``.``, so a marker
@@ -32,8 +34,10 @@ __all__ = [
     "deleting",
     "disk_lv",
     "encode",
+    "growing",
     "op_tag",
     "parse",
+    "set_aside_from",
     "snapshot_lv",
     "temporary",
 ]
@@ -47,6 +51,7 @@ OWNER_TAG: Final = "diskledger"
 volumes from an operator's."""
 _TEMP: Final = "+.tmp-"
 _DELETING: Final = "+.deleting"
+_GROWING: Final = "+.grow"
 _KEEP = re.compile(r"[A-Za-z0-9.-]")
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _ESCAPE = re.compile(r"_([0-9A-F]{2})")
@@ -101,6 +106,22 @@ def deleting(final: str) -> str:
     snapshot, so a delete cut short while clearing is finished, never rolled back onto half
     cleared data."""
     return f"{final}{_DELETING}"
+
+
+def growing(disk: str) -> str:
+    """The volume a thick disk's new extents are zeroed in before the disk is extended onto
+    them (one at a time: a disk has one operation at a time)."""
+    return f"{disk}{_GROWING}"
+
+
+def set_aside_from(lv: str) -> str | None:
+    """The disk's volume that ``lv`` was set aside from or works for: a ``+.deleting`` volume
+    (a disk or one of its snapshots being cleared and removed) or a ``+.grow`` one (a disk's new
+    extents being zeroed); None for any other name."""
+    parsed = parse(lv)
+    if parsed is None or parsed.marker not in (_DELETING[2:], _GROWING[2:]):
+        return None
+    return parsed.disk
 
 
 def op_tag(token: str) -> str:

@@ -113,9 +113,9 @@ class Volumes:
             )
         return rows[0].get("zero") in ("zero", "1")
 
-    def create(self, lv: str, size: int, token: str, *, pool: str | None) -> None:
+    def create(self, lv: str, size: int, token: str | None, *, pool: str | None) -> None:
         """A new volume of ``size`` bytes (rounded up to extents), thin in ``pool`` when given,
-        tagged as diskledger's and with the operation that made it."""
+        tagged as diskledger's and with the operation that made it (when it is known)."""
         if pool is None:
             where = ["-L", f"{size}b", self.vg]
         else:
@@ -133,8 +133,19 @@ class Volumes:
     def rename(self, old: str, new: str) -> None:
         self._lvm(["lvrename", self.vg, old, new])
 
-    def extend(self, lv: str, size: int) -> None:
-        self._lvm(["lvextend", "-L", f"{size}b", f"{self.vg}/{lv}"])
+    def extend(self, lv: str, size: int, onto: Sequence[str] = ()) -> None:
+        """Grow ``lv`` to ``size`` bytes; ``onto``: physical extent ranges (``PV:FIRST-LAST``)
+        to take the new extents from, and no others."""
+        self._lvm(["lvextend", "-L", f"{size}b", f"{self.vg}/{lv}", *onto])
+
+    def extent_ranges(self, lv: str) -> list[str]:
+        """Where ``lv``'s extents are, as ``PV:FIRST-LAST`` ranges in order (what ``extend``
+        takes as ``onto``)."""
+        rows = self._report(["lvs", "-o", "seg_pe_ranges", f"{self.vg}/{lv}"], "lv")
+        ranges = [part for row in rows for part in str(row.get("seg_pe_ranges", "")).split()]
+        if not ranges:
+            raise BackendError(f"lvs reported no extents for {self.vg}/{lv}")
+        return ranges
 
     def remove(self, lv: str) -> None:
         self._lvm(["lvremove", "--yes", "-f", f"{self.vg}/{lv}"])
@@ -156,8 +167,9 @@ class Volumes:
         """Overwrite the first ``length`` bytes of ``lv`` three times with random data."""
         runner.run(["shred", "-n", "3", f"-s{length}", self.device(lv)], timeout=3600.0)
 
-    def _tags(self, token: str) -> list[str]:
-        return ["--addtag", OWNER_TAG, "--addtag", op_tag(token)]
+    def _tags(self, token: str | None) -> list[str]:
+        tags = ["--addtag", OWNER_TAG]
+        return tags if token is None else [*tags, "--addtag", op_tag(token)]
 
     def _report(self, argv: Sequence[str], kind: str) -> list[dict[str, Any]]:
         out = self._lvm([argv[0], "--reportformat", "json", "--units", "b", "--nosuffix",
