@@ -10,7 +10,8 @@ translated where they cross into diskledger, with ``raise ... from`` so the caus
     │   ├── InvalidSize         a size that is unparsable, negative, zero, too small or a shrink
     │   ├── InvalidSource       a template source that is missing, unreadable or not a file
     │   ├── UnsafeImage         an image the safety inspection refuses
-    │   └── UnknownBackend      no backend of that name (built in, registered, or an entry point)
+    │   ├── UnknownBackend      no backend of that name (built in, registered, or an entry point)
+    │   └── Unsupported         the disk's backend cannot do that at all (resize a parallels disk)
     ├── NotFound
     │   ├── DiskNotFound
     │   ├── TemplateNotFound
@@ -75,6 +76,7 @@ __all__ = [
     "TemplateNotFound",
     "UnknownBackend",
     "UnsafeImage",
+    "Unsupported",
 ]
 
 
@@ -113,6 +115,20 @@ class UnknownBackend(InvalidInput):
         super().__init__(f"unknown backend {name!r}; choose one of: {', '.join(known)}")
         self.name = name
         self.known = tuple(known)
+
+
+class Unsupported(InvalidInput):
+    """The disk's backend cannot do what was asked, whatever the input: its storage has no such
+    operation (a ``parallels`` disk cannot be resized: qemu's parallels driver does not
+    implement resize, see ``Capability.FIXED_SIZE``). Refused before anything is recorded or
+    touched; ``disk``, ``backend`` and ``operation`` say what was refused, ``reason`` why."""
+
+    def __init__(self, disk: str, backend: str, operation: str, reason: str) -> None:
+        super().__init__(f"the {backend} backend cannot {operation} disk {disk}: {reason}")
+        self.disk = disk
+        self.backend = backend
+        self.operation = operation
+        self.reason = reason
 
 
 class NotFound(DiskLedgerError, LookupError):

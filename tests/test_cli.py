@@ -469,6 +469,7 @@ def test_an_unknown_backend_is_one_line_exit_1_and_touches_nothing(
     done = subprocess.run([str(script), *argv], env=env, capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr == (
-        "diskledger: error: unknown backend 'ploop'; choose one of: raw, qcow2, rbd, lvm\n"
+        "diskledger: error: unknown backend 'ploop'; choose one of: raw, qcow2, rbd, lvm, "
+        "parallels\n"
     )
     assert not root.exists()

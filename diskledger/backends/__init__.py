@@ -24,6 +24,7 @@ from diskledger.backends.contract import (
 )
 from diskledger.backends.file_backend import FileSettings
 from diskledger.backends.lvm import LvmBackend, LvmSettings
+from diskledger.backends.parallels import ParallelsBackend
 from diskledger.backends.qcow2 import Qcow2Backend
 from diskledger.backends.raw import RawBackend
 from diskledger.backends.rbd import RbdBackend, RbdTemplateStore
@@ -49,6 +50,7 @@ __all__ = [
     "LvmBackend",
     "LvmSettings",
     "Observation",
+    "ParallelsBackend",
     "Qcow2Backend",
     "RawBackend",
     "RbdBackend",
@@ -62,7 +64,7 @@ __all__ = [
     "template_store_for",
 ]
 
-BACKENDS = ("raw", "qcow2", "rbd", "lvm")
+BACKENDS = ("raw", "qcow2", "rbd", "lvm", "parallels")
 """The built-in backends (``registry.names()`` lists every backend known)."""
 
 
@@ -78,7 +80,7 @@ def backend_for(
     settings: object
     if name == "rbd":
         settings = ceph
-    elif name in ("raw", "qcow2"):
+    elif name in ("raw", "qcow2", "parallels"):
         settings = FileSettings(preallocate=preallocate)
     else:
         settings = found.load_settings(os.environ)

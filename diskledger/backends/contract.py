@@ -75,6 +75,11 @@ class Capability(StrEnum):
     """Snapshots can be taken and removed while a running guest writes to the disk: the storage
     hands the request to the guest's own client (RBD's exclusive lock), so the snapshot is
     crash-consistent and nothing is written behind the guest's back."""
+    FIXED_SIZE = "fixed-size"
+    """Disks keep the virtual size they were made with: the storage cannot grow them (qemu's
+    parallels driver has no resize), so the engine refuses a resize (``Unsupported``) before it
+    records anything, and the backend's ``resize`` raises ``Unsupported`` too. A disk can
+    still be made at any size, a template's data included."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +216,8 @@ class Backend(Protocol):
         ...
 
     def resize(self, location: str, fmt: str, size: int) -> Observation:
-        """Grow the disk's virtual size to ``size``; a disk already that large is left alone."""
+        """Grow the disk's virtual size to ``size``; a disk already that large is left alone.
+        A backend with ``Capability.FIXED_SIZE`` raises ``Unsupported`` instead."""
         ...
 
     def snapshot_artifacts(

@@ -3,11 +3,11 @@ distributions declare in the ``diskledger.backends`` entry-point group.
 
 A backend is declared once, as a ``BackendSpec``: its name, how its settings are read from the
 environment, how it is made, and where it keeps its templates. The built-in modules declare
-theirs as ``SPEC`` (``raw.py``, ``qcow2.py``, ``rbd/``). A third party declares its own in its
-distribution's metadata, for example in ``pyproject.toml``::
+theirs as ``SPEC`` (``raw.py``, ``qcow2.py``, ``parallels.py``, ``rbd/``, ``lvm/``). A third
+party declares its own in its distribution's metadata, for example in ``pyproject.toml``::
 
     [project.entry-points."diskledger.backends"]
-    lvm = "diskledger_lvm:SPEC"
+    tiny = "tiny_backend:SPEC"
 
 The entry point's name is the backend's name; its object is a ``BackendSpec`` (not a factory
 returning one) whose ``name`` is that same name. It is imported only when that name is first
@@ -37,6 +37,7 @@ _BUILT_IN: Final[Mapping[str, str]] = {
     "qcow2": "diskledger.backends.qcow2",
     "rbd": "diskledger.backends.rbd",
     "lvm": "diskledger.backends.lvm",
+    "parallels": "diskledger.backends.parallels",
 }
 """Each built-in backend's name and the module whose ``SPEC`` declares it (imported on first
 use)."""
@@ -102,8 +103,8 @@ def spec(name: str) -> BackendSpec:
 
 
 def names() -> tuple[str, ...]:
-    """Every backend name known: the built-ins (raw, qcow2, rbd, lvm), then the registered and the
-    entry-point names, sorted. Entry points are listed, not imported."""
+    """Every backend name known: the built-ins (raw, qcow2, rbd, lvm, parallels), then the
+    registered and the entry-point names, sorted. Entry points are listed, not imported."""
     with _lock:
         others = (set(_registered) | set(_entry_points())) - set(_BUILT_IN)
     return (*_BUILT_IN, *sorted(others))

@@ -24,6 +24,7 @@ __all__ = [
     "CACHE_MODES",
     "DISCARD_MODES",
     "IOTUNE_SPECS",
+    "LIBVIRT_FORMATS",
     "DiskDevice",
     "describe",
     "disks_in",
@@ -58,6 +59,11 @@ MAX_IOTUNE: Final = 10**15
 """qemu's ceiling for a throttle limit (``THROTTLE_VALUE_MAX``)."""
 _TARGET = re.compile(r"(?P<prefix>xvd|vd|sd|hd)(?P<letters>[a-z]{1,3})")
 
+LIBVIRT_FORMATS: Final[Mapping[str, str]] = {"parallels": "ploop"}
+"""Recorded formats libvirt names otherwise (its ``virStorageFileFormat``): qemu's ``parallels``
+format is libvirt's ``ploop``, which its qemu driver hands to qemu's ``parallels`` block driver.
+Every other format is named as recorded."""
+
 
 @dataclass(frozen=True, slots=True)
 class DiskDevice:
@@ -82,7 +88,8 @@ class DiskDevice:
 
     def element(self) -> ET.Element:
         disk = ET.Element("disk", type=self.source.kind.value, device="disk")
-        driver = ET.SubElement(disk, "driver", name="qemu", type=self.format)
+        driver_type = LIBVIRT_FORMATS.get(self.format, self.format)
+        driver = ET.SubElement(disk, "driver", name="qemu", type=driver_type)
         for attribute, value in (("cache", self.cache), ("discard", self.discard), ("io", self.io)):
             if value is not None:
                 driver.set(attribute, value)

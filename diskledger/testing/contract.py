@@ -45,7 +45,8 @@ The hooks:
 What differs between backends legitimately is read from the backend, not configured:
 ``Capability.BACKING_OVERLAY`` (a disk made from a template keeps it as its backing image),
 ``INTERNAL_SNAPSHOTS`` (snapshots are listed inside the disk), ``FLATTEN`` and
-``DIRECT_SNAPSHOT`` (their tests are skipped without them).
+``DIRECT_SNAPSHOT`` (their tests are skipped without them), ``FIXED_SIZE`` (the tests that grow
+a disk are skipped with it, and one checks that growing is refused instead).
 
 Making the source images the suite imports takes ``qemu-img`` (Debian's ``qemu-utils``).
 """
@@ -76,7 +77,7 @@ from diskledger.backends import (
     TemplateSource,
     TemplateStore,
 )
-from diskledger.errors import BackendError, InvalidSize, UnsafeImage
+from diskledger.errors import BackendError, InvalidSize, UnsafeImage, Unsupported
 from diskledger.testing.storage import ImageFacts, StorageAccess, StorageInspection
 
 __all__ = [
@@ -99,6 +100,7 @@ MAX_IMPORT = 64 * MiB
 
 OVERLAY = Capability.BACKING_OVERLAY
 INTERNAL = Capability.INTERNAL_SNAPSHOTS
+FIXED = Capability.FIXED_SIZE
 
 
 class BackendContract:
@@ -325,6 +327,8 @@ class BackendContract:
     # -- resize --------------------------------------------------------------------------------
 
     def test_resize_grows_only(self, backend: Backend, storage: StorageAccess) -> None:
+        if FIXED in backend.capabilities:
+            pytest.skip(f"the {backend.name} backend's disks keep their size (FIXED_SIZE)")
         location = new_disk(backend)
         fmt = backend.disk_format
         fill(storage, location, fmt, 0x22)
@@ -339,6 +343,25 @@ class BackendContract:
         assert holds(storage, location, fmt, 0x00, MiB + CHUNK)
         fill(storage, location, fmt, 0x23, MiB + CHUNK)
         assert holds(storage, location, fmt, 0x23, MiB + CHUNK)
+        assert storage.existing() == before
+        assert not temporaries(storage)
+
+    def test_a_fixed_size_disk_refuses_to_grow(
+        self, backend: Backend, storage: StorageAccess
+    ) -> None:
+        if FIXED not in backend.capabilities:
+            pytest.skip(f"the {backend.name} backend grows disks")
+        location = new_disk(backend)
+        fmt = backend.disk_format
+        fill(storage, location, fmt, 0x22)
+        before = storage.existing()
+
+        with pytest.raises(Unsupported, match="resize"):
+            backend.resize(location, fmt, 2 * MiB)
+        assert backend.resize(location, fmt, MiB).size == MiB  # already that large: left alone
+
+        assert_facts(storage, location, fmt, size=MiB)
+        assert holds(storage, location, fmt, 0x22)
         assert storage.existing() == before
         assert not temporaries(storage)
 
@@ -393,6 +416,8 @@ class BackendContract:
     def test_rollback_keeps_the_size_when_the_snapshot_was_smaller(
         self, backend: Backend, storage: StorageAccess
     ) -> None:
+        if FIXED in backend.capabilities:
+            pytest.skip(f"the {backend.name} backend's disks keep their size (FIXED_SIZE)")
         location = new_disk(backend)
         fmt = backend.disk_format
         fill(storage, location, fmt, 0xAB)
@@ -602,10 +627,12 @@ class BackendContract:
         backend.snapshot(location, fmt, "s1", "op2")
         (snap_seen,) = backend.probe([snap])
         assert snap_seen.exists and snap_seen.size in (None, MiB)
-        backend.resize(location, fmt, 2 * MiB)
+        grown = MiB if FIXED in backend.capabilities else 2 * MiB
+        if grown != MiB:
+            backend.resize(location, fmt, grown)
         before = storage.existing()
         final_seen, snap_seen = backend.probe([final, snap])
-        assert final_seen.size == 2 * MiB
+        assert final_seen.size == grown
         # When reported, the size the snapshot was taken at, not the disk's size now.
         assert snap_seen.exists and snap_seen.size in (None, MiB)
         if INTERNAL in backend.capabilities:

@@ -31,7 +31,7 @@ from diskledger.backends.contract import Authenticates
 from diskledger.errors import InvalidInput, UnknownBackend
 from tests.backends.helpers import MiB
 
-BUILT_IN = ("raw", "qcow2", "rbd", "lvm")
+BUILT_IN = ("raw", "qcow2", "rbd", "lvm", "parallels")
 
 
 class TinyBackend(RawBackend):
@@ -59,7 +59,7 @@ def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_the_built_in_backends_come_first_in_order() -> None:
-    assert registry.names()[:4] == BUILT_IN
+    assert registry.names()[: len(BUILT_IN)] == BUILT_IN
     for name in BUILT_IN:
         assert registry.spec(name).name == name
 
@@ -87,7 +87,9 @@ def test_the_rbd_backend_is_made_from_a_ceph_configuration(tmp_path: Path) -> No
 def test_an_unknown_name_is_refused_with_the_names_known() -> None:
     with pytest.raises(UnknownBackend) as caught:
         registry.spec("ploop")
-    assert str(caught.value) == "unknown backend 'ploop'; choose one of: raw, qcow2, rbd, lvm"
+    assert str(caught.value) == (
+        "unknown backend 'ploop'; choose one of: raw, qcow2, rbd, lvm, parallels"
+    )
     assert caught.value.name == "ploop" and caught.value.known == registry.names()
     assert isinstance(caught.value, InvalidInput)
     with pytest.raises(
@@ -382,7 +384,7 @@ def test_an_installed_distribution_adds_a_backend_through_its_entry_point(tmp_pa
     ]
     assert found["ploop"] == [
         "UnknownBackend",
-        "unknown backend 'ploop'; choose one of: raw, qcow2, rbd, lvm, broken, misnamed, notaspec, "
-        "tiny",
+        "unknown backend 'ploop'; choose one of: raw, qcow2, rbd, lvm, parallels, broken, misnamed, "
+        "notaspec, tiny",
         None,
     ]

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from diskledger.backends import ChecksCapacity
+from diskledger.backends import Capability, ChecksCapacity
 from diskledger.engine.attachments import uses
 from diskledger.engine.decisions import Decision, Rule
 from diskledger.engine.inputs import check_disk, parse_size
 from diskledger.engine.operations.base import Operation, disk_parts, observed_size
 from diskledger.engine.protocol import Plan, on_live_disk
 from diskledger.engine.runtime import Runtime
-from diskledger.errors import DiskAttached, InvalidSize
+from diskledger.errors import DiskAttached, InvalidSize, Unsupported
 from diskledger.states import DiskView
 from diskledger.states.streams import disk_stream
 
@@ -52,6 +52,10 @@ class Resize(Operation):
                 return view
             location, fmt = view.location, view.format
             backend = rt.backend_of(view)
+            if Capability.FIXED_SIZE in backend.capabilities:  # refused before the intent
+                raise Unsupported(
+                    disk, backend.name, "resize", "its disks keep the size they were made with"
+                )
             params: dict[str, Any] = {
                 "size": wanted,
                 "previous_size": view.size,
