@@ -58,6 +58,10 @@ soak: setup  ## the property-based harness on raw, qcow2 and rbd for 100,000 ste
 torture: setup  ## SIGKILL operations at random moments, 2000 times; prints the outcome counts
 	DISKLEDGER_TORTURE_KILLS=2000 $(PY) -m pytest -q -s tests/recovery/test_torture.py
 
+.PHONY: guest-faults
+guest-faults: setup  ## the lvm crash fault matrix in full (every operation x every point, thick and sparse) in the test guest
+	DISKLEDGER_LVM_FAULTS=all $(PY) -m pytest -q -s tests/guest/test_lvm.py -k fault_matrix
+
 bench: setup  ## side-by-side benchmarks; figures go into docs/performance.md
 	$(PY) -m benchmarks
 

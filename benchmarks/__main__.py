@@ -1,7 +1,7 @@
 """``python -m benchmarks [--markdown] [--profile-append] [BENCHMARK...]``
 
 Benchmarks: ``engine``, ``append``, ``replay``, ``recovery``, ``rbd``, ``libvirt``, ``feed``,
-``multihost``
+``multihost``, ``lvm``
 (default: all).
 
 Environment: ``DISKLEDGER_BENCH_EVENTS`` (replay ledger size, default 1,000,000) and
@@ -12,7 +12,9 @@ rbd benchmark starts its own one-node Ceph cluster; without the Ceph packages it
 run of all benchmarks (asked for by name, it fails). The libvirt benchmark uses or starts libvirtd
 at qemu:///system and boots a KVM domain; without KVM or libvirt it is left out of a run of all
 benchmarks the same way. The feed benchmark starts its own PostgreSQL server; without PostgreSQL
-installed it is left out the same way too.
+installed it is left out the same way too. The lvm benchmark boots the test guest
+(``tests.support.guest``; ``DISKLEDGER_BENCH_TRIALS`` sets its trials per side, at most 50,
+default 15); when the guest cannot be built or started here it is left out the same way.
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ from benchmarks import (
     feed,
     ledger_append,
     libvirt_resize,
+    lvm_create,
     multihost,
     rbd_clone,
     recovery_scan,
     replay,
 )
 from benchmarks.timing import Report, env_int, render_markdown, render_text
+from tests.support.guest import GuestUnavailable
 from tests.support.libvirt import LibvirtUnavailable
 
 
@@ -47,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         "only",
         nargs="*",
         metavar="BENCHMARK",
-        help="run only these, of engine, append, replay, recovery, rbd, libvirt, feed and "
-        "multihost (default: all)",
+        help="run only these, of engine, append, replay, recovery, rbd, libvirt, feed, "
+        "multihost and lvm (default: all)",
     )
     parser.add_argument(
         "--markdown", action="store_true", help="also print a section for docs/performance.md"
@@ -80,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         "libvirt": lambda: libvirt_resize.run(trials or libvirt_resize.DEFAULT_TRIALS),
         "feed": lambda: feed.run(trials or feed.DEFAULT_TRIALS),
         "multihost": multihost.run,
+        "lvm": lambda: lvm_create.run(min(trials or lvm_create.DEFAULT_TRIALS, 50)),
     }
     chosen: list[str] = args.only or list(benchmarks)
     if not args.only and shutil.which("ceph-mon") is None:
@@ -92,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         print("feed, multihost: left out, PostgreSQL is not installed (scripts/bootstrap.sh)")
         chosen.remove("feed")
         chosen.remove("multihost")
+    if not args.only and shutil.which("qemu-system-x86_64") is None:
+        print("lvm: left out, qemu-system-x86_64 is not installed (the test guest needs it)")
+        chosen.remove("lvm")
     unknown = sorted(set(chosen) - benchmarks.keys())
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}: choose from {', '.join(benchmarks)}")
@@ -104,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         lap = time.perf_counter()
         try:
             report = benchmarks[name]()
-        except LibvirtUnavailable as exc:
+        except (LibvirtUnavailable, GuestUnavailable) as exc:
             if args.only:  # asked for by name: that it cannot run here is an error
                 raise
             print(f"\n{name}: left out, {exc}", flush=True)
