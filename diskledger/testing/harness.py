@@ -9,11 +9,12 @@ must refuse, **guest writes** (a distinct 512-byte marker written into a disk th
 storage, as a guest would), **operations crashed at a fault point** (in-process: the
 operation's thread dies on the spot and no compensation runs; or a real ``diskledger`` CLI
 process is SIGKILLed there), recoveries and engine restarts. Every size it asks for is a multiple
-of 512 bytes, not of a MiB. A model of the expected state runs alongside, down to the bytes: what
-each disk, snapshot and export holds. After every step, and once more at the end of each example
-(after recovering what a crash left unresolved), the invariants below are checked; a violated one
-raises ``InvariantViolation`` naming it, and Hypothesis prints the shrunk operation sequence that
-led there.
+of 512 bytes, not of a MiB; on a backend with ``Capability.FIXED_SIZE`` (parallels) a resize
+that grows a disk is a request the engine must refuse. A model of the expected state runs
+alongside, down to the bytes: what each disk, snapshot and export holds. After every step, and
+once more at the end of each example (after recovering what a crash left unresolved), the
+invariants below are checked; a violated one raises ``InvariantViolation`` naming it, and
+Hypothesis prints the shrunk operation sequence that led there.
 
 Invariants (``INVARIANTS``; docs/testing.md explains each):
 
@@ -540,6 +541,8 @@ class DiskLifecycle(RuleBasedStateMachine):
             Capability.DIRECT_SNAPSHOT in capabilities and self.harness.snapshot_pool is not None
         )
         self.snapshots_in_use = Capability.SNAPSHOT_IN_USE in capabilities
+        self.fixed_size = Capability.FIXED_SIZE in capabilities
+        """Disks keep the size they were made with: growing one must be refused (parallels)."""
         STATS.examples += 1
 
     def teardown(self) -> None:
@@ -760,7 +763,12 @@ class DiskLifecycle(RuleBasedStateMachine):
             f"disk:{disk}",
             lambda engine, op_id: engine.resize(disk, size, op_id=op_id),
             ["disk", "resize", disk, str(size)],
-            valid=current is not None and size >= now and size % SECTOR == 0,
+            valid=(
+                current is not None
+                and size >= now
+                and size % SECTOR == 0
+                and (size == now or not self.fixed_size)
+            ),
             apply=apply,
             writes=current is None or size != now,
         )

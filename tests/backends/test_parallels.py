@@ -14,10 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,6 +47,15 @@ from tests.backends.test_contract import (  # noqa: F401
     test_a_file_backend_keeps_disks_in_its_own_format,
     test_delete_removes_the_instance_directory,
     test_probe_does_not_trust_a_temporary_file,
+)
+from tests.recovery.helpers import (
+    ABSENT,
+    after,
+    assert_consistent,
+    cli,
+    created_state,
+    disk_state,
+    open_engine,
 )
 
 
@@ -354,3 +365,92 @@ def test_the_cli_describes_a_parallels_disk_to_libvirt_as_ploop(
     driver, source = element.find("driver"), element.find("source")
     assert driver is not None and driver.get("type") == "ploop"
     assert source is not None and source.get("file", "").endswith("/disks/vm-1/root")
+
+
+# -- crash recovery: a CLI process SIGKILLed at each point of each operation -------------------
+
+DISK = "vm-1/root"
+OLD_DATA, NEW_DATA = 0x42, 0x41
+SMALL = 4 * MiB
+
+
+@pytest.fixture(scope="module")
+def small_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 4 MiB qcow2 template source with data in its first 64 KiB."""
+    source = tmp_path_factory.mktemp("parallels-sources") / "small.qcow2"
+    make_source(source, "qcow2", SMALL, pattern=0x11)
+    return {"qcow2": source}
+
+
+def _prepare(
+    op: str, root: Path, sources: dict[str, Path], exports: Path
+) -> tuple[list[str], Callable[[Engine], Any], Any, Any]:
+    """The CLI arguments of ``op`` on a parallels disk, how to observe what it changes, and
+    what that is before and after it."""
+    location = str(root / "disks" / DISK)
+    with open_engine(root, "parallels") as engine:
+        engine.add_template("base", sources["qcow2"], "qcow2")
+        observe: Callable[[Engine], Any] = lambda e: disk_state(e, DISK)  # noqa: E731
+        if op == "create":
+            new = created_state(root, DISK, "parallels", SMALL, template="base")
+            return ["disk", "create", DISK, "--template", "base"], observe, ABSENT, new
+        if op == "import":
+            new = created_state(root, DISK, "parallels", SMALL)
+            argv = ["disk", "import", DISK, str(sources["qcow2"]), "--format", "qcow2"]
+            return argv, observe, ABSENT, new
+        engine.create(DISK, template="base")
+        old = disk_state(engine, DISK)
+        if op == "snapshot":
+            return ["disk", "snapshot", DISK, "s1"], observe, old, after(old, "snapshot", "s1")
+        if op == "export":
+            target = exports / "out.raw"
+
+            def exported(e: Engine) -> Any:
+                seen = info(str(target), "raw") if target.exists() else None
+                return disk_state(e, DISK), seen and (seen["format"], seen["virtual-size"])
+
+            argv = ["disk", "export", DISK, str(target), "--format", "raw"]
+            return argv, exported, (old, None), (old, ("raw", SMALL))
+        if op == "delete":
+            return ["disk", "delete", DISK], observe, old, ABSENT
+        write_pattern(location, "parallels", NEW_DATA)
+        engine.snapshot(DISK, "s1")
+        old = disk_state(engine, DISK)
+        if op == "remove-snapshot":
+            new = after(old, "remove-snapshot", "s1")
+            return ["disk", "remove-snapshot", DISK, "s1"], observe, old, new
+        assert op == "rollback"
+        write_pattern(location, "parallels", OLD_DATA)
+
+        def data(e: Engine) -> Any:
+            held = next(p for p in (OLD_DATA, NEW_DATA) if has_pattern(location, "parallels", p))
+            return disk_state(e, DISK), held
+
+        return ["disk", "rollback", DISK, "s1"], data, (old, OLD_DATA), (old, NEW_DATA)
+
+
+@pytest.mark.parametrize("point", ["after-intent", "mid-effect", "after-effect", "after-outcome"])
+@pytest.mark.parametrize(
+    "op", ["create", "import", "snapshot", "rollback", "remove-snapshot", "export", "delete"]
+)
+def test_a_killed_operation_recovers_to_before_or_after(
+    op: str, point: str, tmp_path: Path, small_sources: dict[str, Path]
+) -> None:
+    """SIGKILLed at each point, the next ``recover`` leaves the disk as it was or as the
+    operation makes it, nothing pending, nothing leaked, and the ledger verifies."""
+    root, exports = tmp_path / "root", tmp_path / "exports"
+    exports.mkdir()
+    argv, observe, old, new = _prepare(op, root, small_sources, exports)
+
+    crashed = cli(root, *argv, backend="parallels", fault=f"{op}@{point}")
+    assert crashed.returncode == -signal.SIGKILL, (crashed.returncode, crashed.stderr)
+    recovered = cli(root, "recover", backend="parallels")
+    assert recovered.returncode == 0, recovered.stderr
+    assert json.loads(recovered.stdout)["needs_operator"] == []
+
+    assert_consistent(root, exports, backend="parallels")
+    with open_engine(root, "parallels") as engine:
+        state = observe(engine)
+    assert state in (old, new), f"neither before nor after {op}: {state}"
+    if point == "after-outcome":
+        assert state == new

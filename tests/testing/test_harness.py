@@ -1,5 +1,6 @@
-"""The property-based harness (diskledger.testing) on the file backends, on RBD, and with a
-libvirt domain that disks are attached to; and most of its steps are real operations."""
+"""The property-based harness (diskledger.testing) on the file backends (on parallels, growing a
+disk is a request the engine must refuse: ``Capability.FIXED_SIZE``), on RBD, and with a libvirt
+domain that disks are attached to; and most of its steps are real operations."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tests.support.libvirt import Domains
 
 TestRawLifecycle = lifecycle_test_case(Harness("raw", backend="raw"))
 TestQcow2Lifecycle = lifecycle_test_case(Harness("qcow2", backend="qcow2"))
+TestParallelsLifecycle = lifecycle_test_case(Harness("parallels", backend="parallels"))
 
 
 def rbd_harness(ceph: CephCluster) -> Harness:
