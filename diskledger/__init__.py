@@ -27,6 +27,7 @@ from diskledger.errors import (
     InvalidName,
     InvalidSize,
     InvalidSource,
+    KeyNotFound,
     NotFound,
     OperationPending,
     OwnershipLost,
@@ -35,12 +36,15 @@ from diskledger.errors import (
     TemplateNotFound,
     UnknownBackend,
     UnsafeImage,
+    UnsafeKeyStore,
 )
 from diskledger.events import Metadata, NewEvent, RecordedEvent
+from diskledger.keys import KeyProvider, LocalKeyDirectory
 from diskledger.states import (
     Attachment,
     DiskState,
     DiskView,
+    Encryption,
     MemberState,
     MemberView,
     TemplateState,
@@ -68,6 +72,7 @@ __all__ = [
     "DiskState",
     "DiskView",
     "DomainNotFound",
+    "Encryption",
     "Engine",
     "EventStore",
     "Export",
@@ -81,7 +86,10 @@ __all__ = [
     "InvalidName",
     "InvalidSize",
     "InvalidSource",
+    "KeyNotFound",
+    "KeyProvider",
     "LeaseSettings",
+    "LocalKeyDirectory",
     "MemberRecord",
     "MemberState",
     "MemberView",
@@ -100,6 +108,7 @@ __all__ = [
     "TemplateView",
     "UnknownBackend",
     "UnsafeImage",
+    "UnsafeKeyStore",
     "open_store",
     "parse_size",
 ]

@@ -141,6 +141,9 @@ def _template_commands(groups: Any, leaf: Leaf) -> None:
     show.add_argument("template", metavar="TEMPLATE_ID")
 
 
+_ENCRYPT_HELP = "LUKS-encrypt the disk (qcow2) under a new key (DISKLEDGER_KEY_DIR)"
+
+
 def _disk_commands(groups: Any, leaf: Leaf) -> None:
     disk = groups.add_parser("disk", help="disks").add_subparsers(
         dest="command", required=True, metavar="ACTION"
@@ -159,6 +162,7 @@ def _disk_commands(groups: Any, leaf: Leaf) -> None:
         help="fetch the template from FILE first unless it is cached (once, however many ask)",
     )
     create.add_argument("--template-format", choices=FORMATS, help="the format of FILE")
+    create.add_argument("--encrypt", action="store_true", help=_ENCRYPT_HELP)
     resize = leaf(disk, "resize", _disk_resize, "grow a disk", mutates=True)
     resize.add_argument("disk", metavar="INSTANCE/NAME")
     resize.add_argument("size", metavar="SIZE")
@@ -186,6 +190,7 @@ def _disk_commands(groups: Any, leaf: Leaf) -> None:
     imported.add_argument("disk", metavar="INSTANCE/NAME")
     imported.add_argument("source", metavar="SOURCE_FILE")
     imported.add_argument("--format", required=True, choices=FORMATS)
+    imported.add_argument("--encrypt", action="store_true", help=_ENCRYPT_HELP)
     flatten = leaf(
         disk, "flatten", _disk_flatten, "detach a clone from its template (rbd)", mutates=True
     )
@@ -340,13 +345,18 @@ def _template_show(engine: Engine, args: argparse.Namespace) -> Any:
 def _show_disk(engine: Engine, args: argparse.Namespace, view: Any) -> Any:
     if not args.json:
         print_disk(view)
-    return disk_json(view)
+    shown = disk_json(view)
+    if view.encryption is not None:  # the key's reference, never the key
+        shown["encryption"] = view.encryption.to_json()
+    return shown
 
 
 def _disk_create(engine: Engine, args: argparse.Namespace) -> Any:
     if args.template_source is not None:
         engine.ensure_template(args.template, args.template_source, args.template_format)
-    view = engine.create(args.disk, template=args.template, size=args.size, op_id=args.op_id)
+    view = engine.create(
+        args.disk, template=args.template, size=args.size, encrypt=args.encrypt, op_id=args.op_id
+    )
     return _show_disk(engine, args, view)
 
 
@@ -373,7 +383,9 @@ def _disk_delete(engine: Engine, args: argparse.Namespace) -> Any:
 
 
 def _disk_import(engine: Engine, args: argparse.Namespace) -> Any:
-    view = engine.import_disk(args.disk, args.source, args.format, op_id=args.op_id)
+    view = engine.import_disk(
+        args.disk, args.source, args.format, encrypt=args.encrypt, op_id=args.op_id
+    )
     return _show_disk(engine, args, view)
 
 

@@ -11,12 +11,14 @@ translated where they cross into diskledger, with ``raise ... from`` so the caus
     │   ├── InvalidSource       a template source that is missing, unreadable or not a file
     │   ├── UnsafeImage         an image the safety inspection refuses
     │   ├── UnknownBackend      no backend of that name (built in, registered, or an entry point)
+    │   ├── UnsafeKeyStore      keys could not be kept safely (a key directory others may read)
     │   └── Unsupported         the disk's backend cannot do that at all (resize a parallels disk)
     ├── NotFound
     │   ├── DiskNotFound
     │   ├── TemplateNotFound
     │   ├── SnapshotNotFound
-    │   └── DomainNotFound      libvirt has no such domain
+    │   ├── DomainNotFound      libvirt has no such domain
+    │   └── KeyNotFound         an encrypted disk's key is not with its key provider
     ├── IllegalTransition       the lifecycle table has no such transition from the current state
     ├── Conflict
     │   ├── ConcurrencyError    the stream moved since it was read (UNIQUE(stream_id, version))
@@ -67,6 +69,7 @@ __all__ = [
     "InvalidName",
     "InvalidSize",
     "InvalidSource",
+    "KeyNotFound",
     "NotFound",
     "OperationPending",
     "OwnershipLost",
@@ -76,6 +79,7 @@ __all__ = [
     "TemplateNotFound",
     "UnknownBackend",
     "UnsafeImage",
+    "UnsafeKeyStore",
     "Unsupported",
 ]
 
@@ -303,3 +307,18 @@ class CephUnavailable(CephError):
 class ImageBusy(CephError):
     """The image stayed in use past the retry budget: a client (a running VM) still watches it.
     Clones that depend on a snapshot are a permanent refusal instead (``CephError``, EBUSY)."""
+
+
+class UnsafeKeyStore(InvalidInput):
+    """The key provider cannot keep keys safely (a key directory others may read or that this
+    process cannot write, a key file with loose permissions): refused before anything is
+    recorded or touched."""
+
+
+class KeyNotFound(NotFound):
+    """The key an encrypted disk's stream names is not with its provider (destroyed, or lost)."""
+
+    def __init__(self, ref: str, provider: str) -> None:
+        super().__init__(f"key {ref} is not with the {provider} key provider")
+        self.ref = ref
+        self.provider = provider

@@ -14,6 +14,11 @@ Points, in the order an operation reaches them:
 ``after-effect``   the effect is complete, the outcome not yet recorded
 ``after-outcome``  the outcome is durable
 
+Two more points are reached only by encrypted disks (``KEY_POINTS``, see docs/encryption.md):
+
+``after-key-created``     create/import: the key is durable, its intent not yet recorded
+``before-key-destroyed``  delete, or a create/import undone: the data is gone, the key not yet
+
 Actions: ``kill`` (the default: SIGKILL to itself, as the OOM killer or a power cut would),
 ``eio`` and ``enospc`` (raise ``StorageIOError`` as the file system would), and ``crash`` (raise
 ``Crash``: the operation's thread dies on the spot, no compensation runs and the intent stays
@@ -34,9 +39,10 @@ from typing import Final
 
 from diskledger.errors import StorageIOError
 
-__all__ = ["ACTIONS", "POINTS", "Crash", "FaultSpecError", "armed", "parse", "reach"]
+__all__ = ["ACTIONS", "KEY_POINTS", "POINTS", "Crash", "FaultSpecError", "armed", "parse", "reach"]
 
 POINTS: Final = ("after-intent", "mid-effect", "after-effect", "after-outcome")
+KEY_POINTS: Final = ("after-key-created", "before-key-destroyed")
 ACTIONS: Final = ("kill", "eio", "enospc", "crash")
 
 
@@ -56,9 +62,9 @@ def parse(spec: str) -> dict[tuple[str | None, str], str]:
         target, _, action = item.partition(":")
         op, _, point = target.rpartition("@")
         action = action or "kill"
-        if point not in POINTS or action not in ACTIONS:
+        if point not in (*POINTS, *KEY_POINTS) or action not in ACTIONS:
             raise FaultSpecError(
-                f"DISKLEDGER_FAULT item {item!r}: points are {', '.join(POINTS)}; "
+                f"DISKLEDGER_FAULT item {item!r}: points are {', '.join((*POINTS, *KEY_POINTS))}; "
                 f"actions are {', '.join(ACTIONS)}"
             )
         armed[(op or None, point)] = action

@@ -8,6 +8,11 @@ import diskledger
 from diskledger import errors
 
 EXPECTED = {
+    "Encryption",
+    "KeyNotFound",
+    "KeyProvider",
+    "LocalKeyDirectory",
+    "UnsafeKeyStore",
     "FeedGap",
     "Fenced",
     "LeaseSettings",

@@ -4,10 +4,11 @@ member taking over another's operation on a shared directory, ``set_aside`` (``S
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol, Self
 
 from diskledger import faults
 from diskledger.backends import files, qemu
@@ -85,6 +86,10 @@ class FileBackend:
     name: str
     disk_format: str
     capabilities: frozenset[Capability]
+    encrypts: ClassVar[bool] = False
+    """Can make LUKS-encrypted disks (``create``/``import_file`` with ``luks``): qcow2 only."""
+    _luks: qemu.Luks | None = None
+    """The key of the one encrypted disk this copy works on (``with_key``)."""
 
     def __init__(self, root: str, *, preallocate: bool = False) -> None:
         self.root = os.path.abspath(root)
@@ -99,16 +104,38 @@ class FileBackend:
     def create_artifacts(self, location: str, token: str) -> tuple[Artifact, ...]:
         return file_pair(location, token)
 
+    def with_key(self, luks: qemu.Luks) -> Self:
+        """This backend, for one disk encrypted with ``luks``: every ``qemu-img`` call that must
+        open the disk (resize, internal snapshots) gets the key as a secret file."""
+        if not self.encrypts:
+            raise InvalidInput(f"the {self.name} backend cannot encrypt a disk")
+        keyed = copy.copy(self)
+        keyed._luks = luks
+        return keyed
+
     def create(
-        self, location: str, token: str, *, size: int | None, template: TemplateSource | None
+        self,
+        location: str,
+        token: str,
+        *,
+        size: int | None,
+        template: TemplateSource | None,
+        luks: qemu.Luks | None = None,
     ) -> Observation:
+        """``luks``: encrypt the new disk with that key (``encrypts`` backends only); a
+        template's data is then copied into it, never shared as a backing file."""
         if files.stat(location) is not None:
             return self._observe(location)
         if template is None and size is None:
             raise InvalidSize("a blank disk needs a size")
+        if luks is not None and not self.encrypts:
+            raise InvalidInput(f"the {self.name} backend cannot encrypt a disk")
         files.ensure_dir_under(self.root, os.path.dirname(location), files.IMAGE_DIR_MODE)
         temp = temporary_path(location, token)
-        self._write_new(temp, size, template)
+        if luks is not None:
+            self._write_encrypted(temp, size, template, luks)
+        else:
+            self._write_new(temp, size, template)
         self._reserve(temp)
         faults.reach("mid-effect", "create")
         files.publish(temp, location)
@@ -119,15 +146,28 @@ class FileBackend:
         return (copy, *file_pair(location, token))
 
     def import_file(
-        self, location: str, token: str, source: str, fmt: str, *, max_virtual_size: int
+        self,
+        location: str,
+        token: str,
+        source: str,
+        fmt: str,
+        *,
+        max_virtual_size: int,
+        luks: qemu.Luks | None = None,
     ) -> Observation:
+        """``luks``: the inspected copy is converted into a new disk encrypted with that key."""
         if files.stat(location) is not None:
             return self._observe(location)
+        if luks is not None and not self.encrypts:
+            raise InvalidInput(f"the {self.name} backend cannot encrypt a disk")
         files.ensure_dir_under(self.root, os.path.dirname(location), files.IMAGE_DIR_MODE)
         copy = temporary_path(f"{location}.import", token)
-        stage(source, fmt, copy, op="import", max_virtual_size=max_virtual_size)
+        virtual_size = stage(source, fmt, copy, op="import", max_virtual_size=max_virtual_size)
         temp = temporary_path(location, token)
-        if fmt == self.disk_format:
+        if luks is not None:
+            self._write_encrypted(temp, virtual_size, TemplateSource(copy, fmt, virtual_size), luks)
+            files.remove_file(copy)
+        elif fmt == self.disk_format:
             files.publish(copy, temp)
         else:
             qemu.convert(copy, fmt, temp, self.disk_format)
@@ -140,7 +180,7 @@ class FileBackend:
         self._check_format(fmt)
         if self._virtual_size(location) < size:
             faults.reach("mid-effect", "resize")
-            qemu.resize(location, fmt, size)
+            qemu.resize(location, fmt, size, luks=self._luks)
             self._reserve(location)
         return self._observe(location)
 
@@ -208,6 +248,11 @@ class FileBackend:
 
     def _write_new(self, temp: str, size: int | None, template: TemplateSource | None) -> None:
         raise NotImplementedError
+
+    def _write_encrypted(
+        self, temp: str, size: int | None, template: TemplateSource | None, luks: qemu.Luks
+    ) -> None:
+        raise InvalidInput(f"the {self.name} backend cannot encrypt a disk")
 
     def _virtual_size(self, location: str) -> int:
         raise NotImplementedError

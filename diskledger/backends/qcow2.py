@@ -28,6 +28,7 @@ class Qcow2Backend(FileBackend):
     name = "qcow2"
     disk_format = "qcow2"
     capabilities = frozenset({Capability.INTERNAL_SNAPSHOTS, Capability.BACKING_OVERLAY})
+    encrypts = True
 
     def snapshot_artifacts(self, location: str, snapshot: str, token: str) -> tuple[Artifact, ...]:
         # One `qemu-img snapshot -c` either makes the snapshot or not: nothing temporary.
@@ -37,7 +38,7 @@ class Qcow2Backend(FileBackend):
         self._check_format(fmt)
         if not _has_snapshot(location, snapshot):
             faults.reach("mid-effect", "snapshot")
-            qemu.snapshot_create(location, snapshot)
+            qemu.snapshot_create(location, snapshot, luks=self._luks)
         disk = self._observe(location)
         return dataclasses.replace(disk, artifact=Artifact(INTERNAL_SNAPSHOT, location, snapshot))
 
@@ -54,17 +55,17 @@ class Qcow2Backend(FileBackend):
         if not _has_snapshot(location, snapshot):
             raise BackendError(f"{location} has no internal snapshot {snapshot!r}")
         # Applying a snapshot also restores the virtual size it was taken at.
-        qemu.snapshot_apply(location, snapshot)
+        qemu.snapshot_apply(location, snapshot, luks=self._luks)
         faults.reach("mid-effect", "rollback")
         if self._virtual_size(location) < size:
-            qemu.resize(location, fmt, size)
+            qemu.resize(location, fmt, size, luks=self._luks)
         return self._observe(location)
 
     def remove_snapshot(self, location: str, fmt: str, snapshot: str) -> None:
         self._check_format(fmt)
         if files.stat(location) is not None and _has_snapshot(location, snapshot):
             faults.reach("mid-effect", "remove-snapshot")
-            qemu.snapshot_delete(location, snapshot)
+            qemu.snapshot_delete(location, snapshot, luks=self._luks)
 
     def delete(self, location: str, fmt: str, snapshots: Sequence[str]) -> None:
         self._check_format(fmt)
@@ -78,6 +79,16 @@ class Qcow2Backend(FileBackend):
             return
         grow = size if size is not None and size > template.virtual_size else None
         qemu.create(temp, "qcow2", grow, backing=template.location, backing_fmt=template.format)
+
+    def _write_encrypted(
+        self, temp: str, size: int | None, template: TemplateSource | None, luks: qemu.Luks
+    ) -> None:
+        # qemu's LUKS inside qcow2: the clusters are encrypted, the qcow2 metadata is not. A
+        # template's data is copied in (encrypted on the way), never shared as a backing file.
+        wanted = max(size or 0, template.virtual_size if template is not None else 0)
+        qemu.create(temp, "qcow2", wanted, luks=luks)
+        if template is not None:
+            qemu.convert_into_luks(template.location, template.format, temp, luks)
 
     def _virtual_size(self, location: str) -> int:
         return qemu.read_qcow2_header(location)[0]

@@ -15,6 +15,7 @@ from diskledger.engine.inputs import parse_size
 from diskledger.engine.members import LeaseSettings
 from diskledger.errors import InvalidInput
 from diskledger.hypervisor.libvirt_host import DEFAULT_URI
+from diskledger.keys import KeyProvider, provider_from_environ
 
 __all__ = ["DEFAULT_ROOT", "Config"]
 
@@ -47,6 +48,11 @@ class Config:
     For attached disks: ``DISKLEDGER_LIBVIRT_URI`` (default ``qemu:///system``),
     ``DISKLEDGER_DETACH_TIMEOUT`` (seconds a guest has to release an unplugged disk, default 30).
 
+    For encrypted disks (``--encrypt``, see docs/encryption.md): ``DISKLEDGER_KEY_PROVIDER``
+    (``local``), ``DISKLEDGER_KEY_DIR`` (the local provider's root-only directory, default
+    ``<root>-keys``, beside the root), ``DISKLEDGER_LUKS_ITER_TIME`` (milliseconds of PBKDF
+    work per key slot unlock, default 100; the keys are random, so more buys nothing).
+
     For a ledger shared by several hosts: ``DISKLEDGER_MEMBERS`` (``1`` to join as a member with
     a lease, ``0`` not to; default: on for PostgreSQL, off for SQLite), and the lease settings
     ``LeaseSettings.from_environ`` reads (``DISKLEDGER_LEASE_TTL`` and friends).
@@ -71,6 +77,9 @@ class Config:
     members: bool = False
     """Join the ledger as a member (fencing token, heartbeat lease, takeover of dead members)."""
     lease: LeaseSettings = field(default_factory=LeaseSettings)
+    keys: KeyProvider | None = None
+    """Where the keys of encrypted disks live (None: the local directory ``<root>-keys``)."""
+    luks_iter_time_ms: int = 100
 
     @classmethod
     def load(
@@ -111,7 +120,18 @@ class Config:
             ),
             members=_flag(environ, "DISKLEDGER_MEMBERS", default=ledger.startswith("postgresql")),
             lease=LeaseSettings.from_environ(environ),
+            keys=provider_from_environ(environ, root_path),
+            luks_iter_time_ms=_milliseconds(environ, "DISKLEDGER_LUKS_ITER_TIME", 100),
         )
+
+
+def _milliseconds(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name)
+    if not raw:
+        return default
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= 60_000:
+        raise InvalidInput(f"{name}={raw!r}: a whole number of milliseconds from 1 to 60000")
+    return int(raw)
 
 
 def _flag(environ: Mapping[str, str], name: str, *, default: bool) -> bool:

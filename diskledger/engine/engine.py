@@ -198,22 +198,35 @@ class Engine:
         *,
         template: str | None = None,
         size: int | str | None = None,
+        encrypt: bool = False,
         op_id: str | None = None,
     ) -> DiskView:
         """Create ``disk`` from a cached ``template`` (at least the template's virtual size; no
-        size means exactly that) or, without a template, blank with ``size``."""
-        return CREATE(self.runtime, disk, template=template, size=size, op_id=op_id)
+        size means exactly that) or, without a template, blank with ``size``.
+
+        ``encrypt``: LUKS-encrypt it (qcow2) under a new key from the configured key provider;
+        the template's data is copied in, not shared (docs/encryption.md)."""
+        return CREATE(
+            self.runtime, disk, template=template, size=size, encrypt=encrypt, op_id=op_id
+        )
 
     def import_disk(
-        self, disk: str, source: str | os.PathLike[str], fmt: str, *, op_id: str | None = None
+        self,
+        disk: str,
+        source: str | os.PathLike[str],
+        fmt: str,
+        *,
+        encrypt: bool = False,
+        op_id: str | None = None,
     ) -> DiskView:
         """Create ``disk`` from the local image file ``source``, declared as ``fmt``.
 
         The file is copied and the copy inspected like a template (no backing or data file, the
-        declared format), then converted into the backend's format. An existing disk is never
-        replaced: delete it first (its history stays in the ledger).
+        declared format), then converted into the backend's format (``encrypt``: into a new
+        LUKS-encrypted disk, as ``create`` does). An existing disk is never replaced: delete it
+        first (its history stays in the ledger).
         """
-        return IMPORT(self.runtime, disk, source, fmt, op_id=op_id)
+        return IMPORT(self.runtime, disk, source, fmt, encrypt=encrypt, op_id=op_id)
 
     def resize(self, disk: str, size: int | str, *, op_id: str | None = None) -> DiskView:
         """Grow ``disk`` to ``size``. The same size changes nothing; a smaller one is refused.

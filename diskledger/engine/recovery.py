@@ -22,6 +22,11 @@ killed with an image open keeps its watch and exclusive lock for the OSD's watch
 which the image can be neither removed nor changed. Its clients are blocklisted first (recorded as
 ``recovery.fenced``), as ``rbd lock break`` would; the in-process compensation never fences (its
 writer is alive: itself).
+
+Last, recovery **sweeps keys** (``diskledger.engine.encryption.sweep``): a key of an encrypted
+disk is made before the intent that names it, so a process killed in between leaves a key no
+intent names. Once no process holds it, and neither a disk nor a pending operation names it, it
+is destroyed (``keys_destroyed``: the references, never the keys).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from diskledger.backends import Artifact, Fences
+from diskledger.engine import encryption
 from diskledger.engine.decisions import Decision, DomainEvidence, Evidence, Rule
 from diskledger.engine.liveness import abandoned, is_alive
 from diskledger.engine.operations import REGISTRY, RULES
@@ -73,6 +79,8 @@ class RecoveryReport:
     needs_operator: list[Outcome] = field(default_factory=list)
     in_flight: list[Outcome] = field(default_factory=list)
     deferred: list[Outcome] = field(default_factory=list)
+    keys_destroyed: list[str] = field(default_factory=list)
+    """References of keys no intent named (their creator died first), destroyed."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +91,7 @@ class RecoveryReport:
             "needs_operator": [o.to_json() for o in self.needs_operator],
             "in_flight": [o.to_json() for o in self.in_flight],
             "deferred": [o.to_json() for o in self.deferred],
+            "keys_destroyed": list(self.keys_destroyed),
         }
 
 
@@ -140,6 +149,8 @@ def recover(
         }[Decision(outcome.decision)].append(outcome)
     if owned_elsewhere:
         _take_over(rt, report, owned_elsewhere, observer, dry_run=dry_run)
+    if not dry_run:
+        report.keys_destroyed = encryption.sweep(rt)
     return report
 
 

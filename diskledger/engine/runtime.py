@@ -18,6 +18,7 @@ from diskledger.engine.liveness import current_process
 from diskledger.engine.members import Membership
 from diskledger.events import Metadata
 from diskledger.hypervisor import Hypervisor
+from diskledger.keys import KeyProvider, LocalKeyDirectory, default_key_dir
 from diskledger.states import DiskView
 from diskledger.states.streams import template_stream
 from diskledger.store import EventStore, open_store
@@ -44,6 +45,9 @@ class Runtime:
     """The libvirt secret network disk descriptions authenticate with."""
     membership: Membership | None = None
     """This engine as a member of a shared ledger (None: a single-host ledger)."""
+    keys: KeyProvider | None = None
+    """Where the keys of encrypted disks live (None: this runtime makes none)."""
+    luks_iter_time_ms: int = 100
     _backends: dict[str, Backend] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -151,4 +155,6 @@ def build(
         max_image_size=config.max_template_size,
         rbd_secret_uuid=config.rbd_secret_uuid,
         membership=membership,
+        keys=config.keys or LocalKeyDirectory(default_key_dir(config.root)),
+        luks_iter_time_ms=config.luks_iter_time_ms,
     )

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from diskledger.backends import Artifact
-from diskledger.engine.decisions import Decision, Evidence, decide
+from diskledger.backends import Artifact, Backend
+from diskledger.engine import encryption
+from diskledger.engine.decisions import Decision, Evidence, Rule, decide
 from diskledger.engine.operations.base import Operation
 from diskledger.engine.runtime import Runtime
 from diskledger.errors import ConcurrencyError, DiskLedgerError, OwnershipLost
@@ -100,28 +101,12 @@ def settle(
             raise OwnershipLost(stream, op.op_id, "another member claimed it first") from exc
         view = evolve(view, claim)
     events: list[NewEvent]
+    made = view.encryption if isinstance(view, DiskView) and operation.opens_disk else None
     try:
-        if rule.decision is Decision.OPERATOR:
-            raise _NeedsOperator(rule.reason)
-        if rule.decision is Decision.BACK:
-            backend.remove(named)
-            data = {
-                "error": str(error)
-                if error is not None
-                else f"recovered after a crash: {rule.reason}",
-                "error_type": type(error).__name__ if error is not None else "Crash",
-                "removed": [a.to_json() for a in named],
-                "recovery": recovery,
-            }
-            events = [operation_event(kind, op.op, FAILED, data, meta)]
-            if isinstance(view, DiskView) and view.state is DiskState.TEMPLATE_CACHED:
-                events.append(NewEvent("disk.template-released", {"template": view.template}, meta))
-        else:
-            if rule.decision is Decision.FINISH:
-                operation.finish(rt, backend, op.params, op.op_id)
-            backend.remove([a for a in named if a.temporary])
-            data = operation.recovered(rt, backend, op.params, view, evidence)
-            events = [operation_event(kind, op.op, COMPLETED, {**data, "recovery": recovery}, meta)]
+        with encryption.keyed(rt, made, backend) as acting:
+            events = _act(
+                rt, operation, rule, kind, view, acting, named, evidence, recovery, meta, error
+            )
     except (DiskLedgerError, _NeedsOperator) as exc:
         # The evidence contradicts itself, or acting on it failed: a person decides.
         if already_reported:
@@ -132,6 +117,47 @@ def settle(
         outcome = Outcome(stream, op.op, op.op_id, Decision.OPERATOR.value, reason)
     rt.store.append(stream, view.version, events)
     return outcome
+
+
+def _act(
+    rt: Runtime,
+    operation: Operation,
+    rule: Rule,
+    kind: str,
+    view: DiskView | TemplateView,
+    backend: Backend,
+    named: tuple[Artifact, ...],
+    evidence: Evidence,
+    recovery: dict[str, Any],
+    meta: Metadata,
+    error: BaseException | None,
+) -> list[NewEvent]:
+    """Act on ``rule``: remove, finish or record; the events that record it."""
+    op = view.pending
+    assert op is not None
+    events: list[NewEvent]
+    if rule.decision is Decision.OPERATOR:
+        raise _NeedsOperator(rule.reason)
+    if rule.decision is Decision.BACK:
+        backend.remove(named)
+        undone = operation.undone(rt, op.params)  # a key, a libvirt secret: after the data
+        data = {
+            **undone,
+            "error": str(error) if error is not None else f"recovered after a crash: {rule.reason}",
+            "error_type": type(error).__name__ if error is not None else "Crash",
+            "removed": [a.to_json() for a in named],
+            "recovery": recovery,
+        }
+        events = [operation_event(kind, op.op, FAILED, data, meta)]
+        if isinstance(view, DiskView) and view.state is DiskState.TEMPLATE_CACHED:
+            events.append(NewEvent("disk.template-released", {"template": view.template}, meta))
+    else:
+        if rule.decision is Decision.FINISH:
+            operation.finish(rt, backend, op.params, op.op_id)
+        backend.remove([a for a in named if a.temporary])
+        data = operation.recovered(rt, backend, op.params, view, evidence)
+        events = [operation_event(kind, op.op, COMPLETED, {**data, "recovery": recovery}, meta)]
+    return events
 
 
 class _NeedsOperator(Exception):

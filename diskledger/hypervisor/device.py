@@ -85,6 +85,9 @@ class DiskDevice:
     """The template under a file overlay and its recorded format: the whole chain is given, so
     libvirt does not probe it, and marked not to be relabelled, so libvirt does not hand the
     shared template to this guest's qemu user (it would stay so after the guest stops)."""
+    encryption_uuid: str | None = None
+    """The libvirt secret holding the key of a LUKS-encrypted disk (qemu's own LUKS: qcow2
+    ``encrypt.format=luks``): ``<encryption format='luks'>`` in the source names it."""
 
     def element(self) -> ET.Element:
         disk = ET.Element("disk", type=self.source.kind.value, device="disk")
@@ -93,7 +96,11 @@ class DiskDevice:
         for attribute, value in (("cache", self.cache), ("discard", self.discard), ("io", self.io)):
             if value is not None:
                 driver.set(attribute, value)
-        disk.append(self._source())
+        source_element = self._source()
+        if self.encryption_uuid is not None:
+            encryption = ET.SubElement(source_element, "encryption", format="luks")
+            ET.SubElement(encryption, "secret", type="passphrase", uuid=self.encryption_uuid)
+        disk.append(source_element)
         if self.backing is not None:
             backing, backing_format = self.backing
             store = ET.SubElement(disk, "backingStore", type=backing.kind.value)
@@ -160,6 +167,7 @@ def describe(
     extra_specs: Mapping[str, object] | None = None,
     secret_uuid: str | None = None,
     backing: tuple[DiskSource, str] | None = None,
+    encryption_uuid: str | None = None,
 ) -> DiskDevice:
     """The device for a disk kept at ``source`` in format ``fmt``, or ``InvalidInput``."""
     if bus not in BUSES:
@@ -186,6 +194,10 @@ def describe(
             raise InvalidInput(f"disk unit {disk_unit!r} is not between 0 and {MAX_SCSI_UNIT}")
     if secret_uuid is not None:
         _check_uuid(secret_uuid)
+    if encryption_uuid is not None:
+        _check_uuid(encryption_uuid)
+        if fmt != "qcow2" or backing is not None:
+            raise InvalidInput("an encrypted disk is a standalone qcow2 image")
     return DiskDevice(
         source=source,
         format=fmt,
@@ -199,6 +211,7 @@ def describe(
         iotune=iotune(extra_specs or {}),
         secret_uuid=secret_uuid,
         backing=backing,
+        encryption_uuid=encryption_uuid,
     )
 
 

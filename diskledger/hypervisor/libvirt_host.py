@@ -170,6 +170,42 @@ class Hypervisor:
         self._call(f"set the value of secret {usage}", lambda: secret.setValue(key, 0))
         return str(secret.UUIDString())
 
+    def define_volume_secret(self, volume: str, key: bytes, *, secret_uuid: str) -> str:
+        """A private libvirt secret of usage type volume for the encrypted disk at ``volume``
+        holding its LUKS passphrase ``key``, under ``secret_uuid``. It is kept (not ephemeral),
+        so that libvirt can start the domain again without diskledger; private, so that
+        libvirt never hands the value back. A secret of another UUID for the same volume (a
+        disk deleted and made again there) is replaced. Returns its UUID."""
+        conn = self._connection()
+        usage_type = self._libvirt().VIR_SECRET_USAGE_TYPE_VOLUME
+        secret = self._secret(volume, usage_type)
+        if secret is not None and secret.UUIDString() != secret_uuid:
+            self._call(f"undefine the old secret of {volume}", secret.undefine)
+            secret = None
+        if secret is None:
+            root = ET.Element("secret", ephemeral="no", private="yes")
+            ET.SubElement(root, "uuid").text = secret_uuid
+            ET.SubElement(root, "description").text = f"diskledger: LUKS key of {volume}"
+            usage_element = ET.SubElement(root, "usage", type="volume")
+            ET.SubElement(usage_element, "volume").text = volume
+            xml = ET.tostring(root, encoding="unicode")
+            secret = self._call(f"define secret for {volume}", lambda: conn.secretDefineXML(xml, 0))
+        self._call(f"set the value of the secret for {volume}", lambda: secret.setValue(key, 0))
+        return str(secret.UUIDString())
+
+    def undefine_volume_secret(self, volume: str) -> str | None:
+        """Remove the secret ``define_volume_secret`` made for ``volume``; its UUID, or None
+        when there was none."""
+        secret = self._secret(volume, self._libvirt().VIR_SECRET_USAGE_TYPE_VOLUME)
+        if secret is None:
+            return None
+        found = str(secret.UUIDString())
+        try:
+            self._call(f"undefine the secret for {volume}", secret.undefine)
+        except NotFound:
+            return None
+        return found
+
     def undefine_secret(self, usage: str) -> str | None:
         """Remove the ceph secret named ``usage``; its UUID, or None when there was none."""
         secret = self._secret(usage)
@@ -184,13 +220,14 @@ class Hypervisor:
 
     # -- the binding ---------------------------------------------------------------------------
 
-    def _secret(self, usage: str) -> Any:
+    def _secret(self, usage: str, usage_type: int | None = None) -> Any:
         lv = self._libvirt()
         conn = self._connection()
+        kind = lv.VIR_SECRET_USAGE_TYPE_CEPH if usage_type is None else usage_type
         try:
             return self._call(
                 f"look up secret {usage}",
-                lambda: conn.secretLookupByUsage(lv.VIR_SECRET_USAGE_TYPE_CEPH, usage),
+                lambda: conn.secretLookupByUsage(kind, usage),
             )
         except NotFound:
             return None

@@ -5,6 +5,7 @@ from diskledger.states.disk import (
     Attachment,
     DiskState,
     DiskView,
+    Encryption,
     PendingOperation,
     Snapshot,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "Attachment",
     "DiskState",
     "DiskView",
+    "Encryption",
     "EventLike",
     "MemberState",
     "MemberView",

@@ -9,7 +9,15 @@ from typing import Any
 
 from diskledger.states.table import Row, Table
 
-__all__ = ["DISK_TABLE", "Attachment", "DiskState", "DiskView", "PendingOperation", "Snapshot"]
+__all__ = [
+    "DISK_TABLE",
+    "Attachment",
+    "DiskState",
+    "DiskView",
+    "Encryption",
+    "PendingOperation",
+    "Snapshot",
+]
 
 
 class DiskState(StrEnum):
@@ -46,6 +54,23 @@ class Attachment:
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Attachment:
         return cls(raw["domain"], raw["domain_uuid"], raw["target_dev"], raw["bus"])
+
+
+@dataclass(frozen=True, slots=True)
+class Encryption:
+    """How a disk is encrypted, as its create or import intent recorded it: the format
+    (``luks``), the key provider's name and the key's reference with it. Never the key."""
+
+    format: str
+    provider: str
+    key: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": self.format, "provider": self.provider, "key": self.key}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Encryption:
+        return cls(str(raw["format"]), str(raw["provider"]), str(raw["key"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +120,8 @@ class DiskView:
     re-probed; ``backend`` names the driver that keeps it (``raw``, ``qcow2``, ``rbd``);
     ``resized`` remembers whether the disk ever grew, so removing its last snapshot returns it to
     ``resized`` rather than ``created``; ``preallocated``: its space was allocated when it was
-    made (and when it grew); ``attachment`` is the domain that uses the disk, if any.
+    made (and when it grew); ``attachment`` is the domain that uses the disk, if any;
+    ``encryption``: the disk is encrypted, with the key its provider keeps under that reference.
     """
 
     disk: str
@@ -112,6 +138,7 @@ class DiskView:
     preallocated: bool = False
     attachment: Attachment | None = None
     pending: PendingOperation | None = None
+    encryption: Encryption | None = None
 
     @property
     def snapshot_names(self) -> tuple[str, ...]:
@@ -121,6 +148,8 @@ class DiskView:
         return next((s for s in self.snapshots if s.name == name), None)
 
     def to_json(self) -> dict[str, Any]:
+        # ``encryption`` only when there is some: the views of plain disks stay as they were.
+        extra = {"encryption": self.encryption.to_json()} if self.encryption else {}
         return {
             "disk": self.disk,
             "state": self.state.value,
@@ -136,12 +165,14 @@ class DiskView:
             "preallocated": self.preallocated,
             "attachment": self.attachment.to_json() if self.attachment else None,
             "pending": self.pending.to_json() if self.pending else None,
+            **extra,
         }
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> DiskView:
         pending = raw.get("pending")
         attachment = raw.get("attachment")
+        encryption = raw.get("encryption")
         return cls(
             disk=raw["disk"],
             state=DiskState(raw["state"]),
@@ -157,6 +188,7 @@ class DiskView:
             preallocated=raw.get("preallocated", False),
             attachment=Attachment.from_json(attachment) if attachment else None,
             pending=PendingOperation.from_json(pending) if pending else None,
+            encryption=Encryption.from_json(encryption) if encryption else None,
         )
 
 
@@ -308,6 +340,9 @@ def disk_changes(
             "snapshots": (),
             "resized": False,
             "preallocated": bool(params.get("preallocated", False)),
+            "encryption": (
+                Encryption.from_json(params["encryption"]) if params.get("encryption") else None
+            ),
         }
     if op == "flatten":
         return {"backing": None}
@@ -340,4 +375,5 @@ _DELETED: dict[str, Any] = {
     "resized": False,
     "preallocated": False,
     "attachment": None,
+    "encryption": None,
 }

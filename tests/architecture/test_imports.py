@@ -31,13 +31,14 @@ ALLOWED: dict[str, set[str]] = {
     "states": {"errors", "events"},
     "store": {"errors", "events", "states"},
     "backends": {"errors", "faults", "context"},
+    "keys": {"errors"},
     "hypervisor": {"errors", "backends.contract"},
-    "engine": LEAVES | {"states", "store", "backends", "hypervisor"},
+    "engine": LEAVES | {"states", "store", "backends", "hypervisor", "keys"},
     "testing": LEAVES | {"states", "store", "backends", "engine"},
     "render": LEAVES | {"states", "engine"},
     "demo": LEAVES | {"states", "backends", "engine", "render"},
-    "cli": LEAVES | {"backends", "engine", "hypervisor", "render", "demo"},
-    "__init__": LEAVES | {"states", "store", "backends", "engine"},
+    "cli": LEAVES | {"backends", "engine", "hypervisor", "render", "demo", "keys"},
+    "__init__": LEAVES | {"states", "store", "backends", "engine", "keys"},
 }
 
 

@@ -4,15 +4,22 @@ to libvirt (``describe_disk``).
 Attachment is a recorded fact beside the lifecycle state; libvirt is asked about the domain when
 it matters (see ``diskledger.engine.attachments``). Recovery settles an attach or detach cut short
 by what the domain (the same one, by UUID) shows at the target device.
+
+An encrypted disk's description names a libvirt secret (``<encryption format='luks'>``): attach
+defines it, holding the key, before it plugs the disk in; detach, and an attach rolled back,
+undefine it once the domain no longer uses the disk. Its UUID follows from the key's reference
+(``secret_uuid``), so the ledger records the UUID and never the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from diskledger.backends import Backend, DiskSource, SourceKind
+from diskledger.engine import encryption
 from diskledger.engine.attachments import source_from_json, source_json, uses
 from diskledger.engine.decisions import Decision, DomainEvidence, Evidence, Rule
 from diskledger.engine.inputs import check_disk, check_name
@@ -21,10 +28,13 @@ from diskledger.engine.protocol import Plan, on_live_disk
 from diskledger.engine.runtime import Runtime
 from diskledger.errors import InvalidInput
 from diskledger.hypervisor import DiskDevice, describe, same_source
-from diskledger.states import Attachment, DiskView, TemplateView
+from diskledger.states import Attachment, DiskView, Encryption, TemplateView
 from diskledger.states.streams import disk_stream
 
-__all__ = ["ATTACH", "DETACH", "describe_disk"]
+__all__ = ["ATTACH", "DETACH", "describe_disk", "secret_uuid"]
+
+_SECRETS = uuid.UUID("6f1c7a52-8d0e-4a8e-9a43-2b7f0c1d5e90")
+"""The namespace of the UUIDs of diskledger's libvirt volume secrets."""
 
 
 class _ProbesTheDomain(Operation):
@@ -85,6 +95,7 @@ class Attach(_ProbesTheDomain):
         }
 
         def plan(view: DiskView, op_id: str) -> Plan[DiskView]:
+            made = encryption.usable(rt, view)  # a disk whose key is gone is refused here
             device = describe_disk(
                 rt,
                 view,
@@ -107,16 +118,32 @@ class Attach(_ProbesTheDomain):
             present = target_dev in plugged
             xml = device.to_xml()
             attachment = Attachment(info.name, info.uuid, target_dev, bus)
+            location = view.location
+            assert location is not None
 
             def attach() -> dict[str, Any]:
-                if not present:
-                    rt.hypervisor.attach(info.name, xml)
+                if made is not None:
+                    _define_secret(rt, location, made)
+                try:
+                    if not present:
+                        rt.hypervisor.attach(info.name, xml)
+                except BaseException:
+                    if made is not None and not present:
+                        rt.hypervisor.undefine_volume_secret(location)
+                    raise
                 return {**attachment.to_json(), "added": not present}
 
             params = _attachment_params(view, attachment, device)
             return Plan(disk_stream(disk), view, rt.backend_of(view), op_id, params, attach)
 
         return on_live_disk(rt, self, request, op_id, plan)
+
+    def undone(self, rt: Runtime, params: Mapping[str, Any]) -> dict[str, Any]:
+        # The disk was never plugged in: the secret holding its key goes again.
+        if params.get("secret_uuid") is None:
+            return {}
+        rt.hypervisor.undefine_volume_secret(params["location"])
+        return {"secret_undefined": params["secret_uuid"]}
 
     def recovered(
         self,
@@ -156,9 +183,15 @@ class Detach(_ProbesTheDomain):
             present = uses(info, attachment.domain_uuid, attachment.target_dev, device.source)
             xml = device.to_xml()
 
+            encrypted = view.encryption is not None
+            location = view.location
+            assert location is not None
+
             def detach() -> dict[str, Any]:
                 if present:
                     rt.hypervisor.detach(attachment.domain, xml, attachment.target_dev)
+                if encrypted:  # no domain uses the disk now: libvirt no longer needs its key
+                    rt.hypervisor.undefine_volume_secret(location)
                 return {"domain": attachment.domain, "removed": present}
 
             params = _attachment_params(view, attachment, device)
@@ -174,6 +207,8 @@ class Detach(_ProbesTheDomain):
         view: DiskView | TemplateView,
         evidence: Evidence,
     ) -> dict[str, Any]:
+        if params.get("secret_uuid") is not None:
+            rt.hypervisor.undefine_volume_secret(params["location"])
         return {"domain": params["domain"], "removed": None}
 
 
@@ -191,6 +226,7 @@ def describe_disk(
         view.format,
         secret_uuid=rt.rbd_secret_uuid,
         backing=_backing_of(rt, view, source),
+        encryption_uuid=secret_uuid(view.encryption) if view.encryption else None,
         **choices,
     )
     if addresses and source.user is not None and rt.rbd_secret_uuid is None:
@@ -199,6 +235,19 @@ def describe_disk(
             "`diskledger libvirt define-secret` and set DISKLEDGER_RBD_SECRET_UUID"
         )
     return device
+
+
+def secret_uuid(made: Encryption) -> str:
+    """The UUID of the libvirt secret holding the key ``made`` names (a function of the
+    reference alone, so that the same key always has the same secret)."""
+    return str(uuid.uuid5(_SECRETS, f"{made.provider}:{made.key}"))
+
+
+def _define_secret(rt: Runtime, location: str, made: Encryption) -> None:
+    keys = encryption.provider(rt, made.provider)
+    rt.hypervisor.define_volume_secret(
+        location, keys.material(made.key), secret_uuid=secret_uuid(made)
+    )
 
 
 def _backing_of(rt: Runtime, view: DiskView, source: DiskSource) -> tuple[DiskSource, str] | None:
@@ -216,12 +265,15 @@ def _attachment_params(
     view: DiskView, attachment: Attachment, device: DiskDevice
 ) -> dict[str, Any]:
     """An attach or detach intent: the attachment, and the storage recovery looks for in it."""
-    return {
+    params = {
         **attachment.to_json(),
         "source": source_json(device.source),
         "location": view.location,
         "format": view.format,
     }
+    if device.encryption_uuid is not None:
+        params["secret_uuid"] = device.encryption_uuid
+    return params
 
 
 ATTACH = Attach()

@@ -12,6 +12,8 @@ rest of the engine asks of it:
 - ``parts``: what of the disk recovery probes beside the intent's named artifacts (an in-place
   change leaves no new name to look for);
 - ``finish``: how recovery runs an idempotent in-place effect again to the end;
+- ``undone``: what goes beside the named artifacts when the operation is rolled back (the key
+  of an encrypted create or import, a libvirt secret an attach defined); idempotent;
 - ``recovered``: what its ``completed`` event records when recovery rolls it forward (observed
   again, since the writer died before it could say);
 - ``domain``: for attach and detach, what libvirt shows of the domain;
@@ -19,7 +21,8 @@ rest of the engine asks of it:
   (a takeover on storage without a fence sets those temporaries aside, so that a zombie's
   publishing rename fails); the others change storage in place;
 - ``host_bound``: only the host that ran it can probe it (libvirt there), so another host's
-  takeover leaves it to an operator.
+  takeover leaves it to an operator;
+- ``opens_disk``: qemu-img must open an encrypted disk's data for it (with the key).
 
 How it plans (its intent's params and artifacts) and what it observes (its ``completed`` data)
 are in its ``__call__``; ``diskledger.engine.protocol`` runs intent, effect and outcome.
@@ -48,12 +51,20 @@ class Operation:
     rules: ClassVar[tuple[Rule, ...]] = ()
     publishes: ClassVar[bool] = False
     host_bound: ClassVar[bool] = False
+    opens_disk: ClassVar[bool] = False
+    """Its effect (and recovery's finish or removal) opens the disk's data with qemu-img, so an
+    encrypted disk's backend gets its key (``encryption.keyed``)."""
 
     def parts(self, backend: Backend, params: Mapping[str, Any]) -> tuple[Artifact, ...]:
         return ()
 
     def finish(self, rt: Runtime, backend: Backend, params: Mapping[str, Any], op_id: str) -> None:
         raise AssertionError(f"no way to finish {self.name}")
+
+    def undone(self, rt: Runtime, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Called when the operation is rolled back, after its named artifacts were removed;
+        what its ``failed`` event records of it."""
+        return {}
 
     def recovered(
         self,

@@ -2,16 +2,21 @@
 
 Both publish the new disk by an atomic rename (file rename, RBD rename), so a final name that
 exists holds a whole disk; both record what the published disk looks like.
+
+With ``encrypt`` the disk is encrypted (qcow2 with qemu's LUKS) under a new key made *before*
+the intent, which records the key's reference (``params.encryption``); rolling the operation back
+destroys the key after the data (``undone``). See ``diskledger.engine.encryption``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from diskledger.backends import Backend, ChecksCapacity, Observation, TemplateSource
+from diskledger.engine import encryption
 from diskledger.engine.decisions import Decision, Evidence, Rule
 from diskledger.engine.inputs import check_disk, parse_size, readable_file
 from diskledger.engine.operations.base import Operation
@@ -26,9 +31,10 @@ from diskledger.engine.protocol import (
     repeated,
 )
 from diskledger.engine.runtime import Runtime
-from diskledger.errors import IllegalTransition, InvalidInput, InvalidSize
+from diskledger.errors import DiskLedgerError, IllegalTransition, InvalidInput, InvalidSize
 from diskledger.events import NewEvent
-from diskledger.states import DiskState, DiskView, TemplateView
+from diskledger.keys import NewKey
+from diskledger.states import DiskState, DiskView, Encryption, TemplateView
 from diskledger.states.streams import disk_stream
 
 __all__ = ["CREATE", "IMPORT", "created"]
@@ -49,6 +55,14 @@ def created(seen: Observation) -> dict[str, Any]:
 
 class _Publishes(Operation):
     publishes = True
+
+    def undone(self, rt: Runtime, params: Mapping[str, Any]) -> dict[str, Any]:
+        # The disk is gone (or was never published): its key protects nothing any more.
+        made = encryption.encryption_of(params)
+        if made is None:
+            return {}
+        encryption.destroy_key(rt, made, self.name)
+        return {"key_destroyed": made.key}
 
     def recovered(
         self,
@@ -79,12 +93,20 @@ class Create(_Publishes):
         *,
         template: str | None = None,
         size: int | str | None = None,
+        encrypt: bool = False,
         op_id: str | None = None,
     ) -> DiskView:
         check_disk(disk)
         stream = disk_stream(disk)
         asked = None if size in (None, 0, "0") else parse_size(size)
-        request = {"op": "create", "disk": disk, "template": template, "size": asked}
+        request: dict[str, Any] = {
+            "op": "create",
+            "disk": disk,
+            "template": template,
+            "size": asked,
+        }
+        if encrypt:
+            request["encrypt"] = True  # only then: earlier requests' idempotency keys still match
         if (done := repeated(rt, op_id, request)) is not None:
             return disk_after(rt, done)
         view = _absent(rt, disk, "disk.create.started")
@@ -111,7 +133,8 @@ class Create(_Publishes):
         size_needed = wanted or (source.virtual_size if source else None)
         if isinstance(backend, ChecksCapacity) and size_needed is not None:
             backend.check_capacity(size_needed)  # a disk that cannot fit is refused unrecorded
-        params = {
+        files = encryption.check_can_encrypt(rt, backend) if encrypt else None
+        params: dict[str, Any] = {
             "disk": disk,
             "template": template,
             "size": size_needed,
@@ -124,17 +147,30 @@ class Create(_Publishes):
         def create() -> dict[str, Any]:
             return created(backend.create(location, op_id, size=wanted, template=source))
 
-        plan = Plan(
-            stream,
-            view,
-            backend,
-            op_id,
-            params,
-            create,
-            backend.create_artifacts(location, op_id),
-            prelude,
-        )
-        return perform(rt, self, plan, request)[0]
+        def plan(made: Encryption | None) -> Plan[DiskView]:
+            effect = create
+            if made is not None:
+                assert files is not None
+
+                def effect() -> dict[str, Any]:
+                    with encryption.luks(rt, made) as luks:
+                        seen = files.create(
+                            location, op_id, size=wanted, template=source, luks=luks
+                        )
+                    return created(seen)
+
+            return Plan(
+                stream,
+                view,
+                backend,
+                op_id,
+                {**params, **({"encryption": made.to_json()} if made else {})},
+                effect,
+                backend.create_artifacts(location, op_id),
+                prelude,
+            )
+
+        return _with_key(rt, self.name, op_id, encrypt, plan, request)
 
 
 class Import(_Publishes):
@@ -152,12 +188,20 @@ class Import(_Publishes):
         source: str | os.PathLike[str],
         fmt: str,
         *,
+        encrypt: bool = False,
         op_id: str | None = None,
     ) -> DiskView:
         check_disk(disk)
         if fmt not in FORMATS:
             raise InvalidInput(f"import format {fmt!r} is not one of {', '.join(FORMATS)}")
-        request = {"op": "import", "disk": disk, "source": str(source), "format": fmt}
+        request: dict[str, Any] = {
+            "op": "import",
+            "disk": disk,
+            "source": str(source),
+            "format": fmt,
+        }
+        if encrypt:
+            request["encrypt"] = True
         if (done := repeated(rt, op_id, request)) is not None:
             return disk_after(rt, done)
         view = _absent(rt, disk, "disk.import.started")
@@ -165,7 +209,8 @@ class Import(_Publishes):
         op_id = op_id or new_op_id()
         backend = rt.backend
         location = backend.disk_location(*disk.split("/"))
-        params = {
+        files = encryption.check_can_encrypt(rt, backend) if encrypt else None
+        params: dict[str, Any] = {
             "disk": disk,
             "source": str(source_path),
             "source_format": fmt,
@@ -173,16 +218,61 @@ class Import(_Publishes):
             "location": location,
             "preallocated": backend.preallocates,
         }
-
-        def import_() -> dict[str, Any]:
-            seen = backend.import_file(
-                location, op_id, str(source_path), fmt, max_virtual_size=rt.max_image_size
-            )
-            return created(seen)
-
         artifacts = backend.import_artifacts(location, op_id)
-        plan = Plan(disk_stream(disk), view, backend, op_id, params, import_, artifacts)
-        return perform(rt, self, plan, request)[0]
+
+        def plan(made: Encryption | None) -> Plan[DiskView]:
+            def import_() -> dict[str, Any]:
+                if made is None:
+                    seen = backend.import_file(
+                        location, op_id, str(source_path), fmt, max_virtual_size=rt.max_image_size
+                    )
+                    return created(seen)
+                assert files is not None
+                with encryption.luks(rt, made) as luks:
+                    seen = files.import_file(
+                        location,
+                        op_id,
+                        str(source_path),
+                        fmt,
+                        max_virtual_size=rt.max_image_size,
+                        luks=luks,
+                    )
+                return created(seen)
+
+            full = {**params, **({"encryption": made.to_json()} if made else {})}
+            return Plan(disk_stream(disk), view, backend, op_id, full, import_, artifacts)
+
+        return _with_key(rt, self.name, op_id, encrypt, plan, request)
+
+
+def _with_key(
+    rt: Runtime,
+    op: str,
+    op_id: str,
+    encrypt: bool,
+    plan: Callable[[Encryption | None], Plan[DiskView]],
+    request: Mapping[str, Any],
+) -> DiskView:
+    """Perform the create or import ``plan`` makes; with ``encrypt``, a new key is made first
+    (before the intent that names it) and held until the operation has its outcome. Should the
+    intent never be recorded (refused, or the ledger failed), the key goes again: nothing names
+    it. When the ledger cannot say, it stays for recovery's sweep to judge."""
+    if not encrypt:
+        return perform(rt, CREATE if op == "create" else IMPORT, plan(None), request)[0]
+    key: NewKey
+    key, made = encryption.new_key(rt, op, op_id)
+    try:
+        return perform(rt, CREATE if op == "create" else IMPORT, plan(made), request)[0]
+    except DiskLedgerError:
+        try:
+            recorded = bool(rt.store.read_operation(op_id))
+        except DiskLedgerError:
+            recorded = True  # cannot tell: recovery's sweep decides once the key is released
+        if not recorded:
+            encryption.provider(rt, made.provider).destroy(made.key)
+        raise
+    finally:
+        key.release()
 
 
 def _absent(rt: Runtime, disk: str, event_type: str) -> DiskView:

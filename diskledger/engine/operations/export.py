@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from diskledger.backends import Backend
+from diskledger.engine import encryption
 from diskledger.engine.decisions import Decision, Evidence, Rule
 from diskledger.engine.inputs import check_disk
 from diskledger.engine.operations.base import Operation
@@ -67,6 +68,8 @@ class ExportDisk(Operation):
             return Export(disk, done.data["target"], done.data["format"], done.data["size"])
         view = live_disk(rt, disk, self)
         assert view.location and view.format
+        # A copy outside the key's protection is a decision of its own (docs/encryption.md).
+        encryption.refuse_encrypted(view, "export would write its data out unencrypted; refused")
         out_format = fmt or view.format
         if out_format not in FORMATS:
             raise InvalidInput(f"export format {out_format!r} is not one of {', '.join(FORMATS)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from diskledger.backends import Capability, ChecksCapacity
+from diskledger.engine import encryption
 from diskledger.engine.attachments import uses
 from diskledger.engine.decisions import Decision, Rule
 from diskledger.engine.inputs import check_disk, parse_size
@@ -23,6 +24,7 @@ __all__ = ["RESIZE", "running_with"]
 
 class Resize(Operation):
     name = "resize"
+    opens_disk = True
     rules = (
         # qemu-img resize changes the size in one metadata update.
         Rule("resize", "disk at the new size", Decision.FORWARD, "the disk has the size asked for"),
@@ -66,9 +68,11 @@ class Resize(Operation):
             if isinstance(backend, ChecksCapacity):
                 backend.check_capacity(wanted, grow=location)  # refused before the intent
             if live is None:
+                made = encryption.usable(rt, view)
 
                 def resize() -> dict[str, Any]:
-                    return {"size": backend.resize(location, fmt, wanted).size}
+                    with encryption.keyed(rt, made, backend) as keyed:
+                        return {"size": keyed.resize(location, fmt, wanted).size}
 
             else:
                 # qemu holds the image: only it may change the size, and then the guest sees it.

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from diskledger.backends import Artifact, Backend
+from diskledger.engine import encryption
 from diskledger.engine.decisions import Decision, Rule
 from diskledger.engine.inputs import check_disk, check_snapshot
 from diskledger.engine.operations.base import Operation, disk_parts, observed_size
@@ -27,6 +28,7 @@ FORWARD, FINISH, BACK, OPERATOR = Decision
 
 class Snapshot(Operation):
     name = "snapshot"
+    opens_disk = True
     while_attached = (
         "this backend cannot snapshot a disk a guest is writing (a qcow2 internal snapshot "
         "needs the whole domain's state, a raw copy would be torn); detach it first, or "
@@ -56,13 +58,19 @@ class Snapshot(Operation):
             assert view.location and view.format
             location, fmt = view.location, view.format
             backend = rt.backend_of(view)
+            made = encryption.usable(rt, view)
+
+            def take() -> dict[str, Any]:
+                with encryption.keyed(rt, made, backend) as keyed:
+                    return {"size": keyed.snapshot(location, fmt, snapshot, op_id).size}
+
             return Plan(
                 disk_stream(disk),
                 view,
                 backend,
                 op_id,
                 {"snapshot": snapshot, "location": location, "format": fmt},
-                lambda: {"size": backend.snapshot(location, fmt, snapshot, op_id).size},
+                take,
                 backend.snapshot_artifacts(location, snapshot, op_id),
             )
 
@@ -73,6 +81,7 @@ class Snapshot(Operation):
 
 class Rollback(Operation):
     name = "rollback"
+    opens_disk = True
     while_attached = "reverting it would change the data under the running guest; detach it first"
     rules = (
         # A raw rollback publishes by renaming its temporary copy over the disk: while the copy
@@ -99,13 +108,19 @@ class Rollback(Operation):
             assert view.location and view.format and view.size is not None
             location, fmt, size = view.location, view.format, view.size
             backend = rt.backend_of(view)
+            made = encryption.usable(rt, view)
+
+            def revert() -> dict[str, Any]:
+                with encryption.keyed(rt, made, backend) as keyed:
+                    return {"size": keyed.rollback(location, fmt, snapshot, op_id, size=size).size}
+
             return Plan(
                 disk_stream(disk),
                 view,
                 backend,
                 op_id,
                 {"snapshot": snapshot, "location": location, "format": fmt, "size": size},
-                lambda: {"size": backend.rollback(location, fmt, snapshot, op_id, size=size).size},
+                revert,
                 backend.rollback_artifacts(location, snapshot, op_id),
             )
 
@@ -123,6 +138,7 @@ class Rollback(Operation):
 
 class RemoveSnapshot(Operation):
     name = "remove-snapshot"
+    opens_disk = True
     while_attached = "qemu holds the image open; detach it first"
     in_use_snapshot = True
     rules = (
@@ -151,9 +167,11 @@ class RemoveSnapshot(Operation):
             assert view.location and view.format
             location, fmt = view.location, view.format
             backend = rt.backend_of(view)
+            made = encryption.usable(rt, view)
 
             def remove() -> dict[str, Any]:
-                backend.remove_snapshot(location, fmt, snapshot)
+                with encryption.keyed(rt, made, backend) as keyed:
+                    keyed.remove_snapshot(location, fmt, snapshot)
                 return {}
 
             params = {"snapshot": snapshot, "location": location, "format": fmt}
