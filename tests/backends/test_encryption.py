@@ -444,3 +444,31 @@ def test_a_flaky_pbkdf_benchmark_is_retried_on_a_new_image(
     with pytest.raises(CommandFailed):
         qemu.create(str(target), "qcow2", MiB, luks=Luks(str(tmp_path / "k"), 10))
     assert len(tries) == 1
+
+
+def test_a_create_refused_at_its_intent_leaves_no_key(tmp_path: Path) -> None:
+    """The key is made before the intent; when the intent is refused (here: an unowned file
+    where the disk would go), nothing names the key and it goes again at once."""
+    from diskledger.errors import Conflict
+
+    root = tmp_path / "root"
+    with open_engine(root) as engine:
+        engine.create("vm-1/other", size=MiB, encrypt=True)
+        squatter = root / "disks" / "vm-1" / "root"
+        squatter.write_bytes(b"not ours")
+        _refused(
+            root,
+            engine,
+            lambda: engine.create("vm-1/root", size=MiB, encrypt=True),
+            Conflict,
+        )
+        assert len(list(key_dir(root).iterdir())) == 1  # the other disk's
+
+
+def test_a_repeated_encrypted_create_makes_no_second_key(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with open_engine(root) as engine:
+        first = engine.create("vm-1/root", size=MiB, encrypt=True, op_id="op-enc-1")
+        again = engine.create("vm-1/root", size=MiB, encrypt=True, op_id="op-enc-1")
+        assert again.encryption == first.encryption
+        assert len(list(key_dir(root).iterdir())) == 1
