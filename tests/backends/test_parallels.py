@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from diskledger import Config, Engine, InvalidSize, UnsafeImage
+from diskledger import Config, Engine, InvalidInput, InvalidSize, UnsafeImage
 from diskledger.backends import (
     BACKENDS,
     Backend,
@@ -225,6 +225,31 @@ def test_libvirt_names_the_format_ploop(tmp_path: Path) -> None:
     assert qcow2 is not None and qcow2.get("type") == "qcow2"
 
 
+LIBVIRT_SCHEMA = Path("/usr/share/libvirt/schemas/storagecommon.rng")
+
+
+def test_the_installed_libvirt_accepts_ploop_and_not_parallels() -> None:
+    """The driver types a disk element may name are libvirt's storageFormat values (its RNG
+    schema, which follows virStorageFileFormat): every one we emit is among them."""
+    if not LIBVIRT_SCHEMA.exists():
+        message = f"{LIBVIRT_SCHEMA} is missing (Debian package libvirt-daemon)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    rng = "{http://relaxng.org/ns/structure/1.0}"
+    accepted = {
+        value.text
+        for define in ET.parse(LIBVIRT_SCHEMA).getroot().iter(f"{rng}define")
+        if define.get("name") in ("storageFormat", "storageFormatBacking")
+        for value in define.iter(f"{rng}value")
+    }
+    assert "ploop" in accepted and "parallels" not in accepted
+    source = DiskSource(SourceKind.FILE, path="/var/lib/diskledger/disks/vm-1/root")
+    for fmt in ("raw", "qcow2", "parallels"):
+        driver = ET.fromstring(describe(source, fmt, target_dev="vda").to_xml()).find("driver")
+        assert driver is not None and driver.get("type") in accepted, fmt
+
+
 # -- through the engine ------------------------------------------------------------------------
 
 
@@ -259,6 +284,11 @@ def test_the_lifecycle_through_the_engine(
         with open(exported.target, "rb") as handle:
             if fmt == "raw":
                 assert handle.read(8) == b"TEMPLATE"
+    # An export names its format: the disk's own is not one an export writes.
+    head = engine.store.head()
+    with pytest.raises(InvalidInput, match="export format 'parallels' is not one of raw, qcow2"):
+        engine.export("vm-1/root", str(tmp_path / "out.hdd"))
+    assert engine.store.head() == head and not (tmp_path / "out.hdd").exists()
     engine.remove_snapshot("vm-1/root", "s1")
     engine.delete("vm-1/root")
     engine.delete("vm-1/swap")
