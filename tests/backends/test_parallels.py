@@ -281,9 +281,18 @@ def test_the_lifecycle_through_the_engine(
         assert (exported.format, exported.size) == (fmt, 96 * MiB)
         out = info(exported.target, fmt)
         assert out["virtual-size"] == 96 * MiB and "backing-filename" not in out
-        with open(exported.target, "rb") as handle:
-            if fmt == "raw":
-                assert handle.read(8) == b"TEMPLATE"
+        # Converted out, and back in: the export passes the safety inspection as what it is.
+        back = engine.import_disk(f"vm-2/{fmt}", exported.target, fmt)
+        assert (back.format, back.size) == ("parallels", 96 * MiB)
+        assert back.location is not None
+        head_bytes = subprocess.run(
+            ["qemu-io", "-f", "parallels", "-c", "read -v 0 8", back.location],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "TEMPLATE" in head_bytes
+        engine.delete(f"vm-2/{fmt}")
     # An export names its format: the disk's own is not one an export writes.
     head = engine.store.head()
     with pytest.raises(InvalidInput, match="export format 'parallels' is not one of raw, qcow2"):
