@@ -295,6 +295,9 @@ def test_the_lifecycle_through_the_engine(
         engine.delete(f"vm-2/{fmt}")
     # An export names its format: the disk's own is not one an export writes.
     head = engine.store.head()
+    # qemu's LUKS lives inside qcow2: a parallels disk cannot be encrypted (refused at once).
+    with pytest.raises(InvalidInput, match="the parallels backend cannot encrypt disks"):
+        engine.create("vm-1/secret", size="8M", encrypt=True)
     with pytest.raises(InvalidInput, match="export format 'parallels' is not one of raw, qcow2"):
         engine.export("vm-1/root", str(tmp_path / "out.hdd"))
     assert engine.store.head() == head and not (tmp_path / "out.hdd").exists()
