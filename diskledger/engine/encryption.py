@@ -168,7 +168,11 @@ def sweep(rt: Runtime) -> list[str]:
         return []
     # Listed before the ledger is read: a key unheld now belongs to an operation whose intent
     # (and, once released, outcome) is durable already, or to nobody.
-    candidates = [k for k in keys.list_keys() if not k.held]
+    try:
+        candidates = [k for k in keys.list_keys() if not k.held]
+    except UnsafeKeyStore as exc:
+        log.warning("recovery: cannot sweep keys: %s", exc)  # not a reason to stop recovering
+        return []
     if not candidates:
         return []
     named = {

@@ -147,6 +147,10 @@ class LocalKeyDirectory:
             names = sorted(os.listdir(self.directory))
         except FileNotFoundError:
             return
+        except OSError as exc:
+            raise UnsafeKeyStore(
+                f"cannot list key directory {self.directory}: {exc.strerror}"
+            ) from exc
         seen: set[str] = set()
         for name in names:
             if name.endswith(_SUFFIX):

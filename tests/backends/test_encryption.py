@@ -472,3 +472,14 @@ def test_a_repeated_encrypted_create_makes_no_second_key(tmp_path: Path) -> None
         again = engine.create("vm-1/root", size=MiB, encrypt=True, op_id="op-enc-1")
         assert again.encryption == first.encryption
         assert len(list(key_dir(root).iterdir())) == 1
+
+
+def test_a_key_directory_that_cannot_be_listed_does_not_stop_recovery(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    not_a_dir = tmp_path / "keys-file"
+    not_a_dir.write_bytes(b"")
+    with open_engine(root, DISKLEDGER_KEY_DIR=str(not_a_dir)) as engine:
+        engine.create("vm-1/root", size=MiB)
+        assert engine.recover().keys_destroyed == []
+        with pytest.raises(UnsafeKeyStore):
+            engine.create("vm-1/enc", size=MiB, encrypt=True)
