@@ -18,11 +18,10 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol, Self, runtime_checkable
 
 from diskledger import faults
-from diskledger.backends import Backend
-from diskledger.backends.file_backend import FileBackend
+from diskledger.backends import Backend, Observation, TemplateSource
 from diskledger.backends.qemu import Luks
 from diskledger.engine.runtime import Runtime
 from diskledger.errors import InvalidInput, KeyNotFound, UnsafeKeyStore
@@ -31,6 +30,7 @@ from diskledger.states import DiskView, Encryption
 
 __all__ = [
     "FORMAT",
+    "Encrypting",
     "check_can_encrypt",
     "destroy_key",
     "encryption_of",
@@ -49,6 +49,41 @@ log = logging.getLogger(__name__)
 FORMAT = "luks"
 
 
+@runtime_checkable
+class Encrypting(Protocol):
+    """What a backend offers to make encrypted disks (the file backends; the lvm backend next):
+    ``encrypts`` true, ``create``/``import_file`` that take the key as ``luks`` (a secret file
+    and the PBKDF time), and ``with_key``: itself for one encrypted disk, so that whatever must
+    open the disk's data (resize, snapshots) gets the key. Checked by attribute, so that any
+    backend may offer it without a common base class."""
+
+    name: str
+    encrypts: bool
+
+    def create(
+        self,
+        location: str,
+        token: str,
+        *,
+        size: int | None,
+        template: TemplateSource | None,
+        luks: Luks | None = None,
+    ) -> Observation: ...
+
+    def import_file(
+        self,
+        location: str,
+        token: str,
+        source: str,
+        fmt: str,
+        *,
+        max_virtual_size: int,
+        luks: Luks | None = None,
+    ) -> Observation: ...
+
+    def with_key(self, luks: Luks) -> Self: ...
+
+
 def provider(rt: Runtime, name: str | None = None) -> KeyProvider:
     """The key provider called ``name`` (the configured one when None)."""
     keys = rt.keys
@@ -61,10 +96,10 @@ def provider(rt: Runtime, name: str | None = None) -> KeyProvider:
     return keys
 
 
-def check_can_encrypt(rt: Runtime, backend: Backend) -> FileBackend:
+def check_can_encrypt(rt: Runtime, backend: Backend) -> Encrypting:
     """Refuse, before anything is recorded, a backend that cannot encrypt or keys that could
     not be kept safely."""
-    if not isinstance(backend, FileBackend) or not backend.encrypts:
+    if not isinstance(backend, Encrypting) or not backend.encrypts:
         raise InvalidInput(
             f"the {backend.name} backend cannot encrypt disks (yet): --encrypt works with qcow2"
         )
@@ -112,10 +147,12 @@ def keyed(rt: Runtime, made: Encryption | None, backend: Backend) -> Iterator[Ba
     if made is None:
         yield backend
         return
-    if not isinstance(backend, FileBackend):
+    if not isinstance(backend, Encrypting) or not backend.encrypts:
         raise InvalidInput(f"the {backend.name} backend cannot encrypt disks")
     with luks(rt, made) as key:
-        yield backend.with_key(key)
+        keyed = backend.with_key(key)
+        assert isinstance(keyed, Backend)
+        yield keyed
 
 
 def destroy_key(rt: Runtime, encryption: Encryption, op: str) -> bool:
