@@ -287,6 +287,8 @@ class Chaos:
         self.stuck: list[dict[str, Any]] = []
         """Operations seen pending for STUCK_AFTER seconds while their owner ran, or still
         pending once everything healed and settled."""
+        self.nemeses: list[tuple[float, str, str]] = []
+        """(when, kind, the host aimed at), for the digests of liveness failures."""
         self._pending_since: dict[tuple[str, str | None], float] = {}
         self.breaker_confirmed: set[str] = set()
         """Members confirmed down because the circuit breaker held their takeover."""
@@ -569,6 +571,9 @@ class Chaos:
                 "owner_alive": True,
                 "last_event": last.type,
                 "pending_for_s": round(age, 1),
+                "owner_nemeses": self._nemeses_on(
+                    (entry.owner or "").partition("/")[0], monotonic() - age - STUCK_AFTER
+                ),
             }
         )
 
@@ -849,8 +854,11 @@ class Chaos:
                 )
             )
 
-    def apply(self, kind: str, arg: Any) -> None:
+    def apply(self, kind: str, arg: Any) -> str:
+        """Apply one nemesis; returns the host it was aimed at (every kind picks one, even
+        those that hit the shared services, to keep the schedule's random stream stable)."""
         state = self.rng.choice(list(self.hosts.values()))
+        self.nemeses.append((monotonic(), kind, state.host.name))
         if kind == "kill":
             self.kill(state, arg)
         elif kind == "freeze-short":
@@ -874,6 +882,18 @@ class Chaos:
             self.clock_rate(state, float(arg))
         else:
             raise ValueError(kind)
+        return state.host.name
+
+    def _nemeses_on(self, host: str, since: float) -> list[str]:
+        """The nemeses aimed at ``host`` since ``since``, as "<kind> <seconds ago>": what a
+        liveness failure's owner went through (a partition from Ceph holds a live owner's
+        settle, and no one may take over from a member whose lease runs)."""
+        now = monotonic()
+        return [
+            f"{kind} {now - at:.1f} s ago"
+            for at, kind, target in self.nemeses
+            if target == host and at >= since
+        ]
 
     # -- the end -------------------------------------------------------------------------------
 
@@ -1441,8 +1461,8 @@ def run(
         chaos.pause(2.0)
         schedule = mix.schedule(chaos.rng)
         for i, (kind, arg) in enumerate(schedule, start=1):
-            chaos.say(f"{i}/{len(schedule)} {kind} {arg or ''}")
-            chaos.apply(kind, arg)
+            target = chaos.apply(kind, arg)
+            chaos.say(f"{i}/{len(schedule)} {kind} {arg or ''} ({target})")
             chaos.pause(chaos.rng.uniform(*gap))
         chaos.say("healing, quiescing, settling")
         finished = chaos.finish()
