@@ -1,8 +1,10 @@
 """Engines whose disks real KVM domains open: file disks under ``libvirt_root``, rbd disks on the
-session's cluster with the libvirt ceph secret defined from the restricted client's key."""
+session's cluster with the libvirt ceph secret defined from the restricted client's key; and the
+root image a real OS boots from (``root_image``, tests/support/rootfs.py)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +12,9 @@ import pytest
 
 from diskledger import Config, Engine
 from tests.support.ceph import CephCluster
+from tests.support.guest import GuestUnavailable
 from tests.support.libvirt import Domains
+from tests.support.rootfs import RootImage, build
 
 SECRET_UUID = "5d1b2f0e-8a44-4c1b-9d1e-6c0f3a9e7b21"
 
@@ -52,3 +56,16 @@ def engine(
     with open_engine(tmp_path / "root", "rbd", environ) as opened:
         booted.track_secret(opened.define_ceph_secret())
         yield opened
+
+
+@pytest.fixture(scope="session")
+def root_image() -> RootImage:
+    """The kernel, initramfs and ext4 root image of the real-OS guest, built once per recipe
+    (tests/support/rootfs.py). Skipped when it cannot be built here, except under CI=true, where
+    that is a failure."""
+    try:
+        return build()
+    except GuestUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{exc}; under CI=true a missing component is a failure", pytrace=False)
+        pytest.skip(str(exc))
