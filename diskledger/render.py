@@ -233,4 +233,7 @@ def print_verify(report: VerifyReport) -> None:
         print(f"attachments:  {len(report.stale_attachments)} stale")
     for item in report.stale_attachments:
         print(f"  {item['disk']} on {item['domain']} as {item['target_dev']}: {item['problem']}")
+    print(f"keys:         {len(report.keys)} problems")
+    for item in report.keys:
+        print(f"  {item.get('disk') or item.get('key') or 'keys'}: {item['problem']}")
     print("verify: ok" if report.ok else "verify: NOT OK")

@@ -171,7 +171,8 @@ def key_problems(rt: Runtime) -> list[dict[str, str]]:
     """What ``verify`` would report of keys: a live encrypted disk whose key is not with its
     provider (its data can no longer be read), and a key of this host's provider that no disk
     and no pending operation names and no process holds (an orphan the next ``recover``
-    destroys). Each ``{disk or key, problem}``; never a key's material."""
+    destroys). Each ``{disk or key, problem}``; never a key's material. A provider in use that
+    could not keep keys safely raises ``UnsafeKeyStore``."""
     keys = rt.keys
     problems: list[dict[str, str]] = []
     named: set[str] = set()
@@ -190,7 +191,10 @@ def key_problems(rt: Runtime) -> list[dict[str, str]]:
         if raw:
             named.add(str(raw.get("key")))
     if keys is not None:
-        for info in keys.list_keys():
+        listed = list(keys.list_keys())
+        if listed or named:  # a store never used may not exist yet, and that is no problem
+            keys.check()
+        for info in listed:
             if info.ref not in named and info.ref not in held and not info.held:
                 problems.append({"key": info.ref, "problem": "no disk or operation names it"})
     return problems

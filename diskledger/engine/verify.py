@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from diskledger.backends import Artifact, ArtifactKind, Capability, Observation
+from diskledger.engine import encryption
 from diskledger.engine.attachments import uses
 from diskledger.engine.runtime import Runtime
-from diskledger.errors import HypervisorError, IllegalTransition
+from diskledger.errors import HypervisorError, IllegalTransition, UnsafeKeyStore
 from diskledger.states import (
     DiskState,
     DiskView,
@@ -73,6 +74,9 @@ class VerifyReport:
     and took its transient domains, the domain was undefined, the disk unplugged by hand)."""
     attachments_unchecked: str | None = None
     """Why attachments could not be checked (libvirt unreachable); not a failure by itself."""
+    keys: list[dict[str, str]] = field(default_factory=list)
+    """Encrypted disks whose key is gone, keys nothing names, a key directory not to be trusted
+    (each ``{disk and/or key, problem}``; never a key's material)."""
 
     @property
     def ok(self) -> bool:
@@ -82,6 +86,7 @@ class VerifyReport:
             and not self.orphans
             and not self.drift
             and not self.stale_attachments
+            and not self.keys
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -101,6 +106,7 @@ class VerifyReport:
                 "stale": self.stale_attachments,
                 "unchecked": self.attachments_unchecked,
             },
+            "keys": self.keys,
         }
 
 
@@ -110,7 +116,15 @@ def verify(rt: Runtime) -> VerifyReport:
     _check_read_models(rt, views, report)
     _check_storage(rt, report)
     _check_attachments(rt, report)
+    _check_keys(rt, report)
     return report
+
+
+def _check_keys(rt: Runtime, report: VerifyReport) -> None:
+    try:
+        report.keys = encryption.key_problems(rt)
+    except UnsafeKeyStore as exc:
+        report.keys = [{"problem": f"the key directory cannot be trusted: {exc}"}]
 
 
 def _check_chain_and_fold(rt: Runtime, report: VerifyReport) -> dict[str, AnyView]:

@@ -483,3 +483,38 @@ def test_a_key_directory_that_cannot_be_listed_does_not_stop_recovery(tmp_path: 
         assert engine.recover().keys_destroyed == []
         with pytest.raises(UnsafeKeyStore):
             engine.create("vm-1/enc", size=MiB, encrypt=True)
+
+
+def test_verify_reports_a_lost_key_and_an_orphan_key(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with open_engine(root) as engine:
+        engine.create("vm-1/root", size=8 * MiB, encrypt=True)
+        engine.create("vm-2/root", size=8 * MiB, encrypt=True)
+        assert engine.verify().ok
+        key_file(root, engine, "vm-1/root").unlink()  # the data can no longer be read
+        keys = engine.runtime.keys
+        assert keys is not None
+        orphan = keys.create("deadbeef")
+        orphan.release()  # its maker died before recording an intent
+        report = engine.verify()
+        assert not report.ok
+        lost = engine.show("vm-1/root").encryption
+        assert lost is not None
+        assert report.to_json()["keys"] == [
+            {"disk": "vm-1/root", "key": lost.key, "problem": "its key is missing"},
+            {"key": orphan.ref, "problem": "no disk or operation names it"},
+        ]
+    shown = cli(root, "verify", backend="qcow2")
+    assert shown.returncode == 1
+    assert "its key is missing" in shown.stdout and orphan.ref in shown.stdout
+
+
+def test_verify_reports_a_key_directory_it_may_not_trust(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with open_engine(root) as engine:
+        engine.create("vm-1/root", size=8 * MiB, encrypt=True)
+        key_dir(root).chmod(0o755)
+        report = engine.verify()
+        assert not report.ok
+        [problem] = report.to_json()["keys"]
+        assert "key directory" in problem["problem"], problem
