@@ -24,6 +24,24 @@ def qemu_io(path: str, fmt: str, command: str) -> subprocess.CompletedProcess[st
     )
 
 
+def keyed_io(path: str, key: Path, command: str) -> subprocess.CompletedProcess[str]:
+    """qemu-io on an encrypted qcow2 image, the key given as a secret file."""
+    return subprocess.run(
+        [
+            "qemu-io",
+            "--object",
+            f"secret,id=k0,file={key},format=raw",
+            "--image-opts",
+            f"driver=qcow2,file.filename={path},encrypt.key-secret=k0",
+            "-c",
+            command,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 def write_pattern(path: str, fmt: str, pattern: int, offset: int = 0) -> None:
     done = qemu_io(path, fmt, f"write -P {pattern:#x} {offset} 64k")
     assert done.returncode == 0, done.stderr

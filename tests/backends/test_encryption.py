@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from diskledger.engine.encryption import key_problems
 from diskledger.errors import InvalidInput, KeyNotFound, UnsafeKeyStore
 from diskledger.hypervisor import describe
 from diskledger.keys import LocalKeyDirectory, default_key_dir
-from tests.backends.helpers import MiB, qemu_io, write_pattern
+from tests.backends.helpers import MiB, keyed_io, qemu_io, write_pattern
 from tests.recovery.helpers import cli, error_line
 
 MARKER = 0x5A
@@ -66,24 +65,6 @@ def key_file(root: Path, engine: Engine, disk: str) -> Path:
     made = engine.show(disk).encryption
     assert made is not None
     return key_dir(root) / f"{made.key}.key"
-
-
-def keyed_io(path: str, key: Path, command: str) -> subprocess.CompletedProcess[str]:
-    """qemu-io on an encrypted qcow2 image, the key given as a secret file."""
-    return subprocess.run(
-        [
-            "qemu-io",
-            "--object",
-            f"secret,id=k0,file={key},format=raw",
-            "--image-opts",
-            f"driver=qcow2,file.filename={path},encrypt.key-secret=k0",
-            "-c",
-            command,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def plaintext_run(path: str | Path, byte: int = MARKER) -> bool:

@@ -11,7 +11,6 @@ holding another passphrase does not start.
 from __future__ import annotations
 
 import json
-import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 
 from diskledger import Engine
 from diskledger.engine.operations.attachment import secret_uuid
+from tests.backends.helpers import keyed_io
 from tests.hypervisor.conftest import open_engine
 from tests.support.libvirt import Domains, binding, block_devices
 
@@ -28,23 +28,6 @@ libvirt = binding()
 
 MiB = 1 << 20
 DISK = "vm-1/secret"
-
-
-def keyed_io(path: str, key: Path, command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            "qemu-io",
-            "--object",
-            f"secret,id=k0,file={key},format=raw",
-            "--image-opts",
-            f"driver=qcow2,file.filename={path},encrypt.key-secret=k0",
-            "-c",
-            command,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def guest_io(dom: libvirt.virDomain, target_dev: str, command: str) -> str:
