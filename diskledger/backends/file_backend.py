@@ -1,6 +1,8 @@
-"""What the file backends (raw, qcow2) share: disks as files under ``<root>/disks``, made under a
-temporary name and published by rename; import, resize, export, probe and remove; and, for a
-member taking over another's operation on a shared directory, ``set_aside`` (``SetsAside``)."""
+"""What the file backends (raw, qcow2, parallels) share: disks as files under ``<root>/disks``,
+made under a temporary name and published by rename; import, resize, export, probe and remove;
+snapshots as full copies beside the disk for the formats without internal ones
+(``CopySnapshots``); and, for a member taking over another's operation on a shared directory,
+``set_aside`` (``SetsAside``)."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from diskledger.backends.staging import stage
 from diskledger.backends.templates import TemplateCache
 from diskledger.errors import BackendError, InvalidInput, InvalidSize
 
-__all__ = ["FileBackend", "FileSettings", "file_pair", "file_spec"]
+__all__ = ["CopySnapshots", "FileBackend", "FileSettings", "file_pair", "file_spec"]
 
 FILE = ArtifactKind.FILE
 
@@ -288,6 +290,76 @@ class FileBackend:
     def _remove_instance_dir(self, location: str) -> None:
         # Other disks of the instance may still live there.
         files.remove_dir(os.path.dirname(location), only_if_empty=True)
+
+
+class CopySnapshots(FileBackend):
+    """A file backend whose snapshots are full sparse copies of the disk in
+    ``<disk>.snapshots/<name>`` (raw, parallels: formats without internal snapshots). A rollback
+    copies the snapshot back under a temporary name and publishes it over the disk, grown back
+    to the disk's size by ``_restore``."""
+
+    def snapshot_artifacts(self, location: str, snapshot: str, token: str) -> tuple[Artifact, ...]:
+        return file_pair(snapshot_path(location, snapshot), token)
+
+    def snapshot(self, location: str, fmt: str, snapshot: str, token: str) -> Observation:
+        self._check_format(fmt)
+        path = snapshot_path(location, snapshot)
+        if files.stat(path) is None:
+            files.ensure_dir_under(self.root, os.path.dirname(path), files.IMAGE_DIR_MODE)
+            temp = temporary_path(path, token)
+            # The image names no other file: a copy of it is a whole image.
+            files.sparse_copy(location, temp)
+            faults.reach("mid-effect", "snapshot")
+            files.publish(temp, path)
+        return self._observe(path)
+
+    def _snapshot_artifact(self, location: str, snapshot: str) -> Artifact:
+        return Artifact(FILE, snapshot_path(location, snapshot))
+
+    def rollback_artifacts(self, location: str, snapshot: str, token: str) -> tuple[Artifact, ...]:
+        # The disk itself is not named: it existed before, and compensation must not remove it.
+        return (Artifact(FILE, temporary_path(location, token), temporary=True),)
+
+    def rollback(
+        self, location: str, fmt: str, snapshot: str, token: str, *, size: int
+    ) -> Observation:
+        self._check_format(fmt)
+        path = snapshot_path(location, snapshot)
+        if files.stat(path) is None:
+            raise BackendError(f"{location} has no snapshot {snapshot!r}")
+        temp = temporary_path(location, token)
+        self._restore(path, temp, size)
+        faults.reach("mid-effect", "rollback")
+        files.publish(temp, location)
+        return self._observe(location)
+
+    def remove_snapshot(self, location: str, fmt: str, snapshot: str) -> None:
+        self._check_format(fmt)
+        path = snapshot_path(location, snapshot)
+        faults.reach("mid-effect", "remove-snapshot")
+        files.remove_file(path)
+        files.remove_dir(os.path.dirname(path), only_if_empty=True)
+
+    def delete(self, location: str, fmt: str, snapshots: Sequence[str]) -> None:
+        self._check_format(fmt)
+        faults.reach("mid-effect", "delete")
+        # The disk goes first: a delete that fails before it changed nothing and is recorded as
+        # failed; one that dies after it is finished by recovery (its snapshots are named).
+        files.remove_file(location)
+        for snapshot in snapshots:
+            files.remove_file(snapshot_path(location, snapshot))
+        # Not lenient: a file left in there is one the ledger does not know, i.e. a leak.
+        files.remove_dir(f"{location}.snapshots")
+        self._remove_instance_dir(location)
+
+    def _restore(self, snapshot: str, temp: str, size: int) -> None:
+        """Write the snapshot's image to ``temp``, at least ``size`` bytes large."""
+        raise NotImplementedError
+
+
+def snapshot_path(location: str, snapshot: str) -> str:
+    """Where a ``CopySnapshots`` backend keeps ``location``'s snapshot ``snapshot``."""
+    return os.path.join(f"{location}.snapshots", check_component(snapshot, "snapshot"))
 
 
 def file_pair(final: str, token: str) -> tuple[Artifact, ...]:

@@ -26,31 +26,21 @@ come as raw or qcow2 and are converted). Every ``qemu-img`` call pins ``-f paral
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
-from diskledger import faults
 from diskledger.backends import files, qemu
-from diskledger.backends.contract import (
-    Artifact,
-    ArtifactKind,
-    Capability,
-    Observation,
-    TemplateSource,
-)
-from diskledger.backends.file_backend import FileBackend, file_pair, file_spec
-from diskledger.backends.files import check_component, temporary_path
-from diskledger.errors import BackendError, Unsupported
+from diskledger.backends.contract import Capability, Observation, TemplateSource
+from diskledger.backends.file_backend import CopySnapshots, file_spec
+from diskledger.errors import Unsupported
 
 __all__ = ["NO_RESIZE", "SPEC", "ParallelsBackend"]
 
-FILE = ArtifactKind.FILE
 FORMAT = "parallels"
 
 NO_RESIZE = "qemu's parallels driver does not implement resize"
 """Why a parallels disk keeps the size it was made with."""
 
 
-class ParallelsBackend(FileBackend):
+class ParallelsBackend(CopySnapshots):
     """Disks at ``<root>/disks/<instance>/<disk>`` in qemu's parallels format, snapshots as full
     copies in ``<disk>.snapshots/``; a disk keeps the size it was made with."""
 
@@ -70,63 +60,12 @@ class ParallelsBackend(FileBackend):
             return seen  # already that large: left alone, as the contract says
         raise Unsupported(location, self.name, "resize", NO_RESIZE)
 
-    def snapshot_artifacts(self, location: str, snapshot: str, token: str) -> tuple[Artifact, ...]:
-        return file_pair(_snapshot_path(location, snapshot), token)
-
-    def snapshot(self, location: str, fmt: str, snapshot: str, token: str) -> Observation:
-        self._check_format(fmt)
-        path = _snapshot_path(location, snapshot)
-        if files.stat(path) is None:
-            files.ensure_dir_under(self.root, os.path.dirname(path), files.IMAGE_DIR_MODE)
-            temp = temporary_path(path, token)
-            # The image holds no reference to another file: a copy of it is a whole image.
-            files.sparse_copy(location, temp)
-            faults.reach("mid-effect", "snapshot")
-            files.publish(temp, path)
-        return self._observe(path)
-
-    def _snapshot_artifact(self, location: str, snapshot: str) -> Artifact:
-        return Artifact(FILE, _snapshot_path(location, snapshot))
-
-    def rollback_artifacts(self, location: str, snapshot: str, token: str) -> tuple[Artifact, ...]:
-        # The disk itself is not named: it existed before, and compensation must not remove it.
-        return (Artifact(FILE, temporary_path(location, token), temporary=True),)
-
-    def rollback(
-        self, location: str, fmt: str, snapshot: str, token: str, *, size: int
-    ) -> Observation:
-        self._check_format(fmt)
-        path = _snapshot_path(location, snapshot)
-        if files.stat(path) is None:
-            raise BackendError(f"{location} has no snapshot {snapshot!r}")
-        temp = temporary_path(location, token)
-        if self._virtual_size(path) < size:
+    def _restore(self, snapshot: str, temp: str, size: int) -> None:
+        if self._virtual_size(snapshot) < size:
             # No resize: a blank image of the size, the snapshot's data converted into it.
-            _grown_copy(path, temp, size)
+            _grown_copy(snapshot, temp, size)
         else:
-            files.sparse_copy(path, temp)
-        faults.reach("mid-effect", "rollback")
-        files.publish(temp, location)
-        return self._observe(location)
-
-    def remove_snapshot(self, location: str, fmt: str, snapshot: str) -> None:
-        self._check_format(fmt)
-        path = _snapshot_path(location, snapshot)
-        faults.reach("mid-effect", "remove-snapshot")
-        files.remove_file(path)
-        files.remove_dir(os.path.dirname(path), only_if_empty=True)
-
-    def delete(self, location: str, fmt: str, snapshots: Sequence[str]) -> None:
-        self._check_format(fmt)
-        faults.reach("mid-effect", "delete")
-        # The disk goes first: a delete that fails before it changed nothing and is recorded as
-        # failed; one that dies after it is finished by recovery (its snapshots are named).
-        files.remove_file(location)
-        for snapshot in snapshots:
-            files.remove_file(_snapshot_path(location, snapshot))
-        # Not lenient: a file left in there is one the ledger does not know, i.e. a leak.
-        files.remove_dir(f"{location}.snapshots")
-        self._remove_instance_dir(location)
+            files.sparse_copy(snapshot, temp)
 
     def _write_new(self, temp: str, size: int | None, template: TemplateSource | None) -> None:
         if template is None:
@@ -155,7 +94,3 @@ def _grown_copy(source: str, target: str, size: int, *, source_format: str = FOR
         target_exists=True,
         target_is_zero=True,  # a new image reads as zeroes: nothing is written for them
     )
-
-
-def _snapshot_path(location: str, snapshot: str) -> str:
-    return os.path.join(f"{location}.snapshots", check_component(snapshot, "snapshot"))
