@@ -1,0 +1,145 @@
+"""The ``diskledger`` command line: a thin layer over ``Engine``.
+
+Every command takes ``--json`` and then prints exactly one JSON document on stdout (``watch``, which
+follows the ledger, prints one JSON line per event instead). Errors are one line on stderr and exit
+status 1; usage errors exit 2 (``watch`` exits 3 on a gap or a broken hash chain).
+
+One module per group of commands (``templates``, ``disks``, ``watch``, ``members``); each adds
+its commands to the parser through ``leaf`` and holds their handlers. Each handler returns the
+JSON document and, when not in ``--json`` mode, prints for a person.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from diskledger.cli.base import (
+    Failed,
+    Handler,
+    Parser,
+    Streamed,
+    UsageError,
+    common_options,
+    mutating_options,
+)
+from diskledger.cli.disks import disk_commands, libvirt_commands
+from diskledger.cli.members import member_commands
+from diskledger.cli.templates import template_commands
+from diskledger.cli.watch import watch_command
+from diskledger.engine import Config, Engine
+from diskledger.errors import DiskLedgerError
+from diskledger.events import RecordedEvent
+from diskledger.render import event_json, print_history, print_recovery, print_verify
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = common_options()
+    mutating = mutating_options()
+    parser = Parser(
+        prog="diskledger",
+        description="Virtual-machine disks whose every transition is recorded in a ledger.",
+    )
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    def leaf(
+        subparsers: Any, name: str, handler: Handler, help_text: str, *, mutates: bool = False
+    ) -> argparse.ArgumentParser:
+        parents = [common, mutating] if mutates else [common]
+        sub: argparse.ArgumentParser = subparsers.add_parser(
+            name, parents=parents, help=help_text, description=help_text
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    template_commands(groups, leaf)
+    disk_commands(groups, leaf)
+    libvirt_commands(groups, leaf)
+    watch_command(groups, leaf)
+    member_commands(groups, leaf)
+
+    history = leaf(groups, "history", _history, "the audit trail of one disk, or of everything")
+    history.add_argument("disk", nargs="?", metavar="INSTANCE/NAME")
+    recover = leaf(groups, "recover", _recover, "finish or undo operations a crash left pending")
+    recover.add_argument("--dry-run", action="store_true", help="decide and report, change nothing")
+    recover.set_defaults(recover_on_open=False)
+    verify = leaf(groups, "verify", _verify, "check the hash chain, the read models and storage")
+    verify.set_defaults(recover_on_open=False)
+    leaf(
+        groups, "demo", _demo, "cache a template, create, resize and snapshot disks, show the trail"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.group == "disk" and args.command == "create":
+        if args.blank and args.size is None:
+            parser.error("disk create --blank needs --size")
+        if (args.template_source is None) != (args.template_format is None):
+            parser.error("--template-source and --template-format go together")
+        if args.template_source is not None and args.template is None:
+            parser.error("--template-source needs --template")
+    try:
+        config = Config.load(
+            root=args.root,
+            ledger=args.ledger,
+            backend=args.backend,
+            recover=getattr(args, "recover_on_open", None),
+        )
+        with Engine.open(config) as engine:
+            result = args.handler(engine, args)
+    except UsageError as exc:
+        parser.error(str(exc))
+    except DiskLedgerError as exc:
+        message = " ".join(str(exc).split())
+        print(f"diskledger: error: {message}", file=sys.stderr)
+        return 1
+    if isinstance(result, Streamed):
+        return result.status
+    status = 0
+    if isinstance(result, Failed):
+        status, result = 1, result.document
+    if args.json:
+        try:
+            json.dump(result, sys.stdout, indent=2, sort_keys=True, default=str)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader (`| head`) went away; the operation itself is done and recorded.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return status
+
+
+def _history(engine: Engine, args: argparse.Namespace) -> Any:
+    events: list[RecordedEvent] = engine.history(args.disk)
+    if not args.json:
+        print_history(events)
+    return [event_json(e) for e in events]
+
+
+def _recover(engine: Engine, args: argparse.Namespace) -> Any:
+    report = engine.recover(dry_run=args.dry_run)
+    if not args.json:
+        print_recovery(report)
+    return report.to_json()
+
+
+def _verify(engine: Engine, args: argparse.Namespace) -> Any:
+    report = engine.verify()
+    if not args.json:
+        print_verify(report)
+    return report.to_json() if report.ok else Failed(report.to_json())
+
+
+def _demo(engine: Engine, args: argparse.Namespace) -> Any:
+    from diskledger.demo import run_demo
+
+    return run_demo(engine, quiet=args.json)
