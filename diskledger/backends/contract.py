@@ -40,6 +40,7 @@ __all__ = [
     "FencesMembers",
     "Flattens",
     "Observation",
+    "SetAsideVolumes",
     "SetsAside",
     "SourceKind",
     "TemplateSource",
@@ -409,6 +410,19 @@ class SetsAside(Protocol):
     """
 
     def set_aside(self, temporaries: Sequence[Artifact], tag: str) -> list[str]: ...
+
+
+@runtime_checkable
+class SetAsideVolumes(Protocol):
+    """A backend whose operations keep storage under names their intents do not record (lvm: a
+    disk renamed ``+.deleting`` to be cleared, a ``+.grow`` volume of extents being zeroed).
+    ``verify`` asks it whom such a volume works for: while that disk has an operation pending,
+    the volume is that operation's, not an orphan."""
+
+    def set_aside_from(self, artifact: Artifact) -> str | None:
+        """The location of the disk ``artifact`` (from ``inventory``) was set aside from or
+        works for; None when it is no such thing."""
+        ...
 
 
 @runtime_checkable

@@ -8,7 +8,7 @@ Four checks, each reported on its own:
   holds exactly the operations the fold leaves pending;
 - orphans: files under the root that no live artifact of the ledger names (the ledger's own
   database files aside; artifacts named by an operation still pending are not orphans, nor
-  what a backend set aside for a disk with an operation pending: ``SetsAside``);
+  what a backend set aside for a disk with an operation pending: ``SetAsideVolumes``);
 - drift: live artifacts that are missing, or whose size, format or backing file differ from what the
   ledger recorded.
 """
@@ -19,9 +19,9 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-from diskledger.backends import Artifact, ArtifactKind, Capability, Observation
+from diskledger.backends import Artifact, ArtifactKind, Capability, Observation, SetAsideVolumes
 from diskledger.engine import encryption
 from diskledger.engine.attachments import uses
 from diskledger.engine.runtime import Runtime
@@ -39,21 +39,9 @@ from diskledger.states.streams import empty_view
 from diskledger.store import GENESIS
 from diskledger.store.hashing import chain_problem
 
-__all__ = ["SetsAside", "VerifyReport", "verify"]
+__all__ = ["VerifyReport", "verify"]
 
 AnyView = DiskView | TemplateView | MemberView
-
-
-@runtime_checkable
-class SetsAside(Protocol):
-    """A backend whose operations keep storage under names their intents do not record (lvm: a
-    disk renamed ``+.deleting`` to be cleared, a ``+.grow`` volume of extents being zeroed)."""
-
-    def set_aside_from(self, artifact: Artifact) -> str | None:
-        """The location of the disk ``artifact`` (from ``inventory``) was set aside from or
-        works for; None when it is no such thing."""
-        ...
-
 
 _LEDGER_FILES = ("ledger.db", "ledger.db-wal", "ledger.db-shm", "ledger.db-journal")
 
@@ -220,11 +208,11 @@ def _fence_marks(rt: Runtime) -> set[str]:
 def _check_inventory(rt: Runtime, owned: set[str], busy: set[str], report: VerifyReport) -> None:
     """Storage outside the root (an RBD pool, a volume group): every image must be one the
     ledger names; an image's snapshots are checked with its disk (drift) or belong to its
-    template. A volume set aside for a disk (``SetsAside``) is its pending operation's while the
-    disk has one (a delete killed while clearing: the disk is gone or going, recovery finishes
-    it), and an orphan once nothing pending will remove it."""
+    template. A volume set aside for a disk (``SetAsideVolumes``) is its pending operation's
+    while the disk has one (a delete killed while clearing: the disk is gone or going, recovery
+    finishes it), and an orphan once nothing pending will remove it."""
     backend = rt.backend
-    sets_aside = backend if isinstance(backend, SetsAside) else None
+    sets_aside = backend if isinstance(backend, SetAsideVolumes) else None
     for artifact in backend.inventory():
         if artifact.location in owned:
             continue

@@ -9,7 +9,7 @@ from typing import cast
 
 import pytest
 
-from diskledger.backends import registry
+from diskledger.backends import SetAsideVolumes, registry
 from diskledger.backends.lvm import LvmBackend, LvmSettings, Volume, names
 from diskledger.engine import verify
 from diskledger.engine.runtime import Runtime
@@ -160,7 +160,7 @@ def test_verify_gives_a_set_aside_volume_to_its_disks_pending_operation(
     found = {lv: _volume(lv) for lv in [*aside, names.disk_lv("vm-2", "root")]}
     monkeypatch.setattr(backend.lvm, "report", lambda: found)
     runtime = cast(Runtime, SimpleNamespace(backend=backend))
-    assert isinstance(backend, verify.SetsAside)
+    assert isinstance(backend, SetAsideVolumes)
     assert [backend.set_aside_from(a) for a in backend.inventory()] == [
         "vg0/vm-1+root",
         "vg0/vm-1+root",
