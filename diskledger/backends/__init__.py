@@ -29,7 +29,7 @@ from diskledger.backends.parallels import ParallelsBackend
 from diskledger.backends.qcow2 import Qcow2Backend
 from diskledger.backends.raw import RawBackend
 from diskledger.backends.rbd import RbdBackend, RbdTemplateStore
-from diskledger.backends.rbd.cluster import CephConfig
+from diskledger.backends.rbd.config import CephConfig
 from diskledger.backends.registry import BackendSpec
 from diskledger.backends.templates import DEFAULT_MAX_VIRTUAL_SIZE, TemplateCache
 

@@ -40,7 +40,8 @@ from diskledger.backends import (
     TemplateStore,
 )
 from diskledger.backends.rbd import TEMPLATE_SNAPSHOT
-from diskledger.backends.rbd.cluster import Cluster, translate
+from diskledger.backends.rbd.cluster import Cluster
+from diskledger.backends.rbd.policies import translate
 from diskledger.errors import (
     BackendError,
     CephError,

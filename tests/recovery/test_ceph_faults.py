@@ -1,6 +1,6 @@
 """Faults of the Ceph cluster itself: an OSD that stops answering for a while, or for longer than
 the retry budget, and a process killed while it does; and the retry policies of
-``diskledger.backends.rbd.cluster`` on their own.
+``diskledger.backends.rbd.policies`` applied by ``Cluster.call``, on their own.
 
 The OSD is frozen with SIGSTOP and let go on with SIGCONT (``CephCluster.freeze_osd``/``thaw_osd``):
 to a client that is an OSD which stopped answering, and the memstore OSD keeps its data (a real
@@ -46,7 +46,9 @@ from typing import Any
 
 import pytest
 
-from diskledger.backends.rbd.cluster import CephConfig, Cluster, Policy
+from diskledger.backends.rbd.cluster import Cluster
+from diskledger.backends.rbd.config import CephConfig
+from diskledger.backends.rbd.policies import Policy
 from diskledger.engine import Engine
 from diskledger.errors import CephError, CephUnavailable, ImageBusy, StorageIOError
 from tests.recovery.helpers import (
@@ -769,7 +771,8 @@ def test_the_retry_warnings_never_reach_stderr_without_logging_configured() -> N
     printed by Python's last-resort handler when nobody configured logging."""
     code = (
         "import errno, os\n"
-        "from diskledger.backends.rbd.cluster import CephConfig, Cluster\n"
+        "from diskledger.backends.rbd.cluster import Cluster\n"
+        "from diskledger.backends.rbd.config import CephConfig\n"
         "n = []\n"
         "def fn():\n"
         "    n.append(1)\n"

@@ -16,16 +16,10 @@ from __future__ import annotations
 
 from diskledger.backends.contract import Backend
 from diskledger.backends.rbd.backend import RbdBackend
-from diskledger.backends.rbd.cluster import (
-    MSGR2_PORT,
-    CephConfig,
-    Cluster,
-    Policy,
-    client_key,
-    errno_of,
-    translate,
-)
+from diskledger.backends.rbd.cluster import MSGR2_PORT, Cluster
+from diskledger.backends.rbd.config import CephConfig, client_key
 from diskledger.backends.rbd.images import TEMPLATE_SNAPSHOT, Images, image_name, split
+from diskledger.backends.rbd.policies import Policy, errno_of, translate
 from diskledger.backends.rbd.templates import RbdTemplateStore
 from diskledger.backends.registry import BackendSpec
 from diskledger.errors import InvalidInput

@@ -30,13 +30,8 @@ from diskledger.backends.contract import (
     TemplateSource,
 )
 from diskledger.backends.files import check_component, temporary_path
-from diskledger.backends.rbd.cluster import (
-    CephConfig,
-    Cluster,
-    FenceHandler,
-    Registrar,
-    client_key,
-)
+from diskledger.backends.rbd.cluster import Cluster, FenceHandler, Registrar
+from diskledger.backends.rbd.config import CephConfig, client_key
 from diskledger.backends.rbd.images import (
     TEMPLATE_SNAPSHOT,
     Images,

@@ -1,47 +1,9 @@
-"""One client's connection to a Ceph cluster, its retry policies, and error translation.
+"""One client's connection to a Ceph cluster (``Cluster``): shared, re-opened when lost, fenced
+for good in member mode.
 
 Every librados/librbd call the RBD backend makes goes through ``Cluster.call``, which retries it
-under one of two declared, bounded policies and translates what is left into the error tree:
-
-================  =============================================  ============  ===============
-policy            retried errnos                                 backoff       budget
-================  =============================================  ============  ===============
-**transient**     ``ETIMEDOUT``; ``EAGAIN``, ``EINTR``,           0.2 s → 2 s   ``retry_budget``
-                  ``ECONNRESET``; ``EROFS``, ``EBADMSG`` (see                  (30 s)
-                  below); ``ESHUTDOWN``, ``ENOTCONN`` (see
-                  below)
-**busy**          the above and ``EBUSY`` (an image a client      0.5 s → 4 s   ``busy_budget``
-                  still watches: a VM shutting down, or a                      (30 s)
-                  crashed client whose watch has not expired)
-================  =============================================  ============  ===============
-
-The busy policy is used for removing images and snapshots. Waits grow exponentially; no attempt
-starts once the next wait would end past the budget, so a call gives up within the budget plus
-the length of one attempt (at most ``op_timeout`` when the cluster does not answer).
-
-- librados is told to give up on an unanswered request after ``op_timeout`` seconds
-  (``rados_osd_op_timeout``, ``rados_mon_op_timeout``), so an OSD that is down turns into a
-  retried ``ETIMEDOUT`` rather than a hang.
-- librbd answers a change to an image whose exclusive lock it could not take with ``EROFS``; with
-  an OSD down the lock request goes unanswered, so it is retried like a timeout. A snapshot
-  request by the lock owner whose notification goes unanswered fails with ``EBADMSG``: the same.
-- ``ESHUTDOWN`` (the client was blocklisted, or its connection shut down) and ``ENOTCONN`` mean
-  the connection is gone, and every pool and image handle opened on it with it. The connection is
-  retired (shut down once the last handle on it is closed) and the next request opens a new one;
-  the request that saw it is retried only when it opens its handles itself (opening a pool,
-  reading the fsid, monitor commands). Any other request fails at once: its caller's handles are
-  dead, and retrying on them would only fail again (or hang in librados).
-
-Permanent errors fail at once: ``ENOENT``, ``EEXIST``, ``EPERM``/``EACCES`` (a client without the
-caps), ``ENOSPC``/``EDQUOT``, ``EINVAL``.
-
-Past the budget the caller gets one of:
-
-- ``CephUnavailable``: "no answer from the cluster within N s" (timeouts, or a lock request that
-  went unanswered), or "lost its connection to the cluster";
-- ``ImageBusy``: "still in use after N s" (``EBUSY``), or another client holds the image's
-  exclusive lock (``EROFS`` answered at once);
-- ``StorageIOError`` for ``ENOSPC``/``EDQUOT``; ``CephError`` for everything else, with ``errno``.
+under the policies of ``policies.py`` (transient, busy) and translates what is left into the
+error tree there.
 
 Once a call has run out of its budget without an answer, the cluster is taken to be down: for
 the next budget's length each call makes one attempt instead of retrying for the whole budget
@@ -49,11 +11,12 @@ again (the compensation that follows a failed operation then fails fast, leaving
 ``recover``), until a librbd request is answered.
 
 **Single-host mode and member mode.** Without a registrar (``on_connect``), a connection lost
-with ``ESHUTDOWN`` is replaced as above, and that is a hazard wherever another process may fence
-this one: blocklisting matches a client's address *and nonce*, and the new connection has a new
-nonce, so a blocklisted process that makes one more request is silently unfenced (the request
-that met the blocklist fails, the next succeeds). That is fine for one engine per cluster, and
-wrong for members of a shared ledger. With a registrar (member mode):
+with ``ESHUTDOWN`` is replaced by the next request (``policies.py``), and that is a hazard
+wherever another process may fence this one: blocklisting matches a client's address *and
+nonce*, and the new connection has a new nonce, so a blocklisted process that makes one more
+request is silently unfenced (the request that met the blocklist fails, the next succeeds).
+That is fine for one engine per cluster, and wrong for members of a shared ledger. With a
+registrar (member mode):
 
 - every new connection's client addresses are handed to ``on_connect`` after librados connected
   and before the connection serves any request of the caller (the engine records them in the
@@ -76,36 +39,23 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import tenacity
 
-from diskledger.backends.settings import seconds
+from diskledger.backends.rbd.config import CephConfig
+from diskledger.backends.rbd.policies import LOCK, LOST, TRANSIENT, Policy, errno_of, translate
 from diskledger.errors import (
     BackendError,
     CephError,
     CephUnavailable,
     Fenced,
-    ImageBusy,
-    InvalidInput,
-    StorageIOError,
 )
 
-__all__ = [
-    "MSGR2_PORT",
-    "CephConfig",
-    "Cluster",
-    "FenceHandler",
-    "Policy",
-    "Registrar",
-    "client_key",
-    "errno_of",
-    "split_addresses",
-    "translate",
-]
+__all__ = ["MSGR2_PORT", "Cluster", "FenceHandler", "Registrar", "split_addresses"]
 
 # Named as before the module moved (docs/backends/rbd.md tells operators this name).
 log = logging.getLogger("diskledger.backends.ceph")
@@ -114,18 +64,6 @@ log = logging.getLogger("diskledger.backends.ceph")
 log.addHandler(logging.NullHandler())
 
 T = TypeVar("T")
-
-_LOST = frozenset({errno.ESHUTDOWN, errno.ENOTCONN})
-"""The connection is gone (blocklisted, or shut down): the handles opened on it are dead."""
-_NO_ANSWER = frozenset({errno.ETIMEDOUT, errno.EAGAIN, errno.EINTR, errno.ECONNRESET})
-_LOCK = frozenset({errno.EROFS, errno.EBADMSG})
-"""librbd could not take the image's exclusive lock, or a notification went unanswered: with an
-OSD down, both mean a request nobody answered."""
-_TRANSIENT = _NO_ANSWER | _LOCK | _LOST
-_BUSY = _TRANSIENT | {errno.EBUSY}
-_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
-_DENIED = frozenset({errno.EPERM, errno.EACCES})
-
 
 MSGR2_PORT = 3300
 """The IANA port of Ceph's msgr2 protocol."""
@@ -140,85 +78,6 @@ FenceHandler = Callable[[str], None]
 _PROBE_OBJECT = "diskledger.fence-probe"
 """An object nobody writes: reading it costs one OSD round trip that answers ``ENOENT``, or
 ``ESHUTDOWN`` to a blocklisted client."""
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    """A bounded retry policy: which errnos, how long in total, how the waits grow."""
-
-    name: str
-    retry_on: frozenset[int]
-    budget: float
-    first_wait: float
-    max_wait: float
-
-
-@dataclass(frozen=True, slots=True)
-class CephConfig:
-    """How to reach the cluster and which pools to use (``from_environ`` reads the environment)."""
-
-    conf: str
-    pool: str
-    user: str | None = None
-    keyring: str | None = None
-    snapshot_pool: str | None = None
-    """The pool ``direct-snapshot`` clones into (Glance's images pool in OpenStack)."""
-    op_timeout: float = 10.0
-    connect_timeout: float = 10.0
-    retry_budget: float = 30.0
-    busy_budget: float = 30.0
-
-    @classmethod
-    def from_environ(cls, environ: Mapping[str, str]) -> CephConfig:
-        """The configuration ``DISKLEDGER_*`` variables describe: ``DISKLEDGER_CEPH_CONF``
-        (default ``/etc/ceph/ceph.conf``), ``DISKLEDGER_RBD_POOL`` (default ``rbd``),
-        ``DISKLEDGER_RBD_USER`` (the cephx client id, without ``client.``),
-        ``DISKLEDGER_CEPH_KEYRING``, ``DISKLEDGER_RBD_SNAPSHOT_POOL`` (where direct snapshots
-        go), ``DISKLEDGER_CEPH_OP_TIMEOUT`` (seconds before an unanswered request fails, default
-        10), ``DISKLEDGER_CEPH_RETRY_BUDGET`` (seconds of retries for transient and busy errors,
-        default 30). A number of seconds that is not one, or not in (0, 3600], is
-        ``InvalidInput``."""
-        budget = seconds(environ, "DISKLEDGER_CEPH_RETRY_BUDGET", 30.0)
-        return cls(
-            conf=environ.get("DISKLEDGER_CEPH_CONF") or "/etc/ceph/ceph.conf",
-            pool=environ.get("DISKLEDGER_RBD_POOL") or "rbd",
-            user=environ.get("DISKLEDGER_RBD_USER") or None,
-            keyring=environ.get("DISKLEDGER_CEPH_KEYRING") or None,
-            snapshot_pool=environ.get("DISKLEDGER_RBD_SNAPSHOT_POOL") or None,
-            op_timeout=seconds(environ, "DISKLEDGER_CEPH_OP_TIMEOUT", 10.0),
-            retry_budget=budget,
-            busy_budget=budget,
-        )
-
-    @property
-    def transient(self) -> Policy:
-        return Policy("transient", _TRANSIENT, self.retry_budget, 0.2, 2.0)
-
-    @property
-    def busy(self) -> Policy:
-        return Policy("busy", _BUSY, self.busy_budget, 0.5, 4.0)
-
-
-def client_key(config: CephConfig) -> str:
-    """The cephx key of ``config.user`` from ``config.keyring`` (base64, as the keyring holds it):
-    what a hypervisor is given, in a secret, to reach the cluster as that user."""
-    import configparser
-
-    if not config.user or not config.keyring:
-        raise InvalidInput(
-            "a libvirt secret needs the RBD user and its keyring "
-            "(DISKLEDGER_RBD_USER, DISKLEDGER_CEPH_KEYRING)"
-        )
-    keyring = configparser.ConfigParser(interpolation=None)
-    try:
-        with open(config.keyring, encoding="utf-8") as handle:
-            keyring.read_file(handle)
-    except (OSError, configparser.Error) as exc:
-        raise InvalidInput(f"cannot read keyring {config.keyring}: {exc}") from exc
-    key = keyring.get(f"client.{config.user}", "key", fallback=None)
-    if not key:
-        raise InvalidInput(f"keyring {config.keyring} holds no key for client.{config.user}")
-    return key
 
 
 class _Slot:
@@ -345,18 +204,16 @@ class Cluster:
                 code = errno_of(exc)
                 if code == errno.ESHUTDOWN and self.member_mode:
                     raise self._fence(what, exc) from exc
-                if code in _LOST:
+                if code in LOST:
                     self._lose(seen.generation)
-                if code == errno.ETIMEDOUT or (
-                    code in _LOCK and time.monotonic() - started >= slow
-                ):
+                if code == errno.ETIMEDOUT or (code in LOCK and time.monotonic() - started >= slow):
                     seen.unanswered = True
                 raise
             return result
 
         def retried(exc: BaseException) -> bool:
             code = errno_of(exc)
-            if code in _LOST and not reconnects:
+            if code in LOST and not reconnects:
                 return False  # the caller's handles died with the connection
             return code in policy.retry_on
 
@@ -387,9 +244,9 @@ class Cluster:
             raise
         except Exception as exc:
             error = translate(exc, what, policy, unanswered=seen.unanswered, tried_once=one_attempt)
-            if isinstance(error, CephUnavailable) and errno_of(exc) not in _LOST:
+            if isinstance(error, CephUnavailable) and errno_of(exc) not in LOST:
                 self._down_until = time.monotonic() + policy.budget
-            elif errno_of(exc) not in _TRANSIENT and not reconnects:
+            elif errno_of(exc) not in TRANSIENT and not reconnects:
                 self._down_until = 0.0  # the OSDs answered, if only with a refusal
             raise error from exc
         if not reconnects:
@@ -656,58 +513,3 @@ def split_addresses(addrs: str) -> list[str]:
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
     return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def errno_of(exc: BaseException) -> int | None:
-    """librados' error number of ``exc``, whichever binding raised it."""
-    code = getattr(exc, "errno", None)
-    if isinstance(code, int):
-        return abs(code)
-    return None
-
-
-def translate(
-    exc: Exception,
-    what: str,
-    policy: Policy,
-    *,
-    unanswered: bool = False,
-    tried_once: bool = False,
-) -> BackendError:
-    """The diskledger error for a librados/librbd exception that is not retried (any more).
-
-    ``unanswered``: some attempt went unanswered (an ``EROFS``/``EBADMSG`` then means a lock
-    request nobody answered, not a lock held by another client). ``tried_once``: the call made a
-    single attempt because the cluster had just run another call out of its budget.
-    """
-    code = errno_of(exc)
-    reason = str(exc) or type(exc).__name__
-    if code in _LOST:
-        return CephUnavailable(
-            f"ceph: {what}: lost its connection to the cluster ({reason}); "
-            "the next request reconnects",
-            errno=code,
-        )
-    if code in _NO_ANSWER or (code in _LOCK and unanswered):
-        within = (
-            f"(tried once: it gave none within {policy.budget:g} s just before)"
-            if tried_once
-            else f"within {policy.budget:g} s"
-        )
-        return CephUnavailable(
-            f"ceph: {what}: no answer from the cluster {within} ({reason})", errno=code
-        )
-    if code == errno.EBUSY:
-        return ImageBusy(f"ceph: {what}: still in use after {policy.budget:g} s", errno=code)
-    if code == errno.EROFS:
-        return ImageBusy(
-            f"ceph: {what}: another client holds the image's exclusive lock ({reason})",
-            errno=code,
-        )
-    if code in _NO_SPACE:
-        return StorageIOError(f"ceph: {what}: no space left in the pool ({reason})", errno=code)
-    if code in _DENIED:
-        return CephError(f"ceph: {what}: permission denied ({reason})", errno=code)
-    if type(exc).__module__ in ("rados", "rbd") or isinstance(exc, OSError):
-        return CephError(f"ceph: {what}: {reason}", errno=code)
-    return BackendError(f"ceph: {what}: {type(exc).__name__}: {reason}")
