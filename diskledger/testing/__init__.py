@@ -1,21 +1,20 @@
 """Tools for test authors: a property-based harness that shakes a disk backend with random
-operations and crashes (``harness``), and the backend contract as a conformance suite any backend
-can run (``contract``).
+operations and crashes (``harness``; its ``model`` of the bytes and its ``invariants``), and
+the backend contract as a conformance suite any backend can run (``contract``).
 """
 
 from diskledger.testing.contract import BackendContract
 from diskledger.testing.harness import (
-    INVARIANTS,
     STATS,
     DiskLifecycle,
     Harness,
     HarnessStats,
-    InvariantViolation,
     budget,
     lifecycle_machine,
     lifecycle_test_case,
     run_lifecycle,
 )
+from diskledger.testing.invariants import INVARIANTS, InvariantViolation
 from diskledger.testing.storage import (
     FileStorage,
     ImageFacts,

@@ -48,7 +48,6 @@ operations, refusals, guest writes, crashes, recoveries and violations across ru
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import shutil
@@ -57,7 +56,6 @@ import sys
 import tempfile
 import unittest
 import uuid
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,15 +81,43 @@ from diskledger.states import DISK_TABLE, TEMPLATE_TABLE, DiskState, evolve, par
 from diskledger.states.machine import Validator
 from diskledger.states.streams import DISK, empty_view, stream_kind
 from diskledger.store import EventStore
+from diskledger.testing.invariants import (
+    AGREE,
+    ATTACHED,
+    CHAIN,
+    COPIES,
+    DATA,
+    EXACT_SIZE,
+    FORMAT,
+    GAPLESS,
+    LEGAL,
+    NEVER_SHRINKS,
+    RECOVERED,
+    REFUSED,
+    REPEATED,
+    STORAGE,
+    USERS,
+    InvariantViolation,
+)
+from diskledger.testing.model import (
+    SECTOR,
+    Apply,
+    Content,
+    Copy,
+    Model,
+    ModelDisk,
+    Unresolved,
+    sector_of,
+    show,
+    source_image,
+)
 from diskledger.testing.storage import FileStorage, StorageAccess
 
 __all__ = [
-    "INVARIANTS",
     "STATS",
     "DiskLifecycle",
     "Harness",
     "HarnessStats",
-    "InvariantViolation",
     "budget",
     "lifecycle_machine",
     "lifecycle_test_case",
@@ -99,8 +125,6 @@ __all__ = [
 ]
 
 MiB = 1 << 20
-SECTOR = 512
-"""The granularity of every size the harness asks for and of every guest write."""
 DISKS = ("vm-1/root", "vm-1/data", "vm-2/root", "vm-2/data", "vm-3/root", "vm-3/swap")
 TARGETS = {disk: f"sd{chr(ord('a') + i)}" for i, disk in enumerate(DISKS)}
 """The SCSI target each disk is attached at, when the harness has a domain."""
@@ -125,40 +149,6 @@ HOW = ("in-process", "in-process", "in-process", "kill a CLI process")
 ``diskledger`` CLI process running it is SIGKILLed there (named backends only: a factory's
 backend crashes in-process); a CLI process costs a Python start, hence one in four."""
 
-CHAIN = "the hash chain holds and replay gives the read models"
-GAPLESS = "stream versions have no gaps"
-LEGAL = "every recorded transition is legal"
-STORAGE = "storage holds exactly what the ledger names"
-NEVER_SHRINKS = "sizes never shrink"
-FORMAT = "a disk's format never changes"
-USERS = "template users are the disks made from them"
-AGREE = "the model and the engine agree"
-REFUSED = "a refused request changes nothing"
-REPEATED = "a repeated idempotency key changes nothing"
-RECOVERED = "after recover nothing is pending"
-EXACT_SIZE = "a disk is the size it was asked to be"
-DATA = "a disk holds the bytes the model says"
-COPIES = "an export holds the bytes of the disk it copied"
-ATTACHED = "the domain has exactly the disks attached to it"
-
-INVARIANTS = (
-    CHAIN,
-    GAPLESS,
-    LEGAL,
-    STORAGE,
-    NEVER_SHRINKS,
-    FORMAT,
-    USERS,
-    AGREE,
-    REFUSED,
-    REPEATED,
-    RECOVERED,
-    EXACT_SIZE,
-    DATA,
-    COPIES,
-    ATTACHED,
-)
-
 REFUSED_WHILE_ATTACHED = frozenset(
     {
         "attach",
@@ -175,15 +165,6 @@ REFUSED_WHILE_ATTACHED = frozenset(
 statement of the rule, not the engine's table: a change there shows up here as a violation)."""
 SNAPSHOTS_IN_USE = frozenset({"snapshot", "remove-snapshot", "direct-snapshot"})
 """...except these, on a backend with ``Capability.SNAPSHOT_IN_USE`` (RBD)."""
-
-
-class InvariantViolation(AssertionError):
-    """An invariant of ``INVARIANTS`` does not hold; ``invariant`` names it."""
-
-    def __init__(self, invariant: str, details: str) -> None:
-        super().__init__(f"invariant violated: {invariant}: {details}")
-        self.invariant = invariant
-        self.details = details
 
 
 @dataclass
@@ -289,158 +270,6 @@ def budget(**overrides: Any) -> settings:
     return settings(**values)
 
 
-# -- the model --------------------------------------------------------------------------------
-
-ZEROS = bytes(SECTOR)
-
-
-def _sector(label: str) -> bytes:
-    """512 bytes that start with ``label`` (each marker's is unique) and go on with a byte
-    drawn from it, so that no two labels' sectors are alike."""
-    text = f"{label}|".encode()
-    return text.ljust(SECTOR, bytes([0x41 + zlib.crc32(text) % 26]))
-
-
-def _show(data: bytes) -> str:
-    if not any(data):
-        return "zeros"
-    label, bar, _ = data.partition(b"|")
-    return repr(label.decode(errors="replace")) if bar else repr(data[:24]) + "..."
-
-
-@dataclass(frozen=True)
-class Image:
-    """The guest bytes of a source file the harness made: a few known sectors, zeros elsewhere."""
-
-    size: int
-    sectors: Mapping[int, bytes]
-
-
-@dataclass(frozen=True)
-class Content:
-    """What a disk (or a snapshot or an export of it) holds: the bytes of the image it was made
-    from (none: a blank disk), the markers written into it on top, zeros everywhere else (also
-    where it grew)."""
-
-    base: Image | None = None
-    marks: Mapping[int, bytes] = field(default_factory=dict)
-
-    def at(self, offset: int) -> bytes:
-        if offset in self.marks:
-            return self.marks[offset]
-        if self.base is not None:
-            return self.base.sectors.get(offset, ZEROS)
-        return ZEROS
-
-    def marked(self, offset: int, data: bytes) -> Content:
-        return Content(self.base, {**self.marks, offset: data})
-
-    def offsets(self, size: int) -> list[int]:
-        """Where to look: every marker, the source's known sectors, the first and last sector."""
-        return sorted({*self.marks, *self.unmarked(size)})
-
-    def unmarked(self, size: int) -> list[int]:
-        """The source's known sectors, then the first and last sector, that hold no marker."""
-        known = [*(sorted(self.base.sectors) if self.base else ()), 0, size - SECTOR]
-        seen = [o for o in dict.fromkeys(known) if o not in self.marks]
-        return [o for o in seen if 0 <= o <= size - SECTOR]
-
-
-@dataclass
-class ModelDisk:
-    state: DiskState
-    size: int
-    format: str
-    template: str | None
-    content: Content = field(default_factory=Content)
-    snapshots: dict[str, int] = field(default_factory=dict)
-    saved: dict[str, Content] = field(default_factory=dict)
-    """What each snapshot holds."""
-    recheck: set[int] = field(default_factory=set)
-    """Offsets to read at the next check besides the markers: after a rollback, every offset
-    where another version of the disk (its bytes before, any snapshot) had a marker, which is
-    where a rollback that restored nothing, or the wrong snapshot, shows."""
-    resized: bool = False
-    attached: str | None = None
-    """The target device a domain has the disk at."""
-
-
-@dataclass
-class Copy:
-    """An export file, or a direct snapshot's image, and what it holds."""
-
-    location: str
-    format: str
-    size: int
-    content: Content
-    checked: bool = False
-
-
-@dataclass
-class Model:
-    disks: dict[str, ModelDisk] = field(default_factory=dict)
-    templates: dict[str, int] = field(default_factory=dict)
-    """Cached templates and their virtual sizes."""
-    exports: dict[str, Copy] = field(default_factory=dict)
-    """Finished exports by name (``export-3.qcow2``)."""
-    copies: dict[str, Copy] = field(default_factory=dict)
-    """Finished direct snapshots by image id."""
-
-
-Apply = Callable[[Model], None]
-
-
-@dataclass
-class Unresolved:
-    """An operation that crashed: the model applies it once the ledger shows it completed."""
-
-    stream: str
-    apply: Apply
-
-
-@dataclass(frozen=True)
-class Source:
-    """An image file with known bytes, to make templates and disks from."""
-
-    path: Path
-    format: str
-    image: Image
-
-
-_SOURCES: dict[tuple[str, int], Source] = {}
-
-
-def _source(name: str, fmt: str, size: int) -> Source:
-    """A ``fmt`` image file of ``size`` bytes with three known sectors (first, middle, last),
-    each naming ``name``; made once per process, removed when it exits."""
-    key = (name, size)
-    if key not in _SOURCES:
-        directory = Path(tempfile.mkdtemp(prefix="diskledger-harness-sources-"))
-        atexit.register(shutil.rmtree, directory, ignore_errors=True)
-        middle = size // 2 // SECTOR * SECTOR
-        sectors = {
-            offset: _sector(f"{name} {where}")
-            for offset, where in ((0, "first"), (middle, "middle"), (size - SECTOR, "last"))
-        }
-        raw = directory / f"{name}.raw"
-        with raw.open("wb") as handle:
-            for offset, data in sectors.items():
-                handle.seek(offset)
-                handle.write(data)
-            handle.truncate(size)
-        path = raw
-        if fmt != "raw":
-            path = directory / f"{name}.{fmt}"
-            subprocess.run(
-                ["qemu-img", "convert", "-f", "raw", "-O", fmt, str(raw), str(path)],
-                check=True,
-                capture_output=True,
-            )
-            raw.unlink()
-        _SOURCES[key] = Source(path, fmt, Image(size, sectors))
-    return _SOURCES[key]
-
-
 T = TypeVar("T")
 
 
@@ -516,8 +345,8 @@ class DiskLifecycle(RuleBasedStateMachine):
         self.storage: StorageAccess = (self.harness.storage or FileStorage)(self.root)
         self.files = FileStorage(self.exports)
         size = self.harness.template_size
-        self.sources = {t: _source(t, fmt, size) for t, fmt in TEMPLATES.items()}
-        self.imports = {name: _source(name, fmt, IMPORT_SIZE) for name, fmt in IMPORTS.items()}
+        self.sources = {t: source_image(t, fmt, size) for t, fmt in TEMPLATES.items()}
+        self.imports = {name: source_image(name, fmt, IMPORT_SIZE) for name, fmt in IMPORTS.items()}
         self.model = Model()
         self.unresolved: dict[str, Unresolved] = {}
         self.last_completed: tuple[Callable[[Engine, str], Any], str, str] | None = None
@@ -1065,7 +894,7 @@ class DiskLifecycle(RuleBasedStateMachine):
             where = _weighted((1, st.sampled_from(interesting)), (2, st.integers(0, last)))
         offset = data.draw(where, label="sector") * SECTOR
         self.counter += 1
-        marker = _sector(f"{disk} #{self.counter} @{offset}")
+        marker = sector_of(f"{disk} #{self.counter} @{offset}")
         view = self.engine.show(disk)
         assert view.location and view.format
         self.storage.write(view.location, view.format, offset, marker)
@@ -1185,7 +1014,7 @@ class DiskLifecycle(RuleBasedStateMachine):
                     self._violate(
                         DATA,
                         f"{disk} ({view.format}, {size} bytes) at {offset}: "
-                        f"{_show(got)}, expected {_show(wanted)}",
+                        f"{show(got)}, expected {show(wanted)}",
                     )
             self.dirty.discard(disk)
 
@@ -1210,7 +1039,7 @@ class DiskLifecycle(RuleBasedStateMachine):
                     self._violate(COPIES, f"{name} at {offset}: cannot read it: {exc}")
                 if got != wanted:
                     self._violate(
-                        COPIES, f"{name} at {offset}: {_show(got)}, expected {_show(wanted)}"
+                        COPIES, f"{name} at {offset}: {show(got)}, expected {show(wanted)}"
                     )
             copy.checked = True
         pool = self.harness.snapshot_pool
