@@ -1,6 +1,7 @@
 """Tools for test authors: a property-based harness that shakes a disk backend with random
 operations and crashes (``harness``; its ``model`` of the bytes and its ``invariants``), and
-the backend contract as a conformance suite any backend can run (``contract``).
+the backend contract as a conformance suite any backend can run (``contract``; the sample
+disks and images it shares with a backend's own tests in ``samples``).
 """
 
 from diskledger.testing.contract import BackendContract

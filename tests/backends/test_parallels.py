@@ -39,7 +39,7 @@ from diskledger.cli import main
 from diskledger.errors import Unsupported
 from diskledger.hypervisor.device import describe
 from diskledger.testing import BackendContract, InspectingFileStorage, StorageAccess
-from diskledger.testing.contract import cache_template, make_source
+from diskledger.testing.samples import cache_template, make_source
 from tests.backends.helpers import MiB, has_pattern, info, write_pattern
 
 # The checks every file backend passes, run here on parallels (``backend`` below).
