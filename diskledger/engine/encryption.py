@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Protocol, Self, runtime_checkable
 
 from diskledger import faults
-from diskledger.backends import Backend, Observation, TemplateSource
+from diskledger.backends import Backend, DiskSource, Observation, TemplateSource
 from diskledger.backends.qemu import Luks
 from diskledger.engine.runtime import Runtime
 from diskledger.errors import InvalidInput, KeyNotFound, UnsafeKeyStore
@@ -31,12 +31,15 @@ from diskledger.states import DiskView, Encryption
 __all__ = [
     "FORMAT",
     "Encrypting",
+    "OpensMappings",
     "check_can_encrypt",
     "destroy_key",
     "encryption_of",
+    "guest_source",
     "key_problems",
     "keyed",
     "luks",
+    "mapping_backend",
     "new_key",
     "provider",
     "refuse_encrypted",
@@ -47,6 +50,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT = "luks"
+"""The format an encrypted disk's intent records (qemu's LUKS in qcow2), unless its backend says
+another (``encryption_format``: the lvm backend's dm-crypt ``luks2``)."""
 
 
 @runtime_checkable
@@ -84,6 +89,40 @@ class Encrypting(Protocol):
     def with_key(self, luks: Luks) -> Self: ...
 
 
+@runtime_checkable
+class OpensMappings(Protocol):
+    """A backend whose encrypted disks a guest uses through a mapping the host opens with the
+    key (dm-crypt, the lvm backend), instead of through a libvirt secret qemu decrypts with:
+    ``attach`` opens it and describes the disk by ``mapped_source``; ``detach``, and an attach
+    rolled back, close it."""
+
+    def mapped_source(self, location: str) -> DiskSource: ...
+
+    def open_mapping(self, location: str, luks: Luks) -> str: ...
+
+    def close_mapping(self, location: str) -> bool: ...
+
+
+def mapping_backend(backend: Backend, made: Encryption | None) -> OpensMappings | None:
+    """``backend`` when a guest uses the disk encrypted as ``made`` through a host mapping;
+    None when the disk is not encrypted or qemu decrypts it (a libvirt secret)."""
+    if made is None or not isinstance(backend, OpensMappings):
+        return None
+    return backend
+
+
+def guest_source(
+    backend: Backend, location: str, made: Encryption | None, *, addresses: bool = True
+) -> DiskSource:
+    """The storage a domain is given for the disk at ``location`` (encrypted as ``made``):
+    its mapping when the host decrypts it, the backend's ``disk_source`` otherwise. What an
+    attach describes, and what verify and resize look for in the domain."""
+    mapped = mapping_backend(backend, made)
+    if mapped is not None:
+        return mapped.mapped_source(location)
+    return backend.disk_source(location, addresses=addresses)
+
+
 def provider(rt: Runtime, name: str | None = None) -> KeyProvider:
     """The key provider called ``name`` (the configured one when None)."""
     keys = rt.keys
@@ -101,7 +140,8 @@ def check_can_encrypt(rt: Runtime, backend: Backend) -> Encrypting:
     not be kept safely."""
     if not isinstance(backend, Encrypting) or not backend.encrypts:
         raise InvalidInput(
-            f"the {backend.name} backend cannot encrypt disks (yet): --encrypt works with qcow2"
+            f"the {backend.name} backend cannot encrypt disks (yet): --encrypt works with "
+            "qcow2 and lvm"
         )
     provider(rt).check()
     return backend
@@ -110,9 +150,10 @@ def check_can_encrypt(rt: Runtime, backend: Backend) -> Encrypting:
 def new_key(rt: Runtime, op: str, op_id: str) -> tuple[NewKey, Encryption]:
     """A new key for operation ``op_id``, durable and held, and what its intent records."""
     keys = provider(rt)
+    fmt = str(getattr(rt.backend, "encryption_format", FORMAT))
     key = keys.create(op_id)
     faults.reach("after-key-created", op)
-    return key, Encryption(FORMAT, keys.name, key.ref)
+    return key, Encryption(fmt, keys.name, key.ref)
 
 
 def encryption_of(source: DiskView | Mapping[str, Any]) -> Encryption | None:

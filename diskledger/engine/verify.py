@@ -234,7 +234,9 @@ def _check_attachments(rt: Runtime, report: VerifyReport) -> None:
         except HypervisorError as exc:
             report.attachments_unchecked = str(exc)
             return
-        source = rt.backend_of(disk).disk_source(disk.location, addresses=False)
+        source = encryption.guest_source(
+            rt.backend_of(disk), disk.location, disk.encryption, addresses=False
+        )
         if uses(info, attachment.domain_uuid, attachment.target_dev, source):
             continue
         if info is None:

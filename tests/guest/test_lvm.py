@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from diskledger.backends.lvm import LUKS_TAG, mapping
+from diskledger.backends.lvm.crypt import header_of, header_size, header_tag
 from tests.support.guest import Guest
 
 VG = "dlvg"
@@ -30,6 +32,7 @@ POOL = "pool"
 PV = "/dev/disk/by-serial/pv0"
 IN_GUEST = Path(__file__).with_name("lvm_inguest.py")
 FAULTS = Path(__file__).with_name("lvm_faults.py")
+CRYPT = Path(__file__).with_name("lvm_crypt_inguest.py")
 WORK = "/tmp/lvm-tests"
 
 
@@ -39,9 +42,11 @@ def volume_group(guest: Guest) -> Iterator[str]:
     test module; pv0 is left as it was found, without even a PV label."""
     module = base64.b64encode(IN_GUEST.read_bytes()).decode()
     faults = base64.b64encode(FAULTS.read_bytes()).decode()
+    crypt = base64.b64encode(CRYPT.read_bytes()).decode()
     guest.run(
         f"set -e; mkdir -p {WORK}; echo {module} | base64 -d > {WORK}/test_lvm_inguest.py\n"
         f"echo {faults} | base64 -d > {WORK}/lvm_faults.py\n"
+        f"echo {crypt} | base64 -d > {WORK}/test_lvm_crypt_inguest.py\n"
         f"pvcreate -q {PV}; vgcreate -q -s 1m {VG} {PV}"
     ).check()
     try:
@@ -53,21 +58,24 @@ def volume_group(guest: Guest) -> Iterator[str]:
         ).check()
 
 
-@pytest.mark.parametrize("variant", ["thick", "sparse"])
-def test_lvm_backend_in_the_guest(guest: Guest, volume_group: str, variant: str) -> None:
+def pytest_in_guest(guest: Guest, volume_group: str, variant: str, module: str) -> int:
+    """Run the in-guest pytest ``module`` on ``variant``'s group (thick, or sparse in a thin
+    pool made for it and removed after); fail with each failing case's message. The number of
+    tests it ran."""
     environ = f"DISKLEDGER_LVM_VG={volume_group}"
     if variant == "sparse":
         guest.run(f"lvcreate -q --yes -L 1G --thinpool {POOL} {volume_group}").check()
         environ += f" DISKLEDGER_LVM_SPARSE={POOL}"
-    report = f"{WORK}/{variant}.xml"
+    name = f"{Path(module).stem}-{variant}"
+    report = f"{WORK}/{name}.xml"
     started = time.monotonic()
     try:
         done = guest.run(
             f"cd {WORK} && env {environ} PYTHONPATH=/payload/src:/payload/site "
-            f"python3 -m pytest -p no:cacheprovider -q --tb=short --durations=15 --junitxml={report} "
-            f"test_lvm_inguest.py >{WORK}/{variant}.log 2>&1; "
-            f"if [ -f {report} ]; then tail -25 {WORK}/{variant}.log; echo @@JUNIT@@; "
-            f"cat {report}; else tail -60 {WORK}/{variant}.log; fi",
+            f"python3 -m pytest -p no:cacheprovider -q -s --tb=short --durations=15 "
+            f"--junitxml={report} {module} >{WORK}/{name}.log 2>&1; "
+            f"if [ -f {report} ]; then tail -25 {WORK}/{name}.log; echo @@JUNIT@@; "
+            f"cat {report}; else tail -60 {WORK}/{name}.log; fi",
             timeout=900,
         )
     finally:
@@ -84,11 +92,43 @@ def test_lvm_backend_in_the_guest(guest: Guest, volume_group: str, variant: str)
         for case in suite.iter("testcase")
         for problem in (*case.findall("failure"), *case.findall("error"))
     ]
-    print(f"lvm {variant}: {suite.get('tests')} tests in {elapsed:.1f} s\n{summary}")
+    print(f"{module} {variant}: {suite.get('tests')} tests in {elapsed:.1f} s\n{summary}")
     assert not failures, (
         "\n".join(f.splitlines()[0] for f in failures) + "\n\n" + "\n\n".join(failures)
     )
-    assert int(suite.get("tests") or 0) > 50, summary
+    return int(suite.get("tests") or 0)
+
+
+@pytest.mark.parametrize("variant", ["thick", "sparse"])
+def test_lvm_backend_in_the_guest(guest: Guest, volume_group: str, variant: str) -> None:
+    assert pytest_in_guest(guest, volume_group, variant, "test_lvm_inguest.py") > 50
+
+
+@pytest.mark.parametrize("variant", ["thick", "sparse"])
+def test_lvm_encryption_in_the_guest(guest: Guest, volume_group: str, variant: str) -> None:
+    """Encrypted disks, dm-crypt LUKS2 on the volume (``lvm_crypt_inguest.py``): the plaintext
+    is in no volume's bytes and only through a mapping opened with the key, another key opens
+    nothing, sizes are the disk's, resize/snapshot/rollback keep the data, delete leaves no
+    key, mapping or volume, a loose key directory is refused unchanged, and encrypted
+    operations killed around their key are recovered to exactly the live disks' keys."""
+    assert pytest_in_guest(guest, volume_group, variant, "test_lvm_crypt_inguest.py") >= 5
+
+
+def test_encrypted_mapping_names_and_header_tags() -> None:
+    """No guest: the mapping a volume is opened as follows from its name, one per volume
+    (LVM's doubled '-' keeps ``a-b/c`` and ``a/b-c`` apart), within device-mapper's 127
+    characters; the header's size reads back from its tag."""
+    assert mapping("dlvg", "vm1+root") == "luks-dlvg-vm1+root"
+    assert mapping("a-b", "c") != mapping("a", "b-c")
+    long = "x" * 120
+    assert len(mapping("dlvg", long)) <= 127 and mapping("dlvg", long) != mapping(
+        "dlvg", long + "y"
+    )
+    assert header_size(1 << 20) == header_size(512 << 10) == 1 << 20
+    assert header_size(4 << 20) == 4 << 20
+    for size in (1 << 20, 4 << 20, 32 << 20):
+        assert header_of(frozenset({LUKS_TAG, header_tag(size)})) == size
+    assert header_of(frozenset({LUKS_TAG})) == 1 << 20
 
 
 @pytest.mark.parametrize("variant", ["thick", "sparse"])

@@ -4,6 +4,7 @@ image backend, with every step in the ledger). See ``docs/backends/lvm.md``.
 - ``settings.py``: ``LvmSettings`` from ``DISKLEDGER_LVM_*``;
 - ``names.py``: how disks, snapshots and temporaries are named as volumes, reversibly;
 - ``volumes.py``: ``Volumes``, the LVM commands (through the one runner) and their reports;
+- ``crypt.py``: dm-crypt LUKS2 on a volume (encrypted disks): its header, tag and mapping;
 - ``backend.py``: ``LvmBackend``.
 
 Templates are the local ``TemplateCache``'s files; a disk is made by ``qemu-img convert`` from
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from diskledger.backends.contract import Backend, TemplateStore
 from diskledger.backends.lvm.backend import LvmBackend
+from diskledger.backends.lvm.crypt import HEADER, LUKS_TAG, mapping
 from diskledger.backends.lvm.names import OWNER_TAG, disk_lv, parse, snapshot_lv
 from diskledger.backends.lvm.settings import LvmSettings
 from diskledger.backends.lvm.volumes import Volume, Volumes
@@ -22,6 +24,8 @@ from diskledger.backends.templates import TemplateCache
 from diskledger.errors import InvalidInput
 
 __all__ = [
+    "HEADER",
+    "LUKS_TAG",
     "OWNER_TAG",
     "SPEC",
     "LvmBackend",
@@ -29,6 +33,7 @@ __all__ = [
     "Volume",
     "Volumes",
     "disk_lv",
+    "mapping",
     "parse",
     "snapshot_lv",
 ]

@@ -5,10 +5,18 @@ tagged as diskledger's with the id of the operation that made it. Snapshots are 
 of a thin disk, and full copies of a thick one (classic copy-on-write snapshots slow every write
 to the disk, overflow and turn invalid when too small, and keep the disk from being extended
 while active). Volumes holding guest data are cleared per ``volume_clear`` before removal.
+
+An encrypted disk (``create``/``import_file`` with ``luks``) is dm-crypt LUKS2 on its volume
+(``crypt.py``): the volume is a header larger than the disk (1 MiB, or one extent when extents
+are larger), tagged ``crypt.LUKS_TAG`` and with the header's size; its data is written through
+a mapping opened for the copy and closed before the volume is published. Snapshots and rollbacks
+copy ciphertext and need no key; resize and rollback open a mapping to zero the plaintext of
+what they add.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Sequence
@@ -25,9 +33,10 @@ from diskledger.backends.contract import (
     TemplateSource,
 )
 from diskledger.backends.files import temporary_path
-from diskledger.backends.lvm import names
+from diskledger.backends.lvm import crypt, names
+from diskledger.backends.lvm.crypt import LUKS_TAG
 from diskledger.backends.lvm.settings import LvmSettings
-from diskledger.backends.lvm.volumes import Volume, Volumes
+from diskledger.backends.lvm.volumes import Volume, Volumes, size_of, zero
 from diskledger.backends.staging import stage
 from diskledger.errors import BackendError, InvalidInput, InvalidSize
 
@@ -47,6 +56,12 @@ class LvmBackend:
     name = "lvm"
     disk_format = "raw"
     capabilities: frozenset[Capability] = frozenset()
+    encrypts = True
+    """Makes encrypted disks (``create``/``import_file`` with ``luks``): dm-crypt LUKS2."""
+    encryption_format = "luks2"
+    """What an encrypted disk's intent records as its format."""
+    _luks: qemu.Luks | None = None
+    """The key of the one encrypted disk this copy works on (``with_key``)."""
 
     def __init__(self, root: str, settings: LvmSettings) -> None:
         self.root = os.path.abspath(root)
@@ -94,6 +109,36 @@ class LvmBackend:
             preallocated=self.preallocates,
         )
 
+    # -- encrypted disks (Encrypting, OpensMappings) -------------------------------------------
+
+    def with_key(self, luks: qemu.Luks) -> LvmBackend:
+        """This backend, for one encrypted disk: what must write its plaintext (resize,
+        rollback) opens a mapping with ``luks``."""
+        keyed = copy.copy(self)
+        keyed._luks = luks
+        return keyed
+
+    def mapping(self, location: str) -> str:
+        """The device-mapper name the encrypted disk at ``location`` is opened as."""
+        return crypt.mapping(self.lvm.vg, self._lv(location))
+
+    def mapped_source(self, location: str) -> DiskSource:
+        """What a guest uses of the encrypted disk at ``location``: its open mapping."""
+        return DiskSource(
+            SourceKind.BLOCK,
+            path=crypt.device(self.mapping(location)),
+            preallocated=self.preallocates,
+        )
+
+    def open_mapping(self, location: str, luks: qemu.Luks) -> str:
+        """Open the encrypted disk at ``location`` for a guest (idempotent); its device."""
+        lv = self._lv(location)
+        return crypt.open_mapping(self.lvm.device(lv), self.mapping(location), luks.secret_file)
+
+    def close_mapping(self, location: str) -> bool:
+        """Close the mapping of the disk at ``location`` (idempotent); whether it was open."""
+        return crypt.close(self.mapping(location))
+
     # -- capacity (ChecksCapacity) -------------------------------------------------------------
 
     def check_capacity(self, size: int, *, grow: str | None = None) -> None:
@@ -120,8 +165,15 @@ class LvmBackend:
     # -- effects -------------------------------------------------------------------------------
 
     def create(
-        self, location: str, token: str, *, size: int | None, template: TemplateSource | None
+        self,
+        location: str,
+        token: str,
+        *,
+        size: int | None,
+        template: TemplateSource | None,
+        luks: qemu.Luks | None = None,
     ) -> Observation:
+        """``luks``: the disk is dm-crypt LUKS2 with that key (see the module doc)."""
         volumes = self.lvm.report()
         final = self._lv(location)
         if final in volumes:
@@ -131,25 +183,22 @@ class LvmBackend:
         wanted = max(size or 0, template.virtual_size if template else 0)
         temp = names.temporary(final, token)
         self._remove_lv(temp, volumes)  # a retry after a partial create starts afresh
-        self.lvm.create(temp, wanted, token, pool=self.settings.thin_pool)
-        zeroed = self._reads_zeroes()
-        written = 0
-        if template is not None:
-            qemu.convert_spec(
-                template.location, template.format, self.lvm.device(temp), "raw",
-                target_exists=True, target_is_zero=zeroed,
-            )  # fmt: skip
-            written = template.virtual_size
-        if not zeroed:
-            # Freed extents hold what their last volume held: a guest must never read it.
-            self.lvm.zero(temp, written, self._size(temp) - written)
-        faults.reach("mid-effect", "create")
+        header = self._new_volume(temp, wanted, token, luks)
+        self._fill(temp, template, luks, header, "create")
         self.lvm.rename(temp, final)
         return self._observe(location)
 
     def import_file(
-        self, location: str, token: str, source: str, fmt: str, *, max_virtual_size: int
+        self,
+        location: str,
+        token: str,
+        source: str,
+        fmt: str,
+        *,
+        max_virtual_size: int,
+        luks: qemu.Luks | None = None,
     ) -> Observation:
+        """``luks``: the inspected copy is written into a new encrypted disk with that key."""
         volumes = self.lvm.report()
         final = self._lv(location)
         if final in volumes:
@@ -157,19 +206,68 @@ class LvmBackend:
         copy = temporary_path(self._staging(location), token)
         files.ensure_dir_under(self.root, os.path.dirname(copy), files.IMAGE_DIR_MODE)
         size = stage(source, fmt, copy, op="import", max_virtual_size=max_virtual_size)
-        self.check_capacity(size)
+        self.check_capacity(size + (self._header() if luks is not None else 0))
         temp = names.temporary(final, token)
         self._remove_lv(temp, volumes)
-        self.lvm.create(temp, size, token, pool=self.settings.thin_pool)
-        zeroed = self._reads_zeroes()
-        qemu.convert_spec(
-            copy, fmt, self.lvm.device(temp), "raw", target_exists=True, target_is_zero=zeroed
-        )
-        if not zeroed:
-            self.lvm.zero(temp, size, self._size(temp) - size)
+        header = self._new_volume(temp, size, token, luks)
+        self._fill(temp, TemplateSource(copy, fmt, size), luks, header, None)
         files.remove_file(copy)
         self.lvm.rename(temp, final)
         return self._observe(location)
+
+    def _new_volume(self, lv: str, size: int, token: str, luks: qemu.Luks | None) -> int:
+        """The volume a disk of ``size`` is written in: with room and tags for the LUKS2
+        header when encrypted. The header's size (0: not encrypted)."""
+        if luks is None:
+            self.lvm.create(lv, size, token, pool=self.settings.thin_pool)
+            return 0
+        header = self._header()
+        tags = (LUKS_TAG, crypt.header_tag(header))
+        self.lvm.create(lv, size + header, token, pool=self.settings.thin_pool, tags=tags)
+        return header
+
+    def _header(self) -> int:
+        """The header a new encrypted volume of this group gets."""
+        return crypt.header_size(self.lvm.group().extent)
+
+    def _fill(
+        self,
+        lv: str,
+        source: TemplateSource | None,
+        luks: qemu.Luks | None,
+        header: int,
+        op: str | None,
+    ) -> None:
+        """Write ``source`` (None: nothing) into the new volume ``lv`` and zero the rest, so
+        that nothing a freed extent held is ever read; encrypted, through a mapping opened for
+        it (``mid-effect`` is reached while it is open) and closed again."""
+        written = source.virtual_size if source is not None else 0
+        if luks is None:
+            zeroed = self._reads_zeroes()
+            if source is not None:
+                qemu.convert_spec(
+                    source.location, source.format, self.lvm.device(lv), "raw",
+                    target_exists=True, target_is_zero=zeroed,
+                )  # fmt: skip
+            if not zeroed:
+                # Freed extents hold what their last volume held: a guest must never read it.
+                self.lvm.zero(lv, written, self._size(lv) - written)
+            if op is not None:
+                faults.reach("mid-effect", op)
+            return
+        device = self.lvm.device(lv)
+        crypt.format_volume(device, luks.secret_file, luks.iter_time_ms, header)
+        name = crypt.mapping(self.lvm.vg, lv)
+        plain = crypt.open_mapping(device, name, luks.secret_file)
+        try:
+            # Zeroed ciphertext is not zeroed plaintext: every byte is written through it.
+            if source is not None:
+                qemu.convert_spec(source.location, source.format, plain, "raw", target_exists=True)
+            zero(plain, written, size_of(plain) - written)
+            if op is not None:
+                faults.reach("mid-effect", op)
+        finally:
+            crypt.close(name)
 
     def resize(self, location: str, fmt: str, size: int) -> Observation:
         """Grow the disk to ``size``. A thick disk's new extents held another volume's data:
@@ -183,26 +281,47 @@ class LvmBackend:
         lv = self._lv(location)
         if not os.path.exists(self.lvm.device(lv)):
             raise BackendError(f"no disk at {location}")
+        header = self.lvm.report()[lv].header if self._luks is not None else 0
         before = self._size(lv)
-        if before >= size:
+        if before - header >= size:
             return self._observe(location)
         if self.settings.sparse:
             faults.reach("mid-effect", "resize")
-            self.lvm.extend(lv, size)
-            if not self._reads_zeroes():
+            self.lvm.extend(lv, size + header)
+            if not header and not self._reads_zeroes():
                 # A pool that does not zero what it provisions: provision it zeroed here.
                 self.lvm.zero(lv, before, self._size(lv) - before)
-            return self._observe(location)
-        grow = names.growing(lv)
-        if os.path.exists(self.lvm.device(grow)):
-            self.lvm.remove(grow)  # left by a resize cut short
-        self.lvm.create(grow, size - before, None, pool=None)
-        self.lvm.zero(grow, 0, self._size(grow))
-        onto = self.lvm.extent_ranges(grow)
-        faults.reach("mid-effect", "resize")
-        self.lvm.remove(grow)  # its extents are free, zeroed, and named in onto
-        self.lvm.extend(lv, size, onto)
+        else:
+            grow = names.growing(lv)
+            if os.path.exists(self.lvm.device(grow)):
+                self.lvm.remove(grow)  # left by a resize cut short
+            self.lvm.create(grow, size + header - before, None, pool=None)
+            self.lvm.zero(grow, 0, self._size(grow))
+            onto = self.lvm.extent_ranges(grow)
+            faults.reach("mid-effect", "resize")
+            self.lvm.remove(grow)  # its extents are free, zeroed, and named in onto
+            self.lvm.extend(lv, size + header, onto)
+        if header:
+            self._zero_plaintext(lv, before - header)
         return self._observe(location)
+
+    def _zero_plaintext(self, lv: str, offset: int) -> None:
+        """Zero the encrypted disk ``lv``'s plaintext from ``offset`` to its end (zeroed
+        ciphertext reads as noise): through its mapping, resized first when open (a guest's),
+        or opened for this and closed again."""
+        if self._luks is None:
+            raise BackendError(f"{self._location(lv)} is encrypted: its key is needed here")
+        key = self._luks.secret_file
+        name = crypt.mapping(self.lvm.vg, lv)
+        was_open = crypt.is_open(name)
+        if was_open:
+            crypt.resize(name, key)
+        plain = crypt.open_mapping(self.lvm.device(lv), name, key)
+        try:
+            zero(plain, offset, size_of(plain) - offset)
+        finally:
+            if not was_open:
+                crypt.close(name)
 
     def snapshot(self, location: str, fmt: str, snapshot: str, token: str) -> Observation:
         self._check_format(fmt)
@@ -216,11 +335,12 @@ class LvmBackend:
             raise BackendError(f"no disk at {location}")
         temp = names.temporary(final, token)
         self._remove_lv(temp, volumes)
+        tags = tuple(t for t in volumes[disk].tags if t.startswith(LUKS_TAG))  # the ciphertext
         if self.settings.sparse:
-            self.lvm.thin_snapshot(disk, temp, token)
+            self.lvm.thin_snapshot(disk, temp, token, tags=tags)
         else:
             # A full copy, as the raw backend keeps snapshots (see the module doc).
-            self.lvm.create(temp, volumes[disk].size, token, pool=None)
+            self.lvm.create(temp, volumes[disk].size, token, pool=None, tags=tags)
             self._copy(disk, temp)
         faults.reach("mid-effect", "snapshot")
         self.lvm.rename(temp, final)
@@ -240,11 +360,15 @@ class LvmBackend:
             raise BackendError(f"{location} has no snapshot {snapshot!r}")
         if disk not in volumes:
             raise BackendError(f"no disk at {location}")
-        if volumes[disk].size < size:
-            self.lvm.extend(disk, size)
-        self._copy(source, disk)
+        header = volumes[disk].header
+        if volumes[disk].payload < size:
+            self.lvm.extend(disk, size + header)
+        self._copy(source, disk)  # the ciphertext, header and all: the same key opens it
         faults.reach("mid-effect", "rollback")
-        self.lvm.zero(disk, volumes[source].size, self._size(disk) - volumes[source].size)
+        if header:
+            self._zero_plaintext(disk, volumes[source].payload)
+        else:
+            self.lvm.zero(disk, volumes[source].size, self._size(disk) - volumes[source].size)
         return self._observe(location)
 
     def remove_snapshot(self, location: str, fmt: str, snapshot: str) -> None:
@@ -258,6 +382,7 @@ class LvmBackend:
         rolled back onto half-cleared data."""
         self._check_format(fmt)
         disk = self._lv(location)
+        crypt.close(crypt.mapping(self.lvm.vg, disk))  # a guest's, left open: no longer used
         volumes = self._remove_lv(names.growing(disk), self.lvm.report())
         if disk in volumes and self._clears(volumes[disk]):
             self.lvm.rename(disk, names.deleting(disk))
@@ -356,21 +481,22 @@ class LvmBackend:
             return Observation(artifact, exists=False)
         if artifact.temporary:  # never trusted to be whole
             return Observation(artifact, exists=True, allocated=found.allocated)
-        return Observation(artifact, True, "raw", found.size, found.allocated)
+        return Observation(artifact, True, "raw", found.payload, found.allocated)
 
     def _observe(self, location: str, volume: Volume | None = None) -> Observation:
         found = volume or self.lvm.report().get(self._lv(location))
         if found is None:
             raise BackendError(f"no disk at {location}")
-        return Observation(Artifact(LV, location), True, "raw", found.size, found.allocated)
+        return Observation(Artifact(LV, location), True, "raw", found.payload, found.allocated)
 
     def _observe_snapshot(self, artifact: Artifact, volume: Volume) -> Observation:
-        return Observation(artifact, True, "raw", volume.size, volume.allocated)
+        return Observation(artifact, True, "raw", volume.payload, volume.allocated)
 
     def _discard(self, lv: str, volumes: dict[str, Volume]) -> dict[str, Volume]:
         """Clear ``lv`` (or what was renamed aside from it) per ``volume_clear``, and remove it.
         Idempotent; returns the volumes left."""
         aside = names.deleting(lv)
+        crypt.close(crypt.mapping(self.lvm.vg, lv))  # lvremove refuses a volume in use
         if lv in volumes and not self._clears(volumes[lv]):
             self.lvm.remove(lv)  # one command: removed whole, or not at all
             return {k: v for k, v in volumes.items() if k != lv}
@@ -403,6 +529,7 @@ class LvmBackend:
     def _remove_lv(self, lv: str, volumes: dict[str, Volume]) -> dict[str, Volume]:
         if lv not in volumes:
             return volumes
+        crypt.close(crypt.mapping(self.lvm.vg, lv))  # of a copy cut short: lvremove refuses it
         self.lvm.remove(lv)
         return {k: v for k, v in volumes.items() if k != lv}
 

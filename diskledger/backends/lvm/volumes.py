@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from diskledger.backends import runner
+from diskledger.backends.lvm.crypt import LUKS_TAG, header_of
 from diskledger.backends.lvm.names import OWNER_TAG, op_tag
 from diskledger.errors import BackendError, CommandFailed, InvalidInput, StorageIOError
 
-__all__ = ["Volume", "Volumes"]
+__all__ = ["Volume", "Volumes", "size_of", "zero"]
 
 _TIMEOUT = 120.0
 """Seconds an LVM command may take: a metadata change takes well under one, but it waits for
@@ -46,6 +47,21 @@ class Volume:
     @property
     def thin(self) -> bool:
         return self.segtype == "thin"
+
+    @property
+    def encrypted(self) -> bool:
+        """Holds a LUKS2 header diskledger wrote (its tag says so; its data is never read)."""
+        return LUKS_TAG in self.tags
+
+    @property
+    def header(self) -> int:
+        """The bytes before an encrypted volume's data (its tags say how many); 0 for others."""
+        return header_of(self.tags) if self.encrypted else 0
+
+    @property
+    def payload(self) -> int:
+        """The size of the disk the volume holds: all of it, less an encrypted one's header."""
+        return self.size - self.header
 
     @property
     def allocated(self) -> int:
@@ -79,15 +95,7 @@ class Volumes:
     def size(self, lv: str) -> int:
         """The active volume's size in bytes, as the kernel has it: no LVM command (each costs
         a device scan)."""
-        path = self.device(lv)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise StorageIOError(f"cannot open {path}: {exc.strerror}", errno=exc.errno) from exc
-        try:
-            return os.lseek(fd, 0, os.SEEK_END)
-        finally:
-            os.close(fd)
+        return size_of(self.device(lv))
 
     def report(self) -> dict[str, Volume]:
         """Every visible volume of the group, by name (one ``lvs``)."""
@@ -113,20 +121,29 @@ class Volumes:
             )
         return rows[0].get("zero") in ("zero", "1")
 
-    def create(self, lv: str, size: int, token: str | None, *, pool: str | None) -> None:
+    def create(
+        self,
+        lv: str,
+        size: int,
+        token: str | None,
+        *,
+        pool: str | None,
+        tags: Sequence[str] = (),
+    ) -> None:
         """A new volume of ``size`` bytes (rounded up to extents), thin in ``pool`` when given,
-        tagged as diskledger's and with the operation that made it (when it is known)."""
+        tagged as diskledger's and with the operation that made it (when it is known), and with
+        ``tags``."""
         if pool is None:
             where = ["-L", f"{size}b", self.vg]
         else:
             where = ["-V", f"{size}b", "--thin", f"{self.vg}/{pool}"]
-        self._lvm(["lvcreate", "--yes", "-W", "y", "-n", lv, *self._tags(token), *where])
+        self._lvm(["lvcreate", "--yes", "-W", "y", "-n", lv, *self._tags(token, tags), *where])
 
-    def thin_snapshot(self, origin: str, lv: str, token: str) -> None:
+    def thin_snapshot(self, origin: str, lv: str, token: str, *, tags: Sequence[str] = ()) -> None:
         """A thin snapshot ``lv`` of the thin volume ``origin``, activated like any volume (LVM
         marks thin snapshots to be skipped at activation unless told otherwise)."""
         self._lvm(
-            ["lvcreate", "--yes", "-s", "-k", "n", "-a", "y", "-n", lv, *self._tags(token),
+            ["lvcreate", "--yes", "-s", "-k", "n", "-a", "y", "-n", lv, *self._tags(token, tags),
              f"{self.vg}/{origin}"]
         )  # fmt: skip
 
@@ -153,23 +170,19 @@ class Volumes:
     def zero(self, lv: str, offset: int, length: int) -> None:
         """Write zeroes over ``length`` bytes of ``lv`` from ``offset`` (both multiples of 512),
         bypassing the page cache and flushed before it returns."""
-        if length <= 0:
-            return
-        block = math.gcd(offset, length, 1 << 20)
-        runner.run(
-            ["dd", "if=/dev/zero", f"of={self.device(lv)}", f"bs={block}",
-             f"seek={offset // block}", f"count={length // block}", "oflag=direct",
-             "conv=notrunc,fsync"],
-            timeout=3600.0,
-        )  # fmt: skip
+        zero(self.device(lv), offset, length)
 
     def shred(self, lv: str, length: int) -> None:
         """Overwrite the first ``length`` bytes of ``lv`` three times with random data."""
         runner.run(["shred", "-n", "3", f"-s{length}", self.device(lv)], timeout=3600.0)
 
-    def _tags(self, token: str | None) -> list[str]:
+    def _tags(self, token: str | None, more: Sequence[str] = ()) -> list[str]:
         tags = ["--addtag", OWNER_TAG]
-        return tags if token is None else [*tags, "--addtag", op_tag(token)]
+        if token is not None:
+            tags += ["--addtag", op_tag(token)]
+        for tag in more:
+            tags += ["--addtag", tag]
+        return tags
 
     def _report(self, argv: Sequence[str], kind: str) -> list[dict[str, Any]]:
         out = self._lvm([argv[0], "--reportformat", "json", "--units", "b", "--nosuffix",
@@ -191,6 +204,31 @@ class Volumes:
                     f"volume group {self.vg!r} does not exist (DISKLEDGER_LVM_VG)"
                 ) from exc
             raise
+
+
+def size_of(path: str) -> int:
+    """The size in bytes of the block device ``path``, as the kernel has it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StorageIOError(f"cannot open {path}: {exc.strerror}", errno=exc.errno) from exc
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
+def zero(path: str, offset: int, length: int) -> None:
+    """Write zeroes over ``length`` bytes of the block device ``path`` from ``offset`` (both
+    multiples of 512), bypassing the page cache and flushed before it returns."""
+    if length <= 0:
+        return
+    block = math.gcd(offset, length, 1 << 20)
+    runner.run(
+        ["dd", "if=/dev/zero", f"of={path}", f"bs={block}", f"seek={offset // block}",
+         f"count={length // block}", "oflag=direct", "conv=notrunc,fsync"],
+        timeout=3600.0,
+    )  # fmt: skip
 
 
 def _volume(row: dict[str, Any]) -> Volume:

@@ -8,7 +8,10 @@ by what the domain (the same one, by UUID) shows at the target device.
 An encrypted disk's description names a libvirt secret (``<encryption format='luks'>``): attach
 defines it, holding the key, before it plugs the disk in; detach, and an attach rolled back,
 undefine it once the domain no longer uses the disk. Its UUID follows from the key's reference
-(``secret_uuid``), so the ledger records the UUID and never the key.
+(``secret_uuid``), so the ledger records the UUID and never the key. A backend whose encrypted
+disks the host decrypts (``encryption.OpensMappings``: dm-crypt on lvm) is described by its
+mapping instead: attach opens it with the key, detach and an attach rolled back close it (the
+intent records ``mapping``: the backend's name).
 """
 
 from __future__ import annotations
@@ -120,26 +123,35 @@ class Attach(_ProbesTheDomain):
             attachment = Attachment(info.name, info.uuid, target_dev, bus)
             location = view.location
             assert location is not None
+            backend = rt.backend_of(view)
+            mapped = encryption.mapping_backend(backend, made)
 
             def attach() -> dict[str, Any]:
-                if made is not None:
+                if made is not None and mapped is not None:
+                    with encryption.luks(rt, made) as luks:
+                        mapped.open_mapping(location, luks)
+                elif made is not None:
                     _define_secret(rt, location, made)
                 try:
                     if not present:
                         rt.hypervisor.attach(info.name, xml)
                 except BaseException:
                     if made is not None and not present:
-                        rt.hypervisor.undefine_volume_secret(location)
+                        _forget_key(rt, location, mapped)
                     raise
                 return {**attachment.to_json(), "added": not present}
 
             params = _attachment_params(view, attachment, device)
-            return Plan(disk_stream(disk), view, rt.backend_of(view), op_id, params, attach)
+            if mapped is not None:
+                params["mapping"] = backend.name
+            return Plan(disk_stream(disk), view, backend, op_id, params, attach)
 
         return on_live_disk(rt, self, request, op_id, plan)
 
     def undone(self, rt: Runtime, params: Mapping[str, Any]) -> dict[str, Any]:
-        # The disk was never plugged in: the secret holding its key goes again.
+        # The disk was never plugged in: the secret holding its key, or its mapping, goes again.
+        if (mapped := _mapped(rt, params)) is not None:
+            return {"mapping_closed": mapped.close_mapping(params["location"])}
         if params.get("secret_uuid") is None:
             return {}
         rt.hypervisor.undefine_volume_secret(params["location"])
@@ -186,16 +198,20 @@ class Detach(_ProbesTheDomain):
             encrypted = view.encryption is not None
             location = view.location
             assert location is not None
+            backend = rt.backend_of(view)
+            mapped = encryption.mapping_backend(backend, view.encryption)
 
             def detach() -> dict[str, Any]:
                 if present:
                     rt.hypervisor.detach(attachment.domain, xml, attachment.target_dev)
-                if encrypted:  # no domain uses the disk now: libvirt no longer needs its key
-                    rt.hypervisor.undefine_volume_secret(location)
+                if encrypted:  # no domain uses the disk now: nothing needs its key
+                    _forget_key(rt, location, mapped)
                 return {"domain": attachment.domain, "removed": present}
 
             params = _attachment_params(view, attachment, device)
-            return Plan(disk_stream(disk), view, rt.backend_of(view), op_id, params, detach)
+            if mapped is not None:
+                params["mapping"] = backend.name
+            return Plan(disk_stream(disk), view, backend, op_id, params, detach)
 
         return on_live_disk(rt, self, request, op_id, plan, refuse_attached=False)
 
@@ -207,7 +223,9 @@ class Detach(_ProbesTheDomain):
         view: DiskView | TemplateView,
         evidence: Evidence,
     ) -> dict[str, Any]:
-        if params.get("secret_uuid") is not None:
+        if (mapped := _mapped(rt, params)) is not None:
+            mapped.close_mapping(params["location"])
+        elif params.get("secret_uuid") is not None:
             rt.hypervisor.undefine_volume_secret(params["location"])
         return {"domain": params["domain"], "removed": None}
 
@@ -218,7 +236,9 @@ def describe_disk(
     """The ``<disk>`` for ``view``; ``addresses=False``: only enough to name it to libvirt
     (an unplug), looked up nowhere."""
     assert view.location and view.format
-    source = rt.backend_of(view).disk_source(view.location, addresses=addresses)
+    backend = rt.backend_of(view)
+    mapped = encryption.mapping_backend(backend, view.encryption)
+    source = encryption.guest_source(backend, view.location, view.encryption, addresses=addresses)
     if view.preallocated:
         source = dataclasses.replace(source, preallocated=True)
     device = describe(
@@ -226,7 +246,9 @@ def describe_disk(
         view.format,
         secret_uuid=rt.rbd_secret_uuid,
         backing=_backing_of(rt, view, source),
-        encryption_uuid=secret_uuid(view.encryption) if view.encryption else None,
+        encryption_uuid=(
+            secret_uuid(view.encryption) if view.encryption and mapped is None else None
+        ),
         **choices,
     )
     if addresses and source.user is not None and rt.rbd_secret_uuid is None:
@@ -241,6 +263,23 @@ def secret_uuid(made: Encryption) -> str:
     """The UUID of the libvirt secret holding the key ``made`` names (a function of the
     reference alone, so that the same key always has the same secret)."""
     return str(uuid.uuid5(_SECRETS, f"{made.provider}:{made.key}"))
+
+
+def _forget_key(rt: Runtime, location: str, mapped: encryption.OpensMappings | None) -> None:
+    """What held an encrypted disk's key for a guest goes: its mapping, or its libvirt secret."""
+    if mapped is not None:
+        mapped.close_mapping(location)
+    else:
+        rt.hypervisor.undefine_volume_secret(location)
+
+
+def _mapped(rt: Runtime, params: Mapping[str, Any]) -> encryption.OpensMappings | None:
+    """The backend whose mapping an attach or detach intent says the domain uses, if any."""
+    name = params.get("mapping")
+    if name is None:
+        return None
+    backend = rt.backend_named(str(name))
+    return backend if isinstance(backend, encryption.OpensMappings) else None
 
 
 def _define_secret(rt: Runtime, location: str, made: Encryption) -> None:

@@ -101,7 +101,9 @@ def running_with(rt: Runtime, view: DiskView) -> tuple[str, str] | None:
     info = rt.hypervisor.find(attachment.domain)
     if info is None or not info.active:
         return None
-    source = rt.backend_of(view).disk_source(view.location, addresses=False)
+    source = encryption.guest_source(
+        rt.backend_of(view), view.location, view.encryption, addresses=False
+    )
     if not uses(info, attachment.domain_uuid, attachment.target_dev, source):
         raise DiskAttached(
             view.disk,
