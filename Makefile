@@ -62,6 +62,10 @@ torture: setup  ## SIGKILL operations at random moments, 2000 times; prints the 
 guest-faults: setup  ## the lvm crash fault matrix in full (every operation x every point, thick and sparse) in the test guest
 	DISKLEDGER_LVM_FAULTS=all $(PY) -m pytest -q -s tests/guest/test_lvm.py -k fault_matrix
 
+.PHONY: guest-all
+guest-all: setup  ## every lvm test in the test guest in full: the fault matrix and encrypted disks, thick and sparse
+	DISKLEDGER_LVM_FAULTS=all DISKLEDGER_LVM_CRYPT=all $(PY) -m pytest -q -s tests/guest
+
 bench: setup  ## side-by-side benchmarks; figures go into docs/performance.md
 	$(PY) -m benchmarks
 

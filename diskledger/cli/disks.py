@@ -14,7 +14,7 @@ from diskledger.render import disk_json, print_disk, print_disks
 __all__ = ["disk_commands", "libvirt_commands"]
 
 
-_ENCRYPT_HELP = "LUKS-encrypt the disk (qcow2) under a new key (DISKLEDGER_KEY_DIR)"
+_ENCRYPT_HELP = "LUKS-encrypt the disk (qcow2, lvm) under a new key (DISKLEDGER_KEY_DIR)"
 
 
 def disk_commands(groups: Any, leaf: Leaf) -> None:

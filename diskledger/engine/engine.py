@@ -204,8 +204,9 @@ class Engine:
         """Create ``disk`` from a cached ``template`` (at least the template's virtual size; no
         size means exactly that) or, without a template, blank with ``size``.
 
-        ``encrypt``: LUKS-encrypt it (qcow2) under a new key from the configured key provider;
-        the template's data is copied in, not shared (docs/encryption.md)."""
+        ``encrypt``: LUKS-encrypt it (qcow2: qemu's LUKS; lvm: dm-crypt LUKS2) under a new key
+        from the configured key provider; the template's data is copied in, not shared
+        (docs/encryption.md)."""
         return CREATE(
             self.runtime, disk, template=template, size=size, encrypt=encrypt, op_id=op_id
         )

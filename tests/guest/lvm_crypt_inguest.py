@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from blockio import read_direct, write_synced
 
 from diskledger import faults
 from diskledger.backends import DiskSource
@@ -63,25 +64,6 @@ def remove_all() -> None:
     left = sorted(lvs())
     if left:
         sh("lvremove", "--yes", "-f", *(f"{VG}/{lv}" for lv in left))
-
-
-def read(path: str, offset: int, length: int) -> bytes:
-    import mmap
-
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    try:
-        buffer = mmap.mmap(-1, length)
-        os.preadv(fd, [buffer], offset)
-        return bytes(buffer)
-    finally:
-        os.close(fd)
-
-
-def write(path: str, offset: int, data: bytes) -> None:
-    with open(path, "r+b", buffering=0) as device:
-        device.seek(offset)
-        device.write(data)
-        os.fsync(device.fileno())
 
 
 def device_size(path: str) -> int:
@@ -153,7 +135,7 @@ def leave_stale_extents(length: int) -> None:
     """An operator's volume filled with 0xA5 and removed uncleared: a thick volume made next
     gets its extents."""
     sh("lvcreate", "--yes", "-W", "n", "-Z", "n", "-n", "stale", "-L", f"{length}b", VG)
-    write(f"/dev/{VG}/stale", 0, b"\xa5" * length)
+    write_synced(f"/dev/{VG}/stale", 0, b"\xa5" * length)
     sh("lvremove", "--yes", "-f", f"{VG}/stale")
 
 
@@ -187,14 +169,14 @@ def test_an_encrypted_disk_from_create_to_delete(
     assert mappings() == set(), "the mapping of the copy was left open"
 
     # (a) the marker is not in the volume's bytes, and is through a mapping opened with the key
-    raw = read(f"/dev/{lv}", 0, TEMPLATE_SIZE + HEADER)
+    raw = read_direct(f"/dev/{lv}", 0, TEMPLATE_SIZE + HEADER)
     assert raw[:6] == b"LUKS\xba\xbe"
     assert MARKER[:24] not in raw and b"\xa5" * 512 not in raw[HEADER:]
     key = key_of(root, engine, "vm1/root")
     with Opened(disk, key) as plain:
         assert device_size(plain.path) == TEMPLATE_SIZE
-        assert read(plain.path, 0, MiB) == MARKED
-        assert read(plain.path, MiB, TEMPLATE_SIZE - MiB) == bytes(TEMPLATE_SIZE - MiB)
+        assert read_direct(plain.path, 0, MiB) == MARKED
+        assert read_direct(plain.path, MiB, TEMPLATE_SIZE - MiB) == bytes(TEMPLATE_SIZE - MiB)
 
     # (b) another key opens nothing
     wrong = root.parent / "wrong.key"
@@ -205,7 +187,7 @@ def test_an_encrypted_disk_from_create_to_delete(
     # a blank encrypted disk on extents that held another volume's data reads zeroes
     timed("blank create", lambda: engine.create("vm1/blank", size=3 * MiB, encrypt=True))
     with Opened(disk_lv("vm1", "blank"), key_of(root, engine, "vm1/blank")) as plain:
-        assert read(plain.path, 0, 3 * MiB) == bytes(3 * MiB)
+        assert read_direct(plain.path, 0, 3 * MiB) == bytes(3 * MiB)
 
     # (d) resize grows the disk and its plaintext reads zeroes there
     timed("resize", lambda: engine.resize("vm1/root", 8 * MiB))
@@ -213,8 +195,8 @@ def test_an_encrypted_disk_from_create_to_delete(
     assert int(lvs()[disk]["lv_size"]) == 8 * MiB + HEADER
     with Opened(disk, key) as plain:
         assert device_size(plain.path) == 8 * MiB
-        assert read(plain.path, 0, MiB) == MARKED
-        assert read(plain.path, TEMPLATE_SIZE, 4 * MiB) == bytes(4 * MiB)
+        assert read_direct(plain.path, 0, MiB) == MARKED
+        assert read_direct(plain.path, TEMPLATE_SIZE, 4 * MiB) == bytes(4 * MiB)
     # ... and grows an open mapping (a guest's) with it
     backend = engine.runtime.backend
     name = mapping(VG, disk)
@@ -222,7 +204,7 @@ def test_an_encrypted_disk_from_create_to_delete(
     assert mappings() == {name}
     timed("resize, mapping open", lambda: engine.resize("vm1/root", 10 * MiB))
     assert device_size(f"/dev/mapper/{name}") == 10 * MiB
-    assert read(f"/dev/mapper/{name}", 8 * MiB, 2 * MiB) == bytes(2 * MiB)
+    assert read_direct(f"/dev/mapper/{name}", 8 * MiB, 2 * MiB) == bytes(2 * MiB)
     assert backend.close_mapping(lv) and mappings() == set()  # type: ignore[attr-defined]
 
     # (d) snapshot and rollback work on the ciphertext and bring the data back
@@ -231,15 +213,15 @@ def test_an_encrypted_disk_from_create_to_delete(
     assert LUKS_TAG in snap["lv_tags"].split(",")
     assert int(snap["lv_size"]) == 10 * MiB + HEADER
     with Opened(disk, key) as plain:
-        write(plain.path, 0, b"\x42" * MiB)
+        write_synced(plain.path, 0, b"\x42" * MiB)
     timed("resize after snapshot", lambda: engine.resize("vm1/root", 12 * MiB))
     with Opened(disk, key) as plain:
-        write(plain.path, 10 * MiB, b"\x43" * (2 * MiB))
+        write_synced(plain.path, 10 * MiB, b"\x43" * (2 * MiB))
     timed("rollback", lambda: engine.rollback("vm1/root", "s1"))
     assert engine.show("vm1/root").size == 12 * MiB
     with Opened(disk, key) as plain:
-        assert read(plain.path, 0, MiB) == MARKED
-        assert read(plain.path, 10 * MiB, 2 * MiB) == bytes(2 * MiB)
+        assert read_direct(plain.path, 0, MiB) == MARKED
+        assert read_direct(plain.path, 10 * MiB, 2 * MiB) == bytes(2 * MiB)
     checked = engine.verify()
     assert checked.ok, checked.to_json()  # sizes as the ledger has them: no drift
 
@@ -318,7 +300,7 @@ def test_attach_opens_the_mapping_the_guest_uses_and_detach_closes_it(
     (xml,) = libvirt.xml
     assert f'dev="{plain}"' in xml or f"dev='{plain}'" in xml, xml
     assert "<encryption" not in xml and 'type="block"' in xml.replace("'", '"'), xml
-    assert read(plain, 0, MiB) == MARKED  # what the guest reads: the plaintext
+    assert read_direct(plain, 0, MiB) == MARKED  # what the guest reads: the plaintext
     assert engine.show("vm1/data").attachment is not None
     assert engine.verify().ok
 
@@ -396,7 +378,7 @@ def test_killed_encrypted_operations_are_recovered(
     keep = disk_lv("vm1", "keep")
     assert int(lvs()[keep]["lv_size"]) == TEMPLATE_SIZE + HEADER
     with Opened(keep, key_of(root, engine, "vm1/keep")) as plain:
-        assert read(plain.path, 0, MiB) == MARKED
+        assert read_direct(plain.path, 0, MiB) == MARKED
 
     def create(e: Engine) -> object:
         return e.create("vm1/root", template="base", encrypt=True)

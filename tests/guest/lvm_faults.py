@@ -27,7 +27,6 @@ One JSON line per case, then a summary line; exit status 1 when any case failed.
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import shutil
 import signal
@@ -40,6 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from blockio import read_direct
 
 from diskledger import faults
 from diskledger.backends.lvm import OWNER_TAG, disk_lv, snapshot_lv
@@ -77,17 +78,6 @@ def remove_all() -> None:
     left = [f"{VG}/{r['lv_name']}" for r in lvs("lv_name")]
     if left:
         run("lvremove", "--yes", "-f", *left)
-
-
-def read(path: str, offset: int, length: int) -> bytes:
-    """``length`` bytes of a block device from ``offset``, past the page cache."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    try:
-        buffer = mmap.mmap(-1, length)
-        os.preadv(fd, [buffer], offset)
-        return bytes(buffer)
-    finally:
-        os.close(fd)
 
 
 def fill(path: str, byte: int, length: int, offset: int = 0) -> None:
@@ -246,7 +236,7 @@ def resize(s: Setup, engine: Engine) -> Case:
     def check(e: Engine, end: str) -> None:
         if end != "new":
             return
-        grown = read(device, TEMPLATE_SIZE, GROWN - TEMPLATE_SIZE)
+        grown = read_direct(device, TEMPLATE_SIZE, GROWN - TEMPLATE_SIZE)
         assert grown == bytes(len(grown)), f"the grown region holds {set(grown)}"
         if POOL is None:  # the grown region is made of the extents that held STALE
             taken = extents(disk_lv(*DISK.split("/")))
@@ -277,7 +267,7 @@ def rollback(s: Setup, engine: Engine) -> Case:
     ledger = disk_state(engine)
 
     def observe(e: Engine) -> dict[str, Any]:
-        head, tail = read(device, 0, 4096), read(device, GROWN - 4096, 4096)
+        head, tail = read_direct(device, 0, 4096), read_direct(device, GROWN - 4096, 4096)
         data = {bytes([OLD_DATA]) * 4096: "old", bytes([NEW_DATA]) * 4096: "new"}.get(head)
         return {**disk_state(e), "data": data, "tail": sorted(set(tail))}
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from blockio import read_direct
 
 from diskledger.backends import Artifact, ArtifactKind, Backend
 from diskledger.backends.lvm import LvmBackend, LvmSettings, disk_lv, snapshot_lv
@@ -131,18 +132,6 @@ def extents(lv: str) -> list[tuple[str, int, int]]:
     return found
 
 
-def read_pv(pv: str, offset: int, length: int) -> bytes:
-    fd = os.open(pv, os.O_RDONLY | os.O_DIRECT)
-    try:
-        import mmap
-
-        buffer = mmap.mmap(-1, length)
-        os.preadv(fd, [buffer], offset)
-        return bytes(buffer)
-    finally:
-        os.close(fd)
-
-
 @pytest.mark.parametrize(
     "method, clear_mib, zeroed_mib",
     [("zero", 0, 4), ("zero", 1, 1), ("none", 0, 0), ("shred", 0, 0)],
@@ -168,7 +157,7 @@ def test_volume_clear_on_delete(
     backend.delete(location, "raw", [])
 
     assert disk_lv("vm1", "secret") not in volumes()
-    freed = b"".join(read_pv(pv, offset, length) for pv, offset, length in where)
+    freed = b"".join(read_direct(pv, offset, length) for pv, offset, length in where)
     zeroed = zeroed_mib * MiB
     assert freed[:zeroed] == bytes(zeroed)
     if method == "shred":

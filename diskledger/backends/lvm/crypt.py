@@ -25,6 +25,7 @@ __all__ = [
     "HEADER",
     "LUKS_TAG",
     "close",
+    "device",
     "format_volume",
     "header_of",
     "header_size",
@@ -32,6 +33,7 @@ __all__ = [
     "is_open",
     "mapping",
     "open_mapping",
+    "resize",
 ]
 
 MiB: Final = 1 << 20
@@ -81,10 +83,12 @@ def mapping(vg: str, lv: str) -> str:
 
 
 def device(name: str) -> str:
+    """The plaintext's block device while the mapping ``name`` is open."""
     return f"/dev/mapper/{name}"
 
 
 def is_open(name: str) -> bool:
+    """Whether the mapping ``name`` is open (on this host: mappings are kernel state)."""
     return os.path.exists(device(name))
 
 
