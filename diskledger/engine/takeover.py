@@ -41,7 +41,7 @@ from typing import Any
 
 from diskledger.backends import Artifact, FencesMembers, SetsAside
 from diskledger.context import OperationContext, working_for
-from diskledger.engine.liveness import current_process, is_alive
+from diskledger.engine.liveness import abandon, current_process, is_alive
 from diskledger.engine.members import Membership
 from diskledger.engine.operations import REGISTRY
 from diskledger.engine.runtime import Runtime
@@ -350,6 +350,10 @@ def _claim_and_settle(
                 fenced=[f"member {victim.member}"],
             )
         except DiskLedgerError as exc:
+            # Claimed, so this member owns it now and no other may settle it while it lives:
+            # unless marked, its own recovery passes would take it for one still running (a
+            # ledger restart here left a claimed operation pending until the member exited).
+            abandon(op.op_id)
             log.warning("takeover of %s %s (%s) failed: %s", entry.stream, op.op, op.op_id, exc)
             return None
 

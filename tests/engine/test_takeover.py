@@ -24,10 +24,11 @@ import pytest
 import sqlalchemy as sa
 
 from diskledger import faults
-from diskledger.engine import Config, Engine
+from diskledger.engine import Config, Engine, takeover
 from diskledger.engine.members import Membership
 from diskledger.engine.operations.resize import RESIZE
 from diskledger.engine.protocol import Plan, perform
+from diskledger.engine.settle import settle
 from diskledger.engine.takeover import _claim_and_settle
 from diskledger.errors import Fenced, OwnershipLost, StoreError
 from diskledger.events import TAKEN_OVER, operation_event
@@ -459,6 +460,46 @@ def test_an_outcome_the_ledger_refused_is_settled_by_the_same_process_next_pass(
     assert taker.store.pending() == []
     types = [e.type for e in taker.history("vm-8/root")][-3:]
     assert types == ["disk.resize.started", "disk.resize.taken-over", "disk.resize.failed"]
+
+
+def test_a_claimed_operation_whose_settle_failed_is_settled_by_the_takers_next_pass(
+    shared: dict[str, str], taker: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the chaos run: a taker claimed an operation, then the ledger restarted under its
+    settle. The claim made the operation the taker's, so no other member may settle it while the
+    taker lives; the taker's own next recovery pass must, instead of taking it for one of its
+    own still running (it stayed pending 30.8 s, until the taker's process exited)."""
+    code = run_host(
+        shared, "host-h", "disk", "create", "vm-9/root", "--blank", "--size", "1M",
+        fault="create@mid-effect",
+    )  # fmt: skip
+    assert code == -9
+    failures: list[str] = []
+
+    def settle_once_refused(*args: Any, **kwargs: Any) -> Any:
+        if not failures:
+            failures.append("refused")
+            raise StoreError("ledger append failed: terminating connection due to administrator")
+        return settle(*args, **kwargs)
+
+    monkeypatch.setattr(takeover, "settle", settle_once_refused)
+    deadline = time.monotonic() + 30
+    while not failures and time.monotonic() < deadline:
+        taker.take_over()
+        time.sleep(0.2)
+    assert failures == ["refused"]
+    (entry,) = taker.store.pending()
+    assert entry.owner == taker.member  # claimed: the taker's own now
+    taker.recover()
+    assert taker.store.pending() == []
+    events = taker.history("vm-9/root")
+    assert [e.type for e in events] == [
+        "disk.create.started",
+        "disk.create.taken-over",  # from host-h
+        "disk.create.taken-over",  # reclaimed by the taker's own recovery: a new run
+        "disk.create.failed",
+    ]
+    assert events[2].data["from"] == events[2].data["by"] == taker.member
 
 
 def test_the_self_fence_does_not_wait_for_an_append_hanging_in_the_same_partition(
