@@ -195,6 +195,8 @@ def print_history(events: Sequence[RecordedEvent]) -> None:
 
 def print_recovery(report: RecoveryReport) -> None:
     prefix = "dry run: would have " if report.dry_run else ""
+    if report.ledger_tail is not None:
+        print(report.ledger_tail.describe())
     if not report.pending:
         print("nothing pending: the ledger has an outcome for every intent")
         return

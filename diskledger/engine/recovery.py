@@ -50,6 +50,7 @@ from diskledger.events import NEEDS_OPERATOR, TAKEN_OVER, operation_event
 from diskledger.states import DiskView, TemplateView
 from diskledger.states.streams import DISK, stream_kind
 from diskledger.store import PendingEntry
+from diskledger.store.wal import DiscardedTail
 
 __all__ = [
     "RULES",
@@ -81,6 +82,10 @@ class RecoveryReport:
     deferred: list[Outcome] = field(default_factory=list)
     keys_destroyed: list[str] = field(default_factory=list)
     """References of keys no intent named (their creator died first), destroyed."""
+    ledger_tail: DiscardedTail | None = None
+    """What the ledger's database dropped when this process opened it after a crash: an append
+    the crash cut short (never one that had returned). Reported once, by the first process to
+    open the ledger after the crash."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,6 +97,7 @@ class RecoveryReport:
             "in_flight": [o.to_json() for o in self.in_flight],
             "deferred": [o.to_json() for o in self.deferred],
             "keys_destroyed": list(self.keys_destroyed),
+            "ledger_tail": self.ledger_tail.to_json() if self.ledger_tail else None,
         }
 
 
@@ -104,7 +110,11 @@ def recover(
     On a ledger with members, operations owned by another member are settled by a takeover
     (``diskledger.engine.takeover``) when its rule allows; ``observer`` carries what this
     process has seen of the other members' renewals from one call to the next."""
-    report = RecoveryReport(dry_run=dry_run)
+    report = RecoveryReport(dry_run=dry_run, ledger_tail=rt.store.discarded_tail)
+    if report.ledger_tail is not None and not dry_run:
+        log.warning("%s", report.ledger_tail.describe())
+        rt.store.discarded_tail = None  # said once
+
     run_id = uuid.uuid4().hex
     me = rt.membership
     owned_elsewhere: list[Outcome] = []

@@ -25,6 +25,7 @@ from typing import Protocol, overload, runtime_checkable
 from diskledger.events import NewEvent, RecordedEvent
 from diskledger.states import DiskView, MemberView, PendingOperation, TemplateView
 from diskledger.store.feed import Heartbeat, Subscription
+from diskledger.store.wal import DiscardedTail
 
 __all__ = ["EventStore", "MemberRecord", "PendingEntry"]
 
@@ -71,6 +72,10 @@ class MemberRecord:
 class EventStore(Protocol):
     url: str
     """Where the ledger lives, with any password hidden: for messages, never for secrets."""
+    discarded_tail: DiscardedTail | None
+    """What the database dropped when this store opened it: the frames of a transaction a crash
+    cut short (SQLite's write-ahead log; ``diskledger.store.wal``), or None. Never events an
+    append had returned. Recovery reports it."""
 
     def append(
         self, stream: str, expected_version: int, events: Sequence[NewEvent]

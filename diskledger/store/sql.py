@@ -20,7 +20,7 @@ from diskledger.events import Metadata, NewEvent, RecordedEvent
 from diskledger.states import DiskView, MemberView, TemplateView, evolve
 from diskledger.states.disk import PendingOperation
 from diskledger.states.streams import DISK, MEMBER, TEMPLATE, empty_view, stream_kind
-from diskledger.store import connect, feed
+from diskledger.store import connect, feed, wal
 from diskledger.store.contract import MemberRecord, PendingEntry
 from diskledger.store.hashing import canonical_json, event_hash
 from diskledger.store.migrate import migrate
@@ -204,6 +204,15 @@ def open_store(url: str, *, upgrade: bool = True) -> SqlEventStore:
     if upgrade:
         try:
             with engine.connect().execution_options(**{connect.WRITE: True}) as conn:
+                if engine.dialect.name == "sqlite" and engine.url.database not in (
+                    None,
+                    "",
+                    ":memory:",
+                ):
+                    # Before this process writes over it: under the write lock, after SQLite
+                    # has read the log back (wal.py).
+                    conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").all()
+                    store.discarded_tail = wal.discarded_tail(str(engine.url.database))
                 if engine.dialect.name == "postgresql":
                     # Upgrading a large ledger may rightly take longer than the appends' limit.
                     conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
@@ -223,6 +232,7 @@ class SqlEventStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.url = engine.url.render_as_string(hide_password=True)
+        self.discarded_tail: wal.DiscardedTail | None = None
         dialect = engine.dialect
         self._dbapi: Any = dialect.loaded_dbapi
         self._sql = {
