@@ -66,6 +66,10 @@ guest-faults: setup  ## the lvm crash fault matrix in full (every operation x ev
 guest-all: setup  ## every lvm test in the test guest in full: the fault matrix and encrypted disks, thick and sparse
 	DISKLEDGER_LVM_FAULTS=all DISKLEDGER_LVM_CRYPT=all $(PY) -m pytest -q -s tests/guest
 
+.PHONY: powerloss
+powerloss: setup  ## power cuts: every crash state of a 150-call workload (dm-log-writes in the test guest, replayed here) and 100 guest kills
+	$(PY) -m tests.powerloss.rig --ops 150 --kills 100 $(POWERLOSS_ARGS)
+
 bench: setup  ## side-by-side benchmarks; figures go into docs/performance.md
 	$(PY) -m benchmarks
 

@@ -113,7 +113,10 @@ class GuestUnavailable(RuntimeError):
 
 
 class GuestError(RuntimeError):
-    """The guest misbehaved: it died, or a command outlived its timeout."""
+    """The guest misbehaved: it died, or a command outlived its timeout. ``output``: what the
+    command had written until then."""
+
+    output: str = ""
 
 
 @dataclass(frozen=True)
@@ -487,10 +490,25 @@ class Guest:
         line = f"{nonce} {base64.b64encode(script.encode()).decode()}\n"
         self._channel.sendall(line.encode())
         end = re.compile(rb"\n@@" + nonce.encode() + rb":(\d+)@@\n")
-        found = self._read_until(end, timeout)
+        try:
+            found = self._read_until(end, timeout)
+        except GuestError as exc:
+            exc.output = self._buffer.decode(errors="replace")
+            raise
         output = self._buffer[: found.start()]
         self._buffer = self._buffer[found.end() :]
         return GuestResult(int(found.group(1)), output.decode(errors="replace"))
+
+    def output_so_far(self) -> str:
+        """What the running command has written yet (for a caller watching from another
+        thread)."""
+        return self._buffer.decode(errors="replace")
+
+    def kill(self) -> None:
+        """Power cut: SIGKILL the guest's QEMU (by its pid) and wait for it."""
+        if self._process is not None and self._process.poll() is None:
+            os.kill(self._process.pid, signal.SIGKILL)
+            self._process.wait()
 
     def stop(self) -> None:
         process, self._process = self._process, None
