@@ -42,7 +42,7 @@ from world import (
     root_of,
 )
 
-from diskledger.engine import Config, Engine
+from diskledger.engine import Config, Engine, encryption
 from diskledger.errors import DiskLedgerError
 from diskledger.store import connect
 
@@ -201,11 +201,24 @@ class Workload:
     def create(self, backend: str, template: str) -> dict[str, Any]:
         disk = f"{self.prefix}-{self.new_name()}/root"
         size = None if self.rng.random() < 0.5 else 4 * MiB
-        return self.call(self.engines[backend].create, disk, template=template, size=size)
+        return self.call(
+            self.engines[backend].create,
+            disk,
+            template=template,
+            size=size,
+            encrypt=self.encrypt(backend),
+        )
 
     def blank(self, backend: str) -> dict[str, Any]:
         disk = f"{self.prefix}-{self.new_name()}/data"
-        return self.call(self.engines[backend].create, disk, size=self.rng.choice((MiB, 2 * MiB)))
+        size = self.rng.choice((MiB, 2 * MiB))
+        return self.call(
+            self.engines[backend].create, disk, size=size, encrypt=self.encrypt(backend)
+        )
+
+    def encrypt(self, backend: str) -> bool:
+        """A qcow2 disk is sometimes encrypted: its key is a file on the same file system."""
+        return backend == "qcow2" and self.rng.random() < 0.3
 
     def import_disk(self, backend: str) -> dict[str, Any]:
         path, fmt = self.sources[self.rng.choice(sorted(self.sources))]
@@ -226,7 +239,15 @@ class Workload:
         pattern = self.n % 250 + 1
         record = {"op": "write", "args": [disk, str(offset), str(pattern)]}
         self.calling(record)
-        if view.format == "raw":
+        if view.encryption is not None:
+            with encryption.luks(self.engines[backend].runtime, view.encryption) as luks:
+                subprocess.run(
+                    ["qemu-io", *luks.object_args(), "--image-opts",
+                     luks.image_opts(view.location), "-c", f"write -P {pattern} {offset} 4096",
+                     "-c", "flush"],
+                    check=True, capture_output=True,
+                )  # fmt: skip
+        elif view.format == "raw":
             fd = os.open(view.location, os.O_WRONLY)
             try:
                 os.pwrite(fd, bytes([pattern]) * 4096, offset)

@@ -21,7 +21,9 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from diskledger.engine import Config, Engine
+from diskledger.backends.qemu import Luks
+from diskledger.engine import Config, Engine, encryption
+from diskledger.errors import DiskLedgerError
 from diskledger.events import split_type
 from diskledger.states import DiskState
 
@@ -59,14 +61,17 @@ def exports_of(mount: str = MOUNT) -> str:
     return os.path.join(mount, "exports")
 
 
-def digest(location: str, fmt: str) -> str:
-    """SHA-256 of what a guest would read from the image."""
+def digest(location: str, fmt: str, luks: Luks | None = None) -> str:
+    """SHA-256 of what a guest would read from the image (``luks``: an encrypted one's key)."""
     if fmt == "raw":
         return _sha256(location)
+    source = ["-f", fmt, location]
+    if luks is not None:
+        source = [*luks.object_args(), "--image-opts", luks.image_opts(location, fmt)]
     with tempfile.TemporaryDirectory(prefix="pl-digest-") as scratch:
         flat = os.path.join(scratch, "flat.raw")
         done = subprocess.run(
-            ["qemu-img", "convert", "-U", "-f", fmt, "-O", "raw", location, flat],
+            ["qemu-img", "convert", "-U", *source, "-O", "raw", flat],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         if done.returncode != 0:
@@ -91,14 +96,21 @@ def observe_disk(engine: Engine, disk: str) -> dict[str, Any] | None:
     if view is None or view.state is DiskState.ABSENT:
         return None
     assert view.location is not None and view.format is not None, view
-    return {
+    seen = {
         "state": view.state.value,
         "size": view.size,
         "format": view.format,
         "snapshots": list(view.snapshot_names),
         "pending": view.pending is not None,
-        "digest": digest(view.location, view.format),
+        "encrypted": view.encryption is not None,
     }
+    if view.encryption is None:
+        return {**seen, "digest": digest(view.location, view.format)}
+    try:
+        with encryption.luks(engine.runtime, view.encryption) as luks:
+            return {**seen, "digest": digest(view.location, view.format, luks)}
+    except DiskLedgerError as exc:  # its key is gone: verify says so too
+        return {**seen, "digest": f"no key: {type(exc).__name__}"}
 
 
 def observe_exports(mount: str = MOUNT) -> dict[str, str]:
