@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from tests.powerloss.logwrites import CrashState, Log, read_log
-from tests.powerloss.world import BACKENDS, MOUNT, open_engines, recover_and_judge, root_of
+from tests.powerloss.world import (
+    BACKENDS,
+    HOST,
+    MOUNT,
+    open_engines,
+    recover_and_judge,
+    root_of,
+)
 
 __all__ = ["acknowledged", "check_state", "main"]
 
@@ -88,8 +95,15 @@ class Replayer:
 
 
 def check_state(
-    log: Log, replayer: Replayer, state: CrashState, records: Sequence[dict[str, Any]]
+    log: Log,
+    replayer: Replayer,
+    state: CrashState,
+    records: Sequence[dict[str, Any]],
+    *,
+    commands: bool = False,
 ) -> dict[str, Any]:
+    """``commands``: recover and verify with the operator's commands (``diskledger recover``,
+    ``verify``, each a process) before the judge looks, instead of in this process."""
     started = time.monotonic()
     acked, running = acknowledged(log, state)
     result: dict[str, Any] = {"state": state.name, "barrier": state.barrier, "acked": acked}
@@ -105,9 +119,14 @@ def check_state(
             problems = [f"{acked} calls had returned, but no root exists"] if acked else []
             result.update(matched=0, problems=problems)
         else:
+            cli_problems, by_cli = _operator_commands() if commands else ([], {})
             engines = open_engines()
             try:
                 result.update(recover_and_judge(engines, records, acked, running))
+                result["problems"] = cli_problems + result["problems"]
+                for key, count in by_cli.items():
+                    result["recovered"][key] += count
+                result["commands"] = commands
             finally:
                 for engine in engines.values():
                     engine.close()
@@ -119,6 +138,37 @@ def check_state(
     return result
 
 
+def _operator_commands() -> tuple[list[str], dict[str, int]]:
+    """``diskledger recover --json`` then ``diskledger verify --json`` on each root, as the
+    operator runs them after the power came back: problems, and what recover reported."""
+    problems: list[str] = []
+    recovered = {"forward": 0, "back": 0, "ledger_tails": 0}
+    for backend in BACKENDS:
+        environ = {
+            **os.environ,
+            "DISKLEDGER_ROOT": root_of(backend),
+            "DISKLEDGER_BACKEND": backend,
+            "DISKLEDGER_HOST": HOST,
+        }
+        for command in ("recover", "verify"):
+            done = subprocess.run(
+                [sys.executable, "-m", "diskledger.cli", command, "--json"],
+                env=environ, capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if done.returncode != 0:
+                problems.append(f"{backend}: diskledger {command} exited {done.returncode}: "
+                                f"{(done.stderr or done.stdout).strip()[:400]}")  # fmt: skip
+                continue
+            report = json.loads(done.stdout)
+            if command == "recover":
+                recovered["ledger_tails"] += report.get("ledger_tail") is not None
+                recovered["forward"] += len(report["rolled_forward"])
+                recovered["back"] += len(report["rolled_back"])
+                if report["needs_operator"] or report["in_flight"]:
+                    problems.append(f"{backend}: diskledger recover left {report}")
+    return problems, recovered
+
+
 def main(argv: Sequence[str]) -> int:
     job = json.loads(Path(argv[0]).read_text())
     log = read_log(job["log"], job["offset"])
@@ -127,8 +177,11 @@ def main(argv: Sequence[str]) -> int:
     scratch = tempfile.mkdtemp(prefix="pl-check-", dir=job.get("scratch"))
     try:
         replayer = Replayer(log, job["size"], scratch)
-        for state in states:
-            print(json.dumps(check_state(log, replayer, state, job["records"])), flush=True)
+        every = job.get("commands_every", 0)
+        for n, state in enumerate(states):
+            commands = bool(every) and n % every == 0
+            result = check_state(log, replayer, state, job["records"], commands=commands)
+            print(json.dumps(result), flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0

@@ -63,6 +63,8 @@ class Summary:
     rolled_back: int = 0
     ledger_tails: int = 0
     """States whose ledger ended in a cut-short append, which recovery reported dropping."""
+    by_commands: int = 0
+    """States recovered and verified by the ``diskledger recover`` and ``verify`` commands."""
     seconds: float = 0.0
     lost_acknowledged: int = 0
     """States where a call that had returned is missing from the ledger or the world."""
@@ -75,6 +77,7 @@ class Summary:
             "rolled_forward": self.rolled_forward,
             "rolled_back": self.rolled_back,
             "ledger_tails": self.ledger_tails,
+            "by_commands": self.by_commands,
             "seconds": round(self.seconds, 1),
         }
 
@@ -151,7 +154,11 @@ def check(
     workers: int = 2,
     python: str = sys.executable,
     results: Path | None = None,
+    commands_every: int = 20,
 ) -> Summary:
+    """Check ``states`` on ``workers`` processes; one state in ``commands_every`` of each is
+    recovered and verified by the ``diskledger`` commands, the rest in the checker's process
+    (the same code, without two Python starts per state)."""
     started = time.monotonic()
     summary = Summary()
     with tempfile.TemporaryDirectory(prefix="pl-rig-", dir="/var/tmp") as scratch:
@@ -173,6 +180,7 @@ def check(
                             for s in share
                         ],
                         "records": cap.records,
+                        "commands_every": commands_every,
                     }
                 )
             )
@@ -194,6 +202,7 @@ def check(
                 summary.rolled_forward += recovered.get("forward", 0)
                 summary.rolled_back += recovered.get("back", 0)
                 summary.ledger_tails += recovered.get("ledger_tails", 0)
+                summary.by_commands += bool(result.get("commands"))
                 if not result["ok"]:
                     summary.failed.append(result)
                     if any(
