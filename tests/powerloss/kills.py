@@ -115,7 +115,9 @@ def kill_rounds(
                 prepare += f"mkfs.ext4 -q -E nodiscard {device}\n"
             prepare += f"mount -o noauto_da_alloc {device} {MOUNT}\n"
             if records:
-                encoded = base64.b64encode(json.dumps(records).encode()).decode()
+                # The judge needs every call's outcome but only the last worlds.
+                slim = [{k: v for k, v in r.items() if k != "world"} for r in records[:-2]]
+                encoded = base64.b64encode(json.dumps(slim + records[-2:]).encode()).decode()
                 prepare += f"echo {encoded} | base64 -d > {IN_GUEST}/records.json\n"
             guest.run(prepare).check()
             last = round_ == kills

@@ -237,7 +237,7 @@ def ledger_outcomes(engines: Mapping[str, Engine]) -> dict[str, str]:
 
 def _ledger_agrees(record: Mapping[str, Any], outcomes: Mapping[str, str]) -> list[str]:
     op_id = record.get("op_id")
-    if op_id is None or record.get("world") is None:  # a guest write, or nobody saw its result
+    if op_id is None or record["returned"] is None:  # a guest write, or nobody saw its result
         return []
     phase = outcomes.get(op_id)
     if record["returned"] and phase != "completed":

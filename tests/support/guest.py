@@ -488,6 +488,9 @@ class Guest:
             raise GuestError("the guest is not running")
         nonce = secrets.token_hex(8)
         line = f"{nonce} {base64.b64encode(script.encode()).decode()}\n"
+        # The guest drains the serial line slowly: a long script must not meet the short
+        # timeout the last read left on the socket.
+        self._channel.settimeout(timeout)
         self._channel.sendall(line.encode())
         end = re.compile(rb"\n@@" + nonce.encode() + rb":(\d+)@@\n")
         try:
