@@ -11,9 +11,11 @@ the guest removed the device the log is in that file, at ``DATA_BYTES``.
 Check (``check``): every crash state goes to one of ``workers`` processes (``check.py``, each in
 its own mount namespace), which replay, mount, recover, verify and compare.
 
-    python -m tests.powerloss.rig [--ops N] [--states N] [--subsets N] [--seed S] [--control]
+    python -m tests.powerloss.rig [--ops N] [--states N] [--subsets N] [--seed S]
+        [--kills N] [--no-replay] [--control] [--keep DIR] [--results FILE]
 
-prints one line per failing state and a summary; ``make powerloss`` runs it in full.
+prints one line per failing state or kill and a summary of each part; ``make powerloss`` runs
+both parts in full. ``--keep DIR`` leaves the capture there, and checks it again when run again.
 """
 
 from __future__ import annotations
@@ -124,6 +126,9 @@ exit $rc
         raise RuntimeError(
             f"the workload failed in the guest (rc {done.rc}):\n{done.output[-4000:]}"
         )
+    if not lines[-1]["consistent"]:
+        # The worlds it recorded call by call would be wrong expectations.
+        raise RuntimeError("the workload's world after its last call is not what it reads back")
     records = [r for r in lines if "world" in r and "n" in r]
     records.sort(key=lambda r: r["n"])
     return Capture(read_log(str(disk_file), DATA_BYTES), records, seconds, done.output)
