@@ -104,7 +104,7 @@ class LocalKeyDirectory:
     @contextlib.contextmanager
     def secret_file(self, ref: str) -> Iterator[str]:
         path = self._path(ref)
-        self._open_checked(ref, path)  # refuses a missing or loosely kept key
+        os.close(self._open_checked(ref, path))  # refuses a missing or loosely kept key
         yield path
 
     def material(self, ref: str) -> bytes:

@@ -8,6 +8,7 @@ and storage (key directory included) unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -111,6 +112,29 @@ def test_keys_are_random_root_only_files_and_destroy_is_idempotent(tmp_path: Pat
     with pytest.raises(KeyNotFound):
         keys.material(first.ref)
     assert [k.ref for k in keys.list_keys()] == [second.ref]
+
+
+def test_using_a_key_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    """Every qemu-img call on an encrypted disk goes through ``secret_file``: each leaked a
+    descriptor of the key, so a long-running engine ran out of them, and the key directory's
+    file system could not be unmounted (found by the power-loss rig: ``umount`` busy)."""
+    keys = LocalKeyDirectory(tmp_path / "keys")
+    key = keys.create("op3")
+    key.release()
+
+    def open_in_keys() -> list[str]:
+        held = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(FileNotFoundError):  # the listing's own descriptor
+                held.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return [p for p in held if p.startswith(str(tmp_path / "keys"))]
+
+    for _ in range(3):
+        with keys.secret_file(key.ref):
+            pass
+        keys.material(key.ref)
+    assert keys.exists(key.ref)
+    assert open_in_keys() == []
 
 
 def test_a_key_is_held_by_its_maker_until_released(tmp_path: Path) -> None:
