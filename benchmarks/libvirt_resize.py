@@ -9,17 +9,19 @@ no-OS domain boots with both (``Engine.libvirt_disk``: ``vda`` and ``vdb``), and
 recorded as attached (``Engine.attach``; the domain already has it, so nothing is hot-plugged).
 Then, interleaved trial by trial (the order flips every trial), each side grows its disk by 1 MiB:
 
-- A: ``Engine.resize("bench/a", size)``: the view read, ``Hypervisor.find`` (does the domain run,
-  does it still have the disk at ``vda``?), the intent appended, ``virDomainBlockResize`` through
-  the engine's libvirt connection and the size read back (``virDomainGetBlockInfo``), the outcome
+- A: ``Engine.resize("bench/a", size)``: the view read, ``Hypervisor.find`` (one lookup and one
+  ``XMLDesc``: does the domain run, does it still have the disk at ``vda``?), the intent appended,
+  ``virDomainBlockResize`` through the domain ``find`` returned (no second lookup; qemu grows to
+  exactly the size asked, so nothing is read back for a whole number of sectors), the outcome
   appended;
 - B: ``dom.blockResize("vdb", size, VIR_DOMAIN_BLOCK_RESIZE_BYTES)`` on the benchmark's own
   connection, the domain looked up once.
 
 A second, separate pass of ``BREAKDOWN`` trials times the engine's libvirt parts on their own by
 calling the engine's ``Hypervisor`` directly (nothing is patched): ``find`` of the domain,
-``block_resize`` (lookup, resize, lookup, block info) of ``vdb`` (which the ledger does not
-track) and ``capacity`` (the read-back alone), beside both sides; what is left of
+``block_resize`` of ``vdb`` (which the ledger does not track) through the domain ``find``
+returned, and ``capacity`` (a read-back the engine no longer makes, for scale), beside both
+sides; what is left of
 ``Engine.resize`` is the ledger (two appends, the view read, validation) and the engine's own
 Python, by difference.
 """
@@ -37,7 +39,10 @@ from typing import Any
 
 from benchmarks.timing import Report, Row, Samples, Side, interleave
 
-__all__ = ["BREAKDOWN", "DEFAULT_TRIALS", "WARMUP", "run"]
+__all__ = ["BREAKDOWN", "DEFAULT_TRIALS", "TARGET", "WARMUP", "run"]
+
+TARGET = 1.5
+"""Issue 16: ``Engine.resize`` of an attached disk at most 1.5 times a bare ``blockResize``."""
 
 DEFAULT_TRIALS = 200
 WARMUP = 5
@@ -46,15 +51,6 @@ MiB = 1 << 20
 DISK_SIZE = 64 * MiB
 STEP = MiB
 DISK_A, DISK_B = "bench/a", "bench/b"
-
-
-@dataclass(frozen=True, slots=True)
-class _Unjudged(Report):
-    """A report with no target to meet: the figure is stated, not judged."""
-
-    @property
-    def verdict(self) -> str:
-        return "NOT JUDGED"
 
 
 @dataclass(slots=True)
@@ -134,6 +130,7 @@ class _Live:
         self.engine, self.dom, self.name = engine, dom, dom.name()
         self.flags = libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES
         self.size = {"vda": DISK_SIZE, "vdb": DISK_SIZE}
+        self.found: Any = None
 
     def _grow(self, dev: str) -> int:
         self.size[dev] += STEP
@@ -153,8 +150,11 @@ class _Live:
         assert info is not None and info.active and "vda" in info.disks
 
     def hypervisor_resize(self) -> None:
-        """The effect as the engine runs it (on vdb, which the ledger does not track)."""
-        self.engine.hypervisor.block_resize(self.name, "vdb", self._grow("vdb"))
+        """The effect as the engine runs it (on vdb, which the ledger does not track), through
+        the domain ``find`` returned, as the engine does."""
+        if self.found is None:
+            self.found = self.engine.hypervisor.find(self.name)
+        self.engine.hypervisor.block_resize(self.found, "vdb", self._grow("vdb"))
 
     def capacity(self) -> None:
         """The size read back after the effect."""
@@ -244,25 +244,26 @@ def _report(result: Result, trials: int, up: float, started_here: bool) -> Repor
             f"Engine.resize {_ms(total)} ms, bare dom.blockResize {_ms(bare)} ms",
             f"  libvirt, Hypervisor.find (is the domain running with the disk?): {_ms(find)} ms"
             f" ({find / total:.0%})",
-            "  libvirt, Hypervisor.block_resize (lookup, blockResize, blockInfo): "
+            "  libvirt, Hypervisor.block_resize (blockResize through the found domain): "
             f"{_ms(effect)} ms ({effect / total:.0%}); beyond the bare call "
-            f"{_ms(effect - bare)} ms, of which the read-back (Hypervisor.capacity: lookup, "
-            f"blockInfo) {_ms(medians['Hypervisor.capacity'])} ms",
+            f"{_ms(effect - bare)} ms; a read-back (Hypervisor.capacity: lookup, blockInfo), "
+            f"which the engine no longer makes, would add {_ms(medians['Hypervisor.capacity'])} ms",
             "  ledger and the rest (two appends, the view read, validation), by difference: "
             f"{_ms(rest)} ms ({rest / total:.0%})",
         ]
-    return _Unjudged(
+    return Report(
         title="Live resize: Engine.resize of an attached disk vs a bare virDomainBlockResize",
         method=(
             f"{trials} trials per side, interleaved (the order flips every trial), after "
             f"{WARMUP} warm-up trials each; times in ms. One running KVM domain with two disks. "
             "A: Engine.resize(disk, size) of the attached vda (SQLite ledger, qcow2 backend): "
-            "Hypervisor.find, intent, virDomainBlockResize and the size read back, outcome. "
+            "Hypervisor.find (lookup, XMLDesc), intent, virDomainBlockResize through the found "
+            "domain, outcome. "
             "B: dom.blockResize('vdb', size, VIR_DOMAIN_BLOCK_RESIZE_BYTES). Each grows 1 MiB."
         ),
         columns=("Engine.resize ms (A)", "blockResize ms (B)", "ratio A/B (A - B)"),
         rows=rows,
-        target=f"none promised: the figure is stated (ratio of the medians {ratio:.3f})",
-        met=True,
+        target=f"ratio of the medians <= {TARGET} (measured {ratio:.3f})",
+        met=ratio <= TARGET,
         notes=tuple(notes),
     )

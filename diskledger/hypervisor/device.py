@@ -246,10 +246,12 @@ def iotune(extra_specs: Mapping[str, object]) -> tuple[tuple[str, int], ...]:
     return tuple(sorted(tune.items(), key=lambda item: order.index(item[0])))
 
 
-def disks_in(domain_xml: str) -> dict[str, DiskSource]:
-    """The disks a domain's XML (from libvirt) gives its guest, by target device."""
+def disks_in(domain_xml: str | ET.Element) -> dict[str, DiskSource]:
+    """The disks a domain's XML (from libvirt, as text or parsed) gives its guest, by target
+    device."""
     found: dict[str, DiskSource] = {}
-    for disk in ET.fromstring(domain_xml).iterfind("./devices/disk"):
+    root = ET.fromstring(domain_xml) if isinstance(domain_xml, str) else domain_xml
+    for disk in root.iterfind("./devices/disk"):
         target, source = disk.find("target"), disk.find("source")
         if disk.get("device", "disk") != "disk" or target is None or source is None:
             continue

@@ -11,7 +11,7 @@ import functools
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from diskledger.backends.contract import DiskSource
@@ -32,6 +32,7 @@ T = TypeVar("T")
 # virErrorNumber values this module acts on (libvirt's ABI: they never change).
 _NO_CONNECT, _NO_DOMAIN, _NO_SECRET = 5, 42, 66
 _POLL = 0.1
+_SECTOR = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +43,10 @@ class DomainInfo:
     name: str
     uuid: str
     active: bool
-    persistent: bool
     disks: Mapping[str, DiskSource]
+    handle: Any = field(default=None, compare=False, repr=False)
+    """The libvirt domain this was read from. libvirtd finds a domain by UUID, so a call made
+    through it reaches this very domain or fails: never another one that took its name since."""
 
 
 class Hypervisor:
@@ -73,14 +76,20 @@ class Hypervisor:
         dom = self._lookup(domain)
 
         def read() -> DomainInfo:
-            active = bool(dom.isActive())
-            flags = self._libvirt().VIR_DOMAIN_XML_INACTIVE if stored or not active else 0
+            if stored:
+                active = bool(dom.isActive())
+                description = ET.fromstring(dom.XMLDesc(self._libvirt().VIR_DOMAIN_XML_INACTIVE))
+            else:
+                # One round trip: libvirt describes the running guest when there is one, and
+                # only a running domain has an id (libvirt's domain XML format).
+                description = ET.fromstring(dom.XMLDesc(0))
+                active = description.get("id", "-1") != "-1"
             return DomainInfo(
                 name=dom.name(),
                 uuid=dom.UUIDString(),
                 active=active,
-                persistent=bool(dom.isPersistent()),
-                disks=disks_in(dom.XMLDesc(flags)),
+                disks=disks_in(description),
+                handle=dom,
             )
 
         return self._call(f"read domain {domain}", read, domain=domain)
@@ -133,17 +142,25 @@ class Hypervisor:
                 )
             time.sleep(_POLL)
 
-    def block_resize(self, domain: str, target_dev: str, size: int) -> int:
-        """Grow the disk ``target_dev`` of the running ``domain`` to ``size`` bytes through qemu
-        (which holds the image), so the guest sees the new size at once; the size it sees after."""
-        dom = self._lookup(domain)
+    def block_resize(self, domain: DomainInfo, target_dev: str, size: int) -> int:
+        """Grow the disk ``target_dev`` of the running ``domain`` (as ``find`` returned it: the
+        call reaches that domain or fails) to ``size`` bytes through qemu, which holds the image,
+        so the guest sees the new size at once; the size it sees after.
+
+        qemu grows an image to exactly the size asked or fails, so that is the size returned;
+        libvirt rounds a qcow2 size up to whole 512-byte sectors, so a size that is not one is
+        read back (``verify`` compares what the ledger recorded with the image either way).
+        """
+        dom = domain.handle if domain.handle is not None else self._lookup(domain.name)
         flags = self._libvirt().VIR_DOMAIN_BLOCK_RESIZE_BYTES
         self._call(
-            f"resize {target_dev} of domain {domain}",
+            f"resize {target_dev} of domain {domain.name}",
             lambda: dom.blockResize(target_dev, size, flags),
-            domain=domain,
+            domain=domain.name,
         )
-        return self._capacity(dom, domain, target_dev)
+        if size % _SECTOR:
+            return self._capacity(dom, domain.name, target_dev)
+        return size
 
     def capacity(self, domain: str, target_dev: str) -> int:
         """The virtual size of ``target_dev`` as the domain sees it."""

@@ -261,7 +261,7 @@ class Libvirt:
         return self.domain(domain) if domain == "dom1" else None
 
     def domain(self, domain: str, *, stored: bool = False) -> DomainInfo:
-        return DomainInfo("dom1", self.UUID, True, True, dict(self.disks))
+        return DomainInfo("dom1", self.UUID, True, dict(self.disks))
 
     def attach(self, domain: str, device_xml: str) -> None:
         if self.refuse:

@@ -5,7 +5,7 @@ Disks never shrink; asking for the size a disk has changes nothing and records n
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diskledger.backends import Capability, ChecksCapacity
 from diskledger.engine import encryption
@@ -18,6 +18,9 @@ from diskledger.engine.runtime import Runtime
 from diskledger.errors import DiskAttached, InvalidSize, Unsupported
 from diskledger.states import DiskView
 from diskledger.states.streams import disk_stream
+
+if TYPE_CHECKING:
+    from diskledger.hypervisor import DomainInfo
 
 __all__ = ["RESIZE", "running_with"]
 
@@ -77,9 +80,10 @@ class Resize(Operation):
             else:
                 # qemu holds the image: only it may change the size, and then the guest sees it.
                 domain, target_dev = live
-                params["live"] = {"domain": domain, "target_dev": target_dev}
+                params["live"] = {"domain": domain.name, "target_dev": target_dev}
 
                 def resize() -> dict[str, Any]:
+                    # Through the domain checked above: the same one or an error, one lookup.
                     return {"size": rt.hypervisor.block_resize(domain, target_dev, wanted)}
 
             return Plan(disk_stream(disk), view, backend, op_id, params, resize)
@@ -91,7 +95,7 @@ class Resize(Operation):
     recovered = observed_size
 
 
-def running_with(rt: Runtime, view: DiskView) -> tuple[str, str] | None:
+def running_with(rt: Runtime, view: DiskView) -> tuple[DomainInfo, str] | None:
     """(domain, target device) when a running domain uses the disk now; None when no domain
     does (the disk may then be changed offline). Raises when libvirt cannot be asked."""
     attachment = view.attachment
@@ -111,7 +115,7 @@ def running_with(rt: Runtime, view: DiskView) -> tuple[str, str] | None:
             attachment.target_dev,
             "the domain runs but no longer shows the disk there; detach it to record that",
         )
-    return attachment.domain, attachment.target_dev
+    return info, attachment.target_dev
 
 
 RESIZE = Resize()
