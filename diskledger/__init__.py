@@ -3,10 +3,9 @@
 The embedding API is ``Engine``; everything a caller may catch is in ``diskledger.errors``.
 """
 
-from diskledger.backends import Artifact, Backend, DiskSource, Observation
-from diskledger.engine import Config, DirectSnapshot, Engine, Export, parse_size
-from diskledger.engine.members import LeaseSettings
-from diskledger.engine.takeover import TakeoverReport
+import importlib
+from typing import TYPE_CHECKING
+
 from diskledger.errors import (
     BackendError,
     CephError,
@@ -38,19 +37,25 @@ from diskledger.errors import (
     UnsafeImage,
     UnsafeKeyStore,
 )
-from diskledger.events import Metadata, NewEvent, RecordedEvent
-from diskledger.keys import KeyProvider, LocalKeyDirectory
-from diskledger.states import (
-    Attachment,
-    DiskState,
-    DiskView,
-    Encryption,
-    MemberState,
-    MemberView,
-    TemplateState,
-    TemplateView,
-)
-from diskledger.store import EventStore, MemberRecord, open_store
+
+if TYPE_CHECKING:
+    from diskledger.backends import Artifact, Backend, DiskSource, Observation
+    from diskledger.engine import Config, DirectSnapshot, Engine, Export, parse_size
+    from diskledger.engine.members import LeaseSettings
+    from diskledger.engine.takeover import TakeoverReport
+    from diskledger.events import Metadata, NewEvent, RecordedEvent
+    from diskledger.keys import KeyProvider, LocalKeyDirectory
+    from diskledger.states import (
+        Attachment,
+        DiskState,
+        DiskView,
+        Encryption,
+        MemberState,
+        MemberView,
+        TemplateState,
+        TemplateView,
+    )
+    from diskledger.store import EventStore, MemberRecord, open_store
 
 __version__ = "0.1.0"
 
@@ -112,3 +117,49 @@ __all__ = [
     "open_store",
     "parse_size",
 ]
+
+_LAZY: dict[str, str] = {
+    "Artifact": "diskledger.backends",
+    "Attachment": "diskledger.states",
+    "Backend": "diskledger.backends",
+    "Config": "diskledger.engine",
+    "DirectSnapshot": "diskledger.engine",
+    "DiskSource": "diskledger.backends",
+    "DiskState": "diskledger.states",
+    "DiskView": "diskledger.states",
+    "Encryption": "diskledger.states",
+    "Engine": "diskledger.engine",
+    "EventStore": "diskledger.store",
+    "Export": "diskledger.engine",
+    "KeyProvider": "diskledger.keys",
+    "LeaseSettings": "diskledger.engine.members",
+    "LocalKeyDirectory": "diskledger.keys",
+    "MemberRecord": "diskledger.store",
+    "MemberState": "diskledger.states",
+    "MemberView": "diskledger.states",
+    "Metadata": "diskledger.events",
+    "NewEvent": "diskledger.events",
+    "Observation": "diskledger.backends",
+    "RecordedEvent": "diskledger.events",
+    "TakeoverReport": "diskledger.engine.takeover",
+    "TemplateState": "diskledger.states",
+    "TemplateView": "diskledger.states",
+    "open_store": "diskledger.store",
+    "parse_size": "diskledger.engine",
+}
+"""Where each exported name lives. Its module is imported when the name is first asked for, not
+when ``diskledger`` is: every ``diskledger.*`` import (the command line's too) imports this package
+first, and a command should pay only for what it uses."""
+
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> object:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(globals()) | set(__all__))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+from typing import TYPE_CHECKING
 
 from diskledger.backends import registry
 from diskledger.backends.contract import (
@@ -23,15 +25,49 @@ from diskledger.backends.contract import (
     TemplateSource,
     TemplateStore,
 )
-from diskledger.backends.file_backend import FileSettings
-from diskledger.backends.lvm import LvmBackend, LvmSettings
-from diskledger.backends.parallels import ParallelsBackend
-from diskledger.backends.qcow2 import Qcow2Backend
-from diskledger.backends.raw import RawBackend
-from diskledger.backends.rbd import RbdBackend, RbdTemplateStore
-from diskledger.backends.rbd.config import CephConfig
 from diskledger.backends.registry import BackendSpec
-from diskledger.backends.templates import DEFAULT_MAX_VIRTUAL_SIZE, TemplateCache
+
+if TYPE_CHECKING:
+    from diskledger.backends.file_backend import FileSettings
+    from diskledger.backends.lvm import LvmBackend, LvmSettings
+    from diskledger.backends.parallels import ParallelsBackend
+    from diskledger.backends.qcow2 import Qcow2Backend
+    from diskledger.backends.raw import RawBackend
+    from diskledger.backends.rbd import RbdBackend, RbdTemplateStore
+    from diskledger.backends.rbd.config import CephConfig
+    from diskledger.backends.templates import DEFAULT_MAX_VIRTUAL_SIZE as DEFAULT_MAX_VIRTUAL_SIZE
+    from diskledger.backends.templates import TemplateCache
+
+_LAZY: dict[str, str] = {
+    "FileSettings": "diskledger.backends.file_backend",
+    "LvmBackend": "diskledger.backends.lvm",
+    "LvmSettings": "diskledger.backends.lvm",
+    "ParallelsBackend": "diskledger.backends.parallels",
+    "Qcow2Backend": "diskledger.backends.qcow2",
+    "RawBackend": "diskledger.backends.raw",
+    "RbdBackend": "diskledger.backends.rbd",
+    "RbdTemplateStore": "diskledger.backends.rbd",
+    "CephConfig": "diskledger.backends.rbd.config",
+    "DEFAULT_MAX_VIRTUAL_SIZE": "diskledger.backends.templates",
+    "TemplateCache": "diskledger.backends.templates",
+}
+"""The names whose modules are imported when first asked for: a command that never touches
+storage (``disk show``) pays for neither the backends' modules nor what they import (oslo.utils'
+format inspector, the Ceph and LVM drivers)."""
+
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> object:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "BACKENDS",
@@ -78,6 +114,8 @@ def backend_for(
     registry knows is made with its settings from the environment.
 
     Kept while callers move to ``registry.spec(name)``."""
+    from diskledger.backends.file_backend import FileSettings
+
     found = registry.spec(name)
     settings: object
     if name == "rbd":
@@ -90,12 +128,17 @@ def backend_for(
 
 
 def template_store_for(
-    backend: Backend, root: str, *, max_virtual_size: int = DEFAULT_MAX_VIRTUAL_SIZE
+    backend: Backend,
+    root: str,
+    *,
+    max_virtual_size: int = 16 << 40,  # templates.DEFAULT_MAX_VIRTUAL_SIZE, not imported eagerly
 ) -> TemplateStore:
     """Where ``backend`` keeps its templates (``BackendSpec.templates`` of its name): in its pool
     for RBD, as local files otherwise, also for a backend the registry does not know.
 
     Kept while callers move to ``registry.spec(name).templates``."""
     if backend.name not in registry.names():
+        from diskledger.backends.templates import TemplateCache
+
         return TemplateCache(root, max_virtual_size=max_virtual_size)
     return registry.spec(backend.name).templates(backend, root, max_virtual_size)

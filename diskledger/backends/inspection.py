@@ -7,8 +7,6 @@ external data file, VMDK extents or a createType outside its allow-list, and mor
 
 from __future__ import annotations
 
-from oslo_utils.imageutils import format_inspector
-
 from diskledger.errors import StorageIOError, UnsafeImage
 
 __all__ = ["inspect_image"]
@@ -17,6 +15,10 @@ __all__ = ["inspect_image"]
 def inspect_image(path: str, declared: str, *, max_virtual_size: int) -> int:
     """The virtual size of the image at ``path`` if it is a safe ``declared`` image; otherwise
     ``UnsafeImage`` saying why."""
+    # Imported here, not at the top: compiling oslo.utils' regular expressions costs tens of
+    # milliseconds, which every command would pay, and only bringing an image in needs it.
+    from oslo_utils.imageutils import format_inspector
+
     try:
         inspector = format_inspector.detect_file_format(path)
     except format_inspector.ImageFormatError as exc:

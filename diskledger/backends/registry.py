@@ -22,11 +22,13 @@ import importlib
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from diskledger.backends.contract import Backend, TemplateStore
 from diskledger.errors import InvalidInput, UnknownBackend
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 __all__ = ["ENTRY_POINT_GROUP", "BackendSpec", "names", "register", "spec"]
 
@@ -118,7 +120,10 @@ def _built_in(name: str) -> BackendSpec:
 
 @functools.cache
 def _entry_points() -> Mapping[str, tuple[EntryPoint, ...]]:
-    """The group's entry points by name, listed once per process."""
+    """The group's entry points by name, listed once per process. ``importlib.metadata`` is
+    imported here: a built-in name never needs it, and importing it costs every command."""
+    from importlib.metadata import entry_points
+
     by_name: dict[str, tuple[EntryPoint, ...]] = {}
     for point in entry_points(group=ENTRY_POINT_GROUP):
         by_name[point.name] = (*by_name.get(point.name, ()), point)
