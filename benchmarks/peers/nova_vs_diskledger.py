@@ -496,17 +496,21 @@ def measure(
     resize_via: str = "resize_image",
     internal_snapshot: bool = True,
     log=print,
+    nova_py: str | None = None,
+    diskledger_py: str | None = None,
 ) -> dict:
     """The three sides under ``tmp``, interleaved: ``warmup`` untimed trials per side and backend
     (the first checked with qemu-img info), then ``trials``. Returns the samples in seconds,
     ``samples[backend][side][step]`` in trial order, with each side's description and the
-    seconds the timed trials took. The sides are closed before it returns."""
+    seconds the timed trials took. The sides are closed before it returns. ``nova_py`` and
+    ``diskledger_py``: the workers' interpreters (default NOVA_PY, DISKLEDGER_PY)."""
+    nova_py, diskledger_py = nova_py or NOVA_PY, diskledger_py or DISKLEDGER_PY
     sides: dict = {}
     try:
         templates, tpl_args = make_templates(tmp)
         sides["nova"] = NovaWorker(
             [
-                NOVA_PY,
+                nova_py,
                 NOVA_SCRIPT,
                 "--worker",
                 os.path.join(tmp, "nova"),
@@ -520,7 +524,7 @@ def measure(
         )
         sides["diskledger"] = Worker(
             [
-                DISKLEDGER_PY,
+                diskledger_py,
                 THIS,
                 "--diskledger-worker",
                 "--root",
