@@ -1,20 +1,20 @@
 """``python -m benchmarks [--markdown] [--profile-append] [BENCHMARK...]``
 
 Benchmarks: ``engine``, ``append``, ``replay``, ``recovery``, ``rbd``, ``libvirt``, ``feed``,
-``multihost``, ``lvm``
+``multihost``, ``lvm``, ``cli``
 (default: all).
 
 Environment: ``DISKLEDGER_BENCH_EVENTS`` (replay ledger size, default 1,000,000) and
-``DISKLEDGER_BENCH_TRIALS`` (trials per side for the engine, append, libvirt and feed benchmarks,
-defaults 200, 2000, 200 and 300; it also caps the replay runs, default 3) scale a run down for a
-quick look; ``DISKLEDGER_BENCH_RBD_DISKS`` (disks per side of the rbd benchmark, default 100). The
-rbd benchmark starts its own one-node Ceph cluster; without the Ceph packages it is left out of a
-run of all benchmarks (asked for by name, it fails). The libvirt benchmark uses or starts libvirtd
-at qemu:///system and boots a KVM domain; without KVM or libvirt it is left out of a run of all
-benchmarks the same way. The feed benchmark starts its own PostgreSQL server; without PostgreSQL
-installed it is left out the same way too. The lvm benchmark boots the test guest
-(``tests.support.guest``; ``DISKLEDGER_BENCH_TRIALS`` sets its trials per side, at most 50,
-default 15); when the guest cannot be built or started here it is left out the same way.
+``DISKLEDGER_BENCH_TRIALS`` (trials per side for the engine, append, libvirt, feed and cli
+benchmarks, defaults 200, 2000, 200, 300 and 30; it also caps the replay runs, default 3) scale a
+run down for a quick look; ``DISKLEDGER_BENCH_RBD_DISKS`` (disks per side of the rbd benchmark,
+default 100). The rbd benchmark starts its own one-node Ceph cluster; without the Ceph packages it
+is left out of a run of all benchmarks (asked for by name, it fails). The libvirt benchmark uses or
+starts libvirtd at qemu:///system and boots a KVM domain; without KVM or libvirt it is left out of
+a run of all benchmarks the same way. The feed benchmark starts its own PostgreSQL server; without
+PostgreSQL installed it is left out the same way too. The lvm benchmark boots the test guest
+(``tests.support.guest``; ``DISKLEDGER_BENCH_TRIALS`` sets its trials per side, at most 50, default
+15); when the guest cannot be built or started here it is left out the same way.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 
 from benchmarks import (
+    cli_startup,
     engine_overhead,
     feed,
     ledger_append,
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         metavar="BENCHMARK",
         help="run only these, of engine, append, replay, recovery, rbd, libvirt, feed, "
-        "multihost and lvm (default: all)",
+        "multihost, lvm and cli (default: all)",
     )
     parser.add_argument(
         "--markdown", action="store_true", help="also print a section for docs/performance.md"
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "feed": lambda: feed.run(trials or feed.DEFAULT_TRIALS),
         "multihost": multihost.run,
         "lvm": lambda: lvm_create.run(min(trials or lvm_create.DEFAULT_TRIALS, 50)),
+        "cli": lambda: cli_startup.run(trials or cli_startup.DEFAULT_TRIALS),
     }
     chosen: list[str] = args.only or list(benchmarks)
     if not args.only and shutil.which("ceph-mon") is None:

@@ -7,7 +7,7 @@ column of the pending index did). Their figures are not looked at here.
 
 from __future__ import annotations
 
-from benchmarks import engine_overhead, ledger_append, recovery_scan, replay
+from benchmarks import cli_startup, engine_overhead, ledger_append, recovery_scan, replay
 from benchmarks.timing import Report
 
 
@@ -30,3 +30,7 @@ def test_the_append_benchmark_runs() -> None:
 
 def test_the_engine_overhead_benchmark_runs() -> None:
     _ran(engine_overhead.run(trials=3))
+
+
+def test_the_cli_startup_benchmark_runs() -> None:
+    _ran(cli_startup.run(trials=1))
