@@ -14,12 +14,15 @@ type names are spelled in one place.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
+
+import msgspec
 
 __all__ = [
     "COMPENSATING",
@@ -33,6 +36,9 @@ __all__ = [
     "NewEvent",
     "Phase",
     "RecordedEvent",
+    "intent_params",
+    "loads",
+    "metadata_op_id",
     "operation_event",
     "split_type",
 ]
@@ -64,6 +70,53 @@ _PHASES: Final = frozenset(
 )
 
 JSON = Mapping[str, Any]
+
+_decode = msgspec.json.Decoder().decode
+
+
+class _Intent(msgspec.Struct):
+    params: dict[str, Any]
+
+
+_decode_intent = msgspec.json.Decoder(_Intent).decode
+
+
+class _Operation(msgspec.Struct):
+    op_id: str | None = None
+
+
+_decode_operation = msgspec.json.Decoder(_Operation).decode
+
+
+def loads(text: str | bytes) -> Any:
+    """Decode the JSON text of a payload or metadata, as ``json.loads`` would, several times faster.
+
+    ``msgspec`` builds the same dicts, lists, strings and numbers (integers of any size included);
+    what it refuses and ``json.loads`` accepts (``NaN``, ``Infinity``, which ``json.dumps`` writes
+    for such floats) goes to ``json.loads``.
+    """
+    try:
+        return _decode(text)
+    except msgspec.DecodeError:
+        return json.loads(text)
+
+
+def metadata_op_id(text: str | bytes) -> str | None:
+    """``Metadata.from_json(loads(text)).op_id``, without decoding the rest of the metadata."""
+    try:
+        return _decode_operation(text).op_id
+    except msgspec.DecodeError:
+        return Metadata.from_json(loads(text)).op_id
+
+
+def intent_params(text: str | bytes) -> Any:
+    """``data.get("params", data)`` of a payload's JSON text, without decoding the rest of it
+    (an intent's artifacts): half the cost of ``loads`` on a typical intent."""
+    try:
+        return _decode_intent(text).params
+    except msgspec.DecodeError:  # no "params" object (ValidationError is a DecodeError)
+        data = loads(text)
+        return data.get("params", data)
 
 
 @dataclass(frozen=True, slots=True)

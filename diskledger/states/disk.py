@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -10,6 +10,7 @@ from typing import Any
 from diskledger.states.table import Row, Table
 
 __all__ = [
+    "COMPLETED_CHANGES",
     "DISK_TABLE",
     "Attachment",
     "DiskState",
@@ -145,7 +146,10 @@ class DiskView:
         return tuple(s.name for s in self.snapshots)
 
     def snapshot(self, name: str) -> Snapshot | None:
-        return next((s for s in self.snapshots if s.name == name), None)
+        for snapshot in self.snapshots:  # a loop: replay asks for every snapshot intent
+            if snapshot.name == name:
+                return snapshot
+        return None
 
     def to_json(self) -> dict[str, Any]:
         # ``encryption`` only when there is some: the views of plain disks stay as they were.
@@ -319,7 +323,9 @@ def disk_changes(
     that the table and the protocol decide.
 
     ``params`` are the parameters of the operation's intent (for ``completed`` and ``failed``
-    events, those of the pending ``started`` event).
+    events, those of the pending ``started`` event). Only facts and the ``completed`` events of
+    the operations in ``COMPLETED_CHANGES`` change anything: replay decodes no other payload for
+    it (``diskledger.states.replay``).
     """
     if phase is None:
         if op == "template-bound":
@@ -329,39 +335,58 @@ def disk_changes(
         return {}
     if phase != "completed":
         return {}
-    if op in ("create", "import"):
-        return {
-            "format": data["format"],
-            "size": data["size"],
-            "backing": data.get("backing"),
-            "location": data["location"],
-            "backend": params.get("backend"),
-            "template": params.get("template", view.template),
-            "snapshots": (),
-            "resized": False,
-            "preallocated": bool(params.get("preallocated", False)),
-            "encryption": (
-                Encryption.from_json(params["encryption"]) if params.get("encryption") else None
-            ),
-        }
-    if op == "flatten":
-        return {"backing": None}
-    if op == "resize":
-        return {"size": data["size"], "resized": True}
-    if op == "snapshot":
-        snap = Snapshot(params["snapshot"], int(data.get("size", view.size or 0)))
-        return {"snapshots": (*view.snapshots, snap)}
-    if op == "rollback":
-        return {"size": data["size"]}
-    if op == "remove-snapshot":
-        return {"snapshots": tuple(s for s in view.snapshots if s.name != params["snapshot"])}
-    if op == "attach":
-        return {"attachment": Attachment.from_json(data)}
-    if op == "detach":
-        return {"attachment": None}
-    if op == "delete":
-        return _DELETED
-    return {}
+    changes = COMPLETED_CHANGES.get(op)
+    return {} if changes is None else changes(view, data, params)
+
+
+Changes = Callable[[DiskView, Mapping[str, Any], Mapping[str, Any]], dict[str, Any]]
+"""What an operation's ``completed`` event changes: (view, its payload, the intent's params)."""
+
+
+def _created(view: DiskView, data: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "format": data["format"],
+        "size": data["size"],
+        "backing": data.get("backing"),
+        "location": data["location"],
+        "backend": params.get("backend"),
+        "template": params.get("template", view.template),
+        "snapshots": (),
+        "resized": False,
+        "preallocated": bool(params.get("preallocated", False)),
+        "encryption": (
+            Encryption.from_json(params["encryption"]) if params.get("encryption") else None
+        ),
+    }
+
+
+def _snapshotted(
+    view: DiskView, data: Mapping[str, Any], params: Mapping[str, Any]
+) -> dict[str, Any]:
+    snap = Snapshot(params["snapshot"], int(data.get("size", view.size or 0)))
+    return {"snapshots": (*view.snapshots, snap)}
+
+
+def _snapshot_removed(
+    view: DiskView, data: Mapping[str, Any], params: Mapping[str, Any]
+) -> dict[str, Any]:
+    return {"snapshots": tuple(s for s in view.snapshots if s.name != params["snapshot"])}
+
+
+COMPLETED_CHANGES: dict[str, Changes] = {
+    "create": _created,
+    "import": _created,
+    "flatten": lambda view, data, params: {"backing": None},
+    "resize": lambda view, data, params: {"size": data["size"], "resized": True},
+    "snapshot": _snapshotted,
+    "rollback": lambda view, data, params: {"size": data["size"]},
+    "remove-snapshot": _snapshot_removed,
+    "attach": lambda view, data, params: {"attachment": Attachment.from_json(data)},
+    "detach": lambda view, data, params: {"attachment": None},
+    "delete": lambda view, data, params: _DELETED,
+}
+"""Operations whose ``completed`` event changes fields of the view; the others (export,
+direct-snapshot) change only its state and version."""
 
 
 _DELETED: dict[str, Any] = {

@@ -118,6 +118,13 @@ class Table(Generic[S]):
             expanded.append(Transition(f"{name}.{LEASE_RENEWED}", busy, busy, ()))
         return expanded
 
+    def choices(
+        self, state: S, event_type: str
+    ) -> tuple[tuple[Transition[S], tuple[Guard, ...]], ...]:
+        """The transitions for ``event_type`` from ``state``, in order, each with its guards
+        (what ``select`` tries): replay decodes no payload for an event none of them guards."""
+        return self._guarded.get((state, event_type), ())
+
     def candidates(self, state: S, event_type: str) -> tuple[Transition[S], ...]:
         return self._index.get((state, event_type), ())
 

@@ -24,10 +24,16 @@ from typing import Protocol, overload, runtime_checkable
 
 from diskledger.events import NewEvent, RecordedEvent
 from diskledger.states import DiskView, MemberView, PendingOperation, TemplateView
+from diskledger.states.replay import ReplayRow
 from diskledger.store.feed import Heartbeat, Subscription
 from diskledger.store.wal import DiscardedTail
 
-__all__ = ["EventStore", "MemberRecord", "PendingEntry"]
+__all__ = ["EventStore", "MemberRecord", "PendingEntry", "ReplayRow", "VerifyRow"]
+
+VerifyRow = tuple[int, str, str, str, str | None, int, int, str, str, str, str]
+"""An event's stored columns, as ``verify`` checks them: the ``ReplayRow`` (position, stream,
+type, payload JSON text, op_id), then version, schema, metadata JSON text, recorded_at,
+prev_hash, hash: everything the hash covers, as text, never decoded and encoded again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +105,23 @@ class EventStore(Protocol):
 
     def read_all(self, after_position: int = 0, *, batch: int = 1000) -> Iterator[RecordedEvent]:
         """Every event with a position above ``after_position``, in ledger order."""
+        ...
+
+    def read_for_replay(
+        self, after_position: int = 0, *, batch: int = 10_000
+    ) -> Iterator[ReplayRow]:
+        """What replay needs of every event with a position above ``after_position``, in ledger
+        order: ``(position, stream, type, payload JSON text, op_id)``, the payload as stored
+        and the operation id from its own column, so nothing is decoded that the fold does not
+        read (``diskledger.states.replay.Replay.run`` folds them)."""
+        ...
+
+    def read_for_verify(
+        self, after_position: int = 0, *, batch: int = 10_000
+    ) -> Iterator[VerifyRow]:
+        """Every event with a position above ``after_position``, in ledger order, as its stored
+        columns (``VerifyRow``): the hash chain checked over exactly the text it was computed
+        over, and the fold fed as by ``read_for_replay``."""
         ...
 
     @overload

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -16,12 +15,12 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from diskledger.errors import ConcurrencyError, Conflict, StoreError
-from diskledger.events import Metadata, NewEvent, RecordedEvent
+from diskledger.events import Metadata, NewEvent, RecordedEvent, loads
 from diskledger.states import DiskView, MemberView, TemplateView, evolve
 from diskledger.states.disk import PendingOperation
 from diskledger.states.streams import DISK, MEMBER, TEMPLATE, empty_view, stream_kind
 from diskledger.store import connect, feed, wal
-from diskledger.store.contract import MemberRecord, PendingEntry
+from diskledger.store.contract import MemberRecord, PendingEntry, ReplayRow, VerifyRow
 from diskledger.store.hashing import canonical_json, event_hash
 from diskledger.store.migrate import migrate
 from diskledger.store.schema import (
@@ -62,6 +61,28 @@ _INSERT_EVENT = events.insert()
 _INDEX_PENDING = pending_operations.insert()
 _QUERIES: dict[str, sa.Executable] = {
     "read_all": sa.select(*_EVENT_COLUMNS)
+    .where(events.c.position > sa.bindparam("after"))
+    .order_by(events.c.position)
+    .limit(sa.bindparam("batch")),
+    "read_for_replay": sa.select(
+        events.c.position, events.c.stream_id, events.c.type, events.c.data, events.c.op_id
+    )
+    .where(events.c.position > sa.bindparam("after"))
+    .order_by(events.c.position)
+    .limit(sa.bindparam("batch")),
+    "read_for_verify": sa.select(
+        events.c.position,
+        events.c.stream_id,
+        events.c.type,
+        events.c.data,
+        events.c.op_id,
+        events.c.version,
+        events.c.schema,
+        events.c.metadata,
+        events.c.recorded_at,
+        events.c.prev_hash,
+        events.c.hash,
+    )
     .where(events.c.position > sa.bindparam("after"))
     .order_by(events.c.position)
     .limit(sa.bindparam("batch")),
@@ -292,7 +313,7 @@ class SqlEventStore:
         position, prev_hash, _, stored_view = cursor.fetchone()
         exists = stored_view is not None
         view: DiskView | TemplateView | MemberView = (
-            _VIEWS[kind].from_json(json.loads(stored_view)) if exists else empty_view(stream)
+            _VIEWS[kind].from_json(loads(stored_view)) if exists else empty_view(stream)
         )
         if view.version != expected_version:
             raise ConcurrencyError(stream, expected_version, view.version)
@@ -492,6 +513,25 @@ class SqlEventStore:
                 return
             after_position = rows[-1][0]
 
+    def read_for_replay(
+        self, after_position: int = 0, *, batch: int = 10_000
+    ) -> Iterator[ReplayRow]:
+        return self._read_rows("read_for_replay", after_position, batch)
+
+    def read_for_verify(
+        self, after_position: int = 0, *, batch: int = 10_000
+    ) -> Iterator[VerifyRow]:
+        return self._read_rows("read_for_verify", after_position, batch)
+
+    def _read_rows(self, name: str, after_position: int, batch: int) -> Iterator[Any]:
+        """The rows of a query by position, ``batch`` at a time, as the driver returns them."""
+        while True:
+            rows = self._fetch(name, {"after": after_position, "batch": batch})
+            yield from rows
+            if len(rows) < batch:
+                return
+            after_position = rows[-1][0]
+
     def head(self) -> int:
         return int(self._fetch("head", {})[0][0])
 
@@ -500,18 +540,18 @@ class SqlEventStore:
 
     def disk(self, stream: str) -> DiskView | None:
         rows = self._fetch("disk", {"stream": stream})
-        return DiskView.from_json(json.loads(rows[0][0])) if rows else None
+        return DiskView.from_json(loads(rows[0][0])) if rows else None
 
     def disks(self) -> list[DiskView]:
-        return [DiskView.from_json(json.loads(view)) for (view,) in self._fetch("disks", {})]
+        return [DiskView.from_json(loads(view)) for (view,) in self._fetch("disks", {})]
 
     def template(self, stream: str) -> TemplateView | None:
         rows = self._fetch("template", {"stream": stream})
-        return TemplateView.from_json(json.loads(rows[0][0])) if rows else None
+        return TemplateView.from_json(loads(rows[0][0])) if rows else None
 
     def templates(self) -> list[TemplateView]:
         rows = self._fetch("templates", {})
-        return [TemplateView.from_json(json.loads(view)) for (view,) in rows]
+        return [TemplateView.from_json(loads(view)) for (view,) in rows]
 
     def template_users(self, template: str) -> list[str]:
         return [disk for (disk,) in self._fetch("template_users", {"template": template})]
@@ -520,7 +560,7 @@ class SqlEventStore:
         return [
             PendingEntry(
                 stream=stream,
-                operation=PendingOperation.from_json(json.loads(operation)),
+                operation=PendingOperation.from_json(loads(operation)),
                 started_position=started_position,
                 started_at=started_at,
             )
@@ -613,7 +653,7 @@ def _key(view: DiskView | TemplateView | MemberView) -> str:
 def _member_record(row: Sequence[Any]) -> MemberRecord:
     view, epoch, expires_in, renewals = row
     return MemberRecord(
-        view=MemberView.from_json(json.loads(view)),
+        view=MemberView.from_json(loads(view)),
         epoch=epoch,
         expires_in=None if expires_in is None else float(expires_in),
         renewals=int(renewals),
@@ -628,8 +668,8 @@ def _recorded(row: Sequence[Any]) -> RecordedEvent:
         version,
         type_,
         schema,
-        json.loads(data),
-        Metadata.from_json(json.loads(metadata)),
+        loads(data),
+        Metadata.from_json(loads(metadata)),
         datetime.fromisoformat(recorded_at),
         prev,
         digest,
