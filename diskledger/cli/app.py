@@ -12,7 +12,6 @@ JSON document and, when not in ``--json`` mode, prints for a person.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
@@ -126,12 +125,6 @@ class _Only:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if argv is None:
-        # Run as the program (the console script, ``python -m diskledger.cli``), not called: the
-        # objects made by importing it all live until the process exits, so they go to the
-        # collector's permanent generation. Collections during the command no longer walk them,
-        # and neither does the interpreter's teardown (about 30 ms of every command).
-        gc.freeze()
     words = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(only=words[0] if words else None)
     args = parser.parse_args(words)
