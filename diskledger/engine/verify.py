@@ -26,6 +26,7 @@ from diskledger.engine import encryption
 from diskledger.engine.attachments import uses
 from diskledger.engine.runtime import Runtime
 from diskledger.errors import HypervisorError, IllegalTransition, UnsafeKeyStore
+from diskledger.events import metadata_op_id
 from diskledger.states import (
     DiskState,
     DiskView,
@@ -116,26 +117,53 @@ def _check_keys(rt: Runtime, report: VerifyReport) -> None:
 
 
 def _check_chain_and_fold(rt: Runtime, report: VerifyReport) -> dict[str, AnyView]:
-    views: dict[str, AnyView] = {}
+    replay = Replay()
     prev_hash, expected = GENESIS, 1
-    for event in rt.store.read_all(batch=10_000):
+    for row in rt.store.read_for_verify(batch=10_000):
+        position, stream, event_type, data, op_id = row[:5]
         report.events += 1
         if report.chain_error is None:
-            problem = chain_problem(event, expected, prev_hash)
+            problem = _chain_problem(row, expected, prev_hash)
             if problem:
-                report.chain_error, report.first_bad_position = problem, event.position
-        prev_hash, expected = event.hash, event.position + 1
-        view = views.get(event.stream) or empty_view(event.stream)
+                report.chain_error, report.first_bad_position = problem, position
+        prev_hash, expected = row[10], position + 1
         try:
-            views[event.stream] = evolve(view, event)
+            replay.apply(stream, event_type, data, op_id)
         except IllegalTransition as exc:
-            report.model_mismatches.append(f"position {event.position}: {exc}")
+            report.model_mismatches.append(f"position {position}: {exc}")
     report.head_hash = prev_hash if report.events else None
     head = rt.store.head()
     if report.chain_error is None and head != expected - 1:
         report.chain_error = f"the ledger head is at {head} but the last event is {expected - 1}"
         report.first_bad_position = expected
-    return views
+    return replay.views()
+
+
+def _chain_problem(row: VerifyRow, expected: int, prev_hash: str) -> str | None:
+    """``chain_problem`` over the stored text itself, which is what the hash was computed over;
+    and the ``op_id`` column the fold reads must be the one the (hashed) metadata names."""
+    position, stream, event_type, data, op_id, version, schema, metadata, recorded_at = row[:9]
+    event_prev_hash, digest = row[9], row[10]
+    if position != expected:
+        return f"expected position {expected}, found {position} (an event is missing)"
+    if event_prev_hash != prev_hash:
+        return "prev_hash does not match the event before it (removed, reordered or forged)"
+    computed = event_hash(
+        event_prev_hash,
+        position,
+        stream,
+        version,
+        event_type,
+        schema,
+        data,
+        metadata,
+        recorded_at,
+    )
+    if computed != digest:
+        return "the event's content does not match its hash (edited)"
+    if op_id != metadata_op_id(metadata):
+        return "its op_id column does not match its metadata (edited)"
+    return None
 
 
 def _check_read_models(rt: Runtime, views: dict[str, AnyView], report: VerifyReport) -> None:
