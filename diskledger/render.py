@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from diskledger.engine.recovery import RecoveryReport
-from diskledger.engine.verify import VerifyReport
 from diskledger.events import RecordedEvent
 from diskledger.states import DiskView, TemplateView
+
+if TYPE_CHECKING:  # for annotations only: rendering a disk needs neither
+    from diskledger.engine.recovery import RecoveryReport
+    from diskledger.engine.verify import VerifyReport
 
 __all__ = [
     "disk_json",

@@ -40,6 +40,8 @@ NEVER_FOR_A_DISK = (
     "diskledger.backends.lvm",
     "diskledger.backends.parallels",
     "diskledger.backends.raw",
+    "diskledger.engine.verify",  # the verify command
+    "diskledger.engine.agent",  # the agent command
 )
 
 

@@ -13,7 +13,6 @@ from typing import Any
 
 from diskledger.cli.base import Leaf, Streamed, UsageError
 from diskledger.engine import Engine, MemberRecord
-from diskledger.engine.agent import serve
 from diskledger.engine.recovery import RecoveryReport
 from diskledger.errors import InvalidInput
 from diskledger.render import print_recovery
@@ -120,6 +119,8 @@ def _agent(engine: Engine, args: argparse.Namespace) -> Streamed:
         else:
             print_recovery(done)
             sys.stdout.flush()
+
+    from diskledger.engine.agent import serve  # only this command needs it
 
     serve(engine.runtime, stop, report)
     return Streamed(0)

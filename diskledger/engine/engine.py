@@ -7,7 +7,7 @@ import os
 import threading
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Self, overload
+from typing import TYPE_CHECKING, Any, Self, overload
 
 from diskledger.backends import Backend, TemplateStore
 from diskledger.engine.config import Config
@@ -29,7 +29,6 @@ from diskledger.engine.protocol import disk_view, live_disk
 from diskledger.engine.recovery import RecoveryReport, recover
 from diskledger.engine.runtime import Runtime, build
 from diskledger.engine.takeover import Observer, TakeoverReport, confirm_down, take_over
-from diskledger.engine.verify import VerifyReport, verify
 from diskledger.errors import DiskNotFound
 from diskledger.events import RecordedEvent
 from diskledger.hypervisor import Hypervisor, secrets
@@ -37,6 +36,9 @@ from diskledger.states import DiskState, DiskView, TemplateState, TemplateView
 from diskledger.states.streams import disk_stream
 from diskledger.store import EventStore, MemberRecord
 from diskledger.store.feed import Heartbeat, Subscription
+
+if TYPE_CHECKING:
+    from diskledger.engine.verify import VerifyReport
 
 __all__ = ["FORMATS", "DirectSnapshot", "Engine", "Export"]
 
@@ -139,6 +141,8 @@ class Engine:
 
     def verify(self) -> VerifyReport:
         """Check the hash chain, the read models against the log, and storage against the ledger."""
+        from diskledger.engine.verify import verify  # only this command needs it
+
         return verify(self.runtime)
 
     def close(self) -> None:
