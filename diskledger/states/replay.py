@@ -43,7 +43,7 @@ from diskledger.states.disk import (
 )
 from diskledger.states.member import MEMBER_TABLE, MemberView, member_changes
 from diskledger.states.streams import empty_view
-from diskledger.states.table import Table
+from diskledger.states.table import Guard, Table
 from diskledger.states.template import TEMPLATE_TABLE, TemplateView, template_changes
 
 __all__ = ["Replay", "ReplayRow"]
@@ -167,7 +167,7 @@ _OF_DRAFT = {kind.draft: kind for kind in _KINDS.values()}
 class _Type:
     """What replay knows of an event type before it sees an event of it."""
 
-    __slots__ = ("draft", "kind", "needs_data", "op", "phase", "simple", "table")
+    __slots__ = ("choices", "draft", "kind", "needs_data", "op", "phase", "simple", "table")
 
     def __init__(self, event_type: str) -> None:
         self.kind, self.op, self.phase = split_type(event_type)
@@ -177,11 +177,14 @@ class _Type:
         self.draft: type[Any] | None = None if kind is None else kind.draft
         # The transition from each state when it is the only one and no guard judges it.
         self.simple: dict[Any, Any] = {}
+        # Every transition from each state, with its guards, for the others (Table.choices).
+        self.choices: dict[Any, tuple[tuple[Any, tuple[Guard, ...]], ...]] = {}
         if self.table is not None:
             for state in self.table.states:
                 choices = self.table.choices(state, event_type)
                 if len(choices) == 1 and not choices[0][1]:
                     self.simple[state] = choices[0][0]
+                self.choices[state] = choices
         if self.kind == DISK_TABLE.kind:
             # disk_changes reads the payload of facts and of these outcomes only.
             self.needs_data = phase is None or (phase == COMPLETED and self.op in COMPLETED_CHANGES)
@@ -207,94 +210,101 @@ class Replay:
     def __len__(self) -> int:
         return len(self._drafts)
 
-    def run(self, rows: Iterable[ReplayRow]) -> int:
-        """Fold every row of ``rows`` (``EventStore.read_for_replay``); returns the position of
-        the last one (0 when there was none). An event the lifecycle refuses raises
-        ``IllegalTransition``, the events before it folded."""
-        apply = self.apply
-        position = 0
-        for position, stream, event_type, data, op_id in rows:  # noqa: B007
-            apply(stream, event_type, data, op_id)
-        return position
-
-    def apply(  # noqa: PLR0915 (one function: replay calls it for every event)
-        self, stream: str, event_type: str, data: Payload, op_id: str | None
-    ) -> None:
+    def apply(self, stream: str, event_type: str, data: Payload, op_id: str | None) -> None:
         """Fold one event of ``stream`` (``data``: its payload, decoded or as JSON text).
 
         Raises ``IllegalTransition`` as ``evolve`` does, and the stream stays as it was."""
-        draft: Any = self._drafts.get(stream)
-        new = draft is None
-        if new:  # kept once its first event is folded, as a fold of views would keep it
-            empty = empty_view(stream)
-            draft = _KINDS[type(empty)].draft_of(empty)
-        known = self._types.get(event_type)
-        if known is None:
-            known = self._types[event_type] = _Type(event_type)
-        if known.draft is not type(draft):
-            kind = _OF_DRAFT[type(draft)].table.kind
-            raise _illegal(draft, event_type, f"not a {kind} event")
+        self.run(((0, stream, event_type, data, op_id),))
 
-        op, phase = known.op, known.phase
-        pending = draft.pending
-        params: Mapping[str, Any] | None = None
-        params_pending = not (phase is None or phase == STARTED)  # judged by the intent's
-        if not params_pending:
-            if pending is not None:
-                raise _illegal(
-                    draft, event_type, f"operation {pending.op} ({pending.op_id}) pending"
-                )
-        elif pending is None or pending.op != op or pending.op_id != op_id:
-            raise _illegal(draft, event_type, "no such operation pending")
+    def run(  # noqa: PLR0915 (one loop: replay runs it for every event)
+        self, rows: Iterable[tuple[int, str, str, Payload, str | None]]
+    ) -> int:
+        """Fold every row of ``rows`` (``EventStore.read_for_replay``); returns the position of
+        the last one (0 when there was none). An event the lifecycle refuses raises
+        ``IllegalTransition``: the events before it are folded, its stream stays as it was."""
+        drafts, types = self._drafts, self._types
+        draft_of, type_of = drafts.get, types.get
+        position = 0
+        for position, stream, event_type, payload, op_id in rows:  # noqa: B007
+            data = payload
+            draft: Any = draft_of(stream)
+            new = draft is None
+            if new:  # kept once its first event is folded, as a fold of views would keep it
+                empty = empty_view(stream)
+                draft = _KINDS[type(empty)].draft_of(empty)
+            known = type_of(event_type)
+            if known is None:
+                known = types[event_type] = _Type(event_type)
+            if known.draft is not type(draft):
+                kind = _OF_DRAFT[type(draft)].table.kind
+                raise _illegal(draft, event_type, f"not a {kind} event")
 
-        transition = known.simple.get(draft.state)
-        if transition is None:
-            params = pending.params() if params_pending else _params_of(data)
-            assert known.table is not None
-            choices = known.table.choices(draft.state, event_type)
-            for candidate, guards in choices:
-                for guard in guards:
-                    if not guard(draft, params):
-                        break
-                else:
-                    transition = candidate
-                    break
+            op, phase = known.op, known.phase
+            pending = draft.pending
+            params: Mapping[str, Any] | None = None
+            params_pending = not (phase is None or phase == STARTED)  # judged by the intent's
+            if not params_pending:
+                if pending is not None:
+                    raise _illegal(
+                        draft, event_type, f"operation {pending.op} ({pending.op_id}) pending"
+                    )
+            elif pending is None or pending.op != op or pending.op_id != op_id:
+                raise _illegal(draft, event_type, "no such operation pending")
+
+            transition = known.simple.get(draft.state)
             if transition is None:
-                reason = "a guard refused it" if choices else "no such transition"
-                raise _illegal(draft, event_type, reason)
+                if params_pending:
+                    params = pending.params()
+                elif isinstance(data, str):
+                    params = intent_params(data)
+                else:
+                    params = data.get("params", data)
+                choices = known.choices.get(draft.state, ())
+                for candidate, guards in choices:
+                    for guard in guards:
+                        if not guard(draft, params):
+                            break
+                    else:
+                        transition = candidate
+                        break
+                if transition is None:
+                    reason = "a guard refused it" if choices else "no such transition"
+                    raise _illegal(draft, event_type, reason)
 
-        changes: Mapping[str, Any] = _NO_CHANGES
-        if known.needs_data:
-            data = _payload(data)
-            if params is None:
-                params = pending.params() if params_pending else data.get("params", data)
-            table = known.table
-            if table is DISK_TABLE:
-                changes = disk_changes(draft, op, phase, data, params)
-            elif table is MEMBER_TABLE:
-                changes = member_changes(draft, op, data)
-            else:
-                changes = template_changes(draft, op, phase, data, params)
+            changes: Mapping[str, Any] = _NO_CHANGES
+            if known.needs_data:
+                if isinstance(data, str):
+                    data = loads(data)
+                if params is None:
+                    params = pending.params() if params_pending else data.get("params", data)
+                table = known.table
+                if table is DISK_TABLE:
+                    changes = disk_changes(draft, op, phase, data, params)
+                elif table is MEMBER_TABLE:
+                    changes = member_changes(draft, op, data)
+                else:
+                    changes = template_changes(draft, op, phase, data, params)
 
-        if phase == STARTED:
-            pending = _Pending(op, op_id or "", data, draft.version + 1, params=params)
-        elif phase == TAKEN_OVER:
-            data = _payload(data)
-            owner = {"member": data["by"], "epoch": data["by_epoch"]}
-            pending = _Pending(
-                pending.op, pending.op_id, pending.data, pending.started_version, owner, params
-            )
-        elif phase in (COMPLETED, FAILED):
-            pending = None  # needs-operator and lease-renewed leave the operation pending
+            if phase == STARTED:
+                pending = _Pending(op, op_id or "", data, draft.version + 1, params=params)
+            elif phase == TAKEN_OVER:
+                data = _payload(data)
+                owner = {"member": data["by"], "epoch": data["by_epoch"]}
+                pending = _Pending(
+                    pending.op, pending.op_id, pending.data, pending.started_version, owner, params
+                )
+            elif phase in (COMPLETED, FAILED):
+                pending = None  # needs-operator and lease-renewed leave the operation pending
 
-        # Nothing has changed yet; from here on nothing raises.
-        draft.state = transition.dest
-        draft.version += 1
-        draft.pending = pending
-        for name, value in changes.items():
-            setattr(draft, name, value)
-        if new:
-            self._drafts[stream] = draft
+            # Nothing has changed yet; from here on nothing raises.
+            draft.state = transition.dest
+            draft.version += 1
+            draft.pending = pending
+            for name, value in changes.items():
+                setattr(draft, name, value)
+            if new:
+                drafts[stream] = draft
+        return position
 
     def view(self, stream: str) -> AnyView | None:
         """The view of one stream after the events folded so far (None: none of its events)."""
