@@ -123,13 +123,53 @@ def test_the_parser_for_one_command_is_that_command_of_the_whole_parser() -> Non
     commands = _commands(whole)
     assert {"disk", "template", "history", "watch", "members", "demo"} <= set(commands)
     for name, sub in commands.items():
-        alone = build_parser(only=name)
+        alone = build_parser([name, "--json"])
         assert set(_commands(alone)) == {name}
         assert _helps(_commands(alone)[name]) == _helps(sub), name
         assert alone.format_usage() == whole.format_usage()
+        if not any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):
+            continue
+        for action, leaf in _commands(sub).items():  # disk show, template add, ...
+            narrow = build_parser([name, action, "vm/a"])
+            assert set(_commands(narrow)) == {name}
+            assert set(_commands(_commands(narrow)[name])) == {action}
+            assert _helps(_commands(_commands(narrow)[name])[action]) == _helps(leaf)
 
 
-@pytest.mark.parametrize("first", [None, "-h", "--json", "dsik", "vm/a"])
-def test_without_a_command_first_the_whole_parser_is_built(first: str | None) -> None:
-    whole = build_parser()
-    assert set(_commands(build_parser(only=first))) == set(_commands(whole))
+@pytest.mark.parametrize(
+    ("words", "whole"),
+    [
+        ([], ()),
+        (["-h"], ()),
+        (["--json", "disk"], ()),
+        (["dsik", "show"], ()),
+        (["disk"], ("disk",)),
+        (["disk", "-h"], ("disk",)),
+        (["disk", "shwo", "vm/a"], ("disk",)),
+    ],
+)
+def test_without_a_command_or_an_action_the_whole_of_that_part_is_built(
+    words: list[str], whole: tuple[str, ...]
+) -> None:
+    built = build_parser(words)
+    if not whole:
+        assert _helps(built) == _helps(build_parser())
+    else:
+        assert set(_commands(built)) == set(whole)
+        assert _helps(built) == _helps(build_parser(whole))
+        (group,) = whole
+        assert _helps(_commands(built)[group]) == _helps(_commands(build_parser())[group])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["disk", "show", "vm/a", "--json"],
+        ["disk", "create", "vm/a", "--template", "t", "--size", "1G", "--op-id", "x"],
+        ["history"],
+        ["template", "add", "t", "f", "--format", "qcow2"],
+        ["watch", "--from", "3"],
+    ],
+)
+def test_a_narrowed_parser_parses_as_the_whole_one(argv: list[str]) -> None:
+    assert build_parser(argv).parse_args(argv) == build_parser().parse_args(argv)

@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return app.main()
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+def build_parser(only: Sequence[str] = ()) -> argparse.ArgumentParser:
     """``diskledger.cli.app.build_parser``: the whole parser, or the part for one command."""
     from diskledger.cli import app
 

@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Self, cast
 
 from diskledger.cli.base import (
@@ -39,29 +39,38 @@ from diskledger.render import event_json, print_history, print_recovery, print_v
 __all__ = ["build_parser", "main"]
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The whole command line; with ``only``, the name of a command (``disk``, ``history``...),
-    just that command under the top level, when there is one by that name (else the whole).
+def build_parser(only: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The whole command line; with ``only``, the words of one (``["disk", "show", ...]``), just
+    the command its first word names and, in a group of commands (``disk``), the action its
+    second word names, when there are such (else the whole of the part that has no such name).
 
     Building all 30-odd subparsers costs a command line more than parsing it does (argparse
     translates every label through ``gettext``, which looks for catalogues on disk), and a parse
-    whose first word names a command only ever descends into that one: ``main`` builds that one.
+    only ever descends into the command its words name: ``main`` builds that one.
     """
+    levels: list[_Only] = []
+
+    def narrowed(subparsers: Any, depth: int) -> Any:
+        if depth >= min(len(only), 2):
+            return subparsers
+        level = _Only(subparsers, only[depth], lambda s: narrowed(s, depth + 1))
+        levels.append(level)
+        return level
+
     common = common_options()
     mutating = mutating_options()
     parser = Parser(
         prog="diskledger",
         description="Virtual-machine disks whose every transition is recorded in a ledger.",
     )
-    top = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
-    groups = top if only is None else _Only(top, only)
+    groups = narrowed(parser.add_subparsers(dest="group", required=True, metavar="COMMAND"), 0)
 
     def leaf(
         subparsers: Any, name: str, handler: Handler, help_text: str, *, mutates: bool = False
     ) -> argparse.ArgumentParser:
-        if subparsers is groups and isinstance(groups, _Only) and not groups.wants(name):
-            return cast(argparse.ArgumentParser, _SKIPPED)
         if isinstance(subparsers, _Only):
+            if not subparsers.wants(name):
+                return cast(argparse.ArgumentParser, _SKIPPED)
             subparsers = subparsers.subparsers
         parents = [common, mutating] if mutates else [common]
         sub: argparse.ArgumentParser = subparsers.add_parser(
@@ -86,8 +95,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     leaf(
         groups, "demo", _demo, "cache a template, create, resize and snapshot disks, show the trail"
     )
-    if isinstance(groups, _Only) and not groups.matched:
-        return build_parser()  # no command by that name: the whole parser says so
+    unmatched = [depth for depth, level in enumerate(levels) if not level.matched]
+    if unmatched:  # no command (or action) by that name: the whole of that part says so
+        return build_parser(only[: unmatched[0]])
     return parser
 
 
@@ -105,11 +115,13 @@ _SKIPPED = _Skipped()
 
 
 class _Only:
-    """The top level's subparsers, adding only the command called ``name``."""
+    """Subparsers that take only the command called ``name``; the subparsers of a group by that
+    name are narrowed by ``inner`` in turn."""
 
-    def __init__(self, subparsers: Any, name: str) -> None:
+    def __init__(self, subparsers: Any, name: str, inner: Callable[[Any], Any]) -> None:
         self.subparsers = subparsers
         self.name = name
+        self.inner = inner
         self.matched = False
 
     def wants(self, name: str) -> bool:
@@ -121,12 +133,26 @@ class _Only:
     def add_parser(self, name: str, **kwargs: Any) -> Any:
         if not self.wants(name):
             return _SKIPPED
-        return self.subparsers.add_parser(name, **kwargs)
+        return _Group(self.subparsers.add_parser(name, **kwargs), self.inner)
+
+
+class _Group:
+    """A group's parser (``disk``) whose actions' subparsers are narrowed in turn."""
+
+    def __init__(self, parser: argparse.ArgumentParser, inner: Callable[[Any], Any]) -> None:
+        self.parser = parser
+        self.inner = inner
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        return self.inner(self.parser.add_subparsers(**kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.parser, name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(only=words[0] if words else None)
+    parser = build_parser(only=words)
     args = parser.parse_args(words)
     if args.group == "disk" and args.command == "create":
         if args.blank and args.size is None:
