@@ -6,7 +6,9 @@ the effect; the effect then writes under exactly those names. Every effect:
 
 - publishes atomically: data is written under the temporary name and renamed onto the final name
   only when whole (or, for qcow2 internal snapshots, created by one ``qemu-img`` call), so a
-  half-written artifact is never mistaken for a finished one;
+  half-written artifact is never mistaken for a finished one. A backend that ``ClonesInPlace``
+  makes a disk under its final name instead and names the clone in the intent as well
+  (``ArtifactKind.RBD_CLONE``), so that its probe tells a clone cut short from a whole one;
 - is idempotent: running it again after a crash converges on the same result;
 - takes the format from the caller (the format the ledger recorded) and passes it to every
   ``qemu-img`` call with ``-f`` (or ``--image-opts driver=...``); guest-writable data is never
@@ -34,6 +36,7 @@ __all__ = [
     "Backend",
     "Capability",
     "ChecksCapacity",
+    "ClonesInPlace",
     "DirectSnapshots",
     "DiskSource",
     "Fences",
@@ -55,6 +58,13 @@ class ArtifactKind(StrEnum):
     """A snapshot named ``name`` inside the qcow2 image at ``location``."""
     RBD_IMAGE = "rbd-image"
     """The RBD image ``location`` (``pool/image``), with whatever snapshots it holds."""
+    RBD_CLONE = "rbd-clone"
+    """The RBD image ``location`` while an operation clones it in place, under its final name,
+    from the snapshot ``name`` (``pool/image@snap``); always ``temporary``. It *exists* while
+    something is under ``location`` that is not yet a whole clone of ``name`` (a clone cut short:
+    a name without an image that opens, an image without that parent, or one its parent's
+    snapshot does not list among its clones), and ``remove`` removes only that, never a whole
+    clone. Probed beside it, the ``RBD_IMAGE`` at the same ``location`` exists only once whole."""
     RBD_SNAPSHOT = "rbd-snapshot"
     """The snapshot ``name`` of the RBD image ``location`` (``pool/image``)."""
     LVM_VOLUME = "lvm-volume"
@@ -293,6 +303,27 @@ class ChecksCapacity(Protocol):
         """Raise ``InvalidSize`` (one line) when a new disk of ``size`` bytes, or the disk at
         ``grow`` grown to ``size``, cannot fit; ``InvalidInput`` when the storage is not
         there."""
+        ...
+
+
+@runtime_checkable
+class ClonesInPlace(Protocol):
+    """A backend that makes a disk from a template as a copy-on-write clone under the disk's
+    final name, without a temporary name and a rename (RBD: one ``clone`` call instead of clone,
+    rename and a fresh look). Nobody is given a disk's location before its ``completed`` event,
+    so that event is what publishes the disk; what tells recovery a clone cut short from a whole
+    one is the ``RBD_CLONE`` artifact the intent names beside the final image (see there)."""
+
+    def clone_artifacts(
+        self, location: str, token: str, template: TemplateSource
+    ) -> tuple[Artifact, ...]:
+        """The intent's artifacts of ``clone_template``: the clone (temporary), then the disk."""
+        ...
+
+    def clone_template(self, location: str, token: str, template: TemplateSource) -> Observation:
+        """Clone ``template`` at its own size to ``location``; the observation comes from what
+        was asked and answered, not from a fresh look. A whole clone of ``template`` already
+        there (a retried call) is observed and returned; anything else there is an error."""
         ...
 
 

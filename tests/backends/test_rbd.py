@@ -39,6 +39,7 @@ from diskledger.backends import (
     TemplateSource,
     TemplateStore,
 )
+from diskledger.backends.contract import ClonesInPlace
 from diskledger.backends.rbd import TEMPLATE_SNAPSHOT
 from diskledger.backends.rbd.cluster import Cluster
 from diskledger.backends.rbd.policies import translate
@@ -53,6 +54,7 @@ from diskledger.errors import (
 from diskledger.testing import BackendContract, RbdStorage, StorageAccess
 from tests.backends.helpers import MiB, make_image
 from tests.backends.rbd_helpers import (
+    admin_ioctx,
     ceph_admin,
     has_pattern,
     image_info,
@@ -64,6 +66,7 @@ from tests.backends.rbd_helpers import (
 from tests.support.ceph import POOL, SNAPSHOT_POOL, USER, CephCluster
 
 IMAGE = ArtifactKind.RBD_IMAGE
+CLONE = ArtifactKind.RBD_CLONE
 SNAPSHOT = ArtifactKind.RBD_SNAPSHOT
 RAW = "raw"
 TEMPLATE_ID = "tpl"
@@ -279,6 +282,107 @@ def test_disks_are_clones_of_the_templates_protected_snapshot(
     )
     assert snapshots(ceph, template.location) == {"snap": True}
     assert ceph.pool_contents() == {"vm1~disk0", "_base~tpl", "_base~tpl@snap"}
+
+
+# -- clones in place (ClonesInPlace) ---------------------------------------------------------
+
+
+def test_a_clone_in_place_is_one_clone_under_the_final_name(
+    backend: RbdBackend, template: TemplateSource, ceph: CephCluster
+) -> None:
+    """No temporary name, no rename; what it returns is what a fresh look sees."""
+    assert isinstance(backend, ClonesInPlace)
+    location = backend.disk_location("vm1", "disk0")
+    clone, final = backend.clone_artifacts(location, "op1", template)
+    assert clone == Artifact(CLONE, location, f"{template.location}@snap", temporary=True)
+    assert final == Artifact(IMAGE, location) == backend.disk_artifacts(location, ())[0]
+
+    seen = backend.clone_template(location, "op1", template)
+
+    assert seen == backend.probe([final])[0]
+    assert seen.size == MiB and seen.backing == f"{POOL}/_base~{TEMPLATE_ID}@snap"
+    assert ceph.pool_contents() == {"vm1~disk0", "_base~tpl", "_base~tpl@snap"}
+    assert has_pattern(backend.rbd.spec(location), 0x11)
+    # Probed together, as recovery does: the disk is whole, nothing is cut short.
+    assert [o.exists for o in backend.probe([clone, final])] == [False, True]
+    backend.remove([clone])  # what a roll-forward removes: a whole clone stays
+    assert ceph.pool_contents() == {"vm1~disk0", "_base~tpl", "_base~tpl@snap"}
+    # A retried call finds its own whole clone and observes it.
+    assert backend.clone_template(location, "op1", template) == seen
+
+
+def _id_object_only(ceph: CephCluster, name: str) -> None:
+    """What a clone killed after its first write leaves: ``rbd_id.<name>``, nothing else."""
+    with admin_ioctx(ceph) as ioctx:
+        ioctx.write_full(f"rbd_id.{name}", b"\x0c\x00\x00\x00123456789abc")
+
+
+def _no_parent(ceph: CephCluster, name: str) -> None:
+    """Killed after the child's header was written, before its parent was attached."""
+    ceph.rbd("create", "--size", "1M", f"{POOL}/{name}")
+
+
+def _not_listed_by_its_parent(ceph: CephCluster, name: str) -> None:
+    """Killed after the parent was attached, before the child was attached to the parent: a v1
+    clone whose entry in ``rbd_children`` is missing."""
+    clone_as_admin(ceph, f"{POOL}/_base~{TEMPLATE_ID}@snap", f"{POOL}/{name}", clone_format=1)
+    with admin_ioctx(ceph) as ioctx:
+        ioctx.remove_object("rbd_children")  # the template's only clone
+
+
+CUT_SHORT = {
+    "id-object": _id_object_only,
+    "no-parent": _no_parent,
+    "not-listed": _not_listed_by_its_parent,
+}
+
+
+@pytest.mark.parametrize("state", CUT_SHORT)
+def test_a_clone_in_place_cut_short_is_told_and_removed(
+    state: str, backend: RbdBackend, template: TemplateSource, ceph: CephCluster
+) -> None:
+    """Each state a clone killed part way can leave under the final name: recovery's probe
+    (the intent's artifacts together) reports the clone, not the disk; removing the named
+    artifacts leaves nothing, not even an ``rbd_id`` object; the name can be cloned again."""
+    location = backend.disk_location("vm1", "disk0")
+    named = backend.clone_artifacts(location, "op1", template)
+    final = named[1]
+    CUT_SHORT[state](ceph, image(location))
+
+    assert [o.exists for o in backend.probe(named)] == [True, False]
+    assert backend.probe([final])[0].exists is (state != "id-object")  # alone: what is there
+    with pytest.raises(CephError) as caught:
+        backend.clone_template(location, "op1", template)  # never adopted, never replaced
+    assert caught.value.errno == errno.EEXIST
+
+    backend.remove(named)
+    backend.remove(named)
+
+    assert [o.exists for o in backend.probe(named)] == [False, False]
+    assert ceph.pool_contents() == {"_base~tpl", "_base~tpl@snap"}
+    with admin_ioctx(ceph) as ioctx:
+        assert not [o.key for o in ioctx.list_objects() if o.key.startswith("rbd_id.vm1")]
+    backend.clone_template(location, "op2", template)
+    assert [o.exists for o in backend.probe(named)] == [False, True]
+
+
+def test_exists_answers_a_missing_name_without_opening_it(
+    backend: RbdBackend, template: TemplateSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name with no ``rbd_id`` object (nor a format 1 header) is missing: no image context
+    is built to find that out; a name that has one is opened."""
+    opened: list[str] = []
+    real = rbd.Image
+
+    def counting(ioctx: object, name: str, *args: object, **kwargs: object) -> object:
+        opened.append(name)
+        return real(ioctx, name, *args, **kwargs)
+
+    monkeypatch.setattr(rbd, "Image", counting)
+    assert not backend.rbd.exists(backend.disk_location("vm1", "nope"))
+    assert opened == []
+    assert backend.rbd.exists(template.location)
+    assert opened == ["_base~tpl"]
 
 
 # -- snapshots -------------------------------------------------------------------------------

@@ -87,6 +87,46 @@ def assert_pools_as_recorded(engine: Engine, ceph: CephCluster) -> None:
         assert_pools_match_ledger(engine, pools)
 
 
+# -- create: a clone under the final name -----------------------------------------------------
+
+
+def test_a_create_from_a_template_clones_under_the_final_name(
+    rbd_engine: Engine,
+    cluster: CephCluster,
+    template_files: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At the template's size: one clone under the disk's name, no rename, the outcome from
+    what librbd was asked; larger: a clone under a temporary name, grown, renamed."""
+    from diskledger.backends.rbd.images import Images
+
+    engine = rbd_engine
+    engine.add_template("base", template_files["raw"], "raw")
+    grown = engine.create("vm-1/big", template="base", size=128 * MiB)
+    monkeypatch.setattr(Images, "rename", None)  # any rename fails
+
+    view = engine.create(DISK, template="base")
+
+    def artifacts(disk: str) -> list[tuple[str, bool]]:
+        (intent,) = [e for e in engine.history(disk) if e.type == "disk.create.started"]
+        return [(a["kind"], ".tmp-" in a["location"]) for a in intent.data["artifacts"]]
+
+    assert artifacts(DISK) == [("rbd-clone", False), ("rbd-image", False)]
+    assert artifacts("vm-1/big") == [("rbd-image", True), ("rbd-image", False)]
+    assert view.location is not None and view.size == 64 * MiB
+    info = rbd_info(cluster, view.location)
+    assert info["size"] == view.size
+    assert view.backing == f"{POOL}/_base~base@snap"
+    parent = info["parent"]
+    assert isinstance(parent, dict) and (parent["image"], parent["snapshot"]) == (
+        "_base~base",
+        "snap",
+    )
+    assert grown.size == 128 * MiB and grown.backing == view.backing
+    assert engine.verify().ok
+    assert_pools_as_recorded(engine, cluster)
+
+
 # -- import ---------------------------------------------------------------------------------------
 
 

@@ -34,6 +34,7 @@ import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -125,6 +126,11 @@ def _created(root: Path, before: dict[str, Any]) -> dict[str, Any]:
     return created_state(root, NEW_DISK, "rbd", 32 * MiB, template="base", backing=backing)
 
 
+def _cloned(root: Path, before: dict[str, Any]) -> dict[str, Any]:
+    backing = clone_backing(root, "base", "rbd")
+    return created_state(root, NEW_DISK, "rbd", 16 * MiB, template="base", backing=backing)
+
+
 def _fetched(root: Path, before: dict[str, Any]) -> dict[str, Any]:
     return {
         "state": "cached",
@@ -141,6 +147,13 @@ OPS: dict[str, Op] = {
         ("disk", "create", NEW_DISK, "--template", "base", "--size", "32M"),
         lambda e, _: e.create(NEW_DISK, template="base", size="32M"),
         _created,
+        subject=NEW_DISK,
+    ),
+    "clone": Op(
+        "create",
+        ("disk", "create", NEW_DISK, "--template", "base"),
+        lambda e, _: e.create(NEW_DISK, template="base"),
+        _cloned,
         subject=NEW_DISK,
     ),
     "resize": Op(
@@ -447,6 +460,7 @@ def recover_in_a_fresh_process(p: Prepared) -> dict[str, Any]:
 
 SHORT_FREEZES = [
     ("create", "clone"),
+    ("clone", "clone"),
     ("create", "rename"),
     ("resize", "resize"),
     ("snapshot", "snapshot"),
@@ -519,6 +533,7 @@ def test_an_operation_started_while_the_osd_is_frozen_completes_once_it_answers(
 LONG_FREEZES = [
     ("resize", None),
     ("create", None),
+    ("clone", "clone"),
     ("create", "rename"),
     ("snapshot", "snapshot"),
     ("delete", "remove snapshot"),
@@ -549,7 +564,7 @@ def test_an_osd_frozen_past_the_budget_fails_with_one_line_then_recovers(
     # cluster was just found silent), plus the interpreter's start: never a second budget.
     assert took < SHORT_BUDGET + 3 * OP_TIMEOUT + 4, took
     report = recover_in_a_fresh_process(p)
-    assert [o["op"] for o in report["pending"]] in ([], [op])
+    assert [o["op"] for o in report["pending"]] in ([], [p.op.op])
     p.assert_old_or_new()
 
 
@@ -557,6 +572,7 @@ def test_an_osd_frozen_past_the_budget_fails_with_one_line_then_recovers(
 
 KILLS = [
     ("create", "clone"),
+    ("clone", "clone"),
     ("create", "rename"),
     ("resize", "resize"),
     ("snapshot", "snapshot"),
@@ -619,6 +635,86 @@ def test_a_create_killed_inside_its_rename_recovers_without_losing_the_disk(
     _half_renamed(pools, directory_updated)
     recover_in_a_fresh_process(p)
     p.assert_old_or_new()
+
+
+# -- a clone in place cut short ---------------------------------------------------------------
+#
+# A create from a template at the template's size clones under the disk's final name (no
+# temporary name, no rename; ``RbdBackend.clone_template``). librbd clones in steps: the child's
+# ``rbd_id`` object, its directory entry and header (the name now opens an image with no parent),
+# the parent attached to the child, the child attached to the parent's snapshot, the parent's
+# image-meta copied. The tests below build each state a clone killed part way leaves, as
+# client.admin, under the final name of a create killed at its intent; recovery must tell each
+# from a whole clone (by the ``rbd-clone`` artifact its intent names), roll it back and leave
+# nothing, not even the ``rbd_id`` object; a whole clone there is rolled forward.
+
+
+def _child_detach(ioctx: Any, parent: str, child: str) -> None:
+    """Undo the last step of a v2 clone: ``child_detach`` on the parent's header (cls_rbd),
+    as if the cloning client died before it."""
+    import rbd
+
+    with rbd.Image(ioctx, parent, read_only=True) as image:
+        parent_id = image.id()
+        snap_id = next(s["id"] for s in image.list_snaps() if s["name"] == "snap")
+    with rbd.Image(ioctx, child, read_only=True) as image:
+        child_id = image.id()
+
+    # cls::rbd::ChildImageSpec: ENCODE_START(2, 1), pool id, image id, pool namespace.
+    body = struct.pack("<q", ioctx.get_pool_id()) + _text(child_id) + _text("")
+    spec = struct.pack("<BBI", 2, 1, len(body)) + body
+    ioctx.execute(
+        f"rbd_header.{parent_id}", "rbd", "child_detach", struct.pack("<Q", snap_id) + spec
+    )
+
+
+def _leave_a_clone(ceph: CephCluster, state: str) -> None:
+    import rbd
+
+    name = NEW_DISK.replace("/", "~")
+    with PoolView(ceph) as view, view.cluster.open_ioctx(POOL) as ioctx:
+        if state == "id-object":  # the first write of the clone
+            ioctx.write_full(f"rbd_id.{name}", _text("0123456789ab"))
+        elif state == "no-parent":  # the child's header, without its parent
+            rbd.RBD().create(ioctx, name, 16 * MiB, old_format=False)
+        else:  # a v2 clone, whole or not yet listed by its parent's snapshot
+            ceph.rbd(
+                "clone",
+                "--rbd-default-clone-format",
+                "2",
+                f"{POOL}/_base~base@snap",
+                f"{POOL}/{name}",
+            )
+            if state == "not-listed":
+                _child_detach(ioctx, "_base~base", name)
+
+
+def _text(value: str) -> bytes:
+    """A string as Ceph encodes it: its length (32 bits, little-endian), then its bytes."""
+    return struct.pack("<I", len(value)) + value.encode()
+
+
+@pytest.mark.parametrize("state", ["id-object", "no-parent", "not-listed", "whole"])
+def test_a_create_killed_inside_its_clone_in_place_recovers_to_one_outcome(
+    state: str, pools: CephCluster, source: Path, tmp_path: Path
+) -> None:
+    p = prepare("clone", tmp_path, pools, source)
+    done = cli(p.root, *p.argv, backend="rbd", fault="create@after-intent", environ=p.environ)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    with p.engine() as engine:
+        (intent,) = [e for e in engine.history(NEW_DISK) if e.type == "disk.create.started"]
+    assert [a["kind"] for a in intent.data["artifacts"]] == ["rbd-clone", "rbd-image"]
+    _leave_a_clone(pools, state)
+
+    report = recover_in_a_fresh_process(p)
+
+    decided = [o["decision"] for o in (*report["rolled_forward"], *report["rolled_back"])]
+    assert decided == ["roll-forward" if state == "whole" else "roll-back"], report
+    assert p.assert_old_or_new() == ("new" if state == "whole" else "old")
+    if state != "whole":
+        with p.engine() as engine:  # the name is free again: the disk can be made
+            engine.create(NEW_DISK, template="base")
+            assert engine.verify().ok
 
 
 # -- the policies on their own (no cluster) ----------------------------------------------------

@@ -1,7 +1,11 @@
 """Making a disk: from a cached template or blank (``create``), or from a local image (``import``).
 
 Both publish the new disk by an atomic rename (file rename, RBD rename), so a final name that
-exists holds a whole disk; both record what the published disk looks like.
+exists holds a whole disk; both record what the published disk looks like. A create from a
+template at the template's size on a backend that ``ClonesInPlace`` (RBD) clones under the final
+name instead: the ``completed`` event publishes it (nobody is given the location before), and the
+intent names the clone (``RBD_CLONE``) beside the disk, so that recovery's probe reports the disk
+only once the clone is whole and the same rules decide (a clone cut short is rolled back).
 
 With ``encrypt`` the disk is encrypted (qcow2 with qemu's LUKS) under a new key made *before*
 the intent, which records the key's reference (``params.encryption``); rolling the operation back
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from diskledger.backends import Backend, ChecksCapacity, Observation, TemplateSource
+from diskledger.backends.contract import ClonesInPlace
 from diskledger.engine import encryption
 from diskledger.engine.decisions import Decision, Evidence, Rule
 from diskledger.engine.inputs import check_disk, parse_size, readable_file
@@ -79,7 +84,8 @@ class _Publishes(Operation):
 class Create(_Publishes):
     name = "create"
     rules = (
-        # Publication is an atomic rename: a final name that exists holds a whole disk.
+        # Publication is an atomic rename: a final name that exists holds a whole disk. A clone
+        # in place is probed beside its RBD_CLONE: its final name exists only once whole.
         Rule("create", "created as asked", FORWARD, "the disk was published whole"),
         Rule("create", "final names missing", BACK, "the disk was never published"),
         # A published disk of another size or format is not ours to adopt or to delete.
@@ -144,8 +150,26 @@ class Create(_Publishes):
             "preallocated": backend.preallocates,
         }
 
+        # At the template's own size, a backend that clones in place makes the disk under its
+        # final name (nothing to grow after the clone, so a whole clone is the whole disk).
+        in_place = (
+            backend
+            if isinstance(backend, ClonesInPlace)
+            and source is not None
+            and not encrypt
+            and wanted in (None, source.virtual_size)
+            else None
+        )
+
         def create() -> dict[str, Any]:
+            if in_place is not None and source is not None:
+                return created(in_place.clone_template(location, op_id, source))
             return created(backend.create(location, op_id, size=wanted, template=source))
+
+        if in_place is not None and source is not None:
+            artifacts = in_place.clone_artifacts(location, op_id, source)
+        else:
+            artifacts = backend.create_artifacts(location, op_id)
 
         def plan(made: Encryption | None) -> Plan[DiskView]:
             effect = create
@@ -166,7 +190,7 @@ class Create(_Publishes):
                 op_id,
                 {**params, **({"encryption": made.to_json()} if made else {})},
                 effect,
-                backend.create_artifacts(location, op_id),
+                artifacts,
                 prelude,
             )
 
