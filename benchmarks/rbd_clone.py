@@ -6,8 +6,9 @@ restricted client ``client.diskledger``, with an SQLite ledger in a temporary di
 one 64 MiB raw template (imported once, with its protected ``snap``). Then, in the same run,
 interleaved in rounds of ``ROUND`` disks (the order of the sides flips every round):
 
-- A: ``Engine.create(disk, template="base")``: intent, clone under a temporary name, rename,
-  observe, outcome;
+- A: ``Engine.create(disk, template="base")``: the pre-intent probe (is the disk's name free?),
+  intent, one clone under the disk's final name (``RbdBackend.clone_template``: no temporary
+  name, no rename, the outcome from what librbd was asked), outcome;
 - B: ``rbd.RBD().clone(...)`` of ``_base~base@snap`` to a new image, through the same librados
   connection as the engine's (the same client, the same handle), the pool opened once.
 
@@ -145,9 +146,10 @@ def _instrumented(engine: Any, parts: dict[str, list[float]]) -> Iterator[None]:
 
     wrap(engine.store, "append", lambda n: "ledger: append (intent, outcome)")
     wrap(backend, "probe", lambda n: "pre-intent probe: final name free?")
+    # Outside the probe, these are the effect's own (a create that renames uses them all).
     wrap(rbd, "exists", lambda n: "effect: exists(final)?")
     wrap(rbd, "remove_image", lambda n: "effect: clear the temporary name")
-    wrap(rbd, "clone", lambda n: "effect: clone under the temporary name")
+    wrap(rbd, "clone", lambda n: "effect: the librbd clone")
     wrap(rbd, "rename", lambda n: "effect: rename to the final name")
     wrap(rbd, "observe", lambda n: "effect: observe the published image")
 
