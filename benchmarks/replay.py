@@ -82,8 +82,9 @@ def run(events: int = DEFAULT_EVENTS, runs: int = DEFAULT_RUNS) -> Report:
             f"ledger built in {built:.1f} s ({events:,} events, {-(-events // EVENTS_PER_DISK):,} "
             f"disks of {EVENTS_PER_DISK} events, hash chain computed; SQLite file "
             f"{size / 2**20:,.0f} MiB); reads come from the page cache",
-            "the target is judged on the slower figure; both sides run with the garbage "
-            "collector on, the in-memory rows frozen out of its scans (gc.freeze)",
+            "the target is judged on the slower figure; the garbage collector is on, the "
+            "in-memory rows frozen out of its scans (gc.freeze); Replay.run pauses it while it "
+            "folds, on both sides, as for every caller",
             f"reference, once: store.read_all + evolve event by event (what A was before "
             f"issue 16; every A run's views must equal its views) {events / reference:,.0f} "
             f"events/s, {reference / events * 1e6:.2f} µs per event",

@@ -18,6 +18,7 @@ the lifecycle refuses raises the same ``IllegalTransition`` and leaves its strea
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from inspect import isfunction
@@ -214,14 +215,28 @@ class Replay:
         """Fold one event of ``stream`` (``data``: its payload, decoded or as JSON text).
 
         Raises ``IllegalTransition`` as ``evolve`` does, and the stream stays as it was."""
-        self.run(((0, stream, event_type, data, op_id),))
+        self._fold(((0, stream, event_type, data, op_id),))
 
-    def run(  # noqa: PLR0915 (one loop: replay runs it for every event)
-        self, rows: Iterable[tuple[int, str, str, Payload, str | None]]
-    ) -> int:
+    def run(self, rows: Iterable[tuple[int, str, str, Payload, str | None]]) -> int:
         """Fold every row of ``rows`` (``EventStore.read_for_replay``); returns the position of
         the last one (0 when there was none). An event the lifecycle refuses raises
-        ``IllegalTransition``: the events before it are folded, its stream stays as it was."""
+        ``IllegalTransition``: the events before it are folded, its stream stays as it was.
+
+        The cycle collector is paused meanwhile: a replay makes no reference cycles, and the
+        collections its allocations would trigger, each scanning every view built so far, cost
+        a tenth of a million-event replay."""
+        paused = gc.isenabled()
+        if paused:
+            gc.disable()
+        try:
+            return self._fold(rows)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _fold(  # noqa: PLR0915 (one loop: replay runs it for every event)
+        self, rows: Iterable[tuple[int, str, str, Payload, str | None]]
+    ) -> int:
         drafts, types = self._drafts, self._types
         draft_of, type_of = drafts.get, types.get
         position = 0
