@@ -34,17 +34,23 @@ from diskledger.states import (
     MemberView,
     TemplateState,
     TemplateView,
-    evolve,
 )
-from diskledger.states.streams import empty_view
+from diskledger.states.replay import Replay
 from diskledger.store import GENESIS
-from diskledger.store.hashing import chain_problem
+from diskledger.store.contract import VerifyRow
+from diskledger.store.hashing import event_hash
 
 __all__ = ["VerifyReport", "verify"]
 
 AnyView = DiskView | TemplateView | MemberView
 
-_LEDGER_FILES = ("ledger.db", "ledger.db-wal", "ledger.db-shm", "ledger.db-journal")
+_LEDGER_FILES = (
+    "ledger.db",
+    "ledger.db-wal",
+    "ledger.db-shm",
+    "ledger.db-journal",
+    "ledger.db-writer",  # store/writer.py
+)
 
 
 @dataclass(slots=True)

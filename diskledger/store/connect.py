@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from diskledger.errors import StoreError
+from diskledger.store.writer import WriterQueue
 
 __all__ = ["WRITE", "create_engine", "postgres_client_settings"]
 
@@ -31,20 +32,23 @@ def create_engine(url: str) -> Engine:
     backend = sa_url.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise StoreError(f"unsupported ledger database {backend!r}: use sqlite or postgresql")
+    ledger = None
     if backend == "sqlite" and sa_url.database not in (None, "", ":memory:"):
-        _private_file(Path(sa_url.database))
+        ledger = Path(sa_url.database)
+        _private_file(ledger)
     connect_args = postgres_client_settings(sa_url) if backend == "postgresql" else {}
     try:
         engine = sa.create_engine(sa_url, connect_args=connect_args)
     except (SQLAlchemyError, ImportError) as exc:
         raise StoreError(f"cannot open ledger {sa_url!r}: {exc}") from exc
     if backend == "sqlite":
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, WriterQueue(ledger))
     return engine
 
 
-def _configure_sqlite(engine: Engine) -> None:
-    """WAL + synchronous=FULL, and writers take the write lock up front (BEGIN IMMEDIATE).
+def _configure_sqlite(engine: Engine, writers: WriterQueue) -> None:
+    """WAL + synchronous=FULL, and writers queue (``WriterQueue``) and then take the write lock
+    up front (BEGIN IMMEDIATE).
 
     An intent that is not durable before the effect could leak a disk after a power cut, hence
     FULL. BEGIN IMMEDIATE avoids the deadlock of two readers upgrading to writers at once.
@@ -61,8 +65,56 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @sa_event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get(WRITE, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if not conn.get_execution_options().get(WRITE, False):
+            conn.exec_driver_sql("BEGIN")
+            return
+        writers.acquire()
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            writers.release()
+            raise
+        conn.info[_QUEUED] = True
+
+    # SQLAlchemy has no event after a commit or a rollback, only before: these end the
+    # transaction themselves (the driver's own commit or rollback that follows finds none open
+    # and does nothing), then let the next writer in.
+    @sa_event.listens_for(engine, "commit")
+    def _on_commit(conn: Connection) -> None:
+        if conn.info.pop(_QUEUED, False):
+            try:
+                _driver(conn).commit()
+            finally:
+                writers.release()
+
+    @sa_event.listens_for(engine, "rollback")
+    def _on_rollback(conn: Connection) -> None:
+        if conn.info.pop(_QUEUED, False):
+            try:
+                _driver(conn).rollback()
+            finally:
+                writers.release()
+
+    @sa_event.listens_for(engine.pool, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        # A connection given back with its transaction neither committed nor rolled back (it
+        # was invalidated): the pool's reset rolled it back; let the next writer in.
+        if record.info.pop(_QUEUED, False):
+            writers.release()
+
+    @sa_event.listens_for(engine, "engine_disposed")
+    def _on_disposed(_engine: Engine) -> None:
+        writers.close()
+
+
+_QUEUED: Final = "diskledger_queued"
+"""In a connection's ``info`` while it holds the ``WriterQueue``."""
+
+
+def _driver(conn: Connection) -> Any:
+    dbapi_connection = conn.connection.dbapi_connection
+    assert dbapi_connection is not None
+    return dbapi_connection
 
 
 def _private_file(path: Path) -> None:
