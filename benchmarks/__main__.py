@@ -1,7 +1,7 @@
 """``python -m benchmarks [--markdown] [--profile-append] [BENCHMARK...]``
 
 Benchmarks: ``engine``, ``append``, ``replay``, ``recovery``, ``rbd``, ``libvirt``, ``feed``,
-``multihost``, ``lvm``, ``cli``
+``multihost``, ``lvm``, ``cli``, ``storm``, ``memory``, ``nova``, ``nova-rbd``
 (default: all).
 
 Environment: ``DISKLEDGER_BENCH_EVENTS`` (replay ledger size, default 1,000,000) and
@@ -14,7 +14,11 @@ starts libvirtd at qemu:///system and boots a KVM domain; without KVM or libvirt
 a run of all benchmarks the same way. The feed benchmark starts its own PostgreSQL server; without
 PostgreSQL installed it is left out the same way too. The lvm benchmark boots the test guest
 (``tests.support.guest``; ``DISKLEDGER_BENCH_TRIALS`` sets its trials per side, at most 50, default
-15); when the guest cannot be built or started here it is left out the same way.
+15); when the guest cannot be built or started here it is left out the same way. The storm
+benchmark runs its rbd half only with Ceph installed. ``nova`` and ``nova-rbd`` run OpenStack
+Nova's own image backend from ``var/nova-venv`` (``scripts/nova-venv.sh`` makes it on first use,
+from PyPI; ``DISKLEDGER_BENCH_TRIALS`` sets their trials, default 40); when it cannot be made they
+are left out the same way, and ``nova-rbd`` without Ceph as ``rbd`` is.
 """
 
 from __future__ import annotations
@@ -30,13 +34,16 @@ import time
 from collections.abc import Callable
 
 from benchmarks import (
+    boot_storm,
     cli_startup,
     engine_overhead,
     feed,
     ledger_append,
     libvirt_resize,
     lvm_create,
+    memory,
     multihost,
+    nova,
     rbd_clone,
     recovery_scan,
     replay,
@@ -87,11 +94,16 @@ def main(argv: list[str] | None = None) -> int:
         "multihost": multihost.run,
         "lvm": lambda: lvm_create.run(min(trials or lvm_create.DEFAULT_TRIALS, 50)),
         "cli": lambda: cli_startup.run(trials or cli_startup.DEFAULT_TRIALS),
+        "storm": boot_storm.run,
+        "memory": memory.run,
+        "nova": lambda: nova.run(trials or nova.DEFAULT_TRIALS),
+        "nova-rbd": lambda: nova.run_rbd(trials or nova.DEFAULT_RBD_TRIALS),
     }
     chosen: list[str] = args.only or list(benchmarks)
     if not args.only and shutil.which("ceph-mon") is None:
-        print("rbd: left out, Ceph is not installed (scripts/bootstrap.sh --ceph)")
+        print("rbd, nova-rbd: left out, Ceph is not installed (scripts/bootstrap.sh --ceph)")
         chosen.remove("rbd")
+        chosen.remove("nova-rbd")
     if not args.only and not os.path.exists("/dev/kvm"):
         print("libvirt: left out, no /dev/kvm (KVM is not available on this machine)")
         chosen.remove("libvirt")
@@ -114,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         lap = time.perf_counter()
         try:
             report = benchmarks[name]()
-        except (LibvirtUnavailable, GuestUnavailable) as exc:
+        except (LibvirtUnavailable, GuestUnavailable, nova.NovaUnavailable) as exc:
             if args.only:  # asked for by name: that it cannot run here is an error
                 raise
             print(f"\n{name}: left out, {exc}", flush=True)

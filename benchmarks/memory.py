@@ -62,8 +62,8 @@ def run(disks: int = DISKS) -> Report:
         Row(
             f"growth per disk after {warm[0][0]:,} (least squares)",
             f"{slope:.1f} B",
-            "",
-            "",
+            "-",
+            "-",
         ),
     ]
     return Report(
