@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import select
 import subprocess
 import threading
@@ -53,6 +54,32 @@ def test_failure_carries_command_status_and_stderr(tmp_path: Path) -> None:
 def test_timeout() -> None:
     with pytest.raises(CommandTimedOut, match=r"sleep ran longer than 0\.2 s"):
         runner.run(["sleep", "5"], timeout=0.2)
+
+
+def test_one_watchdog_thread_serves_every_command() -> None:
+    for _ in range(5):
+        runner.run(["true"])
+    with pytest.raises(CommandTimedOut):
+        runner.run(["sleep", "5"], timeout=0.1)
+    runner.run(["true"])
+    names = [thread.name for thread in threading.enumerate()]
+    assert names.count("diskledger-watchdog") == 1
+    assert not [thread for thread in threading.enumerate() if isinstance(thread, threading.Timer)]
+
+
+def test_a_forked_child_gets_its_own_watchdog() -> None:
+    runner.run(["true"])  # the parent's watchdog runs
+    pid = os.fork()
+    if pid == 0:  # the parent's thread does not run here: a timeout needs the child's own
+        code = 1
+        try:
+            runner.run(["sleep", "5"], timeout=0.1)
+        except CommandTimedOut:
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_no_space_left_is_a_storage_error(tmp_path: Path) -> None:
