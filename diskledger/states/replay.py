@@ -168,11 +168,27 @@ _OF_DRAFT = {kind.draft: kind for kind in _KINDS.values()}
 class _Type:
     """What replay knows of an event type before it sees an event of it."""
 
-    __slots__ = ("choices", "draft", "kind", "needs_data", "op", "phase", "simple", "table")
+    __slots__ = (
+        "choices",
+        "closes",
+        "draft",
+        "kind",
+        "needs_data",
+        "op",
+        "opens",
+        "phase",
+        "simple",
+        "table",
+        "takes_over",
+    )
 
     def __init__(self, event_type: str) -> None:
         self.kind, self.op, self.phase = split_type(event_type)
         phase = self.phase
+        self.opens = phase is None or phase == STARTED
+        """A fact or an intent: nothing may be pending, judged by its own params."""
+        self.closes = phase in (COMPLETED, FAILED)
+        self.takes_over = phase == TAKEN_OVER
         kind = next((k for k in _KINDS.values() if k.table.kind == self.kind), None)
         self.table: Table[Any] | None = None if kind is None else kind.table
         self.draft: type[Any] | None = None if kind is None else kind.draft
@@ -254,11 +270,10 @@ class Replay:
                 kind = _OF_DRAFT[type(draft)].table.kind
                 raise _illegal(draft, event_type, f"not a {kind} event")
 
-            op, phase = known.op, known.phase
+            op, phase, opens = known.op, known.phase, known.opens
             pending = draft.pending
             params: Mapping[str, Any] | None = None
-            params_pending = not (phase is None or phase == STARTED)  # judged by the intent's
-            if not params_pending:
+            if opens:
                 if pending is not None:
                     raise _illegal(
                         draft, event_type, f"operation {pending.op} ({pending.op_id}) pending"
@@ -268,7 +283,7 @@ class Replay:
 
             transition = known.simple.get(draft.state)
             if transition is None:
-                if params_pending:
+                if not opens:
                     params = pending.params()
                 elif isinstance(data, str):
                     params = intent_params(data)
@@ -291,7 +306,7 @@ class Replay:
                 if isinstance(data, str):
                     data = loads(data)
                 if params is None:
-                    params = pending.params() if params_pending else data.get("params", data)
+                    params = data.get("params", data) if opens else pending.params()
                 table = known.table
                 if table is DISK_TABLE:
                     changes = disk_changes(draft, op, phase, data, params)
@@ -300,23 +315,25 @@ class Replay:
                 else:
                     changes = template_changes(draft, op, phase, data, params)
 
-            if phase == STARTED:
-                pending = _Pending(op, op_id or "", data, draft.version + 1, params=params)
-            elif phase == TAKEN_OVER:
+            if known.closes:
+                pending = None  # needs-operator and lease-renewed leave the operation pending
+            elif opens:
+                if phase is not None:  # an intent
+                    pending = _Pending(op, op_id or "", data, draft.version + 1, params=params)
+            elif known.takes_over:
                 data = _payload(data)
                 owner = {"member": data["by"], "epoch": data["by_epoch"]}
                 pending = _Pending(
                     pending.op, pending.op_id, pending.data, pending.started_version, owner, params
                 )
-            elif phase in (COMPLETED, FAILED):
-                pending = None  # needs-operator and lease-renewed leave the operation pending
 
             # Nothing has changed yet; from here on nothing raises.
             draft.state = transition.dest
             draft.version += 1
             draft.pending = pending
-            for name, value in changes.items():
-                setattr(draft, name, value)
+            if changes:
+                for name, value in changes.items():
+                    setattr(draft, name, value)
             if new:
                 drafts[stream] = draft
         return position
