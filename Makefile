@@ -71,7 +71,7 @@ powerloss: setup  ## power cuts: every crash state of a 150-call workload (dm-lo
 	$(PY) -m tests.powerloss.rig --ops 150 --kills 100 $(POWERLOSS_ARGS)
 
 bench: setup  ## side-by-side benchmarks; figures go into docs/performance.md
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks --markdown
 
 docs: setup  ## regenerate the lifecycle diagrams from the tables
 	$(PY) -m diskledger.states.machine > docs/states.md

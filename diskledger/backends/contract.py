@@ -86,6 +86,12 @@ class Capability(StrEnum):
     """Snapshots can be taken and removed while a running guest writes to the disk: the storage
     hands the request to the guest's own client (RBD's exclusive lock), so the snapshot is
     crash-consistent and nothing is written behind the guest's back."""
+    DURABLE_EFFECTS = "durable-effects"
+    """What a call that changes storage did is on stable storage when it returns: files and
+    their directories fsynced, ``qemu-img`` done (it flushes the image as it closes it), Ceph's
+    writes acknowledged. The engine then commits a storage operation's outcome without waiting
+    for the ledger's own sync (``Plan.durable_effect``): should a power cut take the outcome, the
+    intent is still there and recovery, finding the effect, rolls it forward."""
     FIXED_SIZE = "fixed-size"
     """Disks keep the virtual size they were made with: the storage cannot grow them (qemu's
     parallels driver has no resize), so the engine refuses a resize (``Unsupported``) before it

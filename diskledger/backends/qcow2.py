@@ -27,7 +27,9 @@ class Qcow2Backend(FileBackend):
 
     name = "qcow2"
     disk_format = "qcow2"
-    capabilities = frozenset({Capability.INTERNAL_SNAPSHOTS, Capability.BACKING_OVERLAY})
+    capabilities = frozenset(
+        {Capability.INTERNAL_SNAPSHOTS, Capability.BACKING_OVERLAY, Capability.DURABLE_EFFECTS}
+    )
     encrypts = True
 
     def snapshot_artifacts(self, location: str, snapshot: str, token: str) -> tuple[Artifact, ...]:

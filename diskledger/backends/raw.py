@@ -15,7 +15,7 @@ class RawBackend(CopySnapshots):
 
     name = "raw"
     disk_format = "raw"
-    capabilities: frozenset[Capability] = frozenset()
+    capabilities: frozenset[Capability] = frozenset({Capability.DURABLE_EFFECTS})
 
     def _restore(self, snapshot: str, temp: str, size: int) -> None:
         files.sparse_copy(snapshot, temp)

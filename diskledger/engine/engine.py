@@ -58,6 +58,11 @@ class Engine:
     another request is a ``Conflict``.
 
     Disks are named ``INSTANCE/NAME``; sizes are bytes (or strings like ``"10G"``).
+
+    Threads may share one engine: each call runs its own transactions on pooled connections,
+    writers to a SQLite ledger queue for it (threads and processes alike), and the rule above
+    holds between threads as between hosts. A forked child opens its own engine; the parent's
+    connections stay the parent's.
     """
 
     def __init__(self, runtime: Runtime) -> None:

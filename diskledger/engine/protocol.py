@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from diskledger import faults
-from diskledger.backends import Artifact, Backend, Fences
+from diskledger.backends import Artifact, Backend, Capability, Fences
 from diskledger.context import OperationContext, working_for
 from diskledger.engine.attachments import refuse_while_attached
 from diskledger.engine.inputs import check_disk, check_name, check_snapshot
@@ -107,6 +107,12 @@ class Plan(Generic[View]):
     artifacts: Sequence[Artifact] = ()
     prelude: Sequence[NewEvent] = ()
     """Facts appended with the intent, in the same transaction (``disk.template-bound``)."""
+    durable_effect: bool = False
+    """The effect is one recovery rolls forward once it finds it, and on a backend with
+    ``Capability.DURABLE_EFFECTS`` it is on stable storage when it returns: the outcome then
+    commits without waiting for the ledger's sync (``EventStore.append(sync=False)``). Not for
+    an effect that runs through a guest (qemu's flushes follow the guest's cache mode), nor for
+    one recovery would run again (a rollback run again would undo what the guest wrote since)."""
 
 
 def perform(
@@ -173,8 +179,12 @@ def perform(
             exc.add_note(f"recording the outcome also failed: {ledger_exc}")
         raise
     outcome = operation_event(kind, op, COMPLETED, observed, meta)
+    # Only the intent must be durable before the effect. An outcome whose effect is already on
+    # stable storage need not wait for its own sync: the next synced append covers it, and a
+    # power cut before that leaves the intent, which recovery rolls forward.
+    sync = not (plan.durable_effect and Capability.DURABLE_EFFECTS in backend.capabilities)
     try:
-        view = fold(view, rt.store.append(stream, view.version, [outcome]))
+        view = fold(view, rt.store.append(stream, view.version, [outcome], sync=sync))
     except ConcurrencyError as exc:
         raise ownership_lost(rt, stream, view, plan.op_id) from exc
     except DiskLedgerError:

@@ -16,10 +16,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from diskledger.errors import StoreError
 from diskledger.store.writer import WriterQueue
 
-__all__ = ["WRITE", "create_engine", "postgres_client_settings"]
+__all__ = ["NO_SYNC", "WRITE", "create_engine", "defer_sync", "postgres_client_settings"]
 
 WRITE: Final = "diskledger_write"
 """The execution option of a connection that will write: on SQLite it begins ``IMMEDIATE``."""
+NO_SYNC: Final = "diskledger_no_sync"
+"""The execution option of a writing connection whose transaction may commit without waiting
+for stable storage (``defer_sync``; SQLite sets its safety level before the transaction begins:
+it refuses to change it inside one)."""
 
 
 def create_engine(url: str) -> Engine:
@@ -70,6 +74,12 @@ def _configure_sqlite(engine: Engine, writers: WriterQueue) -> None:
             return
         writers.acquire()
         try:
+            if conn.get_execution_options().get(NO_SYNC, False):
+                driver = _driver(conn)
+                (level,) = driver.execute("PRAGMA synchronous").fetchone()
+                if level > _NORMAL:
+                    driver.execute(f"PRAGMA synchronous={_NORMAL}")
+                    conn.info[_DEFERRED] = level
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         except BaseException:
             writers.release()
@@ -84,6 +94,7 @@ def _configure_sqlite(engine: Engine, writers: WriterQueue) -> None:
         if conn.info.pop(_QUEUED, False):
             try:
                 _driver(conn).commit()
+                _restore_sync(_driver(conn), conn.info)
             finally:
                 writers.release()
 
@@ -92,13 +103,16 @@ def _configure_sqlite(engine: Engine, writers: WriterQueue) -> None:
         if conn.info.pop(_QUEUED, False):
             try:
                 _driver(conn).rollback()
+                _restore_sync(_driver(conn), conn.info)
             finally:
                 writers.release()
 
     @sa_event.listens_for(engine.pool, "checkin")
-    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+    def _on_checkin(dbapi_connection: Any, record: Any) -> None:
         # A connection given back with its transaction neither committed nor rolled back (it
         # was invalidated): the pool's reset rolled it back; let the next writer in.
+        if dbapi_connection is not None:
+            _restore_sync(dbapi_connection, record.info)
         if record.info.pop(_QUEUED, False):
             writers.release()
 
@@ -109,6 +123,34 @@ def _configure_sqlite(engine: Engine, writers: WriterQueue) -> None:
 
 _QUEUED: Final = "diskledger_queued"
 """In a connection's ``info`` while it holds the ``WriterQueue``."""
+_DEFERRED: Final = "diskledger_deferred_sync"
+"""In a SQLite connection's ``info`` while its transaction commits without a sync: the safety
+level to go back to."""
+_NORMAL: Final = 1
+"""SQLite's ``synchronous=NORMAL``: in WAL mode a commit does not sync; a checkpoint does."""
+
+
+def defer_sync(conn: Connection) -> None:
+    """Let the write transaction open on ``conn`` (opened with ``NO_SYNC``) commit without
+    waiting for stable storage: ``EventStore.append(sync=False)``. The commit is atomic and
+    visible at once, and the next commit that waits (on SQLite the next ``FULL`` one, which
+    syncs the whole write-ahead log; on PostgreSQL any synchronous commit, which flushes the WAL
+    up to itself) makes it durable with everything before it, so a power cut leaves a prefix of
+    the ledger."""
+    if conn.dialect.name == "postgresql":
+        cursor = _driver(conn).cursor()
+        try:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")  # ends with the transaction
+        finally:
+            cursor.close()
+    else:
+        assert conn.get_execution_options().get(NO_SYNC), "SQLite relaxes as it begins"
+
+
+def _restore_sync(dbapi_connection: Any, info: dict[Any, Any]) -> None:
+    level = info.pop(_DEFERRED, None)
+    if level is not None:
+        dbapi_connection.execute(f"PRAGMA synchronous={int(level)}")
 
 
 def _driver(conn: Connection) -> Any:

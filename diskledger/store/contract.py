@@ -84,7 +84,12 @@ class EventStore(Protocol):
     append had returned. Recovery reports it."""
 
     def append(
-        self, stream: str, expected_version: int, events: Sequence[NewEvent]
+        self,
+        stream: str,
+        expected_version: int,
+        events: Sequence[NewEvent],
+        *,
+        sync: bool = True,
     ) -> tuple[RecordedEvent, ...]:
         """Append ``events`` to ``stream`` atomically, if the stream is at ``expected_version``.
 
@@ -92,6 +97,13 @@ class EventStore(Protocol):
         version concurrently (the ``UNIQUE(stream_id, version)`` constraint is the gate, and its
         violation is never swallowed); ``IllegalTransition`` when the lifecycle forbids an event.
         Nothing is recorded when it raises. Returns the events as recorded.
+
+        When it returns the events are on stable storage, unless ``sync`` is false: then they are
+        committed and visible to every reader, and survive the process, but a power cut may take
+        them until the next append that syncs, which makes them durable with everything before
+        it. Whatever a power cut takes is a suffix of the ledger: never an event without those
+        before it. (The engine passes ``sync=False`` only for an outcome whose effect recovery
+        would find and roll forward; ``Plan.durable_effect``.)
         """
         ...
 

@@ -282,17 +282,25 @@ class SqlEventStore:
     # -- writing -------------------------------------------------------------------------------
 
     def append(
-        self, stream: str, expected_version: int, new_events: Sequence[NewEvent]
+        self,
+        stream: str,
+        expected_version: int,
+        new_events: Sequence[NewEvent],
+        *,
+        sync: bool = True,
     ) -> tuple[RecordedEvent, ...]:
         if not new_events:
             return ()
         kind = stream_kind(stream)
+        options = {connect.WRITE: True, connect.NO_SYNC: not sync}
         try:
             with (
-                self.engine.connect().execution_options(**{connect.WRITE: True}) as conn,
+                self.engine.connect().execution_options(**options) as conn,
                 conn.begin(),
                 self._cursor(conn) as cursor,
             ):
+                if not sync:
+                    connect.defer_sync(conn)
                 return self._append(cursor, stream, kind, expected_version, new_events)
         except (IntegrityError, self._dbapi.IntegrityError) as exc:
             # The UNIQUE(stream_id, version) gate: another writer took this version first.

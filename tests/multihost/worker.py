@@ -163,15 +163,17 @@ class WitnessedStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def append(self, stream: str, expected_version: int, events: Sequence[NewEvent]) -> Any:
+    def append(
+        self, stream: str, expected_version: int, events: Sequence[NewEvent], *, sync: bool = True
+    ) -> Any:
         writer = self._writer()
         if writer is None:
-            return self._inner.append(stream, expected_version, events)
+            return self._inner.append(stream, expected_version, events, sync=sync)
         for event in events:
             _, op, phase = split_type(event.type)
             if phase == TAKEN_OVER and event.metadata.op_id:
                 with writer.claim(event.metadata.op_id, op):
-                    recorded = self._inner.append(stream, expected_version, events)
+                    recorded = self._inner.append(stream, expected_version, events, sync=sync)
                 self._local.claimed = (event.metadata.op_id, op)
                 return recorded
         claimed: tuple[str, str] | None = getattr(self._local, "claimed", None)
@@ -181,8 +183,8 @@ class WitnessedStore:
         ):
             self._local.claimed = None
             with writer.outcome(*claimed):
-                return self._inner.append(stream, expected_version, events)
-        return self._inner.append(stream, expected_version, events)
+                return self._inner.append(stream, expected_version, events, sync=sync)
+        return self._inner.append(stream, expected_version, events, sync=sync)
 
 
 class Results:

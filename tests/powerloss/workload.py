@@ -57,8 +57,8 @@ def unsafe() -> None:
     os.fdatasync = lambda fd: None  # type: ignore[assignment]
     configure = connect._configure_sqlite
 
-    def no_sync(engine: Any) -> None:
-        configure(engine)
+    def no_sync(engine: Any, *args: Any) -> None:
+        configure(engine, *args)
 
         @connect.sa_event.listens_for(engine, "connect")
         def _off(dbapi_connection: Any, _record: Any) -> None:

@@ -68,6 +68,30 @@ def test_append_assigns_versions_positions_and_carries_every_field(store: SqlEve
     assert read == event
 
 
+def test_an_append_that_does_not_wait_for_its_sync_is_committed_like_any(
+    store: SqlEventStore,
+) -> None:
+    """``sync=False`` changes when the events reach stable storage, nothing else: they are
+    committed, read back, chained and folded, and the appends after them wait as before."""
+    before = _sync_setting(store)
+    store.append(DISK, 0, [started("create", "op-create", size=1024)])
+    outcome = completed("create", "op-create", format="raw", size=1024, location="/x")
+    (done,) = store.append(DISK, 1, [outcome], sync=False)
+    assert store.read_stream(DISK)[-1] == done
+    assert store.disk(DISK).state is DiskState.CREATED  # type: ignore[union-attr]
+    assert _sync_setting(store) == before  # each session syncs as before once it is done
+    store.append(DISK, 2, [started("resize", "op-2", size=2048)])
+    assert [e.version for e in store.read_stream(DISK)] == [1, 2, 3]
+    assert store.pending()[0].operation.op_id == "op-2"
+
+
+def _sync_setting(store: SqlEventStore) -> str:
+    with store.engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        query = "PRAGMA synchronous" if sqlite else "SHOW synchronous_commit"
+        return str(conn.exec_driver_sql(query).scalar())
+
+
 def test_append_with_a_stale_expected_version_is_a_concurrency_error(store: SqlEventStore) -> None:
     create_disk(store)
     for stale in (0, 1, 3, 7):

@@ -348,8 +348,13 @@ def _make(work: Path) -> None:
 
 
 _SYSTEM_IMPORTS = """
-import sys
-import diskledger.cli, diskledger.testing, pytest, hypothesis
+import importlib, pkgutil, sys
+import diskledger, pytest, hypothesis
+# diskledger imports much on first use: every module of it, and what those import on first use.
+for info in pkgutil.walk_packages(diskledger.__path__, "diskledger."):
+    if not info.name.endswith("__main__") and ".migrations" not in info.name:
+        importlib.import_module(info.name)
+from oslo_utils.imageutils import format_inspector
 seen = set()
 for module in list(sys.modules.values()):
     path = getattr(module, "__file__", None) or ""

@@ -72,9 +72,11 @@ class DropsSnapshotOutcomes:
     def __init__(self, inner: EventStore) -> None:
         self._inner = inner
 
-    def append(self, stream: str, expected_version: int, events: Sequence[Any]) -> list[Any]:
+    def append(
+        self, stream: str, expected_version: int, events: Sequence[Any], *, sync: bool = True
+    ) -> list[Any]:
         kept = [e for e in events if e.type != "disk.snapshot.completed"]
-        return self._inner.append(stream, expected_version, kept) if kept else []
+        return self._inner.append(stream, expected_version, kept, sync=sync) if kept else []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

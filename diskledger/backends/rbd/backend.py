@@ -64,6 +64,7 @@ class RbdBackend:
             Capability.FLATTEN,
             Capability.DIRECT_SNAPSHOT,
             Capability.SNAPSHOT_IN_USE,
+            Capability.DURABLE_EFFECTS,  # an OSD acknowledges a write once it is persisted
         }
     )
     preallocates = False  # RBD images are thin; space is the cluster's to manage

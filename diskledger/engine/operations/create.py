@@ -192,6 +192,7 @@ class Create(_Publishes):
                 effect,
                 artifacts,
                 prelude,
+                durable_effect=True,
             )
 
         return _with_key(rt, self.name, op_id, encrypt, plan, request)
@@ -264,7 +265,16 @@ class Import(_Publishes):
                 return created(seen)
 
             full = {**params, **({"encryption": made.to_json()} if made else {})}
-            return Plan(disk_stream(disk), view, backend, op_id, full, import_, artifacts)
+            return Plan(
+                disk_stream(disk),
+                view,
+                backend,
+                op_id,
+                full,
+                import_,
+                artifacts,
+                durable_effect=True,
+            )
 
         return _with_key(rt, self.name, op_id, encrypt, plan, request)
 

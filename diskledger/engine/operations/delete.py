@@ -67,7 +67,9 @@ class Delete(Operation):
             if made is not None:
                 encryption.provider(rt, made.provider)  # refused here when not configured
                 params["encryption"] = made.to_json()
-            return Plan(disk_stream(disk), view, backend, op_id, params, delete)
+            return Plan(
+                disk_stream(disk), view, backend, op_id, params, delete, durable_effect=True
+            )
 
         return on_live_disk(rt, self, request, op_id, plan)
 

@@ -84,7 +84,9 @@ class ExportDisk(Operation):
             return {"target": target_path, "format": out_format, "size": seen.size}
 
         artifacts = backend.export_artifacts(target_path, op_id)
-        plan = Plan(disk_stream(disk), view, backend, op_id, params, export, artifacts)
+        plan = Plan(
+            disk_stream(disk), view, backend, op_id, params, export, artifacts, durable_effect=True
+        )
         _, data = perform(rt, self, plan, request)
         return Export(disk=disk, target=target_path, format=out_format, size=data["size"])
 

@@ -86,7 +86,10 @@ class Resize(Operation):
                     # Through the domain checked above: the same one or an error, one lookup.
                     return {"size": rt.hypervisor.block_resize(domain, target_dev, wanted)}
 
-            return Plan(disk_stream(disk), view, backend, op_id, params, resize)
+            # Through a guest, qemu flushes as the disk's cache mode says: the outcome is synced.
+            return Plan(
+                disk_stream(disk), view, backend, op_id, params, resize, durable_effect=live is None
+            )
 
         return on_live_disk(rt, self, request, op_id, plan)
 

@@ -72,6 +72,7 @@ class Snapshot(Operation):
                 {"snapshot": snapshot, "location": location, "format": fmt},
                 take,
                 backend.snapshot_artifacts(location, snapshot, op_id),
+                durable_effect=True,
             )
 
         return on_live_disk(rt, self, request, op_id, plan)
@@ -175,7 +176,9 @@ class RemoveSnapshot(Operation):
                 return {}
 
             params = {"snapshot": snapshot, "location": location, "format": fmt}
-            return Plan(disk_stream(disk), view, backend, op_id, params, remove)
+            return Plan(
+                disk_stream(disk), view, backend, op_id, params, remove, durable_effect=True
+            )
 
         return on_live_disk(rt, self, request, op_id, plan)
 

@@ -93,7 +93,7 @@ class Fetch(Operation):
             return fetched(store.cached_format(fmt), seen)
 
         artifacts = store.import_artifacts(template, op_id)
-        plan = Plan(stream, view, rt.backend, op_id, params, fetch, artifacts)
+        plan = Plan(stream, view, rt.backend, op_id, params, fetch, artifacts, durable_effect=True)
         return perform(rt, self, plan, request)[0]
 
     def recovered(
