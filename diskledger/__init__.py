@@ -3,9 +3,9 @@
 The embedding API is ``Engine``; everything a caller may catch is in ``diskledger.errors``.
 """
 
-import importlib
 from typing import TYPE_CHECKING
 
+from diskledger import lazy
 from diskledger.errors import (
     BackendError,
     CephError,
@@ -152,14 +152,4 @@ when ``diskledger`` is: every ``diskledger.*`` import (the command line's too) i
 first, and a command should pay only for what it uses."""
 
 if not TYPE_CHECKING:
-
-    def __getattr__(name: str) -> object:
-        module = _LAZY.get(name)
-        if module is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
-        globals()[name] = value
-        return value
-
-    def __dir__() -> list[str]:
-        return sorted(set(globals()) | set(__all__))
+    __getattr__, __dir__ = lazy.exports(globals(), _LAZY)

@@ -80,7 +80,7 @@ def test_showing_and_listing_disks_import_only_what_they_use(root: Path) -> None
 def test_importing_the_package_imports_none_of_its_parts() -> None:
     code = "import sys, diskledger; print(sorted(m for m in sys.modules if m.startswith('disk')))"
     done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    assert done.stdout.strip() == "['diskledger', 'diskledger.errors']"
+    assert done.stdout.strip() == "['diskledger', 'diskledger.errors', 'diskledger.lazy']"
 
 
 def test_the_package_still_gives_every_name_it_exports() -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 from typing import TYPE_CHECKING
 
+from diskledger import lazy
 from diskledger.backends import registry
 from diskledger.backends.contract import (
     Artifact,
@@ -56,17 +56,7 @@ storage (``disk show``) pays for neither the backends' modules nor what they imp
 format inspector, the Ceph and LVM drivers)."""
 
 if not TYPE_CHECKING:
-
-    def __getattr__(name: str) -> object:
-        module = _LAZY.get(name)
-        if module is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
-        globals()[name] = value
-        return value
-
-    def __dir__() -> list[str]:
-        return sorted(set(globals()) | set(__all__))
+    __getattr__, __dir__ = lazy.exports(globals(), _LAZY)
 
 
 __all__ = [
