@@ -116,8 +116,15 @@ def error_line(stderr: str) -> str:
 
 
 _WORKER = """\
-import json, sys
+import importlib, json, pkgutil, sys
+import diskledger
 from diskledger.cli import main
+# The command line imports most of diskledger on first use: import it all now, so that what runs
+# after go is the command itself, as in a process that had run one before.
+for info in pkgutil.walk_packages(diskledger.__path__, "diskledger."):
+    if not info.name.endswith("__main__") and ".migrations" not in info.name:
+        importlib.import_module(info.name)
+from oslo_utils.imageutils import format_inspector
 sys.stderr.write("ready\\n")
 sys.stderr.flush()
 sys.exit(main(json.loads(sys.stdin.readline())))
