@@ -65,9 +65,16 @@ def test_the_memory_benchmark_runs() -> None:
 
 
 def test_the_nova_benchmark_runs() -> None:
-    # The suite never installs Nova: it runs when var/nova-venv is there (make bench made it).
+    # Outside CI it runs when var/nova-venv is there (make bench makes it). Under CI=true the
+    # peer is a component like any other: made here (~45 s from PyPI, kept for make bench),
+    # and a venv that cannot be made is a failure, not a skip.
     if not (REPO / "var/nova-venv/bin/python").exists():
-        pytest.skip("no var/nova-venv (scripts/nova-venv.sh makes it; make bench does)")
+        if os.environ.get("CI") != "true":
+            pytest.skip("no var/nova-venv (scripts/nova-venv.sh makes it; make bench does)")
+        made = subprocess.run(
+            [str(REPO / "scripts/nova-venv.sh")], capture_output=True, text=True, check=False
+        )
+        assert made.returncode == 0, made.stderr
     _ran(nova.run(trials=1))
 
 
