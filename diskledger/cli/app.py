@@ -29,6 +29,7 @@ from diskledger.cli.base import (
 )
 from diskledger.cli.disks import disk_commands, libvirt_commands
 from diskledger.cli.members import member_commands
+from diskledger.cli.standalone import standalone_commands
 from diskledger.cli.templates import template_commands
 from diskledger.cli.watch import watch_command
 from diskledger.engine import Config, Engine
@@ -63,6 +64,9 @@ def build_parser(only: Sequence[str] = ()) -> argparse.ArgumentParser:
         prog="diskledger",
         description="Virtual-machine disks whose every transition is recorded in a ledger.",
     )
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="print diskledger's version and exit"
+    )
     groups = narrowed(parser.add_subparsers(dest="group", required=True, metavar="COMMAND"), 0)
 
     def leaf(
@@ -95,10 +99,20 @@ def build_parser(only: Sequence[str] = ()) -> argparse.ArgumentParser:
     leaf(
         groups, "demo", _demo, "cache a template, create, resize and snapshot disks, show the trail"
     )
+    standalone_commands(groups)
     unmatched = [depth for depth, level in enumerate(levels) if not level.matched]
     if unmatched:  # no command (or action) by that name: the whole of that part says so
         return build_parser(only[: unmatched[0]])
     return parser
+
+
+class _Version(argparse.Action):
+    """``--version``: looked up only when asked (``importlib.metadata`` reads the install)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from importlib.metadata import version
+
+        parser.exit(0, f"diskledger {version('diskledger')}\n")
 
 
 class _Skipped:
@@ -161,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--template-source and --template-format go together")
         if args.template_source is not None and args.template is None:
             parser.error("--template-source needs --template")
+    standalone = getattr(args, "standalone", None)
+    if standalone is not None:  # needs no ledger: runs before one is opened
+        return int(standalone(args))
     try:
         config = Config.load(
             root=args.root,

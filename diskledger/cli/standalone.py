@@ -1,0 +1,43 @@
+"""Commands that run without opening a ledger: ``completion`` (a shell's completion script) and
+the hidden ``__complete`` the scripts call back for disk and template names."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+__all__ = ["standalone_commands"]
+
+
+def standalone_commands(groups: Any) -> None:
+    completion = groups.add_parser(
+        "completion",
+        help="print the bash or zsh completion script",
+        description="print the bash or zsh completion script "
+        '(bash: eval "$(diskledger completion bash)"; zsh: see diskledger(1))',
+    )
+    completion.add_argument("shell", choices=("bash", "zsh"))
+    completion.set_defaults(standalone=_completion)
+    # Called by the completion scripts: one name per line, quickly, never an error on stderr.
+    names = groups.add_parser("__complete")
+    names.add_argument("kind", choices=("disks", "templates", "snapshots"))
+    names.add_argument("disk", nargs="?", default=None)
+    names.add_argument("--root", default=None)
+    names.add_argument("--ledger", default=None)
+    names.set_defaults(standalone=_complete)
+
+
+def _completion(args: argparse.Namespace) -> int:
+    from diskledger.cli.completion import script
+
+    sys.stdout.write(script(args.shell))
+    return 0
+
+
+def _complete(args: argparse.Namespace) -> int:
+    from diskledger.cli.completion import candidates
+
+    for name in candidates(args.kind, disk=args.disk, root=args.root, ledger=args.ledger):
+        print(name)
+    return 0
