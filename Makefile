@@ -73,8 +73,10 @@ powerloss: setup  ## power cuts: every crash state of a 150-call workload (dm-lo
 bench: setup  ## side-by-side benchmarks; figures go into docs/performance.md
 	$(PY) -m benchmarks --markdown
 
-docs: setup  ## regenerate the lifecycle diagrams from the tables
+docs: setup  ## regenerate the lifecycle diagrams from the tables, then build the site into var/site
 	$(PY) -m diskledger.states.machine > docs/states.md
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir var/site
+	@echo "docs: the site is in var/site (open var/site/index.html)"
 
 clean:
 	rm -rf var build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

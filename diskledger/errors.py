@@ -140,18 +140,24 @@ class NotFound(DiskLedgerError, LookupError):
 
 
 class DiskNotFound(NotFound):
+    """No disk of that name in the ledger (or it was deleted); ``disk`` names it."""
+
     def __init__(self, disk: str) -> None:
         super().__init__(f"no such disk: {disk}")
         self.disk = disk
 
 
 class TemplateNotFound(NotFound):
+    """No cached template of that name; ``template`` names it."""
+
     def __init__(self, template: str) -> None:
         super().__init__(f"no such template: {template}")
         self.template = template
 
 
 class SnapshotNotFound(NotFound):
+    """The disk has no snapshot of that name; ``disk`` and ``snapshot`` name them."""
+
     def __init__(self, disk: str, snapshot: str) -> None:
         super().__init__(f"disk {disk} has no snapshot {snapshot!r}")
         self.disk = disk
@@ -159,6 +165,8 @@ class SnapshotNotFound(NotFound):
 
 
 class DomainNotFound(NotFound):
+    """libvirt has no domain of that name; ``domain`` names it."""
+
     def __init__(self, domain: str) -> None:
         super().__init__(f"no such domain: {domain}")
         self.domain = domain

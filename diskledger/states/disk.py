@@ -22,6 +22,8 @@ __all__ = [
 
 
 class DiskState(StrEnum):
+    """Where a disk is in its lifecycle (the transitions: ``docs/states.md``)."""
+
     ABSENT = "absent"
     TEMPLATE_CACHED = "template-cached"
     CREATED = "created"

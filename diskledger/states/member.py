@@ -20,6 +20,8 @@ __all__ = ["MEMBER_TABLE", "MemberState", "MemberView"]
 
 
 class MemberState(StrEnum):
+    """Where a member of a shared ledger is in its lifecycle: live, being fenced, fenced, left."""
+
     ABSENT = "absent"
     LIVE = "live"
     FENCING = "fencing"

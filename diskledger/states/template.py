@@ -14,6 +14,8 @@ __all__ = ["TEMPLATE_TABLE", "TemplateState", "TemplateView"]
 
 
 class TemplateState(StrEnum):
+    """Where a template is in its lifecycle: being fetched into the cache, or cached."""
+
     ABSENT = "absent"
     FETCHING = "fetching"
     CACHED = "cached"

@@ -76,6 +76,9 @@ class MemberRecord:
 
 @runtime_checkable
 class EventStore(Protocol):
+    """The ledger: append-only streams of events under optimistic concurrency, one global
+    order of positions, and a hash chain over all of it (``open_store`` makes one)."""
+
     url: str
     """Where the ledger lives, with any password hidden: for messages, never for secrets."""
     discarded_tail: DiscardedTail | None
