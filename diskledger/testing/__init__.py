@@ -1,21 +1,21 @@
 """Tools for test authors: a property-based harness that shakes a disk backend with random
-operations and crashes (``harness``; its ``model`` of the bytes and its ``invariants``), and
+operations and crashes (``harness``; its ``model`` of the bytes, its ``invariants`` and the
+``stats`` it counts, planted bugs caught apart from unexpected violations), and
 the backend contract as a conformance suite any backend can run (``contract``; the sample
 disks and images it shares with a backend's own tests in ``samples``).
 """
 
 from diskledger.testing.contract import BackendContract
 from diskledger.testing.harness import (
-    STATS,
     DiskLifecycle,
     Harness,
-    HarnessStats,
     budget,
     lifecycle_machine,
     lifecycle_test_case,
     run_lifecycle,
 )
 from diskledger.testing.invariants import INVARIANTS, InvariantViolation
+from diskledger.testing.stats import STATS, HarnessStats, planted_bug
 from diskledger.testing.storage import (
     FileStorage,
     ImageFacts,
@@ -42,5 +42,6 @@ __all__ = [
     "budget",
     "lifecycle_machine",
     "lifecycle_test_case",
+    "planted_bug",
     "run_lifecycle",
 ]

@@ -43,7 +43,8 @@ Run it on a backend with a few lines::
 or, from a pytest test that needs fixtures, ``run_lifecycle(Harness(...))``. The budget comes
 from ``DISKLEDGER_HARNESS_EXAMPLES`` (examples per run, default 5) and
 ``DISKLEDGER_HARNESS_STEPS`` (steps per example, default 30). ``STATS`` counts steps,
-operations, refusals, guest writes, crashes, recoveries and violations across runs.
+operations, refusals, guest writes, crashes, recoveries and violations across runs: unexpected
+ones apart from those of a run on a bug planted on purpose (``stats.planted_bug()``).
 """
 
 from __future__ import annotations
@@ -97,7 +98,6 @@ from diskledger.testing.invariants import (
     REPEATED,
     STORAGE,
     USERS,
-    InvariantViolation,
 )
 from diskledger.testing.model import (
     SECTOR,
@@ -111,6 +111,7 @@ from diskledger.testing.model import (
     show,
     source_image,
 )
+from diskledger.testing.stats import STATS, HarnessStats, violation
 from diskledger.testing.storage import FileStorage, StorageAccess
 
 __all__ = [
@@ -165,34 +166,6 @@ REFUSED_WHILE_ATTACHED = frozenset(
 statement of the rule, not the engine's table: a change there shows up here as a violation)."""
 SNAPSHOTS_IN_USE = frozenset({"snapshot", "remove-snapshot", "direct-snapshot"})
 """...except these, on a backend with ``Capability.SNAPSHOT_IN_USE`` (RBD)."""
-
-
-@dataclass
-class HarnessStats:
-    examples: int = 0
-    steps: int = 0
-    operations: int = 0
-    """Steps that ran an operation the model expected to succeed (crashed ones included)."""
-    refusals: int = 0
-    """Steps that made a request the model expected to be refused."""
-    writes: int = 0
-    """Guest data written into a disk through the storage, not the engine (by the
-    ``write_guest_data`` steps, and by the guest carrying on after a snapshot)."""
-    crashes: int = 0
-    subprocess_kills: int = 0
-    recoveries: int = 0
-    violations: int = 0
-
-    def line(self) -> str:
-        return (
-            f"{self.examples} examples, {self.steps} steps ({self.operations} operations, "
-            f"{self.refusals} refused requests, {self.writes} guest writes), {self.crashes} "
-            f"crashes injected ({self.subprocess_kills} by SIGKILL of a CLI process), "
-            f"{self.recoveries} recoveries, {self.violations} violations"
-        )
-
-
-STATS = HarnessStats()
 
 
 @dataclass(frozen=True)
@@ -1221,8 +1194,7 @@ class DiskLifecycle(RuleBasedStateMachine):
     # -- helpers ----------------------------------------------------------------------------
 
     def _violate(self, invariant: str, details: str) -> NoReturn:
-        STATS.violations += 1
-        raise InvariantViolation(invariant, details)
+        raise violation(invariant, details)
 
     def _nothing_new(self, check: str) -> bool:
         """Whether the ledger has had no event since ``check`` last ran: then the ledger, the

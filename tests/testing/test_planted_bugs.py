@@ -23,7 +23,7 @@ from diskledger import faults
 from diskledger.backends import Artifact, Observation, RawBackend, TemplateSource, files
 from diskledger.backends.files import temporary_path
 from diskledger.store import EventStore
-from diskledger.testing import Harness, InvariantViolation, budget, run_lifecycle
+from diskledger.testing import Harness, InvariantViolation, budget, planted_bug, run_lifecycle
 
 MiB = 1 << 20
 
@@ -213,7 +213,7 @@ PLANTED: dict[str, tuple[Harness, str]] = {
 @pytest.mark.parametrize("bug", sorted(PLANTED))
 def test_the_harness_catches(bug: str, qemu_img: None) -> None:
     harness, invariant = PLANTED[bug]
-    with pytest.raises(InvariantViolation) as caught:
+    with pytest.raises(InvariantViolation) as caught, planted_bug():
         run_lifecycle(
             harness,
             settings=budget(
