@@ -92,6 +92,28 @@ class Config:
         recover: bool | None = None,
         environ: Mapping[str, str] = os.environ,
     ) -> Config:
+        """The configuration ``environ``'s ``DISKLEDGER_*`` variables describe, the keywords
+        given taking precedence (see the class docstring for each variable).
+
+        Args:
+            root: Where local artifacts live (default ``DISKLEDGER_ROOT``, else
+                ``/var/lib/diskledger``).
+            ledger: A SQLAlchemy URL (default ``DISKLEDGER_LEDGER``, else ``ledger.db`` under
+                the root).
+            backend: ``raw``, ``qcow2``, ``rbd``... (default ``DISKLEDGER_BACKEND``, else qcow2).
+            actor: Who the events name as having acted (default ``DISKLEDGER_ACTOR``).
+            recover: Recover pending operations when an engine opens (default
+                ``DISKLEDGER_RECOVER``, else true).
+            environ: Where the variables are read (``{}``: defaults and keywords only).
+
+        Returns:
+            The configuration; nothing is opened or created yet.
+
+        Raises:
+            UnknownBackend: No backend called ``backend``.
+            InvalidInput: A variable is malformed (a size, a flag, a UUID, seconds, a key
+                directory, the backend's own settings).
+        """
         root_path = Path(root or environ.get("DISKLEDGER_ROOT") or DEFAULT_ROOT).absolute()
         backend = backend or environ.get("DISKLEDGER_BACKEND") or "qcow2"
         ours = {k: v for k, v in environ.items() if k.startswith("DISKLEDGER_")}

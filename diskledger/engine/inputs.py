@@ -63,7 +63,18 @@ def check_snapshot(snapshot: str) -> str:
 
 def parse_size(text: str | int, *, what: str = "size") -> int:
     """Bytes from ``10737418240``, ``10G``, ``512M``, ``1TiB``; binary units; a positive multiple
-    of 512 (qemu-img rounds anything else, and then the disk would not be the size recorded)."""
+    of 512 (qemu-img rounds anything else, and then the disk would not be the size recorded).
+
+    Args:
+        text: Bytes as an int, or a string with an optional ``K``/``M``/``G``/``T`` suffix.
+        what: What the size is, for the error message.
+
+    Returns:
+        The size in bytes.
+
+    Raises:
+        InvalidSize: Unparsable, a bool, not positive, above 1 PiB, or not a multiple of 512.
+    """
     if isinstance(text, bool):
         raise InvalidSize(f"{what} must be a number of bytes, not {text!r}")
     if isinstance(text, int):

@@ -52,7 +52,11 @@ class LeaseSettings:
     after this long without a successful renewal the member fences itself. ``renew_deadline``
     must be below ``ttl`` (the margin tolerates a clock rate difference of ``ttl /
     renew_deadline`` between this host and the taker's), and above ``renew_every``.
-    ``scan_every``: how often an agent looks for members to take over.
+    ``scan_every``: how often an agent looks for members to take over. All in seconds.
+
+    Raises:
+        InvalidInput: The settings break ``0 < renew_every < renew_deadline < ttl`` or
+            ``scan_every`` is not positive (on construction).
     """
 
     ttl: float = 30.0
@@ -72,7 +76,12 @@ class LeaseSettings:
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> LeaseSettings:
         """``DISKLEDGER_LEASE_TTL``, ``DISKLEDGER_LEASE_RENEW``, ``DISKLEDGER_LEASE_DEADLINE``,
-        ``DISKLEDGER_TAKEOVER_SCAN`` (seconds; defaults 30, 5, 20, 5)."""
+        ``DISKLEDGER_TAKEOVER_SCAN`` (seconds; defaults 30, 5, 20, 5).
+
+        Raises:
+            InvalidInput: A value is not a number of seconds in (0, 3600], or the settings
+                break the rule of the class docstring.
+        """
         return cls(
             ttl=seconds(environ, "DISKLEDGER_LEASE_TTL", 30.0),
             renew_every=seconds(environ, "DISKLEDGER_LEASE_RENEW", 5.0),

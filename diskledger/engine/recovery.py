@@ -88,6 +88,7 @@ class RecoveryReport:
     open the ledger after the crash."""
 
     def to_json(self) -> dict[str, Any]:
+        """The report as JSON-ready data (what ``diskledger recover --json`` prints)."""
         return {
             "dry_run": self.dry_run,
             "pending": [o.to_json() for o in self.pending],

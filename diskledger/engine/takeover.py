@@ -77,21 +77,27 @@ class Observer:
 
 @dataclass(slots=True)
 class TakeoverReport:
-    """What a takeover scan did: per member, and per operation."""
+    """What a takeover scan did (``Engine.take_over``): per member, and per operation."""
 
     fenced: list[dict[str, Any]] = field(default_factory=list)
+    """Members fenced by this scan, each ``{member, reason, ...}``."""
     waiting: list[dict[str, Any]] = field(default_factory=list)
     """Members that look gone but may not be taken over yet (and why); ``observing``: only
     because this taker has not watched their renewals stand still for a whole lease yet."""
 
     @property
     def observing(self) -> bool:
+        """Some member waits only because this taker has not watched it for a lease yet."""
         return any(w.get("observing") for w in self.waiting)
 
     suspended: dict[str, Any] | None = None
+    """Set when the circuit breaker held the takeover back (too many members looked gone at
+    once): an operator confirms which are down (``Engine.confirm_down``)."""
     outcomes: list[Outcome] = field(default_factory=list)
+    """What became of each operation the fenced members owned."""
 
     def to_json(self) -> dict[str, Any]:
+        """The report as JSON-ready data (what ``diskledger takeover --json`` prints)."""
         return {
             "fenced": self.fenced,
             "waiting": self.waiting,

@@ -55,6 +55,8 @@ _LEDGER_FILES = (
 
 @dataclass(slots=True)
 class VerifyReport:
+    """What ``Engine.verify`` found; ``ok`` when nothing is wrong."""
+
     events: int = 0
     head_hash: str | None = None
     """The last event's hash: kept elsewhere, it proves later that the whole chain was not
@@ -75,6 +77,7 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
+        """No broken chain, model mismatch, orphan, drift, stale attachment or key problem."""
         return (
             self.chain_error is None
             and not self.model_mismatches

@@ -33,6 +33,7 @@ class Export:
     size: int
 
     def to_json(self) -> dict[str, Any]:
+        """The export as JSON-ready data."""
         return {"disk": self.disk, "target": self.target, "format": self.format, "size": self.size}
 
 

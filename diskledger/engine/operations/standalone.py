@@ -38,6 +38,7 @@ class DirectSnapshot:
     size: int
 
     def to_json(self) -> dict[str, Any]:
+        """The direct snapshot as JSON-ready data."""
         return {"disk": self.disk, "url": self.url, "size": self.size}
 
 
