@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img is not installed")
-def test_orchestrator_example(tmp_path: Path) -> None:
+def test_orchestrator_example(tmp_path: Path, qemu_img: None) -> None:
     # No DISKLEDGER_* from outside: the example configures itself, and an armed fault here would
     # kill the wrong process.
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISKLEDGER_")}
