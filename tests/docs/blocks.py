@@ -43,7 +43,12 @@ class Block:
 
     @property
     def where(self) -> str:
-        return f"{self.path.relative_to(REPO)}:{self.line}"
+        return f"{_name(self.path)}:{self.line}"
+
+
+def _name(path: Path) -> str:
+    """A path as the tests name it: relative to the repository when it is in it."""
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 class MarkerError(ValueError):
@@ -98,7 +103,7 @@ def _skip_reason(path: Path, lines: list[str], fence: int) -> str | None:
     skip = _SKIP.match(marker["body"])
     if skip is None:
         raise MarkerError(
-            f"{path.relative_to(REPO)}:{before + 1}: {marker[0]!r} is not "
+            f"{_name(path)}:{before + 1}: {marker[0]!r} is not "
             "'<!-- docs-test: skip (the reason) -->'"
         )
     return skip["reason"].strip()
