@@ -214,17 +214,17 @@ def test_demo_runs_twice_on_one_root(cli: Cli) -> None:
 def bad_inputs(tmp_path: Path, template_files: dict[str, Path]) -> list[tuple[str, list[str], str]]:
     long = "a" * 65
     return [
-        ("unknown template", ["template", "show", "nope"], "no such template"),
+        ("unknown template", ["template", "show", "nope"], "no template"),
         (
             "create from an unknown template",
             ["disk", "create", "vm-2/root", "--template", "nope"],
-            "no such template",
+            "no template",
         ),
-        ("unknown disk", ["disk", "show", "vm-9/root"], "no such disk"),
-        ("resize an unknown disk", ["disk", "resize", "vm-9/root", "1G"], "no such disk"),
-        ("snapshot of an absent disk", ["disk", "snapshot", "vm-9/root", "s"], "no such disk"),
-        ("delete an unknown disk", ["disk", "delete", "vm-9/root"], "no such disk"),
-        ("history of an unknown disk", ["history", "vm-9/root"], "no such disk"),
+        ("unknown disk", ["disk", "show", "vm-9/root"], "no disk"),
+        ("resize an unknown disk", ["disk", "resize", "vm-9/root", "1G"], "no disk"),
+        ("snapshot of an absent disk", ["disk", "snapshot", "vm-9/root", "s"], "no disk"),
+        ("delete an unknown disk", ["disk", "delete", "vm-9/root"], "no disk"),
+        ("history of an unknown disk", ["history", "vm-9/root"], "no disk"),
         (
             "rollback to a missing snapshot",
             ["disk", "rollback", "vm-1/root", "nope"],
@@ -235,7 +235,7 @@ def bad_inputs(tmp_path: Path, template_files: dict[str, Path]) -> list[tuple[st
             ["disk", "remove-snapshot", "vm-1/root", "nope"],
             "no snapshot",
         ),
-        ("a snapshot name taken", ["disk", "snapshot", "vm-1/root", "s1"], "exists"),
+        ("a snapshot name taken", ["disk", "snapshot", "vm-1/root", "s1"], "already has a snapshot"),
         (
             "create an existing disk",
             ["disk", "create", "vm-1/root", "--template", "base"],
@@ -354,7 +354,7 @@ def bad_inputs(tmp_path: Path, template_files: dict[str, Path]) -> list[tuple[st
                 ("extra spec without =", ["--dev", "vda", "--extra-spec", "quota"], "KEY=VALUE"),
             )
         ),
-        ("disk xml of a missing disk", ["disk", "xml", "vm-9/root", "--dev", "vda"], "no such"),
+        ("disk xml of a missing disk", ["disk", "xml", "vm-9/root", "--dev", "vda"], "no disk"),
         (
             "attach with a device off its bus",
             ["disk", "attach", "vm-1/root", "guest", "--dev", "sdb"],
@@ -449,7 +449,9 @@ def test_the_console_script(tmp_path: Path) -> None:
     bad = subprocess.run(
         [str(script), "disk", "show", "vm/x"], env=env, capture_output=True, text=True
     )
-    assert bad.returncode == 1 and bad.stderr.strip() == "diskledger: error: no such disk: vm/x"
+    assert bad.returncode == 1 and bad.stderr.strip() == (
+        "diskledger: error: no disk vm/x in the ledger; see diskledger disk list"
+    )
     usage = subprocess.run([str(script), "disk", "show"], env=env, capture_output=True, text=True)
     assert usage.returncode == 2
 

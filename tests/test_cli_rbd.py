@@ -245,16 +245,16 @@ def test_flatten_and_direct_snapshot_bad_input_changes_nothing(cloned: Cli) -> N
         (["disk", "direct-snapshot", DISK, "ds", "x" * 65], "longer than 64"),
         (["disk", "direct-snapshot", DISK, "7", "img-2"], "all digits"),
         (["disk", "direct-snapshot", DISK, "a@b", "img-2"], "not allowed"),
-        (["disk", "direct-snapshot", "vm-9/root", "ds", "img-2"], "no such disk"),
+        (["disk", "direct-snapshot", "vm-9/root", "ds", "img-2"], "no disk"),
         (["disk", "direct-snapshot", "root", "ds", "img-2"], "INSTANCE/NAME"),
-        (["disk", "flatten", "vm-9/root"], "no such disk"),
+        (["disk", "flatten", "vm-9/root"], "no disk"),
         (["disk", "flatten", "vm-1/.."], "not allowed"),
     ]
     for argv, reason in cases:
         refused(cli, argv, reason)
     cli.json("disk", "delete", DISK)
-    refused(cli, ["disk", "flatten", DISK], "no such disk")
-    refused(cli, ["disk", "direct-snapshot", DISK, "ds", "img-2"], "no such disk")
+    refused(cli, ["disk", "flatten", DISK], "no disk")
+    refused(cli, ["disk", "direct-snapshot", DISK, "ds", "img-2"], "no disk")
 
 
 def test_direct_snapshot_needs_a_snapshot_pool(

@@ -26,9 +26,11 @@ from diskledger.cli.base import (
     UsageError,
     common_options,
     mutating_options,
+    paint,
 )
 from diskledger.cli.disks import disk_commands, libvirt_commands
 from diskledger.cli.members import member_commands
+from diskledger.cli.messages import DONE, NEEDS_OPERATOR, explain
 from diskledger.cli.standalone import standalone_commands
 from diskledger.cli.templates import template_commands
 from diskledger.cli.watch import watch_command
@@ -186,18 +188,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             recover=getattr(args, "recover_on_open", None),
         )
         with Engine.open(config) as engine:
-            result = args.handler(engine, args)
+            try:
+                result = args.handler(engine, args)
+            except DiskLedgerError as exc:  # explained while the ledger is open to ask
+                return _refused(exc, engine, args)
     except UsageError as exc:
         parser.error(str(exc))
     except DiskLedgerError as exc:
-        message = " ".join(str(exc).split())
-        print(f"diskledger: error: {message}", file=sys.stderr)
-        return 1
+        return _refused(exc, None, args)
     if isinstance(result, Streamed):
         return result.status
-    status = 0
+    status = DONE
     if isinstance(result, Failed):
-        status, result = 1, result.document
+        status, result = NEEDS_OPERATOR, result.document
     if args.json:
         try:
             json.dump(result, sys.stdout, indent=2, sort_keys=True, default=str)
@@ -207,6 +210,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The reader (`| head`) went away; the operation itself is done and recorded.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return status
+
+
+def _refused(exc: DiskLedgerError, engine: Engine | None, args: argparse.Namespace) -> int:
+    """One line on stderr in the operator's words (``diskledger.cli.messages``); with
+    ``--debug`` the engine's own message and the traceback after it."""
+    explained = explain(exc, engine)
+    label = paint("error", "error", sys.stderr)
+    print(f"diskledger: {label}: {explained.line}", file=sys.stderr)
+    if args.debug:
+        import traceback
+
+        print(f"diskledger: debug: {type(exc).__name__}: {exc}", file=sys.stderr)
+        traceback.print_exception(exc, file=sys.stderr)
+    return explained.status
 
 
 def _history(engine: Engine, args: argparse.Namespace) -> Any:
@@ -220,7 +237,8 @@ def _recover(engine: Engine, args: argparse.Namespace) -> Any:
     report = engine.recover(dry_run=args.dry_run)
     if not args.json:
         print_recovery(report)
-    return report.to_json()
+    # Operations recovery could not decide wait for a person: exit status 3 says so.
+    return Failed(report.to_json()) if report.needs_operator else report.to_json()
 
 
 def _verify(engine: Engine, args: argparse.Namespace) -> Any:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from diskledger.cli.base import Leaf
+from diskledger.cli.base import Leaf, new_op_id, paint, say
 from diskledger.engine import FORMATS, Engine
 from diskledger.errors import InvalidInput
 from diskledger.hypervisor import BUSES, CACHE_MODES, DISCARD_MODES
-from diskledger.render import disk_json, print_disk, print_disks
+from diskledger.render import disk_json, human_size, print_disk, print_disks
+from diskledger.states import DiskView
 
 __all__ = ["disk_commands", "libvirt_commands"]
 
@@ -146,58 +147,104 @@ def libvirt_commands(groups: Any, leaf: Leaf) -> None:
 def _show_disk(engine: Engine, args: argparse.Namespace, view: Any) -> Any:
     if not args.json:
         print_disk(view)
+    return _disk_document(view)
+
+
+def _disk_document(view: DiskView) -> Any:
     shown = disk_json(view)
     if view.encryption is not None:  # the key's reference, never the key
         shown["encryption"] = view.encryption.to_json()
     return shown
 
 
+def _done(args: argparse.Namespace, view: DiskView, line: str, op_id: str) -> Any:
+    """A mutating command's result: one line for a person, the disk's document for a program."""
+    say(args, f"{paint(line.partition(' ')[0], 'ok')} {line.partition(' ')[2]}, op {op_id[:8]}")
+    return _disk_document(view)
+
+
+def _made(view: DiskView) -> str:
+    """``1.0 GiB qcow2``, and ``encrypted`` when it is."""
+    return " ".join(
+        part
+        for part in (human_size(view.size), view.format, "encrypted" if view.encryption else "")
+        if part
+    )
+
+
 def _disk_create(engine: Engine, args: argparse.Namespace) -> Any:
     if args.template_source is not None:
         engine.ensure_template(args.template, args.template_source, args.template_format)
+    op_id = new_op_id(args)
     view = engine.create(
-        args.disk, template=args.template, size=args.size, encrypt=args.encrypt, op_id=args.op_id
+        args.disk, template=args.template, size=args.size, encrypt=args.encrypt, op_id=op_id
     )
-    return _show_disk(engine, args, view)
+    source = f"from {view.template}" if view.template else "blank"
+    return _done(args, view, f"created {view.disk}: {_made(view)} {source}", op_id)
 
 
 def _disk_resize(engine: Engine, args: argparse.Namespace) -> Any:
-    return _show_disk(engine, args, engine.resize(args.disk, args.size, op_id=args.op_id))
+    op_id = new_op_id(args)
+    view = engine.resize(args.disk, args.size, op_id=op_id)
+    live = f" (live, in domain {view.attachment.domain})" if view.attachment else ""
+    return _done(args, view, f"resized {view.disk} to {human_size(view.size)}{live}", op_id)
+
+
+def _snapshots(view: DiskView) -> str:
+    names = view.snapshot_names
+    return f"snapshots: {', '.join(names)}" if names else "no snapshots"
 
 
 def _disk_snapshot(engine: Engine, args: argparse.Namespace) -> Any:
-    return _show_disk(engine, args, engine.snapshot(args.disk, args.snapshot, op_id=args.op_id))
+    op_id = new_op_id(args)
+    view = engine.snapshot(args.disk, args.snapshot, op_id=op_id)
+    line = f"snapshotted {view.disk} as {args.snapshot} ({_snapshots(view)})"
+    return _done(args, view, line, op_id)
 
 
 def _disk_rollback(engine: Engine, args: argparse.Namespace) -> Any:
-    return _show_disk(engine, args, engine.rollback(args.disk, args.snapshot, op_id=args.op_id))
+    op_id = new_op_id(args)
+    view = engine.rollback(args.disk, args.snapshot, op_id=op_id)
+    line = f"rolled {view.disk} back to snapshot {args.snapshot} ({human_size(view.size)})"
+    return _done(args, view, line, op_id)
 
 
 def _disk_remove_snapshot(engine: Engine, args: argparse.Namespace) -> Any:
-    return _show_disk(
-        engine, args, engine.remove_snapshot(args.disk, args.snapshot, op_id=args.op_id)
-    )
+    op_id = new_op_id(args)
+    view = engine.remove_snapshot(args.disk, args.snapshot, op_id=op_id)
+    line = f"removed snapshot {args.snapshot} of {view.disk} ({_snapshots(view)} left)"
+    return _done(args, view, line.replace("no snapshots left", "none left"), op_id)
 
 
 def _disk_delete(engine: Engine, args: argparse.Namespace) -> Any:
-    return _show_disk(engine, args, engine.delete(args.disk, op_id=args.op_id))
+    op_id = new_op_id(args)
+    before = engine.show(args.disk)
+    view = engine.delete(args.disk, op_id=op_id)
+    count = len(before.snapshots)
+    gone = f" and its {count} snapshot{'s' if count != 1 else ''}" if count else ""
+    return _done(args, view, f"deleted {before.disk}{gone}", op_id)
 
 
 def _disk_import(engine: Engine, args: argparse.Namespace) -> Any:
+    op_id = new_op_id(args)
     view = engine.import_disk(
-        args.disk, args.source, args.format, encrypt=args.encrypt, op_id=args.op_id
+        args.disk, args.source, args.format, encrypt=args.encrypt, op_id=op_id
     )
-    return _show_disk(engine, args, view)
+    return _done(args, view, f"imported {view.disk}: {_made(view)} from {args.source}", op_id)
 
 
 def _disk_flatten(engine: Engine, args: argparse.Namespace) -> Any:
-    return _show_disk(engine, args, engine.flatten(args.disk, op_id=args.op_id))
+    op_id = new_op_id(args)
+    before = engine.show(args.disk)
+    view = engine.flatten(args.disk, op_id=op_id)
+    was = f" (no longer depends on template {before.template})" if before.backing else ""
+    return _done(args, view, f"flattened {view.disk}{was}", op_id)
 
 
 def _disk_direct_snapshot(engine: Engine, args: argparse.Namespace) -> Any:
-    result = engine.direct_snapshot(args.disk, args.snapshot, args.image_id, op_id=args.op_id)
-    if not args.json:
-        print(result.url)
+    # Its output is the URL, for the caller to hand on: nothing else on stdout.
+    result = engine.direct_snapshot(args.disk, args.snapshot, args.image_id, op_id=new_op_id(args))
+    say(args, result.url)
     return result.to_json()
 
 
@@ -226,12 +273,18 @@ def _disk_xml(engine: Engine, args: argparse.Namespace) -> Any:
 
 
 def _disk_attach(engine: Engine, args: argparse.Namespace) -> Any:
-    view = engine.attach(args.disk, args.domain, op_id=args.op_id, **_device_choices(args))
-    return _show_disk(engine, args, view)
+    op_id = new_op_id(args)
+    view = engine.attach(args.disk, args.domain, op_id=op_id, **_device_choices(args))
+    where = f" as {view.attachment.target_dev}" if view.attachment else ""
+    return _done(args, view, f"attached {view.disk} to domain {args.domain}{where}", op_id)
 
 
 def _disk_detach(engine: Engine, args: argparse.Namespace) -> Any:
-    return _show_disk(engine, args, engine.detach(args.disk, op_id=args.op_id))
+    op_id = new_op_id(args)
+    before = engine.show(args.disk)
+    view = engine.detach(args.disk, op_id=op_id)
+    domain = f" from domain {before.attachment.domain}" if before.attachment else ""
+    return _done(args, view, f"detached {view.disk}{domain}", op_id)
 
 
 def _libvirt_define_secret(engine: Engine, args: argparse.Namespace) -> Any:
@@ -253,9 +306,13 @@ def _disk_show(engine: Engine, args: argparse.Namespace) -> Any:
 
 
 def _disk_export(engine: Engine, args: argparse.Namespace) -> Any:
-    result = engine.export(args.disk, args.target, args.format, op_id=args.op_id)
-    if not args.json:
-        print(f"exported {result.disk} to {result.target} ({result.format}, {result.size} bytes)")
+    op_id = new_op_id(args)
+    result = engine.export(args.disk, args.target, args.format, op_id=op_id)
+    say(
+        args,
+        f"{paint('exported', 'ok')} {result.disk} to {result.target}: {result.format}, "
+        f"{human_size(result.size)}, op {op_id[:8]}",
+    )
     return result.to_json()
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from diskledger.cli.base import Leaf
+from diskledger.cli.base import Leaf, new_op_id, paint, say
 from diskledger.engine import FORMATS, Engine
-from diskledger.render import print_template, print_templates, template_json
+from diskledger.render import human_size, print_template, print_templates, template_json
 
 __all__ = ["template_commands"]
 
@@ -32,9 +32,13 @@ def template_commands(groups: Any, leaf: Leaf) -> None:
 
 
 def _template_add(engine: Engine, args: argparse.Namespace) -> Any:
-    view = engine.add_template(args.template, args.source, args.format, op_id=args.op_id)
-    if not args.json:
-        print_template(view, engine.template_users(view.template))
+    op_id = new_op_id(args)
+    view = engine.add_template(args.template, args.source, args.format, op_id=op_id)
+    say(
+        args,
+        f"{paint('cached', 'ok')} template {view.template}: {human_size(view.virtual_size)} "
+        f"{view.format} from {args.source}, op {op_id[:8]}",
+    )
     return template_json(view, [])
 
 

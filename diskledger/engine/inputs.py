@@ -80,6 +80,11 @@ def parse_size(text: str | int, *, what: str = "size") -> int:
     if isinstance(text, int):
         size = text
     else:
+        if text.strip().startswith("-"):
+            raise InvalidSize(
+                f"{what} {text.strip()} is negative: a size is a positive number of bytes, "
+                "or with a K/M/G/T suffix"
+            )
         match = _SIZE.fullmatch(text.strip())
         if match is None:
             raise InvalidSize(f"{what} {text!r} is not a size: use bytes or a K/M/G/T suffix")
