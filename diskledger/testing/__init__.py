@@ -1,8 +1,10 @@
 """Tools for test authors: a property-based harness that shakes a disk backend with random
-operations and crashes (``harness``; its ``model`` of the bytes, its ``invariants`` and the
-``stats`` it counts, planted bugs caught apart from unexpected violations), and
-the backend contract as a conformance suite any backend can run (``contract``; the sample
-disks and images it shares with a backend's own tests in ``samples``).
+operations and crashes (``harness``, the state machine; what it shakes and for how long in
+``config``, what it draws in ``draws``, what a rule may act on in ``preconditions``, its
+``model`` of the bytes, its ``invariants`` and their ``checks``, and the ``stats`` it counts,
+planted bugs caught apart from unexpected violations; guest bytes through ``storage``), and the
+backend contract as a conformance suite any backend can run (``contract``; the sample disks and
+images it shares with a backend's own tests in ``samples``).
 """
 
 from diskledger.testing.contract import BackendContract

@@ -49,8 +49,6 @@ ones apart from those of a run on a bug planted on purpose (``stats.planted_bug(
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
 import sys
@@ -58,47 +56,43 @@ import tempfile
 import unittest
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, NoReturn, TypeVar
+from typing import Any, ClassVar
 
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
-    invariant,
     precondition,
     rule,
     run_state_machine_as_test,
 )
 
 from diskledger import faults
-from diskledger.backends import Backend, Capability, SourceKind
-from diskledger.engine import Config, Engine, build
+from diskledger.backends import Capability, SourceKind
+from diskledger.engine import Engine
 from diskledger.errors import BackendError, DiskLedgerError
 from diskledger.events import COMPLETED, FAILED, split_type
-from diskledger.states import DISK_TABLE, TEMPLATE_TABLE, DiskState, evolve, params_of
-from diskledger.states.machine import Validator
-from diskledger.states.streams import DISK, empty_view, stream_kind
-from diskledger.store import EventStore
-from diskledger.testing.invariants import (
-    AGREE,
-    ATTACHED,
-    CHAIN,
-    COPIES,
-    DATA,
-    EXACT_SIZE,
-    FORMAT,
-    GAPLESS,
-    LEGAL,
-    NEVER_SHRINKS,
-    RECOVERED,
-    REFUSED,
-    REPEATED,
-    STORAGE,
-    USERS,
+from diskledger.states import DiskState
+from diskledger.testing.checks import Checks
+from diskledger.testing.config import Harness, budget
+from diskledger.testing.draws import (
+    CRASH,
+    DIRECT,
+    DISKS,
+    IMPORT_SIZE,
+    IMPORTS,
+    MAX_MARKS,
+    REPEATS,
+    SNAPSHOTS,
+    TARGETS,
+    TEMPLATES,
+    MiB,
+    mostly,
+    weighted,
 )
+from diskledger.testing.invariants import AGREE, RECOVERED, REFUSED, REPEATED
 from diskledger.testing.model import (
     SECTOR,
     Apply,
@@ -108,11 +102,10 @@ from diskledger.testing.model import (
     ModelDisk,
     Unresolved,
     sector_of,
-    show,
     source_image,
 )
-from diskledger.testing.stats import STATS, HarnessStats, violation
-from diskledger.testing.storage import FileStorage, StorageAccess
+from diskledger.testing.stats import STATS, HarnessStats
+from diskledger.testing.storage import FileStorage, InspectingFileStorage, StorageAccess
 
 __all__ = [
     "STATS",
@@ -125,154 +118,11 @@ __all__ = [
     "run_lifecycle",
 ]
 
-MiB = 1 << 20
-DISKS = ("vm-1/root", "vm-1/data", "vm-2/root", "vm-2/data", "vm-3/root", "vm-3/swap")
-TARGETS = {disk: f"sd{chr(ord('a') + i)}" for i, disk in enumerate(DISKS)}
-"""The SCSI target each disk is attached at, when the harness has a domain."""
-SNAPSHOTS = ("s1", "s2", "s3")
-DIRECT = "direct"
-"""The short-lived snapshot a direct snapshot copies from (never one of ``SNAPSHOTS``)."""
-TEMPLATES = {"base": "raw", "alt": "qcow2"}
-IMPORTS = {"import.raw": "raw", "import.qcow2": "qcow2"}
-IMPORT_SIZE = 2 * MiB + 3 * SECTOR
-MAX_MARKS = 4
-"""Distinct offsets marked per disk at most (then writes overwrite): keeps the reads cheap."""
-LIVE_DISKS = 3
-"""Creates are drawn while fewer disks than this live, deletes while this many do."""
-REPEATS = 4
-"""Kinds of operation whose idempotency key an example repeats, at most."""
-POINTS = faults.POINTS
-CRASHES = 4
-"""One operation in this many is drawn to crash (Hypothesis favours the first choice, not to
-crash: in practice about one in six does)."""
-HOW = ("in-process", "in-process", "in-process", "kill a CLI process")
-"""How an operation crashes: its thread dies on the spot (``faults.Crash``), or a real
-``diskledger`` CLI process running it is SIGKILLed there (named backends only: a factory's
-backend crashes in-process); a CLI process costs a Python start, hence one in four."""
-
-REFUSED_WHILE_ATTACHED = frozenset(
-    {
-        "attach",
-        "delete",
-        "rollback",
-        "export",
-        "flatten",
-        "snapshot",
-        "remove-snapshot",
-        "direct-snapshot",
-    }
-)
-"""What the model expects the engine to refuse on a disk a domain uses (the harness's own
-statement of the rule, not the engine's table: a change there shows up here as a violation)."""
-SNAPSHOTS_IN_USE = frozenset({"snapshot", "remove-snapshot", "direct-snapshot"})
-"""...except these, on a backend with ``Capability.SNAPSHOT_IN_USE`` (RBD)."""
-
-
-@dataclass(frozen=True)
-class Harness:
-    """What to shake.
-
-    ``backend`` is a name the CLI knows (``raw``, ``qcow2``, ``rbd``; with ``environ`` for its
-    settings) or a factory ``root -> Backend`` for a backend of your own. Crashes by SIGKILL of a
-    real CLI process need a named backend; a factory gets in-process crashes only.
-    ``store`` may wrap the event store (to test the harness itself); ``reset`` runs before and
-    after every example (for shared storage: empty the pool).
-
-    ``storage`` makes the ``StorageAccess`` guest bytes are written and read through, given the
-    example's root; by default ``FileStorage(root)``, which serves backends whose disks are
-    files. A backend whose disks are not files (RBD) must be given one; it is closed after each
-    example when it has a ``close()``.
-
-    ``domain`` names a running libvirt domain with a SCSI controller (virtio-scsi) that disks
-    are attached to (at ``sda``..``sdf``) and detached from, and resized in while attached;
-    without one, attach and detach are never drawn. Every disk is detached again after each
-    example. qemu must reach the disks: give a ``workdir`` it can traverse (the examples'
-    directories are made there, mode 0711).
-    """
-
-    name: str
-    backend: str | Callable[[str], Backend]
-    environ: Mapping[str, str] = field(default_factory=dict)
-    ledger: Callable[[Path], str] | None = None
-    store: Callable[[EventStore], EventStore] | None = None
-    reset: Callable[[], None] | None = None
-    template_size: int = 3 * MiB + 5 * SECTOR
-    storage: Callable[[Path], StorageAccess] | None = None
-    domain: str | None = None
-    workdir: Path | None = None
-
-    @property
-    def kills_processes(self) -> bool:
-        return isinstance(self.backend, str)
-
-    def open(self, root: Path, ledger: str) -> Engine:
-        environ = {**os.environ, **self.environ}
-        name = self.backend if isinstance(self.backend, str) else "raw"
-        config = Config.load(root=root, ledger=ledger, backend=name, environ=environ)
-        own = None if isinstance(self.backend, str) else self.backend(str(root))
-        return Engine(build(config, backend=own, store=self.store))
-
-    def cli_environ(self, root: Path, ledger: str) -> dict[str, str]:
-        assert isinstance(self.backend, str)
-        return {
-            **os.environ,
-            **self.environ,
-            "DISKLEDGER_ROOT": str(root),
-            "DISKLEDGER_LEDGER": ledger,
-            "DISKLEDGER_BACKEND": self.backend,
-            "DISKLEDGER_RECOVER": "0",  # the harness decides when recovery runs
-        }
-
-    @property
-    def snapshot_pool(self) -> str | None:
-        """The pool direct snapshots go to, when the settings name one."""
-        key = "DISKLEDGER_RBD_SNAPSHOT_POOL"
-        return self.environ.get(key) or os.environ.get(key) or None
-
-
-def budget(**overrides: Any) -> settings:
-    """Hypothesis settings from ``DISKLEDGER_HARNESS_EXAMPLES`` and ``DISKLEDGER_HARNESS_STEPS``."""
-    values: dict[str, Any] = {
-        "max_examples": int(os.environ.get("DISKLEDGER_HARNESS_EXAMPLES", "5")),
-        "stateful_step_count": int(os.environ.get("DISKLEDGER_HARNESS_STEPS", "30")),
-        "deadline": None,
-        "database": None,
-        "suppress_health_check": list(HealthCheck),
-    }
-    values.update(overrides)
-    return settings(**values)
-
-
-T = TypeVar("T")
-
-
-@st.composite
-def _mostly(draw: st.DrawFn, good: Sequence[T], others: Sequence[T], odds: int = 8) -> T:
-    """One of ``good`` ``odds - 1`` times in ``odds`` (when there is one), else any of
-    ``others``; shrinks towards ``good[0]``, which Hypothesis also draws more often than the
-    rest: callers put the most telling choice first."""
-    if good and draw(st.integers(0, odds - 1)) < odds - 1:
-        return draw(st.sampled_from(good))
-    return draw(st.sampled_from(others))
-
-
-def _weighted(*choices: tuple[int, st.SearchStrategy[T]]) -> st.SearchStrategy[T]:
-    """One of ``choices`` with the given weights; shrinks towards the first."""
-    table = [strategy for weight, strategy in choices for _ in range(weight)]
-    return st.integers(0, len(table) - 1).flatmap(lambda i: table[i])
-
-
-_CRASH = _weighted(
-    (CRASHES - 1, st.none()),
-    (1, st.tuples(st.sampled_from(("mid-effect", *POINTS)), st.sampled_from(HOW))),
-)
-"""Whether and where an operation crashes: mid-effect twice as often as at the other fault
-points (half an effect done is where most bugs hide)."""
 
 # -- the machine ------------------------------------------------------------------------------
 
 
-class DiskLifecycle(RuleBasedStateMachine):
+class DiskLifecycle(Checks, RuleBasedStateMachine):
     """The lifecycle machine; ``lifecycle_machine(harness)`` makes one for a harness.
 
     Rules draw what they act on from the model: mostly a disk, snapshot, template or size the
@@ -281,6 +131,10 @@ class DiskLifecycle(RuleBasedStateMachine):
     only be refused in the current state (a template that is cached, a flatten on a backend
     that cannot) are drawn only while the example has made fewer than one refused request per
     four operations, so that most steps do something.
+
+    What its rules may act on comes from ``Preconditions`` (``preconditions``), its invariant
+    checks from ``Checks`` (``checks``), what it draws from ``draws``; its counts go to ``STATS``
+    (``stats``).
     """
 
     harness: ClassVar[Harness]
@@ -316,7 +170,7 @@ class DiskLifecycle(RuleBasedStateMachine):
                     "storage= that reaches them (a StorageAccess, e.g. RbdStorage for rbd)"
                 )
         self.storage: StorageAccess = (self.harness.storage or FileStorage)(self.root)
-        self.files = FileStorage(self.exports)
+        self.files = InspectingFileStorage(self.exports)
         size = self.harness.template_size
         self.sources = {t: source_image(t, fmt, size) for t, fmt in TEMPLATES.items()}
         self.imports = {name: source_image(name, fmt, IMPORT_SIZE) for name, fmt in IMPORTS.items()}
@@ -407,7 +261,7 @@ class DiskLifecycle(RuleBasedStateMachine):
     @precondition(lambda self: self._uncached() or self._may_refuse())
     @rule(data=st.data())
     def add_template(self, data: st.DataObject) -> None:
-        template = data.draw(_mostly(self._uncached(), sorted(TEMPLATES)), label="template")
+        template = data.draw(mostly(self._uncached(), sorted(TEMPLATES)), label="template")
         self._add_template(data, template)
 
     def _add_template(self, data: st.DataObject | None, template: str) -> None:
@@ -433,13 +287,13 @@ class DiskLifecycle(RuleBasedStateMachine):
     @precondition(lambda self: self._may_create() or self._may_refuse())
     @rule(data=st.data())
     def create_from_template(self, data: st.DataObject) -> None:
-        disk = data.draw(_mostly(self._free_names(), DISKS), label="disk")
+        disk = data.draw(mostly(self._free_names(), DISKS), label="disk")
         cached = sorted(t for t in self.model.templates if not self._pending(f"template:{t}"))
-        template = data.draw(_mostly(cached, sorted(TEMPLATES)), label="template")
+        template = data.draw(mostly(cached, sorted(TEMPLATES)), label="template")
         base = self.model.templates.get(template)
         around = base or self.harness.template_size
         size = data.draw(
-            _weighted(
+            weighted(
                 (3, st.none()),
                 (1, st.just(around)),
                 (3, st.integers(1, 2048).map(lambda n: around + n * SECTOR)),
@@ -476,9 +330,9 @@ class DiskLifecycle(RuleBasedStateMachine):
     @precondition(lambda self: self._may_create() or self._may_refuse())
     @rule(data=st.data())
     def create_blank(self, data: st.DataObject) -> None:
-        disk = data.draw(_mostly(self._free_names(), DISKS), label="disk")
+        disk = data.draw(mostly(self._free_names(), DISKS), label="disk")
         size = data.draw(
-            _weighted(
+            weighted(
                 (6, st.integers(1, 8192).map(lambda n: n * SECTOR)),
                 (2, st.sampled_from([1, 7, 8, 9, 2047, 2048, 2049]).map(lambda n: n * SECTOR)),
                 (1, st.integers(1, 4 * MiB).filter(lambda n: n % SECTOR != 0)),
@@ -504,7 +358,7 @@ class DiskLifecycle(RuleBasedStateMachine):
     @rule(data=st.data())
     def import_disk(self, data: st.DataObject) -> None:
         """A disk from a local image file: one the harness made (raw or qcow2), or an export."""
-        disk = data.draw(_mostly(self._free_names(), DISKS), label="disk")
+        disk = data.draw(mostly(self._free_names(), DISKS), label="disk")
         sources: dict[str, tuple[Path, str, int, Content]] = {
             name: (s.path, s.format, s.image.size, Content(s.image))
             for name, s in self.imports.items()
@@ -512,7 +366,7 @@ class DiskLifecycle(RuleBasedStateMachine):
         for name, copy in self.model.exports.items():
             sources[name] = (Path(copy.location), copy.format, copy.size, copy.content)
         choice = data.draw(
-            _weighted((9, st.sampled_from(sorted(sources))), (1, st.just("missing.raw"))),
+            weighted((9, st.sampled_from(sorted(sources))), (1, st.just("missing.raw"))),
             label="source",
         )
         path, fmt, size, content = sources.get(
@@ -538,11 +392,11 @@ class DiskLifecycle(RuleBasedStateMachine):
     @precondition(lambda self: self._live_names() or self._may_refuse())
     @rule(data=st.data())
     def resize(self, data: st.DataObject) -> None:
-        disk = data.draw(_mostly(self._live_names(), DISKS), label="disk")
+        disk = data.draw(mostly(self._live_names(), DISKS), label="disk")
         current = self._live(disk)
         now = current.size if current else 4 * MiB
         size = data.draw(
-            _weighted(
+            weighted(
                 (6, st.integers(1, 2048).map(lambda n: now + n * SECTOR)),
                 (1, st.just(now)),
                 (1, st.integers(1, 64).map(lambda n: now - n * SECTOR)),
@@ -584,7 +438,7 @@ class DiskLifecycle(RuleBasedStateMachine):
         current = self._live(disk)
         taken = current.snapshots if current else {}
         free = [s for s in SNAPSHOTS if s not in taken]
-        snapshot = data.draw(_mostly(free, SNAPSHOTS), label="snapshot")
+        snapshot = data.draw(mostly(free, SNAPSHOTS), label="snapshot")
 
         def apply(model: Model) -> None:
             model_disk = model.disks[disk]
@@ -603,7 +457,7 @@ class DiskLifecycle(RuleBasedStateMachine):
         )
         # The guest carries on writing, mostly: the snapshot then holds other bytes than the
         # disk, and a rollback to it (or to another one) has something to restore.
-        carries_on = _weighted((3, st.just(True)), (1, st.just(False)))
+        carries_on = weighted((3, st.just(True)), (1, st.just(False)))
         if done and disk in self._writable() and data.draw(carries_on, label="then"):
             self._write(data, disk)
 
@@ -683,7 +537,7 @@ class DiskLifecycle(RuleBasedStateMachine):
         if op == "rollback" and current is not None:
             # First those whose bytes differ from the disk's now: where a rollback shows.
             taken.sort(key=lambda s: current.saved[s] == current.content)
-        snapshot = data.draw(_mostly(taken, SNAPSHOTS), label="snapshot")
+        snapshot = data.draw(mostly(taken, SNAPSHOTS), label="snapshot")
         return disk, snapshot, current
 
     @precondition(lambda self: self._live_names("export") or self._may_refuse())
@@ -740,7 +594,7 @@ class DiskLifecycle(RuleBasedStateMachine):
         disk = self._draw_disk(data, self._live_names("direct-snapshot"), "direct-snapshot")
         current = self._live(disk)
         taken = current.snapshots if current else {}
-        snapshot = data.draw(_mostly([DIRECT], SNAPSHOTS), label="snapshot")
+        snapshot = data.draw(mostly([DIRECT], SNAPSHOTS), label="snapshot")
         self.counter += 1
         image_id = f"image-{self.counter}"
         copy = None
@@ -797,7 +651,7 @@ class DiskLifecycle(RuleBasedStateMachine):
     )
     @rule(data=st.data())
     def detach(self, data: st.DataObject) -> None:
-        disk = data.draw(_mostly(self._attached(), DISKS), label="disk")
+        disk = data.draw(mostly(self._attached(), DISKS), label="disk")
         current = self._live(disk)
 
         def apply(model: Model) -> None:
@@ -845,7 +699,7 @@ class DiskLifecycle(RuleBasedStateMachine):
         kept = [
             d for d in writable if self.model.disks[d].content in self.model.disks[d].saved.values()
         ]
-        self._write(data, data.draw(_mostly(kept, writable), label="disk"))
+        self._write(data, data.draw(mostly(kept, writable), label="disk"))
 
     def _write(self, data: st.DataObject, disk: str) -> None:
         """A marker naming the disk and a counter into its first or last sector, where another
@@ -864,7 +718,7 @@ class DiskLifecycle(RuleBasedStateMachine):
             if model_disk.content.base is not None:
                 near.add(model_disk.content.base.size // SECTOR)
             interesting = sorted(s for s in near if 0 <= s <= last)
-            where = _weighted((1, st.sampled_from(interesting)), (2, st.integers(0, last)))
+            where = weighted((1, st.sampled_from(interesting)), (2, st.integers(0, last)))
         offset = data.draw(where, label="sector") * SECTOR
         self.counter += 1
         marker = sector_of(f"{disk} #{self.counter} @{offset}")
@@ -913,179 +767,6 @@ class DiskLifecycle(RuleBasedStateMachine):
         self.engine.recover()
         self._after_recovery()
 
-    # -- invariants (Hypothesis checks them in the order of their names: bytes last) ---------
-
-    @invariant()
-    def disks_match_the_model(self) -> None:
-        views = {v.disk: v for v in self.engine.list() if v.size is not None}
-        for disk, view in views.items():
-            assert view.size is not None and view.format is not None
-            if view.size < self.sizes.get(disk, 0):
-                self._violate(NEVER_SHRINKS, f"{disk} went from {self.sizes[disk]} to {view.size}")
-            if self.formats.setdefault(disk, view.format) != view.format:
-                self._violate(FORMAT, f"{disk} {self.formats[disk]} -> {view.format}")
-            self.sizes[disk] = view.size
-        for gone in set(self.sizes) - set(views):
-            del self.sizes[gone]
-            self.formats.pop(gone, None)
-        for template in self.model.templates:
-            users = sorted(self.engine.template_users(template))
-            expected = sorted(d for d, m in self.model.disks.items() if m.template == template)
-            if not self._any_pending() and users != expected:
-                self._violate(USERS, f"{template}: {users}, expected {expected}")
-        for disk in DISKS:
-            if self._pending(f"disk:{disk}"):
-                continue
-            seen_view, wanted = views.get(disk), self.model.disks.get(disk)
-            if seen_view is not None and wanted is not None:
-                if seen_view.size != wanted.size:
-                    change = f"{(seen_view.size or 0) - wanted.size:+d}"
-                    self._violate(
-                        EXACT_SIZE,
-                        f"{disk} is {seen_view.size} bytes, asked {wanted.size} ({change})",
-                    )
-                for snapshot in seen_view.snapshots:
-                    asked = wanted.snapshots.get(snapshot.name)
-                    if asked is not None and snapshot.size != asked:
-                        self._violate(
-                            EXACT_SIZE,
-                            f"{disk}@{snapshot.name} is {snapshot.size} bytes, taken at {asked}",
-                        )
-            seen, expected_view = _describe_view(seen_view), _describe_model(wanted)
-            if seen != expected_view:
-                self._violate(AGREE, f"{disk}: the engine has {seen}, the model {expected_view}")
-
-    @invariant()
-    def what_disks_hold_is_what_the_model_says(self) -> None:
-        """Read back every disk that may have changed since it was last read (the one an
-        operation or a guest write touched; all of them after a crash or a recovery): each
-        marker, two offsets without one (in turn the known sectors of its source and its first
-        and last sector), and after a rollback every offset another version of it had a marker
-        at."""
-        for disk in sorted(self.dirty):
-            model_disk = self.model.disks.get(disk)
-            if model_disk is None:
-                self.dirty.discard(disk)
-                continue
-            if self._pending(f"disk:{disk}") or model_disk.attached is not None:
-                continue  # read once it settles, or once the guest let go of it
-            view = self.engine.show(disk)
-            assert view.location and view.format
-            content, size = model_disk.content, model_disk.size
-            others = content.unmarked(size)
-            self.reads += 1
-            turn = [others[(self.reads + i) % len(others)] for i in range(min(2, len(others)))]
-            recheck = {o for o in model_disk.recheck if o <= size - SECTOR}
-            model_disk.recheck.clear()
-            for offset in sorted({*content.marks, *turn, *recheck}):
-                wanted = content.at(offset)
-                try:
-                    got = self.storage.read(view.location, view.format, offset, SECTOR)
-                except Exception as exc:  # unreadable is a wrong answer too
-                    self._violate(DATA, f"{disk} at {offset}: cannot read it: {exc}")
-                if got != wanted:
-                    self._violate(
-                        DATA,
-                        f"{disk} ({view.format}, {size} bytes) at {offset}: "
-                        f"{show(got)}, expected {show(wanted)}",
-                    )
-            self.dirty.discard(disk)
-
-    @invariant()
-    def what_exports_hold_is_what_the_disk_held(self) -> None:
-        """Each finished export (and direct snapshot) once: its size, and the bytes where the
-        disk it copied had markers or known sectors. With a snapshot pool, it holds exactly the
-        finished direct snapshots."""
-        for name, copy in [*self.model.exports.items(), *self.model.copies.items()]:
-            if copy.checked:
-                continue
-            storage = self.files if name in self.model.exports else self.storage
-            if name in self.model.exports:
-                size = _virtual_size(copy.location, copy.format)
-                if size != copy.size:
-                    self._violate(COPIES, f"{name} is {size} bytes, the disk was {copy.size}")
-            for offset in copy.content.offsets(copy.size):
-                wanted = copy.content.at(offset)
-                try:
-                    got = storage.read(copy.location, copy.format, offset, SECTOR)
-                except Exception as exc:  # unreadable is a wrong answer too
-                    self._violate(COPIES, f"{name} at {offset}: cannot read it: {exc}")
-                if got != wanted:
-                    self._violate(
-                        COPIES, f"{name} at {offset}: {show(got)}, expected {show(wanted)}"
-                    )
-            copy.checked = True
-        pool = self.harness.snapshot_pool
-        if self.direct_snapshots and pool and self.copies_changed and not self.unresolved:
-            self.copies_changed = False
-            there = {x for x in self.storage.existing() if x.startswith(f"{pool}/")}
-            wanted_images = {c.location.partition("@")[0] for c in self.model.copies.values()}
-            expected = wanted_images | {c.location for c in self.model.copies.values()}
-            if there != expected:
-                self._violate(
-                    STORAGE,
-                    f"the snapshot pool has {sorted(there - expected)} the ledger does not "
-                    f"name and lacks {sorted(expected - there)}",
-                )
-
-    @invariant()
-    def streams_are_gapless_and_legal(self) -> None:
-        if self._nothing_new("streams"):
-            return
-        versions: dict[str, int] = {}
-        views: dict[str, Any] = {}
-        for event in self.engine.store.read_all():
-            expected = versions.get(event.stream, 0) + 1
-            if event.version != expected:
-                self._violate(GAPLESS, f"{event.stream} jumps to {event.version}")
-            versions[event.stream] = event.version
-            view = views.get(event.stream) or empty_view(event.stream)
-            validator = _VALIDATORS[stream_kind(event.stream)]
-            if validator.target(view, event.type, params_of(view, event)) is None:
-                self._violate(LEGAL, f"{event.stream} v{event.version} {event.type}")
-            views[event.stream] = evolve(view, event)
-
-    @invariant()
-    def the_domain_has_the_attached_disks(self) -> None:
-        domain = self.harness.domain
-        if domain is None or self._nothing_new("domain"):
-            return
-        info = self.engine.hypervisor.find(domain)
-        if info is None:
-            self._violate(ATTACHED, f"domain {domain} is gone")
-        ours = {target: disk for disk, target in TARGETS.items()}
-        for target, source in sorted(info.disks.items()):
-            disk = ours.get(target)
-            if disk is None or self._pending(f"disk:{disk}"):
-                continue
-            model_disk = self.model.disks.get(disk)
-            if model_disk is None or model_disk.attached != target:
-                self._violate(ATTACHED, f"{domain} has {target}; the ledger has no disk there")
-            location = self.engine.show(disk).location
-            where = source.path if source.kind is SourceKind.FILE else source.name
-            if where != location:
-                self._violate(ATTACHED, f"{domain} has {where} at {target}, not {disk}")
-        for disk, model_disk in self.model.disks.items():
-            at = model_disk.attached
-            if at and at not in info.disks and not self._pending(f"disk:{disk}"):
-                self._violate(ATTACHED, f"{disk} is attached at {at}; {domain} lacks it")
-
-    @invariant()
-    def the_ledger_and_storage_agree(self) -> None:
-        if self._nothing_new("verify"):
-            return
-        report = self.engine.verify()
-        if report.chain_error or report.model_mismatches:
-            details = report.chain_error or "; ".join(report.model_mismatches)
-            self._violate(CHAIN, details)
-        if report.orphans or report.drift:
-            self._violate(STORAGE, f"orphans {report.orphans}, drift {report.drift}")
-        if report.stale_attachments and not self.unresolved:
-            self._violate(ATTACHED, f"stale attachments {report.stale_attachments}")
-        leftovers = [p.name for p in self.exports.iterdir() if ".tmp-" in p.name]
-        if leftovers and not self.unresolved:
-            self._violate(STORAGE, f"temporary export files left: {leftovers}")
-
     # -- the operation step -----------------------------------------------------------------
 
     def _perform(
@@ -1120,7 +801,7 @@ class DiskLifecycle(RuleBasedStateMachine):
             self.dirty.add(stream.partition(":")[2])
         crash = None
         if writes and data is not None:
-            crash = data.draw(_CRASH, label="crash")
+            crash = data.draw(CRASH, label="crash")
         if crash is None:
             try:
                 request(self.engine, op_id)
@@ -1193,105 +874,13 @@ class DiskLifecycle(RuleBasedStateMachine):
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _violate(self, invariant: str, details: str) -> NoReturn:
-        raise violation(invariant, details)
-
-    def _nothing_new(self, check: str) -> bool:
-        """Whether the ledger has had no event since ``check`` last ran: then the ledger, the
-        storage it names and the domain have nothing new to show (a refused request, a guest
-        write, an armed crash or a repeated key append nothing; a refused request that touched
-        storage all the same shows at the next check that runs, and Hypothesis shrinks to it)."""
-        head = self.engine.store.head()
-        if self.checked.get(check) == head:
-            return True
-        self.checked[check] = head
-        return False
-
-    def _pending(self, stream: str) -> bool:
-        return any(u.stream == stream for u in self.unresolved.values())
-
-    def _any_pending(self) -> bool:
-        return bool(self.unresolved)
-
-    def _absent(self, disk: str) -> bool:
-        return disk not in self.model.disks
-
-    def _live(self, disk: str) -> ModelDisk | None:
-        return self.model.disks.get(disk)
-
-    def _allowed(self, disk: ModelDisk | None, op: str) -> bool:
-        """Whether ``op`` may run on ``disk``: it exists, and no domain uses it, or the
-        operation may run under a guest (see ``REFUSED_WHILE_ATTACHED``)."""
-        if disk is None:
-            return False
-        if disk.attached is None or op not in REFUSED_WHILE_ATTACHED:
-            return True
-        return op in SNAPSHOTS_IN_USE and self.snapshots_in_use
-
-    def _live_names(self, op: str | None = None) -> list[str]:
-        """Live disks with nothing pending that ``op`` may act on."""
-        return [
-            d
-            for d in DISKS
-            if d in self.model.disks
-            and not self._pending(f"disk:{d}")
-            and (op is None or self._allowed(self.model.disks[d], op))
-        ]
-
     def _draw_disk(self, data: st.DataObject, good: Sequence[str], op: str) -> str:
         """Mostly one of ``good``, else any name; one time in four a disk a domain uses when
         ``op`` is refused on it, so that the refusals while attached are checked too."""
         refused = [d for d in self._attached() if not self._allowed(self.model.disks[d], op)]
         if refused:
-            return data.draw(_mostly(good, refused, odds=4), label="disk")
-        return data.draw(_mostly(good, DISKS), label="disk")
-
-    def _free_names(self) -> list[str]:
-        return [d for d in DISKS if d not in self.model.disks and not self._pending(f"disk:{d}")]
-
-    def _uncached(self) -> list[str]:
-        return [
-            t
-            for t in sorted(TEMPLATES)
-            if t not in self.model.templates and not self._pending(f"template:{t}")
-        ]
-
-    def _may_create(self) -> bool:
-        """While fewer than ``LIVE_DISKS`` disks live (of six names): each disk then lives long
-        enough to be snapshotted, written and rolled back."""
-        return bool(self._free_names()) and len(self.model.disks) < LIVE_DISKS
-
-    def _may_delete(self) -> bool:
-        """While ``LIVE_DISKS`` disks live, one of which may be deleted."""
-        return len(self.model.disks) >= LIVE_DISKS and bool(self._live_names("delete"))
-
-    def _snapshottable(self) -> list[str]:
-        return [
-            d
-            for d in self._live_names("snapshot")
-            if len(self.model.disks[d].snapshots) < len(SNAPSHOTS)
-        ]
-
-    def _with_snapshots(self, op: str, at_least: int = 1) -> list[str]:
-        """Disks ``op`` may act on with ``at_least`` snapshots (that hold different bytes,
-        when more than one)."""
-        return [
-            d
-            for d in self._live_names(op)
-            if len(self.model.disks[d].snapshots) >= at_least
-            and (at_least < 2 or _differ(list(self.model.disks[d].saved.values())))
-        ]
-
-    def _attached(self) -> list[str]:
-        return [d for d in self._live_names() if self.model.disks[d].attached]
-
-    def _writable(self) -> list[str]:
-        return [d for d in self._live_names() if self.model.disks[d].attached is None]
-
-    def _may_refuse(self) -> bool:
-        """Whether a rule that can only be refused now may be drawn: while this example has
-        made fewer than one refused request per four operations."""
-        return 4 * self.here.refusals < self.here.operations
+            return data.draw(mostly(good, refused, odds=4), label="disk")
+        return data.draw(mostly(good, DISKS), label="disk")
 
     def _disk_format(self) -> str:
         return self.engine.backend.disk_format
@@ -1300,56 +889,12 @@ class DiskLifecycle(RuleBasedStateMachine):
         return self.engine.store.head()
 
 
-_VALIDATORS: dict[str, Validator[Any]] = {
-    DISK: Validator(DISK_TABLE),
-    "template": Validator(TEMPLATE_TABLE),
-}
-
-
 def _new_op_id() -> str:
     return uuid.uuid4().hex
 
 
-def _differ(contents: Sequence[Content]) -> bool:
-    return any(c != contents[0] for c in contents[1:])
-
-
 def _snapshots(disk: ModelDisk | None) -> Mapping[str, int]:
     return disk.snapshots if disk is not None else {}
-
-
-def _virtual_size(path: str, fmt: str) -> int:
-    done = subprocess.run(
-        ["qemu-img", "info", "-f", fmt, "--output=json", "-U", path],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        return -1
-    return int(json.loads(done.stdout)["virtual-size"])
-
-
-def _describe_view(view: Any) -> tuple[Any, ...] | None:
-    if view is None:
-        return None
-    snapshots = tuple((s.name, s.size) for s in view.snapshots)
-    attached = view.attachment.target_dev if view.attachment else None
-    return (view.state.value, view.size, view.format, view.template, snapshots, attached)
-
-
-def _describe_model(model: ModelDisk | None) -> tuple[Any, ...] | None:
-    if model is None:
-        return None
-    snapshots = tuple(model.snapshots.items())
-    return (
-        model.state.value,
-        model.size,
-        model.format,
-        model.template,
-        snapshots,
-        model.attached,
-    )
 
 
 def lifecycle_machine(harness: Harness) -> type[DiskLifecycle]:

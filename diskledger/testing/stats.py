@@ -21,6 +21,8 @@ __all__ = ["STATS", "HarnessStats", "planted_bug", "violation"]
 
 @dataclass
 class HarnessStats:
+    """What the harness did: across runs (``STATS``), or in one example (the machine's own)."""
+
     examples: int = 0
     steps: int = 0
     operations: int = 0
