@@ -13,6 +13,8 @@ command line's contract (``docs/cli.md``) and never change meaning:
 3     needs an operator: an operation is in flight or was left pending (``diskledger recover``),
       this member was fenced or lost an operation to a takeover, ``verify`` found a problem, or
       ``watch`` met a gap or a broken hash chain
+75    this member lost its lease on a shared ledger and the process left at once
+      (``EX_TEMPFAIL``, ``docs/multihost.md``): a supervisor starts it again as a new member
 ====  ==========================================================================================
 """
 

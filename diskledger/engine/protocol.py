@@ -246,15 +246,22 @@ def repeated(rt: Runtime, op_id: str | None, request: Mapping[str, Any]) -> Reco
             f"op id {op_id} was used for {_describe(intent.data.get('request', {}))}, "
             f"not {_describe(request)}"
         )
-    outcome = events[-1]
-    _, op, phase = split_type(outcome.type)
-    if phase == COMPLETED:
+    _, op, _ = split_type(intent.type)
+    # The outcome, not the operation's last event: facts it records after its outcome (a
+    # failed create releases its template) carry its op id too.
+    outcome = next((e for e in reversed(events) if _outcome_of(e, op)), None)
+    if outcome is None:
+        raise OperationPending(intent.stream, op, op_id)
+    if split_type(outcome.type)[2] == COMPLETED:
         return outcome
-    if phase == FAILED:
-        raise Conflict(
-            f"operation {op_id} failed: {outcome.data.get('error')}; retry with a new op id"
-        )
-    raise OperationPending(intent.stream, op, op_id)
+    raise Conflict(
+        f"operation {op_id} failed: {outcome.data.get('error')}; retry with a new op id"
+    )
+
+
+def _outcome_of(event: RecordedEvent, op: str) -> bool:
+    _, event_op, phase = split_type(event.type)
+    return event_op == op and phase in (COMPLETED, FAILED)
 
 
 def disk_after(rt: Runtime, event: RecordedEvent) -> DiskView:

@@ -9,8 +9,9 @@ import pytest
 
 from diskledger.engine import Engine
 from diskledger.engine.recovery import RULES, rules_markdown
-from diskledger.errors import Conflict, OperationPending
+from diskledger.errors import Conflict, OperationPending, StorageIOError
 from diskledger.events import Metadata, NewEvent
+from diskledger.faults import armed
 from diskledger.states import DiskState
 
 DEAD = "no-such-boot:999999:1"
@@ -188,6 +189,18 @@ def test_idempotency_keys(engine: Engine, base: str) -> None:
     crashed_intent(engine, "vm-1/root", "snapshot", {"snapshot": "s"}, request=request)
     with pytest.raises(OperationPending):
         engine.snapshot("vm-1/root", "s", op_id="crashed-snapshot")
+
+
+def test_a_failed_create_from_a_template_is_not_taken_for_one_in_flight(
+    engine: Engine, base: str
+) -> None:
+    # Its last event is the template's release, recorded after its outcome under its op id.
+    with armed("create@mid-effect:eio"), pytest.raises(StorageIOError):
+        engine.create("vm-1/root", template=base, op_id="create-eio")
+    assert engine.history("vm-1/root")[-1].type == "disk.template-released"
+    with pytest.raises(Conflict, match=r"failed: .*retry with a new op id") as refused:
+        engine.create("vm-1/root", template=base, op_id="create-eio")
+    assert not isinstance(refused.value, OperationPending)
 
 
 def test_the_recovery_table_is_documented() -> None:
