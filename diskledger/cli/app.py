@@ -32,6 +32,7 @@ from diskledger.cli.disks import disk_commands, libvirt_commands
 from diskledger.cli.members import member_commands
 from diskledger.cli.messages import DONE, NEEDS_OPERATOR, explain
 from diskledger.cli.standalone import standalone_commands
+from diskledger.cli.status import status_command
 from diskledger.cli.templates import template_commands
 from diskledger.cli.watch import watch_command
 from diskledger.engine import Config, Engine
@@ -91,6 +92,7 @@ def build_parser(only: Sequence[str] = ()) -> argparse.ArgumentParser:
     watch_command(groups, leaf)
     member_commands(groups, leaf)
 
+    status_command(groups, leaf)
     history = leaf(groups, "history", _history, "the audit trail of one disk, or of everything")
     history.add_argument("disk", nargs="?", metavar="INSTANCE/NAME")
     recover = leaf(groups, "recover", _recover, "finish or undo operations a crash left pending")
@@ -114,7 +116,8 @@ class _Version(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
         from importlib.metadata import version
 
-        parser.exit(0, f"diskledger {version('diskledger')}\n")
+        print(f"diskledger {version('diskledger')}")
+        parser.exit(0)
 
 
 class _Skipped:
