@@ -19,6 +19,8 @@ packages=(
     python3-libvirt qemu-system-x86
     iptables faketime
     e2fsprogs apt
+    # tests/test_cli_completion.py: zsh completion, and the man page rendered by groff and man
+    zsh groff-base man-db
 )
 
 missing=()

@@ -114,18 +114,24 @@ _ENVIRONMENT: Sequence[tuple[str, str]] = (
 )
 
 _EXIT_STATUS: Sequence[tuple[str, str]] = (
-    ("0", "Success."),
+    ("0", "Success (for verify: the ledger and storage agree)."),
     (
         "1",
-        "The command was refused (a transition the disk's state does not allow, a name not "
-        "found, bad input) or failed (the backend, the hypervisor or the ledger); one line on "
-        "standard error says why. verify also exits 1 when it finds a problem.",
+        "Refused or failed: bad input, no such disk, a transition its state does not allow, a "
+        "conflict, storage or the ledger failed; nothing is half done. One line on standard "
+        "error says why and what to do next.",
     ),
-    ("2", "Usage error: the command line does not parse."),
+    ("2", "Usage error: the command line itself is wrong."),
     (
         "3",
-        "watch found a gap or a break in the ledger's hash chain: the ledger needs an operator "
-        "(run diskledger verify).",
+        "Needs an operator: an operation is in flight or was left pending (diskledger "
+        "recover), this member was fenced or lost an operation to a takeover, verify found a "
+        "problem, or watch met a gap or a broken hash chain.",
+    ),
+    (
+        "75",
+        "This member lost its lease on a shared ledger and the process left at once "
+        "(EX_TEMPFAIL): a supervisor starts it again as a new member.",
     ),
 )
 
