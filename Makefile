@@ -73,8 +73,9 @@ powerloss: setup  ## power cuts: every crash state of a 150-call workload (dm-lo
 bench: setup  ## side-by-side benchmarks; figures go into docs/performance.md
 	$(PY) -m benchmarks --markdown
 
-docs: setup  ## regenerate the lifecycle diagrams from the tables, then build the site into var/site
+docs: setup  ## regenerate the lifecycle diagrams and docs/cli.md's session, then build the site into var/site
 	$(PY) -m diskledger.states.machine > docs/states.md
+	$(PY) -m diskledger.cli.transcript
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir var/site
 	@echo "docs: the site is in var/site (open var/site/index.html)"
 
