@@ -398,3 +398,24 @@ def _no_ambient_ledger(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in ("DISKLEDGER_ROOT", "DISKLEDGER_LEDGER", "DISKLEDGER_BACKEND"):
         monkeypatch.delenv(name, raising=False)
     yield
+
+
+def test_a_tab_starts_without_the_engine_and_says_nothing_on_bad_words(tmp_path: Path) -> None:
+    # The console script answers __complete before it imports the command line's modules.
+    probe = (
+        "import sys; sys.argv = ['diskledger', '__complete', 'disks', '--root', sys.argv[1]]\n"
+        "from diskledger.cli import main\n"
+        "code = main()\n"
+        "assert 'sqlalchemy' not in sys.modules and 'diskledger.engine' not in sys.modules\n"
+        "raise SystemExit(code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "root")], capture_output=True, text=True
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    bad = subprocess.run(
+        [sys.executable, "-m", "diskledger.cli", "__complete", "bogus", "--nope"],
+        capture_output=True,
+        text=True,
+    )
+    assert (bad.returncode, bad.stdout, bad.stderr) == (0, "", "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from diskledger.cli import app
 
         return app.main(argv)
+    if sys.argv[1:2] == ["__complete"]:  # a shell's TAB: nothing of the engine is needed
+        from diskledger.cli.standalone import complete
+
+        return complete(sys.argv[2:])
     # The process is the command: what importing it makes (some 50,000 objects, no garbage)
     # lives until the process exits. The collector is paused while it is made and then moved
     # to the permanent generation, so that no collection walks it: not during the import
