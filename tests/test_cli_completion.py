@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from diskledger.cli import build_parser
 from diskledger.cli.completion import DEFAULT_ROOT, candidates, script
 from diskledger.cli.manpage import render
 from diskledger.engine import Config, Engine
@@ -64,7 +65,7 @@ def bash_script(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (BIN / "diskledger").exists():
         pytest.fail(f"no diskledger console script in {BIN}: pip install -e .", pytrace=False)
     path = tmp_path_factory.mktemp("bash") / "diskledger.bash"
-    path.write_text(script("bash"))
+    path.write_text(script("bash", build_parser()))
     return path
 
 
@@ -256,7 +257,7 @@ def test_candidates_of_a_postgresql_ledger(tmp_path: Path, postgres_url: str) ->
 def zsh_script(tmp_path_factory: pytest.TempPathFactory) -> Path:
     require_tool("zsh", "zsh")
     directory = tmp_path_factory.mktemp("zsh")
-    (directory / "_diskledger").write_text(script("zsh"))
+    (directory / "_diskledger").write_text(script("zsh", build_parser()))
     return directory
 
 

@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--template-source needs --template")
     standalone = getattr(args, "standalone", None)
     if standalone is not None:  # needs no ledger: runs before one is opened
-        return int(standalone(args))
+        return int(standalone(args, build_parser))
     try:
         config = Config.load(
             root=args.root,

@@ -217,13 +217,12 @@ fi
 """
 
 
-def script(shell: str) -> str:
-    """The completion script for ``shell`` (``bash`` or ``zsh``)."""
+def script(shell: str, whole: argparse.ArgumentParser) -> str:
+    """The completion script for ``shell`` (``bash`` or ``zsh``) of the command line ``whole``
+    (``diskledger.cli.build_parser()``)."""
     import shtab
 
-    from diskledger.cli.app import build_parser
-
-    parser = mark(build_parser())
+    parser = mark(whole)
     valued = "|".join(o for o in _valued_options(parser) if o not in ("--root", "--ledger"))
     if shell == "bash":
         preamble = _BASH.replace("__VALUED__", valued)
@@ -308,19 +307,18 @@ def _from_sqlite(path: str, kind: str, disk: str | None) -> list[str]:
         connection.close()
 
 
+_ABSENT = "absent"  # a deleted disk, a template never cached (the read models' state column)
+
+
 def _from_store(url: str, kind: str, disk: str | None) -> list[str]:
     """Any ledger but SQLite (PostgreSQL): opened as the commands open it, never upgraded."""
-    from diskledger.states.disk import DiskState
-    from diskledger.states.template import TemplateState
-    from diskledger.store.sql import open_store
+    from diskledger.engine import open_store
 
     store = open_store(url, upgrade=False)
     try:
         if kind == "templates":
-            return sorted(
-                t.template for t in store.templates() if t.state is not TemplateState.ABSENT
-            )
-        disks = [d for d in store.disks() if d.state is not DiskState.ABSENT]
+            return sorted(t.template for t in store.templates() if t.state.value != _ABSENT)
+        disks = [d for d in store.disks() if d.state.value != _ABSENT]
         if kind == "disks":
             return sorted(d.disk for d in disks)
         if kind == "snapshots":

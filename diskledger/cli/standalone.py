@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 __all__ = ["complete", "standalone_commands"]
@@ -47,14 +48,14 @@ class _Silent(argparse.ArgumentParser):
         raise SystemExit(0)
 
 
-def _completion(args: argparse.Namespace) -> int:
+def _completion(args: argparse.Namespace, whole: Callable[[], argparse.ArgumentParser]) -> int:
     from diskledger.cli.completion import script
 
-    sys.stdout.write(script(args.shell))
+    sys.stdout.write(script(args.shell, whole()))
     return 0
 
 
-def _complete(args: argparse.Namespace) -> int:
+def _complete(args: argparse.Namespace, _whole: object = None) -> int:
     from diskledger.cli.completion import candidates
 
     for name in candidates(args.kind, disk=args.disk, root=args.root, ledger=args.ledger):

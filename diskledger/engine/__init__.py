@@ -11,7 +11,9 @@ from diskledger.engine.config import DEFAULT_ROOT, Config
 from diskledger.engine.engine import FORMATS, DirectSnapshot, Engine, Export
 from diskledger.engine.inputs import check_disk, check_name, parse_size
 from diskledger.engine.runtime import Runtime, build
-from diskledger.store import MemberRecord
+
+# The ledger as the command line may open it without an engine (completing names on a server).
+from diskledger.store import MemberRecord, open_store
 
 __all__ = [
     "DEFAULT_ROOT",
@@ -25,5 +27,6 @@ __all__ = [
     "build",
     "check_disk",
     "check_name",
+    "open_store",
     "parse_size",
 ]

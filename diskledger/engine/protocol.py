@@ -254,9 +254,7 @@ def repeated(rt: Runtime, op_id: str | None, request: Mapping[str, Any]) -> Reco
         raise OperationPending(intent.stream, op, op_id)
     if split_type(outcome.type)[2] == COMPLETED:
         return outcome
-    raise Conflict(
-        f"operation {op_id} failed: {outcome.data.get('error')}; retry with a new op id"
-    )
+    raise Conflict(f"operation {op_id} failed: {outcome.data.get('error')}; retry with a new op id")
 
 
 def _outcome_of(event: RecordedEvent, op: str) -> bool:
