@@ -35,13 +35,8 @@ from tests.docs.blocks import (
 NOT_EXECUTED = {REPO / "docs" / "cli.md": "generated from real runs by its own tooling"}
 
 KNOWN_STALE: dict[tuple[str, str], str] = {
-    # (file, a line the block still has): why it cannot run. README.md is not ours to edit; once
-    # the block changes, the entry no longer matches and the block runs like any other.
-    (
-        "README.md",
-        'with Engine.open(root="/var/lib/diskledger", backend="qcow2") as engine:',
-    ): "README.md's Python example writes under /var/lib/diskledger and reads "
-    "/srv/images/cirros.qcow2: it cannot run in a directory of its own",
+    # (file, a line the block still has): why it cannot run yet. Once the block changes, the
+    # entry no longer matches and the block runs like any other. None today.
 }
 
 # A block may not name a path of the machine: it would read or write outside its directory.
