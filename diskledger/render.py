@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from diskledger.engine.inputs import human_size
 from diskledger.events import RecordedEvent
 from diskledger.states import DiskView, TemplateView
 
@@ -59,17 +60,6 @@ def template_json(view: TemplateView, users: Sequence[str]) -> dict[str, Any]:
 
 def event_json(event: RecordedEvent) -> dict[str, Any]:
     return event.to_json()
-
-
-def human_size(size: int | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

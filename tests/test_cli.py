@@ -211,133 +211,222 @@ def test_demo_runs_twice_on_one_root(cli: Cli) -> None:
     assert code == 0 and "audit trail" in out
 
 
+NAME_RULE = "use letters, digits, '.', '_' and '-', starting with a letter or digit, and no '..'"
+QOS_KEYS = ", ".join(
+    f"quota:disk_{what}_{unit}_sec{peak}"
+    for what in ("read", "total", "write")
+    for unit in ("bytes", "iops")
+    for peak in ("", "_max")
+)
+
+
 def bad_inputs(tmp_path: Path, template_files: dict[str, Path]) -> list[tuple[str, list[str], str]]:
+    """(what, argv, the whole error line after ``diskledger: error: ``) on the populated ledger:
+    template base (64 MiB), disk vm-1/root (96 MiB) with snapshot s1. Every line pinned."""
     long = "a" * 65
+    missing = tmp_path / "missing.img"
+    no_template = (
+        "no template nope is cached; add it with diskledger template add nope FILE --format "
+        "FORMAT (or see diskledger template list)"
+    )
+    no_disk = "no disk vm-9/root in the ledger; see diskledger disk list"
     return [
-        ("unknown template", ["template", "show", "nope"], "no template"),
+        ("unknown template", ["template", "show", "nope"], no_template),
         (
             "create from an unknown template",
             ["disk", "create", "vm-2/root", "--template", "nope"],
-            "no template",
+            no_template,
         ),
-        ("unknown disk", ["disk", "show", "vm-9/root"], "no disk"),
-        ("resize an unknown disk", ["disk", "resize", "vm-9/root", "1G"], "no disk"),
-        ("snapshot of an absent disk", ["disk", "snapshot", "vm-9/root", "s"], "no disk"),
-        ("delete an unknown disk", ["disk", "delete", "vm-9/root"], "no disk"),
-        ("history of an unknown disk", ["history", "vm-9/root"], "no disk"),
+        ("unknown disk", ["disk", "show", "vm-9/root"], no_disk),
+        ("resize an unknown disk", ["disk", "resize", "vm-9/root", "1G"], no_disk),
+        ("snapshot of an absent disk", ["disk", "snapshot", "vm-9/root", "s"], no_disk),
+        ("delete an unknown disk", ["disk", "delete", "vm-9/root"], no_disk),
+        ("history of an unknown disk", ["history", "vm-9/root"], no_disk),
         (
             "rollback to a missing snapshot",
             ["disk", "rollback", "vm-1/root", "nope"],
-            "no snapshot",
+            "disk vm-1/root has no snapshot 'nope'; its snapshots: s1",
         ),
         (
             "remove a missing snapshot",
             ["disk", "remove-snapshot", "vm-1/root", "nope"],
-            "no snapshot",
+            "disk vm-1/root has no snapshot 'nope'; its snapshots: s1",
         ),
-        ("a snapshot name taken", ["disk", "snapshot", "vm-1/root", "s1"], "already has a snapshot"),
+        (
+            "a snapshot name taken",
+            ["disk", "snapshot", "vm-1/root", "s1"],
+            "disk vm-1/root already has a snapshot 's1'; pick another name, or remove that one "
+            "first (diskledger disk remove-snapshot vm-1/root s1)",
+        ),
         (
             "create an existing disk",
             ["disk", "create", "vm-1/root", "--template", "base"],
-            "exists",
+            "disk vm-1/root already exists (snapshotted, 96.0 MiB); delete it first or pick "
+            "another name",
         ),
-        ("negative size", ["disk", "create", "vm-2/root", "--blank", "--size=-1G"], "size"),
-        ("negative resize", ["disk", "resize", "vm-1/root", "-5"], "size"),
+        (
+            "negative size",
+            ["disk", "create", "vm-2/root", "--blank", "--size=-1G"],
+            "size -1G is negative: a size is a positive number of bytes, or with a K/M/G/T suffix",
+        ),
+        (
+            "negative resize",
+            ["disk", "resize", "vm-1/root", "-5"],
+            "size -5 is negative: a size is a positive number of bytes, or with a K/M/G/T suffix",
+        ),
         (
             "zero size for a blank disk",
             ["disk", "create", "vm-2/root", "--blank", "--size", "0"],
-            "greater than zero",
+            "size must be greater than zero, got 0: a size is a positive number of bytes, or "
+            "with a K/M/G/T suffix",
         ),
         (
             "unparsable size",
             ["disk", "create", "vm-2/root", "--blank", "--size", "ten gigs"],
-            "not a size",
+            "size 'ten gigs' is not a size: use bytes or a K/M/G/T suffix",
         ),
-        ("unparsable resize", ["disk", "resize", "vm-1/root", "1Q"], "not a size"),
+        (
+            "unparsable resize",
+            ["disk", "resize", "vm-1/root", "1Q"],
+            "size '1Q' is not a size: use bytes or a K/M/G/T suffix",
+        ),
         (
             "size smaller than the template",
             ["disk", "create", "vm-2/root", "--template", "base", "--size", "1M"],
-            "smaller than template",
+            "size 1.0 MiB is smaller than template base (64.0 MiB): give at least that, or no "
+            "size to take the template's",
         ),
-        ("a shrink", ["disk", "resize", "vm-1/root", "64M"], "never shrink"),
+        (
+            "a shrink",
+            ["disk", "resize", "vm-1/root", "64M"],
+            "disk vm-1/root is 96.0 MiB; disks never shrink (asked for 64.0 MiB): give 96.0 MiB "
+            "or more",
+        ),
         (
             "absurd size",
             ["disk", "create", "vm-2/root", "--blank", "--size", "99999999T"],
-            "ceiling",
+            "size 99999999T is larger than the ceiling of 1.0 PiB (1125899906842624 bytes)",
         ),
         (
             "name with a slash",
             ["disk", "create", "vm-2/a/b", "--blank", "--size", "1M"],
-            "not allowed",
+            f"disk name 'a/b' is not allowed: {NAME_RULE}",
         ),
         (
             "name without instance",
             ["disk", "create", "root", "--blank", "--size", "1M"],
-            "INSTANCE/NAME",
+            "disk 'root' is not INSTANCE/NAME",
         ),
-        ("name with ..", ["disk", "create", "../root", "--blank", "--size", "1M"], "not allowed"),
+        (
+            "name with ..",
+            ["disk", "create", "../root", "--blank", "--size", "1M"],
+            f"instance name '..' is not allowed: {NAME_RULE}",
+        ),
         (
             "name with NUL",
             ["disk", "create", "vm-2/ro\0ot", "--blank", "--size", "1M"],
-            "not allowed",
+            f"disk name 'ro\\x00ot' is not allowed: {NAME_RULE}",
         ),
         (
             "over-long instance",
             ["disk", "create", f"{long}/root", "--blank", "--size", "1M"],
-            "longer than 64",
+            "instance name is longer than 64 characters",
         ),
         (
             "over-long name",
             ["disk", "create", f"vm-2/{long}", "--blank", "--size", "1M"],
-            "longer than 64",
+            "disk name is longer than 64 characters",
         ),
-        ("all-digit snapshot name", ["disk", "snapshot", "vm-1/root", "2"], "all digits"),
-        ("snapshot name with a slash", ["disk", "snapshot", "vm-1/root", "a/b"], "not allowed"),
+        (
+            "all-digit snapshot name",
+            ["disk", "snapshot", "vm-1/root", "2"],
+            "snapshot name '2' is all digits: qcow2 reads it as an id",
+        ),
+        (
+            "snapshot name with a slash",
+            ["disk", "snapshot", "vm-1/root", "a/b"],
+            f"snapshot name 'a/b' is not allowed: {NAME_RULE}",
+        ),
         (
             "template id with ..",
             ["template", "add", "..", str(template_files["raw"]), "--format", "raw"],
-            "not allowed",
+            f"template name '..' is not allowed: {NAME_RULE}",
         ),
         (
             "template already cached",
             ["template", "add", "base", str(template_files["raw"]), "--format", "raw"],
-            "already cached",
+            "template base is already cached; use it as it is, or add the new image under "
+            "another name",
         ),
         (
             "missing source file",
-            ["template", "add", "t2", str(tmp_path / "missing.img"), "--format", "raw"],
-            "does not exist",
+            ["template", "add", "t2", str(missing), "--format", "raw"],
+            f"source file '{missing}' does not exist",
         ),
         (
             "unreadable source file",
             ["template", "add", "t2", "/proc/self/mem", "--format", "raw"],
-            "cannot be read",
+            "source file '/proc/self/mem' cannot be read: Input/output error",
         ),
         (
             "export onto an existing file",
             ["disk", "export", "vm-1/root", str(template_files["raw"])],
-            "already exists",
+            f"export target '{template_files['raw']}' already exists",
         ),
         *(
-            (f"disk xml: {label}", ["disk", "xml", "vm-1/root", *args], reason)
-            for label, args, reason in (
-                ("unknown bus", ["--dev", "vda", "--bus", "floppy"], "bus 'floppy' is not one of"),
-                ("device off its bus", ["--dev", "sda"], "does not fit bus virtio"),
-                ("not a device name", ["--dev", "vda1"], "is not a disk name"),
-                ("unit off scsi", ["--dev", "vda", "--unit", "1"], "addresses a SCSI drive"),
-                ("negative unit", ["--dev", "sda", "--bus", "scsi", "--unit=-1"], "between 0"),
-                ("unknown cache", ["--dev", "vda", "--cache", "fast"], "cache mode 'fast'"),
-                ("unknown discard", ["--dev", "vda", "--discard", "trim"], "discard mode"),
-                ("boot order 0", ["--dev", "vda", "--boot-order", "0"], "boot order 0"),
+            (f"disk xml: {label}", ["disk", "xml", "vm-1/root", *args], line)
+            for label, args, line in (
+                (
+                    "unknown bus",
+                    ["--dev", "vda", "--bus", "floppy"],
+                    "bus 'floppy' is not one of virtio, scsi, sata, usb, ide, xen",
+                ),
+                (
+                    "device off its bus",
+                    ["--dev", "sda"],
+                    "target device 'sda' does not fit bus virtio: its disks are vd*",
+                ),
+                (
+                    "not a device name",
+                    ["--dev", "vda1"],
+                    "target device 'vda1' is not a disk name like vda, sdb, hdc or xvdd",
+                ),
+                (
+                    "unit off scsi",
+                    ["--dev", "vda", "--unit", "1"],
+                    "a disk unit addresses a SCSI drive; bus virtio has none",
+                ),
+                (
+                    "negative unit",
+                    ["--dev", "sda", "--bus", "scsi", "--unit=-1"],
+                    "disk unit -1 is not between 0 and 16383",
+                ),
+                (
+                    "unknown cache",
+                    ["--dev", "vda", "--cache", "fast"],
+                    "cache mode 'fast' is not one of none, writethrough, writeback, directsync, "
+                    "unsafe, default",
+                ),
+                (
+                    "unknown discard",
+                    ["--dev", "vda", "--discard", "trim"],
+                    "discard mode 'trim' is not one of unmap, ignore",
+                ),
+                (
+                    "boot order 0",
+                    ["--dev", "vda", "--boot-order", "0"],
+                    "boot order 0 is not a whole number from 1",
+                ),
                 (
                     "QoS not a number",
                     ["--dev", "vda", "--extra-spec", "quota:disk_read_bytes_sec=lots"],
-                    "not a whole number",
+                    "extra spec quota:disk_read_bytes_sec='lots' is not a whole number from 0 "
+                    "to 1000000000000000",
                 ),
                 (
                     "unknown QoS key",
                     ["--dev", "vda", "--extra-spec", "quota:disk_readbytes_sec=1"],
-                    "unknown disk QoS extra spec",
+                    f"unknown disk QoS extra spec 'quota:disk_readbytes_sec'; known: {QOS_KEYS}",
                 ),
                 (
                     "total with read",
@@ -349,23 +438,32 @@ def bad_inputs(tmp_path: Path, template_files: dict[str, Path]) -> list[tuple[st
                         "--extra-spec",
                         "quota:disk_read_iops_sec=1",
                     ],
-                    "cannot be combined",
+                    "quota:disk_total_iops_sec cannot be combined with quota:disk_read_iops_sec "
+                    "or quota:disk_write_iops_sec (libvirt refuses both limits at once)",
                 ),
-                ("extra spec without =", ["--dev", "vda", "--extra-spec", "quota"], "KEY=VALUE"),
+                (
+                    "extra spec without =",
+                    ["--dev", "vda", "--extra-spec", "quota"],
+                    "extra spec 'quota' is not KEY=VALUE",
+                ),
             )
         ),
-        ("disk xml of a missing disk", ["disk", "xml", "vm-9/root", "--dev", "vda"], "no disk"),
+        ("disk xml of a missing disk", ["disk", "xml", "vm-9/root", "--dev", "vda"], no_disk),
         (
             "attach with a device off its bus",
             ["disk", "attach", "vm-1/root", "guest", "--dev", "sdb"],
-            "does not fit bus virtio",
+            "target device 'sdb' does not fit bus virtio: its disks are vd*",
         ),
         (
             "attach to a domain name with ..",
             ["disk", "attach", "vm-1/root", "../guest", "--dev", "vdb"],
-            "not allowed",
+            f"domain name '../guest' is not allowed: {NAME_RULE}",
         ),
-        ("detach of a disk not attached", ["disk", "detach", "vm-1/root"], "not attached"),
+        (
+            "detach of a disk not attached",
+            ["disk", "detach", "vm-1/root"],
+            "disk vm-1/root is not attached to a domain",
+        ),
     ]
 
 
@@ -373,13 +471,11 @@ def test_every_bad_input_is_one_line_exit_1_and_changes_nothing(
     populated: Cli, tmp_path: Path, template_files: dict[str, Path]
 ) -> None:
     before = populated.fingerprint()
-    for label, argv, reason in bad_inputs(tmp_path, template_files):
+    for label, argv, line in bad_inputs(tmp_path, template_files):
         code, out, err = populated.run(*argv)
         assert code == 1, f"{label}: exit {code}, stderr {err!r}"
         assert out == "", label
-        lines = err.splitlines()
-        assert len(lines) == 1 and lines[0].startswith("diskledger: error: "), f"{label}: {err!r}"
-        assert reason in lines[0], f"{label}: {lines[0]!r}"
+        assert err == f"diskledger: error: {line}\n", label
         assert populated.fingerprint() == before, f"{label} changed the ledger or storage"
 
 

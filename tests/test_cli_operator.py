@@ -192,7 +192,7 @@ REFUSALS = [
     ),
     (
         ["disk", "resize", "vm-1/root", "512M"],
-        "disk vm-1/root is 1073741824 bytes; disks never shrink (asked 536870912)",
+        "disk vm-1/root is 1.0 GiB; disks never shrink (asked for 512.0 MiB): give 1.0 GiB or more",
         1,
     ),
 ]

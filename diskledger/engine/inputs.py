@@ -15,6 +15,7 @@ __all__ = [
     "check_disk",
     "check_name",
     "check_snapshot",
+    "human_size",
     "parse_size",
     "readable_file",
 ]
@@ -61,6 +62,18 @@ def check_snapshot(snapshot: str) -> str:
     return snapshot
 
 
+def human_size(size: int | None) -> str:
+    """``1.0 GiB`` for 1073741824, ``512 B``, ``-`` for None: a size as a person reads it."""
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
 def parse_size(text: str | int, *, what: str = "size") -> int:
     """Bytes from ``10737418240``, ``10G``, ``512M``, ``1TiB``; binary units; a positive multiple
     of 512 (qemu-img rounds anything else, and then the disk would not be the size recorded).
@@ -90,9 +103,14 @@ def parse_size(text: str | int, *, what: str = "size") -> int:
             raise InvalidSize(f"{what} {text!r} is not a size: use bytes or a K/M/G/T suffix")
         size = int(match["number"]) * _UNITS[match["unit"].upper()]
     if size <= 0:
-        raise InvalidSize(f"{what} must be greater than zero, got {text}")
+        raise InvalidSize(
+            f"{what} must be greater than zero, got {text}: a size is a positive number of "
+            "bytes, or with a K/M/G/T suffix"
+        )
     if size > MAX_SIZE:
-        raise InvalidSize(f"{what} {text} is larger than the {MAX_SIZE} byte ceiling")
+        raise InvalidSize(
+            f"{what} {text} is larger than the ceiling of {human_size(MAX_SIZE)} ({MAX_SIZE} bytes)"
+        )
     if size % 512:
         raise InvalidSize(f"{what} {text} is not a multiple of 512 bytes")
     return size

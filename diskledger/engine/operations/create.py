@@ -23,7 +23,7 @@ from diskledger.backends import Backend, ChecksCapacity, Observation, TemplateSo
 from diskledger.backends.contract import ClonesInPlace
 from diskledger.engine import encryption
 from diskledger.engine.decisions import Decision, Evidence, Rule
-from diskledger.engine.inputs import check_disk, parse_size, readable_file
+from diskledger.engine.inputs import check_disk, human_size, parse_size, readable_file
 from diskledger.engine.operations.base import Operation
 from diskledger.engine.operations.templates import FORMATS, cached_template
 from diskledger.engine.protocol import (
@@ -130,8 +130,9 @@ class Create(_Publishes):
             wanted = asked
             if wanted is not None and wanted < source.virtual_size:
                 raise InvalidSize(
-                    f"size {wanted} is smaller than template {template}'s virtual size "
-                    f"{source.virtual_size}"
+                    f"size {human_size(wanted)} is smaller than template {template} "
+                    f"({human_size(source.virtual_size)}): give at least that, or no size to "
+                    "take the template's"
                 )
             prelude.append(_bind(rt, template, cached, op_id))
         backend = rt.backend

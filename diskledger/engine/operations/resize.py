@@ -11,7 +11,7 @@ from diskledger.backends import Capability, ChecksCapacity
 from diskledger.engine import encryption
 from diskledger.engine.attachments import uses
 from diskledger.engine.decisions import Decision, Rule
-from diskledger.engine.inputs import check_disk, parse_size
+from diskledger.engine.inputs import check_disk, human_size, parse_size
 from diskledger.engine.operations.base import Operation, disk_parts, observed_size
 from diskledger.engine.protocol import Plan, on_live_disk
 from diskledger.engine.runtime import Runtime
@@ -51,7 +51,8 @@ class Resize(Operation):
             assert view.size is not None and view.location and view.format
             if wanted < view.size:
                 raise InvalidSize(
-                    f"disk {disk} is {view.size} bytes; disks never shrink (asked {wanted})"
+                    f"disk {disk} is {human_size(view.size)}; disks never shrink (asked for "
+                    f"{human_size(wanted)}): give {human_size(view.size)} or more"
                 )
             if wanted == view.size:
                 return view
