@@ -38,6 +38,18 @@ ceph-dev-stop:  ## stop the cluster started by ceph-dev (by its pid files)
 	@./scripts/ceph-dev.sh stop $(CEPH_DEV)
 	@rm -rf $(CEPH_DEV)
 
+GLANCE_DEV ?= $(CURDIR)/var/glance
+
+.PHONY: glance-dev glance-dev-stop
+glance-dev: setup  ## start a Glance API server (no Keystone, SQLite, file store) under ./var/glance
+	@./scripts/glance-dev.sh start $(GLANCE_DEV) >/dev/null
+	@echo "# a Glance API server runs under $(GLANCE_DEV); to use it:"
+	@./scripts/glance-dev.sh env $(GLANCE_DEV)
+
+glance-dev-stop:  ## stop the server started by glance-dev (by its pid file)
+	@./scripts/glance-dev.sh stop $(GLANCE_DEV)
+	@rm -rf $(GLANCE_DEV)
+
 LIBVIRT_DEV ?= $(CURDIR)/var/libvirt
 
 .PHONY: libvirt-dev libvirt-dev-stop
