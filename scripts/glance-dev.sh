@@ -19,12 +19,21 @@
 #   glance-api-paste.ini   the release's own, copied from the venv
 #   uwsgi.ini              the uWSGI settings; run/glance-api.pid the master's pid; log/ the logs
 #
+# With GLANCE_DEV_CEPH=CEPH_DIR (a cluster started by scripts/ceph-dev.sh), the second configuration:
+# a store "ceph" (glance_store's rbd driver) next to "fs", and the default, in the pool
+# GLANCE_DEV_RBD_POOL (glance-images), made by client.admin, written by the restricted client.glance
+# (mon 'profile rbd', osd 'profile rbd pool=glance-images'; its keyring and a ceph.conf naming it
+# are in DIR). Each image is then an RBD image with a protected snapshot "snap", and its direct_url
+# is rbd://FSID/POOL/IMAGE/snap: what Nova's direct-clone path reads.
+#
 # Daemons are stopped only by their pid file, never by name.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TIMEOUT=${GLANCE_DEV_TIMEOUT:-60}
 ADDR=127.0.0.1
+CEPH=${GLANCE_DEV_CEPH:-}
+RBD_POOL=${GLANCE_DEV_RBD_POOL:-glance-images}
 
 die() { echo "glance-dev: $*" >&2; exit 1; }
 
@@ -78,6 +87,19 @@ filesystem_store_datadir = $dir/tasks
 enforce_new_defaults = false
 enforce_scope = false
 CONF
+    if [ -n "$CEPH" ]; then
+        sed -i 's/^enabled_backends = fs:file$/enabled_backends = fs:file, ceph:rbd/;
+                s/^default_backend = fs$/default_backend = ceph/' "$dir/glance-api.conf"
+        cat >>"$dir/glance-api.conf" <<CONF
+
+[ceph]
+rbd_store_pool = $RBD_POOL
+rbd_store_user = glance
+rbd_store_ceph_conf = $dir/ceph.conf
+rbd_store_chunk_size = 8
+rados_connect_timeout = 30
+CONF
+    fi
     cat >"$dir/uwsgi.ini" <<INI
 [uwsgi]
 http-socket = $ADDR:$port
@@ -100,6 +122,23 @@ INI
     echo "$port" >"$dir/port"
 }
 
+setup_rbd() {  # the pool and client.glance on the cluster in $CEPH; DIR/ceph.conf for client.glance
+    local conf=$CEPH/ceph.conf admin_keyring=$CEPH/client.admin.keyring
+    [ -s "$conf" ] && [ -s "$admin_keyring" ] ||
+        die "GLANCE_DEV_CEPH=$CEPH holds no cluster started by scripts/ceph-dev.sh"
+    command -v ceph >/dev/null || die "ceph (ceph-common) is not installed"
+    admin() { timeout 30 ceph -c "$conf" -n client.admin -k "$admin_keyring" "$@"; }
+    admin osd pool create "$RBD_POOL" 8 8 >/dev/null 2>&1 || die "could not create pool $RBD_POOL"
+    admin osd pool application enable "$RBD_POOL" rbd >/dev/null 2>&1 ||
+        die "could not enable rbd on pool $RBD_POOL"
+    admin auth get-or-create client.glance mon 'profile rbd' osd "profile rbd pool=$RBD_POOL" \
+        -o "$DIR/client.glance.keyring" 2>/dev/null || die "could not create client.glance"
+    chmod 0600 "$DIR/client.glance.keyring"
+    # The cluster's ceph.conf, with client.glance's keyring, log and no admin socket in DIR.
+    { cat "$conf"; printf '\n[client.glance]\nkeyring = %s\nlog file = %s\nadmin socket =\n' \
+        "$DIR/client.glance.keyring" "$DIR/log/ceph-client.glance.log"; } >"$DIR/ceph.conf"
+}
+
 start() {
     mkdir -p "$DIR"
     DIR=$(cd "$DIR" && pwd)
@@ -114,6 +153,10 @@ start() {
     venv=$(dirname "$(dirname "$python")")
     local port=${PORT:-$(free_port)}
     write_config "$DIR" "$port" "$venv"
+    if [ -n "$CEPH" ]; then
+        CEPH=$(cd "$CEPH" && pwd)
+        setup_rbd
+    fi
     OS_GLANCE_CONFIG_DIR=$DIR "$python" -m glance.cmd.manage --config-file "$DIR/glance-api.conf" \
         db_sync >"$DIR/log/db_sync.log" 2>&1 || die "glance-manage db_sync failed (log: $DIR/log/db_sync.log)"
     # The server's own process group (setsid): a ^C at the terminal that ran make does not reach it.

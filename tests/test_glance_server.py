@@ -3,6 +3,8 @@ come back out through the service's own v2 API, with the hash fields a template 
 
 from __future__ import annotations
 
+import configparser
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -11,11 +13,13 @@ import pytest
 import requests
 
 from tests.support import glance
-from tests.support.glance import REPO, GlanceServer, file_hashes
+from tests.support.ceph import CephCluster
+from tests.support.glance import RBD_POOL, REPO, GlanceServer, file_hashes
 
 # The session fixture, for this module only while it is the one user; once the template-source
 # tests use it too, tests/conftest.py should import it instead (one place: one session server).
 glance_server = glance.glance_server
+glance_rbd_server = glance.glance_rbd_server
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +83,27 @@ def test_a_deleted_image_is_gone_from_the_api_and_the_store(
         glance_server.image(image["id"])
     assert missing.value.response.status_code == 404
     assert not (glance_server.store_directory / image["id"]).exists()
+
+
+def test_with_the_rbd_store_an_image_is_a_protected_snapshot_its_direct_url_names(
+    glance_rbd_server: GlanceServer, ceph_cluster: CephCluster, image_file: Path, tmp_path: Path
+) -> None:
+    sha512, md5 = file_hashes(image_file)
+    image = glance_rbd_server.upload(image_file, name="in-ceph")
+    assert (image["stores"], image["os_hash_value"], image["checksum"]) == ("ceph", sha512, md5)
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(ceph_cluster.conf)
+    fsid = parser["global"]["fsid"]
+    assert image["direct_url"] == f"rbd://{fsid}/{RBD_POOL}/{image['id']}/snap"
+    snapshot = json.loads(
+        ceph_cluster.rbd("info", "--format", "json", f"{RBD_POOL}/{image['id']}@snap")
+    )
+    assert snapshot["protected"] == "true" and snapshot["size"] == image["size"]
+    back = glance_rbd_server.download(image["id"], tmp_path / "back.raw")
+    assert file_hashes(back) == (sha512, md5)
+    # The file store is there too, by name.
+    elsewhere = glance_rbd_server.upload(image_file, name="in-fs", store="fs")
+    assert elsewhere["stores"] == "fs" and elsewhere["direct_url"].startswith("file://")
 
 
 def test_a_second_server_starts_and_stops_by_its_own_pid_file(

@@ -9,7 +9,8 @@ Images go in and out through the service's own API (``upload``, ``download``): c
 record, PUT its bytes, and Glance sets ``checksum`` (md5), ``os_hash_algo`` (sha512 by default) and
 ``os_hash_value`` while it stores them.
 
-The session fixture ``glance_server`` starts one for the whole session. A venv that cannot be made
+The session fixture ``glance_server`` starts one for the whole session; ``glance_rbd_server``
+starts a second one whose default store is the rbd store on the session's Ceph cluster. A venv that cannot be made
 (no network, no PyPI) or a missing curl skips the tests that use it, except under CI=true, where a
 missing component is a failure; a server that does not start is a failure everywhere. Import the
 fixture in one place only (each module that imports it gets its own session server).
@@ -24,12 +25,22 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
 
-__all__ = ["GlanceServer", "GlanceUnavailable", "file_hashes", "glance_server"]
+if TYPE_CHECKING:
+    from tests.support.ceph import CephCluster
+
+__all__ = [
+    "RBD_POOL",
+    "GlanceServer",
+    "GlanceUnavailable",
+    "file_hashes",
+    "glance_rbd_server",
+    "glance_server",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "glance-dev.sh"
@@ -41,8 +52,14 @@ class GlanceUnavailable(RuntimeError):
     """Glance's venv cannot be made here, or curl is missing (skip outside CI)."""
 
 
+RBD_POOL = "glance-images"
+
+
 class GlanceServer:
-    def __init__(self, directory: str | None = None) -> None:
+    def __init__(self, directory: str | None = None, *, ceph: Path | None = None) -> None:
+        """``ceph``: the directory of a cluster started by scripts/ceph-dev.sh; with it, the
+        server's default store is "ceph" (glance_store's rbd driver, pool ``RBD_POOL``)."""
+        self.ceph = ceph
         self._owns_directory = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="diskledger-glance-"))
         self.url = ""
@@ -63,6 +80,7 @@ class GlanceServer:
             text=True,
             timeout=180,
             check=False,
+            env={**os.environ, "GLANCE_DEV_CEPH": str(self.ceph)} if self.ceph else None,
         )
         if done.returncode != 0:
             raise RuntimeError(f"the Glance API server did not start: {done.stderr.strip()}")
@@ -100,9 +118,16 @@ class GlanceServer:
         return record
 
     def upload(
-        self, path: Path, *, name: str | None = None, disk_format: str = "raw", **properties: Any
+        self,
+        path: Path,
+        *,
+        name: str | None = None,
+        disk_format: str = "raw",
+        store: str | None = None,
+        **properties: Any,
     ) -> dict[str, Any]:
-        """Create an image and PUT ``path``'s bytes into it; returns the active image's record."""
+        """Create an image and PUT ``path``'s bytes into it (into ``store``, "fs" or "ceph", or
+        the default one); returns the active image's record."""
         created = self.session.post(
             f"{self.url}/v2/images",
             json={
@@ -119,7 +144,10 @@ class GlanceServer:
             stored = self.session.put(
                 f"{self.url}/v2/images/{image_id}/file",
                 data=data,
-                headers={"Content-Type": "application/octet-stream"},
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    **({"X-Image-Meta-Store": store} if store else {}),
+                },
                 timeout=TIMEOUT * 10,
             )
         stored.raise_for_status()
@@ -151,10 +179,7 @@ def file_hashes(path: Path, algorithm: str = "sha512") -> tuple[str, str]:
     return multihash.hexdigest(), md5.hexdigest()
 
 
-@pytest.fixture(scope="session")
-def glance_server() -> Iterator[GlanceServer]:
-    """One real Glance API server for the session (see this module's docstring)."""
-    server = GlanceServer()
+def _serve(server: GlanceServer) -> Iterator[GlanceServer]:
     unavailable: str | None = None
     try:
         server.start()
@@ -172,3 +197,16 @@ def glance_server() -> Iterator[GlanceServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def glance_server() -> Iterator[GlanceServer]:
+    """One real Glance API server for the session (see this module's docstring): file store."""
+    yield from _serve(GlanceServer())
+
+
+@pytest.fixture(scope="session")
+def glance_rbd_server(ceph_cluster: CephCluster) -> Iterator[GlanceServer]:
+    """The second configuration: a Glance API server whose default store is the rbd store on the
+    session's Ceph cluster (``ceph_cluster``, tests/conftest.py), pool ``RBD_POOL``."""
+    yield from _serve(GlanceServer(ceph=ceph_cluster.directory))
