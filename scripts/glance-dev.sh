@@ -142,7 +142,9 @@ setup_rbd() {  # the pool and client.glance on the cluster in $CEPH; DIR/ceph.co
 start() {
     mkdir -p "$DIR"
     DIR=$(cd "$DIR" && pwd)
-    if alive "$DIR/run/glance-api.pid" && [ -s "$DIR/port" ] && answers "$(cat "$DIR/port")"; then
+    if alive "$DIR/run/glance-api.pid"; then
+        [ -s "$DIR/port" ] && answers "$(cat "$DIR/port")" ||
+            die "the glance-api of $DIR (pid $(cat "$DIR/run/glance-api.pid")) does not answer; stop it first"
         echo "$DIR/glance-api.conf"
         return
     fi
