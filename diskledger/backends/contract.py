@@ -27,7 +27,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from diskledger.backends.sources import ImageSource
 
 __all__ = [
     "Artifact",
@@ -504,7 +507,10 @@ class TemplateStore(Protocol):
 
     def import_artifacts(self, template_id: str, token: str) -> tuple[Artifact, ...]: ...
 
-    def import_file(self, source: str, fmt: str, template_id: str, token: str) -> Observation:
-        """Bring ``source``, declared to be ``fmt``, into the store after the safety inspection
-        of ``diskledger.backends.staging``, and observe the cached template."""
+    def import_file(
+        self, source: str | ImageSource, fmt: str, template_id: str, token: str
+    ) -> Observation:
+        """Bring ``source`` (a local path, or an ``ImageSource``: a file or a URL), declared to
+        be ``fmt``, into the store after the safety inspection of
+        ``diskledger.backends.staging``, and observe the cached template."""
         ...

@@ -9,36 +9,25 @@ then ``qemu-img info`` with the format pinned, under resource limits.
 from __future__ import annotations
 
 import os
-import stat
 from typing import Any
 
-from diskledger import faults
-from diskledger.backends import files, qemu
+from diskledger.backends import qemu
 from diskledger.backends.inspection import inspect_image
-from diskledger.errors import BackendError, InvalidSource
+from diskledger.backends.sources import ImageSource, LocalFile, check_source
+from diskledger.errors import BackendError
 
 __all__ = ["check_source", "stage"]
 
 
-def check_source(source: str) -> None:
-    """Refuse a source that is not a regular file (a symlink, a directory, a FIFO...)."""
-    try:
-        mode = os.lstat(source).st_mode
-    except OSError as exc:
-        raise InvalidSource(f"source {source}: {exc.strerror}") from exc
-    if stat.S_ISLNK(mode):
-        raise InvalidSource(f"source {source} is a symbolic link")
-    if not stat.S_ISREG(mode):
-        raise InvalidSource(f"source {source} is not a regular file")
-
-
-def stage(source: str, fmt: str, copy: str, *, op: str, max_virtual_size: int) -> int:
-    """Copy ``source``, declared to be ``fmt``, to ``copy`` and inspect the copy; return its
+def stage(source: str | ImageSource, fmt: str, copy: str, *, op: str, max_virtual_size: int) -> int:
+    """Copy ``source`` (a local path, or any ``ImageSource``: a URL is downloaded and its
+    checksum verified), declared to be ``fmt``, to ``copy`` and inspect the copy; return its
     virtual size. A failure leaves the copy for the caller's compensation to remove (it is a
-    named artifact of the operation)."""
-    check_source(source)
-    files.sparse_copy(source, copy)
-    faults.reach("mid-effect", op)
+    named artifact of the operation). The source reaches ``op``'s ``mid-effect`` fault point
+    once data is in the copy."""
+    if isinstance(source, str):
+        source = LocalFile(source)
+    source.copy_to(copy, limit=max_virtual_size, op=op)
     inspect_image(copy, fmt, max_virtual_size=max_virtual_size)
     data = qemu.info(copy, fmt, timeout=60.0, untrusted=True)
     _check_standalone(data, copy)

@@ -7,6 +7,7 @@ import os
 from diskledger.backends import files, qemu
 from diskledger.backends.contract import Artifact, ArtifactKind, Observation
 from diskledger.backends.files import check_component, temporary_path
+from diskledger.backends.sources import ImageSource
 from diskledger.backends.staging import stage
 
 __all__ = ["DEFAULT_MAX_VIRTUAL_SIZE", "TemplateCache"]
@@ -46,7 +47,9 @@ class TemplateCache:
             Artifact(FILE, final),
         )
 
-    def import_file(self, source: str, fmt: str, template_id: str, token: str) -> Observation:
+    def import_file(
+        self, source: str | ImageSource, fmt: str, template_id: str, token: str
+    ) -> Observation:
         final = self.location(template_id)
         artifact = Artifact(FILE, final)
         if files.stat(final) is not None:

@@ -37,7 +37,7 @@ DEFAULT_ROOT = "/var/lib/diskledger"
 KINDS = {"INSTANCE/NAME": "disks", "TEMPLATE_ID": "templates", "SNAP": "snapshots"}
 """Metavars whose arguments complete from the ledger, and the ``__complete`` kind each asks."""
 
-_FILES = frozenset({"SOURCE_FILE", "TARGET_FILE", "FILE"})
+_FILES = frozenset({"SOURCE_FILE", "SOURCE", "TARGET_FILE", "FILE"})
 _DIRECTORIES = frozenset({"--root"})
 _ABSENT = "absent"
 """``DiskState.ABSENT`` (a deleted disk) and ``TemplateState.ABSENT`` (a removed template)."""

@@ -32,10 +32,16 @@ def disk_commands(groups: Any, leaf: Leaf) -> None:
     create.add_argument("--size", metavar="SIZE", help="bytes or K/M/G/T (binary)")
     create.add_argument(
         "--template-source",
-        metavar="FILE",
-        help="fetch the template from FILE first unless it is cached (once, however many ask)",
+        metavar="SOURCE",
+        help="fetch the template from SOURCE (a file or an http(s) URL) first unless it is "
+        "cached (once, however many ask)",
     )
-    create.add_argument("--template-format", choices=FORMATS, help="the format of FILE")
+    create.add_argument("--template-format", choices=FORMATS, help="the format of SOURCE")
+    create.add_argument(
+        "--template-sha256",
+        metavar="HEX",
+        help="the SHA-256 SOURCE's bytes must have (verified while they are copied)",
+    )
     create.add_argument("--encrypt", action="store_true", help=_ENCRYPT_HELP)
     resize = leaf(disk, "resize", _disk_resize, "grow a disk", mutates=True)
     resize.add_argument("disk", metavar="INSTANCE/NAME")
@@ -174,7 +180,12 @@ def _made(view: DiskView) -> str:
 
 def _disk_create(engine: Engine, args: argparse.Namespace) -> Any:
     if args.template_source is not None:
-        engine.ensure_template(args.template, args.template_source, args.template_format)
+        engine.ensure_template(
+            args.template,
+            args.template_source,
+            args.template_format,
+            sha256=args.template_sha256,
+        )
     op_id = new_op_id(args)
     view = engine.create(
         args.disk, template=args.template, size=args.size, encrypt=args.encrypt, op_id=op_id

@@ -71,6 +71,26 @@ _ENVIRONMENT: Sequence[tuple[str, str]] = (
         "Seconds a guest has to release an unplugged disk (default 30).",
     ),
     (
+        "DISKLEDGER_FETCH_CONNECT_TIMEOUT, DISKLEDGER_FETCH_READ_TIMEOUT",
+        "Seconds a template download from an http(s) URL has to connect, and may go without a "
+        "byte (defaults 10 and 60).",
+    ),
+    (
+        "DISKLEDGER_FETCH_ATTEMPTS, DISKLEDGER_FETCH_RETRY_WAIT",
+        "Attempts at a download that failed transiently (default 3), and seconds before the "
+        "first retry, doubled each time (default 0.5).",
+    ),
+    (
+        "DISKLEDGER_FETCH_MAX_REDIRECTS, DISKLEDGER_FETCH_MAX_BYTES",
+        "Redirects a download follows (default 3), and bytes it may bring (default: the "
+        "template ceiling, DISKLEDGER_MAX_TEMPLATE_SIZE).",
+    ),
+    (
+        "DISKLEDGER_CA_BUNDLE",
+        "Certificate authorities trusted for https:// template sources (default: the "
+        "system's, or REQUESTS_CA_BUNDLE).",
+    ),
+    (
         "DISKLEDGER_KEY_PROVIDER, DISKLEDGER_KEY_DIR",
         "Where the keys of encrypted disks live: the local provider (the default) keeps them "
         "in a root-only directory, by default <root>-keys beside the root.",

@@ -20,12 +20,17 @@ def template_commands(groups: Any, leaf: Leaf) -> None:
         template,
         "add",
         _template_add,
-        "import a local image file into the template cache",
+        "import a local image file or an http(s) URL into the template cache",
         mutates=True,
     )
     add.add_argument("template", metavar="TEMPLATE_ID")
-    add.add_argument("source", metavar="SOURCE_FILE")
+    add.add_argument("source", metavar="SOURCE", help="a local image file, or an http(s) URL")
     add.add_argument("--format", required=True, choices=FORMATS)
+    add.add_argument(
+        "--sha256",
+        metavar="HEX",
+        help="the SHA-256 the source's bytes must have (verified while they are copied)",
+    )
     leaf(template, "list", _template_list, "list cached templates")
     show = leaf(template, "show", _template_show, "show one template")
     show.add_argument("template", metavar="TEMPLATE_ID")
@@ -33,7 +38,9 @@ def template_commands(groups: Any, leaf: Leaf) -> None:
 
 def _template_add(engine: Engine, args: argparse.Namespace) -> Any:
     op_id = new_op_id(args)
-    view = engine.add_template(args.template, args.source, args.format, op_id=op_id)
+    view = engine.add_template(
+        args.template, args.source, args.format, op_id=op_id, sha256=args.sha256
+    )
     say(
         args,
         f"{paint('cached', 'ok')} template {view.template}: {human_size(view.virtual_size)} "

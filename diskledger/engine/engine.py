@@ -257,7 +257,13 @@ class Engine:
     # -- templates -------------------------------------------------------------------------------
 
     def add_template(
-        self, template: str, source: str | os.PathLike[str], fmt: str, *, op_id: str | None = None
+        self,
+        template: str,
+        source: str | os.PathLike[str],
+        fmt: str,
+        *,
+        op_id: str | None = None,
+        sha256: str | None = None,
     ) -> TemplateView:
         """Import ``source`` into the template store as ``template``, declared as ``fmt``.
 
@@ -265,11 +271,16 @@ class Engine:
         file, at most ``Config.max_template_size``). Several callers that may race for one
         template use ``ensure_template``.
 
+        ``source`` is a local image file or an ``http://``/``https://`` URL, streamed to the
+        template's temporary name and verified against ``sha256`` while it is written (see
+        docs/templates.md for the timeouts, retries, redirects and ceilings).
+
         Args:
             template: The template's name.
-            source: A local image file.
+            source: A local image file (not inside the engine's root), or an http(s) URL.
             fmt: ``raw`` or ``qcow2``.
             op_id: The idempotency key.
+            sha256: The hex SHA-256 the source's bytes must have (None: not verified).
 
         Returns:
             The cached template.
@@ -277,17 +288,26 @@ class Engine:
         Raises:
             InvalidName: ``template`` or ``op_id`` is not a valid name.
             InvalidInput: ``fmt`` is not a template format.
-            InvalidSource: ``source`` is missing or unreadable.
+            InvalidSource: ``source`` is missing, unreadable, inside the root, a URL of another
+                scheme or with credentials (refused before anything is recorded); or the
+                download failed, was cut short, too long, or its checksum did not match
+                (recorded as ``template.fetch.failed``).
             IllegalTransition: The template is cached already.
             OperationPending: A fetch of it (or the operation ``op_id`` names) is in flight.
             Conflict: ``op_id`` was used for another request or for one that failed.
             UnsafeImage: The inspection refused the copy (recorded as ``template.fetch.failed``).
             BackendError: The copy failed (recorded as ``template.fetch.failed``).
         """
-        return FETCH(self.runtime, template, source, fmt, op_id=op_id)
+        return FETCH(self.runtime, template, source, fmt, op_id=op_id, sha256=sha256)
 
     def ensure_template(
-        self, template: str, source: str | os.PathLike[str], fmt: str, *, timeout: float = 3600.0
+        self,
+        template: str,
+        source: str | os.PathLike[str],
+        fmt: str,
+        *,
+        timeout: float = 3600.0,
+        sha256: str | None = None,
     ) -> TemplateView:
         """The cached ``template``, fetched from ``source`` when nobody has.
 
@@ -297,9 +317,10 @@ class Engine:
 
         Args:
             template: The template's name.
-            source: A local image file, used only when this call fetches.
+            source: A local image file or an http(s) URL, used only when this call fetches.
             fmt: ``raw`` or ``qcow2``.
             timeout: Seconds to wait for another process's fetch.
+            sha256: The hex SHA-256 the source's bytes must have, when this call fetches.
 
         Returns:
             The cached template.
@@ -308,12 +329,18 @@ class Engine:
             Conflict: Another process's fetch was still in flight after ``timeout``.
             InvalidName: ``template`` is not a valid name.
             InvalidInput: ``fmt`` is not a template format.
-            InvalidSource: ``source`` is missing or unreadable.
+            InvalidSource: As ``add_template`` refuses ``source``.
             UnsafeImage: The inspection refused the copy (recorded as ``template.fetch.failed``).
             BackendError: The copy failed (recorded as ``template.fetch.failed``).
         """
         return ensure_template(
-            self.runtime, template, source, fmt, timeout=timeout, recover=self.recover
+            self.runtime,
+            template,
+            source,
+            fmt,
+            timeout=timeout,
+            recover=self.recover,
+            sha256=sha256,
         )
 
     def template(self, template: str) -> TemplateView:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
+from diskledger.backends.sources import ImageSource, LocalFile, source_from
 from diskledger.errors import InvalidName, InvalidSize, InvalidSource
 
 __all__ = [
@@ -18,6 +21,7 @@ __all__ = [
     "human_size",
     "parse_size",
     "readable_file",
+    "template_source",
 ]
 
 MAX_NAME: Final = 64
@@ -138,3 +142,30 @@ def readable_file(path: Path) -> Path:
                 f"source file {str(path)!r} cannot be read: {exc.strerror}"
             ) from exc
     return path.absolute()
+
+
+def template_source(
+    source: str | os.PathLike[str], *, sha256: str | None, protected: Iterable[str]
+) -> ImageSource:
+    """The ``ImageSource`` a caller's ``source`` names: an ``http(s)://`` URL (other schemes
+    and credentials refused), or a local file checked as ``readable_file`` checks it and refused
+    when it lies inside one of the ``protected`` paths (the engine's root: the ledger, the
+    templates, the disks), which only the ledger may name.
+
+    Raises:
+        InvalidSource: As ``source_from`` and ``readable_file`` refuse, or a protected path.
+        InvalidInput: ``sha256`` is not 64 hex digits, or a download setting is out of range.
+    """
+    chosen = source_from(source, sha256=sha256)
+    if not isinstance(chosen, LocalFile):
+        return chosen
+    path = readable_file(Path(chosen.path))
+    real = os.path.realpath(path)
+    for place in protected:
+        inside = os.path.realpath(place)
+        if real == inside or real.startswith(inside.rstrip(os.sep) + os.sep):
+            raise InvalidSource(
+                f"source file {str(path)!r} is inside {inside}, which holds the ledger's own "
+                "files (the ledger, templates, disks); copy the image elsewhere first"
+            )
+    return LocalFile(str(path), chosen.checksum)

@@ -7,6 +7,7 @@ from diskledger.backends.contract import Artifact, ArtifactKind, Observation
 from diskledger.backends.files import check_component, temporary_path
 from diskledger.backends.rbd.backend import RbdBackend
 from diskledger.backends.rbd.images import TEMPLATE_SNAPSHOT, temporary
+from diskledger.backends.sources import ImageSource
 from diskledger.backends.staging import stage
 
 __all__ = ["RbdTemplateStore"]
@@ -47,7 +48,9 @@ class RbdTemplateStore:
     def import_artifacts(self, template_id: str, token: str) -> tuple[Artifact, ...]:
         return self.backend.import_artifacts(self.location(template_id), token)
 
-    def import_file(self, source: str, fmt: str, template_id: str, token: str) -> Observation:
+    def import_file(
+        self, source: str | ImageSource, fmt: str, template_id: str, token: str
+    ) -> Observation:
         rbd = self.backend.rbd
         final = self.location(template_id)
         if rbd.exists(final):

@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from diskledger.backends import Backend, Observation
 from diskledger.engine.decisions import Decision, Evidence, Rule
-from diskledger.engine.inputs import check_name, readable_file
+from diskledger.engine.inputs import check_name, template_source
 from diskledger.engine.liveness import abandoned, is_alive
 from diskledger.engine.operations.base import Operation
 from diskledger.engine.protocol import (
@@ -38,7 +37,15 @@ from diskledger.errors import (
 from diskledger.states import DiskView, MemberState, TemplateState, TemplateView
 from diskledger.states.streams import TEMPLATE, member_stream
 
-__all__ = ["FETCH", "FORMATS", "cached_template", "ensure_template", "fetched", "find_template"]
+__all__ = [
+    "FETCH",
+    "FORMATS",
+    "cached_template",
+    "ensure_template",
+    "fetched",
+    "find_template",
+    "protected_paths",
+]
 
 FORMATS = ("raw", "qcow2")
 """Formats a template may be declared as and an export may be written in."""
@@ -71,25 +78,30 @@ class Fetch(Operation):
         fmt: str,
         *,
         op_id: str | None = None,
+        sha256: str | None = None,
     ) -> TemplateView:
         check_name(template, "template")
         if fmt not in FORMATS:
             raise InvalidInput(f"template format {fmt!r} is not one of {', '.join(FORMATS)}")
         stream = rt.template_stream(template)
         request = {"op": "template add", "template": template, "source": str(source), "format": fmt}
+        if sha256 is not None:
+            request["sha256"] = sha256
         if (done := repeated(rt, op_id, request)) is not None:
             return template_after(rt, done)
-        source_path = readable_file(Path(source))
+        chosen = template_source(source, sha256=sha256, protected=protected_paths(rt))
         view = rt.store.template(stream) or TemplateView(template=template)
         refuse_pending(stream, view)
         if view.state is not TemplateState.ABSENT:
             raise IllegalTransition(stream, view.state, "template.fetch.started", "already cached")
         op_id = op_id or new_op_id()
         store = rt.templates
-        params = {"template": template, "source": str(source_path), "format": fmt}
+        params = {"template": template, "source": chosen.describe(), "format": fmt}
+        if chosen.checksum is not None:
+            params[chosen.checksum[0]] = chosen.checksum[1]
 
         def fetch() -> dict[str, Any]:
-            seen = store.import_file(str(source_path), fmt, template, op_id)
+            seen = store.import_file(chosen, fmt, template, op_id)
             return fetched(store.cached_format(fmt), seen)
 
         artifacts = store.import_artifacts(template, op_id)
@@ -119,6 +131,7 @@ def ensure_template(
     *,
     timeout: float,
     recover: Callable[[], object],
+    sha256: str | None = None,
 ) -> TemplateView:
     """The cached ``template``, fetched from ``source`` when nobody has; see
     ``Engine.ensure_template``. ``recover`` runs crash recovery (the engine's)."""
@@ -132,7 +145,7 @@ def ensure_template(
             return view
         if view is None or view.pending is None:
             try:
-                return FETCH(rt, template, source, fmt)
+                return FETCH(rt, template, source, fmt, sha256=sha256)
             except (ConcurrencyError, OperationPending, IllegalTransition):
                 raced = rt.store.template(stream)
                 if raced is None or (raced.pending is None and raced.state is TemplateState.ABSENT):
@@ -145,6 +158,17 @@ def ensure_template(
             raise Conflict(f"{stream}: still being fetched after {timeout:g} s")
         time.sleep(delay)
         delay = min(delay * 2, 0.25)
+
+
+def protected_paths(rt: Runtime) -> tuple[str, ...]:
+    """What a local source may not lie inside: the root (the ledger by default, the templates,
+    the disks, staging) and a SQLite ledger kept elsewhere."""
+    paths = [rt.templates.root]
+    url = rt.store.url
+    if url.startswith("sqlite:///") and url[len("sqlite:///") :] not in ("", ":memory:"):
+        ledger = url[len("sqlite:///") :].split("?", 1)[0]
+        paths += [ledger, f"{ledger}-wal", f"{ledger}-shm", f"{ledger}-journal"]
+    return tuple(paths)
 
 
 def _abandoned(rt: Runtime, view: TemplateView) -> bool:

@@ -1,0 +1,473 @@
+"""Template sources: where a template's bytes come from, and how they are brought in.
+
+A source is the one thing ``template add ID SOURCE`` names: a local image file, or an
+``http://``/``https://`` URL. Every source is brought in the same way: its bytes are written to
+a path the caller gives (the template's temporary name, already an artifact named by the fetch's
+intent, so that a failure or a crash leaves nothing the compensation does not remove), hashed
+while they are written when a checksum is to be verified, and only then inspected
+(``diskledger.backends.staging``): what is inspected is the copy that is kept, never the source.
+
+``source_from`` parses what a caller typed, refusing before anything is recorded what can be
+refused without touching the network: other schemes (``file://``, ``ftp://``...), URLs with
+credentials in them, a malformed checksum. What the network says (a checksum mismatch, a body
+shorter or longer than announced, too many bytes, timeouts, redirect loops) is found during the
+effect, and recorded as the fetch's ``failed`` with the reason.
+
+Settings (``DISKLEDGER_*`` variables, read when the source is made):
+
+``DISKLEDGER_FETCH_CONNECT_TIMEOUT``  seconds to connect (default 10)
+``DISKLEDGER_FETCH_READ_TIMEOUT``     seconds without a byte before a read gives up (default 60)
+``DISKLEDGER_FETCH_ATTEMPTS``         attempts at a download that failed transiently (default 3)
+``DISKLEDGER_FETCH_RETRY_WAIT``       seconds before the first retry, doubled each time (0.5)
+``DISKLEDGER_FETCH_MAX_REDIRECTS``    redirects followed (default 3)
+``DISKLEDGER_FETCH_MAX_BYTES``        bytes a download may bring (default: the template store's
+                                      ceiling on virtual sizes)
+``DISKLEDGER_CA_BUNDLE``              certificate authorities to trust for ``https://`` (default:
+                                      the system's, or ``REQUESTS_CA_BUNDLE``)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+from diskledger import faults
+from diskledger.backends import files
+from diskledger.backends.settings import seconds
+from diskledger.errors import BackendError, InvalidInput, InvalidSource
+
+if TYPE_CHECKING:
+    import requests
+
+__all__ = [
+    "CHUNK",
+    "HttpSettings",
+    "HttpSource",
+    "ImageSource",
+    "LocalFile",
+    "check_sha256",
+    "check_source",
+    "check_url",
+    "is_url",
+    "source_from",
+]
+
+CHUNK = 1 << 20
+"""Bytes read and written at a time while streaming a download."""
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@runtime_checkable
+class ImageSource(Protocol):
+    """Where a template's bytes come from.
+
+    A source is described once (``describe``: what messages print and the ledger records as the
+    fetch's ``source``), may know its size before it is read, may carry a checksum to verify,
+    and is brought in by ``copy_to``. It never decides whether the image is safe: the staging
+    inspection does, on the copy.
+    """
+
+    def describe(self) -> str:
+        """The source as a person and the ledger read it: an absolute path, or the URL."""
+        ...
+
+    @property
+    def size(self) -> int | None:
+        """Bytes the source holds when known before reading it (a file's size); None otherwise
+        (a URL's Content-Length is only known once the download starts)."""
+        ...
+
+    @property
+    def checksum(self) -> tuple[str, str] | None:
+        """``(algorithm, lowercase hex digest)`` the copy must have, e.g. ``("sha256", "ab…")``;
+        None when nothing is to be verified."""
+        ...
+
+    def copy_to(self, path: str, *, limit: int, op: str) -> None:
+        """Write the source's bytes to ``path`` (a new file, the template's temporary name),
+        verifying ``checksum`` while or after writing, at most ``limit`` bytes.
+
+        Reaches the fault point ``mid-effect`` of ``op`` once, when data has been written.
+        A failure raises (``InvalidSource`` for a source that is refused, ``BackendError`` for
+        storage) and may leave ``path`` behind: it is an artifact of the caller's operation,
+        which removes it.
+        """
+        ...
+
+
+def check_source(source: str) -> None:
+    """Refuse a source that is not a regular file (a symlink, a directory, a FIFO...)."""
+    try:
+        mode = os.lstat(source).st_mode
+    except OSError as exc:
+        raise InvalidSource(f"source {source}: {exc.strerror}") from exc
+    if stat.S_ISLNK(mode):
+        raise InvalidSource(f"source {source} is a symbolic link")
+    if not stat.S_ISREG(mode):
+        raise InvalidSource(f"source {source} is not a regular file")
+
+
+def is_url(text: str) -> bool:
+    """Whether ``text`` is meant as a URL (``scheme://…``) rather than a local path."""
+    return re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", text) is not None
+
+
+def check_sha256(sha256: str | None) -> tuple[str, str] | None:
+    """``("sha256", hex)`` from a caller's ``--sha256``; refuses anything but 64 hex digits."""
+    if sha256 is None:
+        return None
+    digest = sha256.strip().lower()
+    if not _SHA256.fullmatch(digest):
+        raise InvalidInput(f"sha256 {sha256!r} is not 64 hexadecimal digits")
+    return ("sha256", digest)
+
+
+def source_from(
+    text: str | os.PathLike[str],
+    *,
+    sha256: str | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> ImageSource:
+    """The source ``text`` names: an ``http(s)://`` URL, or a local path.
+
+    Raises:
+        InvalidSource: Another scheme (``file://``, ``ftp://``...), a URL without a host or
+            with credentials in it.
+        InvalidInput: ``sha256`` is not 64 hex digits, or a setting is out of range.
+    """
+    checksum = check_sha256(sha256)
+    raw = os.fspath(text)
+    if not is_url(raw):
+        return LocalFile(raw, checksum)
+    return HttpSource(check_url(raw), checksum, HttpSettings.from_environ(environ))
+
+
+def check_url(url: str) -> str:
+    """``url`` if it is an ``http://``/``https://`` URL with a host and no credentials.
+
+    Credentials are refused rather than used: the source is recorded in the append-only ledger
+    and printed by ``history``, and a password there could never be taken back.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError as exc:
+        raise InvalidSource(f"source {url}: not a valid URL ({exc})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise InvalidSource(
+            f"source {url}: the {scheme}:// scheme is not supported; give an http:// or "
+            "https:// URL, or a local file's path"
+        )
+    if not parts.hostname:
+        raise InvalidSource(f"source {url}: the URL has no host")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidSource(
+            f"source {urlsplit(url)._replace(netloc=parts.hostname).geturl()}: the URL carries "
+            "credentials, which the ledger would keep forever; serve the image without them"
+        )
+    return url
+
+
+# -- a local file -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    """A local image file (``template add ID /path``): copied sparsely (a reflink where the file
+    system can), then hashed from the copy when a checksum is given."""
+
+    path: str
+    checksum: tuple[str, str] | None = None
+
+    def describe(self) -> str:
+        return self.path
+
+    @property
+    def size(self) -> int | None:
+        try:
+            return os.stat(self.path).st_size
+        except OSError:
+            return None
+
+    def copy_to(self, path: str, *, limit: int, op: str) -> None:
+        check_source(self.path)
+        files.sparse_copy(self.path, path)
+        faults.reach("mid-effect", op)
+        if self.checksum is not None:
+            algorithm, expected = self.checksum
+            digest = hashlib.new(algorithm)
+            try:
+                with open(path, "rb") as handle:
+                    while block := handle.read(CHUNK):
+                        digest.update(block)
+            except OSError as exc:
+                raise BackendError(f"cannot read the copy {path}: {exc.strerror}") from exc
+            _verify(self.path, algorithm, expected, digest.hexdigest())
+
+
+# -- HTTP(S) ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """How downloads behave; see the module docstring for the variables."""
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    attempts: int = 3
+    retry_wait: float = 0.5
+    max_redirects: int = 3
+    max_bytes: int | None = None
+    ca_bundle: str | None = None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> HttpSettings:
+        ca_bundle = environ.get("DISKLEDGER_CA_BUNDLE") or None
+        if ca_bundle is not None and not os.path.isfile(ca_bundle):
+            raise InvalidInput(f"DISKLEDGER_CA_BUNDLE={ca_bundle!r} is not a file")
+        max_bytes = environ.get("DISKLEDGER_FETCH_MAX_BYTES") or None
+        return cls(
+            connect_timeout=seconds(environ, "DISKLEDGER_FETCH_CONNECT_TIMEOUT", 10.0),
+            read_timeout=seconds(environ, "DISKLEDGER_FETCH_READ_TIMEOUT", 60.0),
+            attempts=_count(environ, "DISKLEDGER_FETCH_ATTEMPTS", 3, low=1, high=10),
+            retry_wait=_wait(environ, "DISKLEDGER_FETCH_RETRY_WAIT", 0.5),
+            max_redirects=_count(environ, "DISKLEDGER_FETCH_MAX_REDIRECTS", 3, low=0, high=10),
+            max_bytes=None
+            if max_bytes is None
+            else _count(environ, "DISKLEDGER_FETCH_MAX_BYTES", 0, low=1, high=1 << 50),
+            ca_bundle=ca_bundle,
+        )
+
+
+def _count(environ: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    raw = environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput(f"{name}={raw!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise InvalidInput(f"{name}={raw!r} is not between {low} and {high}")
+    return value
+
+
+def _wait(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidInput(f"{name}={raw!r} is not a number of seconds") from None
+    if not 0 <= value <= 60:
+        raise InvalidInput(f"{name}={raw!r} is not between 0 and 60 seconds")
+    return value
+
+
+class _Transient(Exception):
+    """A download attempt that failed in a way the next attempt may not (retried)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSource:
+    """An ``http://``/``https://`` URL, streamed with ``requests`` to the temporary name.
+
+    Each attempt writes the file from its start, hashing as it writes; at most
+    ``settings.max_redirects`` redirects are followed; a body longer than the ceiling, or shorter
+    or longer than its Content-Length, is refused. Connection errors, timeouts, a body cut short
+    and 408/429/5xx answers are retried (``settings.attempts`` in all, with tenacity) and refused
+    with the last reason when none succeeds.
+    """
+
+    url: str
+    checksum: tuple[str, str] | None = None
+    settings: HttpSettings = field(default_factory=HttpSettings)
+
+    def describe(self) -> str:
+        return self.url
+
+    @property
+    def size(self) -> int | None:
+        return None
+
+    def copy_to(self, path: str, *, limit: int, op: str) -> None:
+        import tenacity
+
+        if self.settings.max_bytes is not None:
+            limit = min(limit, self.settings.max_bytes)
+        reached = [False]
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.settings.attempts),
+            wait=tenacity.wait_exponential(multiplier=self.settings.retry_wait, max=30),
+            retry=tenacity.retry_if_exception_type(_Transient),
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    self._attempt(path, limit, op, reached)
+        except _Transient as exc:
+            raise InvalidSource(
+                f"source {self.url}: {exc.reason} (after {self.settings.attempts} attempts)"
+            ) from exc
+
+    def _attempt(self, path: str, limit: int, op: str, reached: list[bool]) -> None:
+        import requests
+        import urllib3
+
+        digest = hashlib.new(self.checksum[0] if self.checksum else "sha256")
+        session = requests.Session()
+        session.max_redirects = self.settings.max_redirects
+        timeout = (self.settings.connect_timeout, self.settings.read_timeout)
+        verify: bool | str = self.settings.ca_bundle or True
+        try:
+            with session.get(
+                self.url,
+                stream=True,
+                timeout=timeout,
+                verify=verify,
+                headers={"Accept-Encoding": "identity"},
+            ) as response:
+                self._check_response(response, limit)
+                announced = _content_length(response)
+                written = self._write(response, path, limit, op, digest, reached)
+        except requests.TooManyRedirects as exc:
+            raise InvalidSource(
+                f"source {self.url}: more than {self.settings.max_redirects} redirects"
+            ) from exc
+        except requests.exceptions.SSLError as exc:
+            raise InvalidSource(f"source {self.url}: TLS failed ({_reason(exc)})") from exc
+        except requests.exceptions.InvalidSchema as exc:
+            raise InvalidSource(
+                f"source {self.url}: redirected to a scheme other than http(s)"
+            ) from exc
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            if isinstance(exc, requests.exceptions.ConnectTimeout):
+                raise _Transient("connecting timed out") from exc
+            if isinstance(exc, requests.exceptions.ReadTimeout) or "timed out" in str(exc):
+                raise _Transient(
+                    f"no data for {self.settings.read_timeout:g} s (read timed out)"
+                ) from exc
+            raise _Transient(f"connection failed ({_reason(exc)})") from exc
+        except (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError) as exc:
+            raise _Transient(f"the body was cut short ({_reason(exc)})") from exc
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise _Transient(
+                f"no data for {self.settings.read_timeout:g} s (read timed out)"
+            ) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise _Transient(f"the download failed ({_reason(exc)})") from exc
+        except requests.RequestException as exc:
+            raise InvalidSource(f"source {self.url}: {_reason(exc)}") from exc
+        finally:
+            session.close()
+        if announced is not None and written != announced:
+            raise _Transient(f"the body ended after {written} of {announced} bytes announced")
+        if self.checksum is not None:
+            _verify(self.url, self.checksum[0], self.checksum[1], digest.hexdigest())
+
+    def _check_response(self, response: requests.Response, limit: int) -> None:
+        status = response.status_code
+        if status in _TRANSIENT_STATUS:
+            raise _Transient(f"the server answered {status} {response.reason}")
+        if status != 200:
+            raise InvalidSource(
+                f"source {self.url}: the server answered {status} {response.reason}"
+            )
+        announced = _content_length(response)
+        if announced is not None and announced > limit:
+            raise InvalidSource(
+                f"source {self.url}: {announced} bytes announced, above the ceiling of {limit}"
+            )
+
+    def _write(
+        self,
+        response: requests.Response,
+        path: str,
+        limit: int,
+        op: str,
+        digest: hashlib._Hash,
+        reached: list[bool],
+    ) -> int:
+        written = 0
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise BackendError(f"cannot write {path}: {exc.strerror}") from exc
+        with os.fdopen(fd, "wb") as out:
+            for block in response.raw.stream(CHUNK, decode_content=False):
+                if not block:
+                    continue
+                written += len(block)
+                if written > limit:
+                    raise InvalidSource(
+                        f"source {self.url}: the body is longer than the ceiling of {limit} bytes"
+                    )
+                digest.update(block)
+                try:
+                    out.write(block)
+                except OSError as exc:
+                    raise BackendError(f"cannot write {path}: {exc.strerror}") from exc
+                if not reached[0]:
+                    out.flush()
+                    reached[0] = True
+                    faults.reach("mid-effect", op)
+            try:
+                out.flush()
+                os.fsync(out.fileno())
+            except OSError as exc:
+                raise BackendError(f"cannot write {path}: {exc.strerror}") from exc
+        if not reached[0]:
+            reached[0] = True
+            faults.reach("mid-effect", op)
+        return written
+
+
+def _content_length(response: requests.Response) -> int | None:
+    raw = response.headers.get("Content-Length")
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost reason of a requests/urllib3 error (they wrap one another), on one line."""
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "reason", None)
+        if isinstance(inner, BaseException):
+            exc = inner
+        elif exc.args and isinstance(exc.args[0], BaseException):
+            exc = exc.args[0]
+        elif len(exc.args) > 1 and isinstance(exc.args[1], BaseException):
+            exc = exc.args[1]  # urllib3's ProtocolError(message, cause)
+        else:
+            break
+    text = str(exc.args[-1] if exc.args and isinstance(exc.args[-1], str) else exc)
+    return " ".join(text.split())[:200]
+
+
+def _verify(source: str, algorithm: str, expected: str, actual: str) -> None:
+    if actual != expected:
+        raise InvalidSource(
+            f"source {source}: {algorithm} is {actual}, not the {expected} given; refused"
+        )
