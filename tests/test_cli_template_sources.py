@@ -170,20 +170,24 @@ def test_eight_creates_from_one_remote_template_download_once(
     root = tmp_path / "root"
     cli_json(root, "template", "list", backend="qcow2")  # the ledger exists before the race
     url = https.url("/slow.qcow2")
+
+    def argv(i: int) -> list[str]:
+        return [
+            *CLI,
+            *cli_args(
+                root,
+                "qcow2",
+                [
+                    "disk", "create", f"vm{i}/root", "--template", "base",
+                    "--template-source", url, "--template-format", "qcow2",
+                    "--template-sha256", https.sha256,
+                ],
+            ),
+        ]  # fmt: skip
+
     processes = [
         subprocess.Popen(
-            [
-                *CLI,
-                *cli_args(
-                    root,
-                    "qcow2",
-                    [
-                        "disk", "create", f"vm{i}/root", "--template", "base",
-                        "--template-source", url, "--template-format", "qcow2",
-                        "--template-sha256", https.sha256,
-                    ],
-                ),
-            ],  # fmt: skip
+            argv(i),
             env=cli_env(environ=environ),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
