@@ -34,16 +34,13 @@ import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from diskledger import faults
 from diskledger.backends import files
 from diskledger.backends.settings import seconds
 from diskledger.errors import BackendError, InvalidInput, InvalidSource
-
-if TYPE_CHECKING:
-    import requests
 
 __all__ = [
     "CHUNK",
@@ -282,15 +279,53 @@ class _Transient(Exception):
         self.reason = reason
 
 
+@dataclass(slots=True)
+class _Download:
+    """What the attempts at one download share: the bytes already in the file and their hash,
+    and what a retry needs to ask for the rest (HTTP Range) instead of starting again."""
+
+    path: str
+    limit: int
+    op: str
+    algorithm: str
+    written: int = 0
+    digest: Any = None
+    total: int | None = None
+    """The whole body's length, from the first answer's Content-Length."""
+    validator: str | None = None
+    """A strong ETag or a Last-Modified date of the whole body, when the server takes ranges:
+    a retry asks for the rest only if the body is still that one (If-Range)."""
+    reached: bool = False
+
+    def restart(self, response: Any) -> None:
+        """From the first byte again, with ``response`` (a 200) as the whole body."""
+        self.written = 0
+        self.digest = hashlib.new(self.algorithm)
+        self.total = _content_length(response)
+        self.validator = None
+        if response.headers.get("Accept-Ranges", "").strip().lower() == "bytes":
+            etag = response.headers.get("ETag")
+            if etag and not etag.startswith("W/"):
+                self.validator = etag
+            else:
+                self.validator = response.headers.get("Last-Modified")
+
+    @property
+    def resumable(self) -> bool:
+        return self.written > 0 and self.total is not None and self.validator is not None
+
+
 @dataclass(frozen=True, slots=True)
 class HttpSource:
     """An ``http://``/``https://`` URL, streamed with ``requests`` to the temporary name.
 
-    Each attempt writes the file from its start, hashing as it writes; at most
-    ``settings.max_redirects`` redirects are followed; a body longer than the ceiling, or shorter
-    or longer than its Content-Length, is refused. Connection errors, timeouts, a body cut short
-    and 408/429/5xx answers are retried (``settings.attempts`` in all, with tenacity) and refused
-    with the last reason when none succeeds.
+    The bytes are hashed as they are written; at most ``settings.max_redirects`` redirects are
+    followed; a body longer than the ceiling, or shorter or longer than its Content-Length, is
+    refused. Connection errors, timeouts, a body cut short and 408/429/5xx answers are retried
+    (``settings.attempts`` in all, with tenacity) and refused with the last reason when none
+    succeeds. A retry asks for the rest of the body (``Range``, ``If-Range``) when the server
+    takes ranges and named the body with a strong ETag or a Last-Modified date; otherwise, or
+    when the server answers with the whole body, it writes the file from its start.
     """
 
     url: str
@@ -309,7 +344,7 @@ class HttpSource:
 
         if self.settings.max_bytes is not None:
             limit = min(limit, self.settings.max_bytes)
-        reached = [False]
+        download = _Download(path, limit, op, self.checksum[0] if self.checksum else "sha256")
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.settings.attempts),
             wait=tenacity.wait_exponential(multiplier=self.settings.retry_wait, max=30),
@@ -319,32 +354,39 @@ class HttpSource:
         try:
             for attempt in retrying:
                 with attempt:
-                    self._attempt(path, limit, op, reached)
+                    self._attempt(download)
         except _Transient as exc:
             raise InvalidSource(
                 f"source {self.url}: {exc.reason} (after {self.settings.attempts} attempts)"
             ) from exc
+        if not download.reached:  # an empty body: the point is still reached once
+            download.reached = True
+            faults.reach("mid-effect", op)
+        if self.checksum is not None:
+            _verify(self.url, self.checksum[0], self.checksum[1], download.digest.hexdigest())
 
-    def _attempt(self, path: str, limit: int, op: str, reached: list[bool]) -> None:
+    def _attempt(self, download: _Download) -> None:
         import requests
         import urllib3
 
-        digest = hashlib.new(self.checksum[0] if self.checksum else "sha256")
         session = requests.Session()
         session.max_redirects = self.settings.max_redirects
-        timeout = (self.settings.connect_timeout, self.settings.read_timeout)
-        verify: bool | str = self.settings.ca_bundle or True
+        headers = {"Accept-Encoding": "identity"}
+        resuming = download.resumable
+        if resuming:
+            assert download.validator is not None
+            headers["Range"] = f"bytes={download.written}-"
+            headers["If-Range"] = download.validator
         try:
             with session.get(
                 self.url,
                 stream=True,
-                timeout=timeout,
-                verify=verify,
-                headers={"Accept-Encoding": "identity"},
+                timeout=(self.settings.connect_timeout, self.settings.read_timeout),
+                verify=self.settings.ca_bundle or True,
+                headers=headers,
             ) as response:
-                self._check_response(response, limit)
-                announced = _content_length(response)
-                written = self._write(response, path, limit, op, digest, reached)
+                self._check_response(response, download, resuming)
+                self._write(response, download)
         except requests.TooManyRedirects as exc:
             raise InvalidSource(
                 f"source {self.url}: more than {self.settings.max_redirects} redirects"
@@ -375,69 +417,71 @@ class HttpSource:
             raise InvalidSource(f"source {self.url}: {_reason(exc)}") from exc
         finally:
             session.close()
-        if announced is not None and written != announced:
-            raise _Transient(f"the body ended after {written} of {announced} bytes announced")
-        if self.checksum is not None:
-            _verify(self.url, self.checksum[0], self.checksum[1], digest.hexdigest())
+        if download.total is not None and download.written != download.total:
+            raise _Transient(
+                f"the body ended after {download.written} of {download.total} bytes announced"
+            )
 
-    def _check_response(self, response: requests.Response, limit: int) -> None:
+    def _check_response(self, response: Any, download: _Download, resuming: bool) -> None:
+        """Refuse an answer that cannot be the body; start again from the first byte on a 200,
+        go on from where the file ends on the 206 a resumed attempt asked for."""
         status = response.status_code
         if status in _TRANSIENT_STATUS:
             raise _Transient(f"the server answered {status} {response.reason}")
+        if status == 206 and resuming and download.total is not None:
+            expected = f"bytes {download.written}-{download.total - 1}/{download.total}"
+            if response.headers.get("Content-Range", "").strip() != expected:
+                download.written = 0  # not the rest asked for: the next attempt starts again
+                download.validator = None
+                raise _Transient(f"the server sent another range than {expected}")
+            return
         if status != 200:
             raise InvalidSource(
                 f"source {self.url}: the server answered {status} {response.reason}"
             )
-        announced = _content_length(response)
-        if announced is not None and announced > limit:
+        download.restart(response)
+        if download.total is not None and download.total > download.limit:
             raise InvalidSource(
-                f"source {self.url}: {announced} bytes announced, above the ceiling of {limit}"
+                f"source {self.url}: {download.total} bytes announced, above the ceiling of "
+                f"{download.limit}"
             )
 
-    def _write(
-        self,
-        response: requests.Response,
-        path: str,
-        limit: int,
-        op: str,
-        digest: hashlib._Hash,
-        reached: list[bool],
-    ) -> int:
-        written = 0
+    def _write(self, response: Any, download: _Download) -> None:
+        """Append the body to the file from ``download.written`` on, hashing what is written;
+        ``download`` counts what is in the file, also when the body breaks off."""
+        path, limit = download.path, download.limit
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.ftruncate(fd, download.written)
+            os.lseek(fd, download.written, os.SEEK_SET)
         except OSError as exc:
             raise BackendError(f"cannot write {path}: {exc.strerror}") from exc
         with os.fdopen(fd, "wb") as out:
             for block in response.raw.stream(CHUNK, decode_content=False):
                 if not block:
                     continue
-                written += len(block)
-                if written > limit:
+                if download.written + len(block) > limit:
                     raise InvalidSource(
                         f"source {self.url}: the body is longer than the ceiling of {limit} bytes"
                     )
-                digest.update(block)
                 try:
                     out.write(block)
                 except OSError as exc:
                     raise BackendError(f"cannot write {path}: {exc.strerror}") from exc
-                if not reached[0]:
+                download.digest.update(block)
+                download.written += len(block)
+                if not download.reached:
                     out.flush()
-                    reached[0] = True
-                    faults.reach("mid-effect", op)
+                    download.reached = True
+                    faults.reach("mid-effect", download.op)
             try:
                 out.flush()
                 os.fsync(out.fileno())
             except OSError as exc:
                 raise BackendError(f"cannot write {path}: {exc.strerror}") from exc
-        if not reached[0]:
-            reached[0] = True
-            faults.reach("mid-effect", op)
-        return written
 
 
-def _content_length(response: requests.Response) -> int | None:
+def _content_length(response: Any) -> int | None:
     raw = response.headers.get("Content-Length")
     if raw is None:
         return None

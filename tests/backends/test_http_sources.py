@@ -172,6 +172,13 @@ def test_announced_length_beyond_the_ceiling_refused(engine: Engine, https: Imag
     assert message.endswith(f"{1 << 40} bytes announced, above the ceiling of {1 << 30}")
 
 
+def test_a_retry_resumes_with_range(engine: Engine, https: ImageServer, image: bytes) -> None:
+    view = engine.add_template("base", https.url("/resumable"), "qcow2", sha256=https.sha256)
+    assert view.state is TemplateState.CACHED
+    assert https.ranges == [(None, None), (f"bytes={len(image) // 3}-", '"v1"')]
+    assert (Path(engine.templates.root) / "templates" / "base").read_bytes() == image
+
+
 def test_redirect_loop_refused(engine: Engine, https: ImageServer) -> None:
     message = refused(engine, https.url("/loop"))
     assert message == f"source {https.url('/loop')}: more than 3 redirects"

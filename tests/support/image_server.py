@@ -53,6 +53,8 @@ class ImageServer:
         self.image = image
         self.sha256 = hashlib.sha256(image).hexdigest()
         self.requests: Counter[str] = Counter()
+        self.ranges: list[tuple[str | None, str | None]] = []
+        """(Range, If-Range) of every request to /resumable."""
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.base = ""
@@ -95,6 +97,8 @@ def _handler(state: ImageServer) -> type[http.server.BaseHTTPRequestHandler]:
                         self.wfile.write(b"\0" * (1 << 20))
                 elif path == "/announces-huge":
                     self._answer(200, image, length=1 << 40)
+                elif path == "/resumable":  # cut short the first time; takes ranges
+                    self._resumable(image)
                 elif path == "/flaky":  # 503 the first time, the image after
                     if state.requests[path] == 1:
                         self._answer(503, b"busy", length=4)
@@ -111,6 +115,29 @@ def _handler(state: ImageServer) -> type[http.server.BaseHTTPRequestHandler]:
                     self._answer(404, b"not found", length=9)
             except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
                 pass
+
+        def _resumable(self, image: bytes) -> None:
+            asked, condition = self.headers.get("Range"), self.headers.get("If-Range")
+            with state.lock:
+                state.ranges.append((asked, condition))
+                first = len(state.ranges) == 1
+            validators = {"ETag": '"v1"', "Accept-Ranges": "bytes"}
+            if asked and condition == '"v1"' and asked.startswith("bytes=") and asked.endswith("-"):
+                start = int(asked[len("bytes=") : -1])
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(image) - 1}/{len(image)}")
+                for name, value in validators.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(image) - start))
+                self.end_headers()
+                self.wfile.write(image[start:])
+                return
+            self.send_response(200)
+            for name, value in validators.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(image)))
+            self.end_headers()
+            self.wfile.write(image[: len(image) // 3] if first else image)
 
         def _head(self, status: int, *, length: int | None) -> None:
             self.send_response(status)
