@@ -19,6 +19,8 @@ from diskledger.backends.sources import HttpSource, LocalFile, source_from
 from diskledger.engine import Config, Engine
 from diskledger.errors import InvalidInput, InvalidSource
 from diskledger.states import TemplateState
+from tests.recovery.helpers import PoolView
+from tests.support.ceph import POOL, CephCluster
 from tests.support.image_server import ImageServer, make_certificate, make_image, serving
 
 MiB = 1 << 20
@@ -269,3 +271,25 @@ def test_source_from_settings(environ: dict[str, str]) -> None:
         source_from("http://h/x", environ={"DISKLEDGER_FETCH_ATTEMPTS": "0"})
     with pytest.raises(InvalidInput, match="DISKLEDGER_CA_BUNDLE='/nonexistent' is not a file"):
         source_from("http://h/x", environ={"DISKLEDGER_CA_BUNDLE": "/nonexistent"})
+
+
+def test_rbd_template_pool_from_a_url(
+    tmp_path: Path, https: ImageServer, ceph: CephCluster, qemu_img: None
+) -> None:
+    """The rbd backend's template store stages the download locally, inspects it and imports it
+    into the pool; a mismatch leaves neither a staging file nor an image."""
+    config = Config.load(root=tmp_path / "root", backend="rbd", environ=ceph.environ())
+    with Engine.open(config) as engine:
+        with pytest.raises(InvalidSource, match="sha256 is"):
+            engine.add_template("base", https.url("/image.qcow2"), "qcow2", sha256="e" * 64)
+        with PoolView(ceph) as pools:
+            assert pools.contents(POOL) == set()
+        staging = tmp_path / "root" / "staging"
+        assert not staging.exists() or list(staging.iterdir()) == []
+        view = engine.add_template("base", https.url("/image.qcow2"), "qcow2", sha256=https.sha256)
+        assert (view.state, view.format, view.virtual_size) == (
+            TemplateState.CACHED,
+            "raw",
+            64 * MiB,
+        )
+        assert engine.verify().ok
