@@ -164,6 +164,38 @@ def test_fetch_killed_mid_download_is_rolled_back(
     assert again["state"] == "cached"
 
 
+@pytest.mark.parametrize(
+    ("point", "decision", "cached"),
+    [("after-intent", "rolled_back", False), ("after-effect", "rolled_forward", True)],
+)
+def test_fetch_killed_at_the_other_points(
+    tmp_path: Path,
+    https: ImageServer,
+    environ: dict[str, str],
+    point: str,
+    decision: str,
+    cached: bool,
+) -> None:
+    """Before a byte is downloaded the fetch is undone; once the template is published it is
+    finished (the download is not repeated)."""
+    root = tmp_path / "root"
+    url = https.url("/image.qcow2")
+    done = cli(
+        root, "template", "add", "base", url, "--format", "qcow2", "--sha256", https.sha256,
+        backend="qcow2", environ=environ, fault=f"fetch@{point}",
+    )  # fmt: skip
+    assert done.returncode == -9
+    report = cli_json(root, "recover", backend="qcow2", environ=environ)
+    assert [o["op"] for o in report[decision]] == ["fetch"], report
+    assert leftovers(root) == (["base"] if cached else [])
+    assert history_types(root)[-1] == (
+        "template.fetch.completed" if cached else "template.fetch.failed"
+    )
+    assert https.requests["/image.qcow2"] == (1 if cached else 0)
+    verified = cli(root, "verify", backend="qcow2", environ=environ)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
 def test_eight_creates_from_one_remote_template_download_once(
     tmp_path: Path, https: ImageServer, environ: dict[str, str]
 ) -> None:
