@@ -155,23 +155,33 @@ def check_url(url: str) -> str:
     """
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018  (raises ValueError on a bad port)
+        _ = parts.port  # raises ValueError on a bad port
     except ValueError as exc:
-        raise InvalidSource(f"source {url}: not a valid URL ({exc})") from None
+        raise InvalidSource(
+            f"source {_without_credentials(url)}: not a valid URL ({exc})"
+        ) from None
+    shown = _without_credentials(url)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise InvalidSource(
-            f"source {url}: the {scheme}:// scheme is not supported; give an http:// or "
+            f"source {shown}: the {scheme}:// scheme is not supported; give an http:// or "
             "https:// URL, or a local file's path"
         )
     if not parts.hostname:
-        raise InvalidSource(f"source {url}: the URL has no host")
+        raise InvalidSource(f"source {shown}: the URL has no host")
     if parts.username is not None or parts.password is not None:
         raise InvalidSource(
-            f"source {urlsplit(url)._replace(netloc=parts.hostname).geturl()}: the URL carries "
-            "credentials, which the ledger would keep forever; serve the image without them"
+            f"source {shown}: the URL carries credentials, which the ledger would keep forever; "
+            "serve the image without them"
         )
     return url
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` with any ``user:password@`` taken out of its authority, for messages."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, tail = rest.partition("/")
+    return f"{scheme}{sep}{authority.rpartition('@')[2]}{slash}{tail}"
 
 
 # -- a local file -------------------------------------------------------------------------------

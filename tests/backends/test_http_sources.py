@@ -214,9 +214,11 @@ def test_untrusted_certificate_refused(
         ("ftp://127.0.0.1/base.qcow2", "source ftp://127.0.0.1/base.qcow2: the ftp:// scheme is"),
         ("https:///base.qcow2", "source https:///base.qcow2: the URL has no host"),
         (
-            "https://admin:secret@127.0.0.1/base.qcow2",
-            "source https://127.0.0.1/base.qcow2: the URL carries credentials",
+            "https://admin:secret@127.0.0.1:8443/base.qcow2",
+            "source https://127.0.0.1:8443/base.qcow2: the URL carries credentials",
         ),
+        ("ftp://admin:secret@127.0.0.1/x", "source ftp://127.0.0.1/x: the ftp:// scheme is not"),
+        ("https://admin:secret@127.0.0.1:99999/x", "source https://127.0.0.1:99999/x: not a valid"),
     ],
 )
 def test_refused_before_anything_is_recorded(engine: Engine, source: str, expected: str) -> None:
