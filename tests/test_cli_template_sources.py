@@ -234,3 +234,12 @@ def test_eight_creates_from_one_remote_template_download_once(
     assert https.requests["/slow.qcow2"] == 1
     assert leftovers(root) == ["base"]
     assert history_types(root).count("template.fetch.started") == 1
+
+
+def test_template_sha256_needs_a_template_source(tmp_path: Path) -> None:
+    done = cli(
+        tmp_path / "root", "disk", "create", "vm/root", "--template", "base",
+        "--template-sha256", "a" * 64, backend="qcow2",
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].endswith("--template-sha256 needs --template-source")

@@ -180,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--template-source and --template-format go together")
         if args.template_source is not None and args.template is None:
             parser.error("--template-source needs --template")
+        if args.template_sha256 is not None and args.template_source is None:
+            parser.error("--template-sha256 needs --template-source")
     standalone = getattr(args, "standalone", None)
     if standalone is not None:  # needs no ledger: runs before one is opened
         return int(standalone(args, build_parser))
