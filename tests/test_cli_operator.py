@@ -264,10 +264,9 @@ WORDED = [
         "not what it was: run diskledger verify",
         3,
     ),
-    (
-        DiskAttached("vm-1/root", "guest-1", "vda", "resize it live instead"),
-        "disk vm-1/root is attached to domain guest-1 as vda: resize it live instead; detach it "
-        "first (diskledger disk detach vm-1/root)",
+    (  # the engine's words already say what to do: they pass as they are
+        DiskAttached("vm-1/root", "guest-1", "vda", "delete refused: detach it first"),
+        "disk vm-1/root is attached to domain guest-1 as vda: delete refused: detach it first",
         1,
     ),
     (

@@ -248,7 +248,11 @@ def _disk_flatten(engine: Engine, args: argparse.Namespace) -> Any:
     op_id = new_op_id(args)
     before = engine.show(args.disk)
     view = engine.flatten(args.disk, op_id=op_id)
-    was = f" (no longer depends on template {before.template})" if before.backing else ""
+    was = (
+        f" (no longer depends on template {before.template})"
+        if before.backing
+        else " (it was flat already)"
+    )
     return _done(args, view, f"flattened {view.disk}{was}", op_id)
 
 

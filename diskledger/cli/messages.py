@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Final
 from diskledger.errors import (
     CommandNotFound,
     ConcurrencyError,
-    DiskAttached,
     DiskLedgerError,
     DiskNotFound,
     FeedGap,
@@ -219,12 +218,6 @@ def _no_snapshot(exc: SnapshotNotFound, engine: Engine | None) -> Explained:
     return Explained(f"disk {exc.disk} has no snapshot {exc.snapshot!r}{known}", FAILED)
 
 
-def _attached(exc: DiskAttached, _engine: Engine | None) -> Explained:
-    return Explained(
-        f"{_one_line(str(exc))}; detach it first (diskledger disk detach {exc.disk})", FAILED
-    )
-
-
 def _no_tool(exc: CommandNotFound, _engine: Engine | None) -> Explained:
     return Explained(
         f"{_one_line(str(exc))}; install it (make setup installs everything diskledger uses)",
@@ -256,7 +249,6 @@ _EXPLAINERS: Final[tuple[tuple[type[DiskLedgerError], _Explainer], ...]] = (
     (DiskNotFound, _as(_no_disk)),
     (TemplateNotFound, _as(_no_template)),
     (SnapshotNotFound, _as(_no_snapshot)),
-    (DiskAttached, _as(_attached)),
     (CommandNotFound, _as(_no_tool)),
     (HypervisorUnavailable, _as(_no_libvirt)),
 )
