@@ -53,6 +53,7 @@ __all__ = [
     "check_url",
     "is_url",
     "source_from",
+    "source_params",
 ]
 
 CHUNK = 1 << 20
@@ -131,20 +132,45 @@ def source_from(
     text: str | os.PathLike[str],
     *,
     sha256: str | None = None,
+    fmt: str | None = None,
     environ: Mapping[str, str] = os.environ,
 ) -> ImageSource:
-    """The source ``text`` names: an ``http(s)://`` URL, or a local path.
+    """The source ``text`` names: an ``http(s)://`` URL, ``glance://IMAGE_ID`` (an image
+    service's image, looked up now: ``diskledger.backends.glance``), or a local path. ``fmt``,
+    the format declared, is checked against what an image service says the image is.
 
     Raises:
         InvalidSource: Another scheme (``file://``, ``ftp://``...), a URL without a host or
-            with credentials in it.
+            with credentials in it; an image the service does not have, or has not active, or
+            as another format.
         InvalidInput: ``sha256`` is not 64 hex digits, or a setting is out of range.
     """
     checksum = check_sha256(sha256)
     raw = os.fspath(text)
+    if raw[:9].lower() == "glance://":
+        from diskledger.backends.glance import glance_source
+
+        if checksum is not None:
+            raise InvalidInput(
+                f"source {raw}: --sha256 is for files and URLs; an image service's image is "
+                "verified against the hash the service recorded"
+            )
+        return glance_source(raw, fmt=fmt, environ=environ)
     if not is_url(raw):
         return LocalFile(raw, checksum)
     return HttpSource(check_url(raw), checksum, HttpSettings.from_environ(environ))
+
+
+def source_params(source: ImageSource) -> dict[str, str]:
+    """What a fetch's intent records about ``source`` beside ``describe()``: the checksum
+    verified (``{"sha256": hex}``) and what the source adds (an image service's URL)."""
+    params: dict[str, str] = {}
+    if source.checksum is not None:
+        params[source.checksum[0]] = source.checksum[1]
+    recorded = getattr(source, "recorded", None)
+    if callable(recorded):
+        params.update(recorded())
+    return params
 
 
 def check_url(url: str) -> str:
@@ -341,9 +367,15 @@ class HttpSource:
     url: str
     checksum: tuple[str, str] | None = None
     settings: HttpSettings = field(default_factory=HttpSettings)
+    name: str | None = None
+    """What messages call the source (default: the URL); an image service's ``glance://ID``."""
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    """Headers sent with every request (an image service's token): never printed nor recorded."""
+    checksum_from: str = "given"
+    """Who gave the checksum, as the mismatch's message says it."""
 
     def describe(self) -> str:
-        return self.url
+        return self.name or self.url
 
     @property
     def size(self) -> int | None:
@@ -367,13 +399,19 @@ class HttpSource:
                     self._attempt(download)
         except _Transient as exc:
             raise InvalidSource(
-                f"source {self.url}: {exc.reason} (after {self.settings.attempts} attempts)"
+                f"source {self.describe()}: {exc.reason} (after {self.settings.attempts} attempts)"
             ) from exc
         if not download.reached:  # an empty body: the point is still reached once
             download.reached = True
             faults.reach("mid-effect", op)
         if self.checksum is not None:
-            _verify(self.url, self.checksum[0], self.checksum[1], download.digest.hexdigest())
+            _verify(
+                self.describe(),
+                self.checksum[0],
+                self.checksum[1],
+                download.digest.hexdigest(),
+                self.checksum_from,
+            )
 
     def _attempt(self, download: _Download) -> None:
         import requests
@@ -381,7 +419,7 @@ class HttpSource:
 
         session = requests.Session()
         session.max_redirects = self.settings.max_redirects
-        headers = {"Accept-Encoding": "identity"}
+        headers = {"Accept-Encoding": "identity", **dict(self.headers)}
         resuming = download.resumable
         if resuming:
             assert download.validator is not None
@@ -399,13 +437,13 @@ class HttpSource:
                 self._write(response, download)
         except requests.TooManyRedirects as exc:
             raise InvalidSource(
-                f"source {self.url}: more than {self.settings.max_redirects} redirects"
+                f"source {self.describe()}: more than {self.settings.max_redirects} redirects"
             ) from exc
         except requests.exceptions.SSLError as exc:
-            raise InvalidSource(f"source {self.url}: TLS failed ({_reason(exc)})") from exc
+            raise InvalidSource(f"source {self.describe()}: TLS failed ({_reason(exc)})") from exc
         except requests.exceptions.InvalidSchema as exc:
             raise InvalidSource(
-                f"source {self.url}: redirected to a scheme other than http(s)"
+                f"source {self.describe()}: redirected to a scheme other than http(s)"
             ) from exc
         except (requests.ConnectionError, requests.Timeout) as exc:
             if isinstance(exc, requests.exceptions.ConnectTimeout):
@@ -424,7 +462,7 @@ class HttpSource:
         except urllib3.exceptions.HTTPError as exc:
             raise _Transient(f"the download failed ({_reason(exc)})") from exc
         except requests.RequestException as exc:
-            raise InvalidSource(f"source {self.url}: {_reason(exc)}") from exc
+            raise InvalidSource(f"source {self.describe()}: {_reason(exc)}") from exc
         finally:
             session.close()
         if download.total is not None and download.written != download.total:
@@ -447,12 +485,12 @@ class HttpSource:
             return
         if status != 200:
             raise InvalidSource(
-                f"source {self.url}: the server answered {status} {response.reason}"
+                f"source {self.describe()}: the server answered {status} {response.reason}"
             )
         download.restart(response)
         if download.total is not None and download.total > download.limit:
             raise InvalidSource(
-                f"source {self.url}: {download.total} bytes announced, above the ceiling of "
+                f"source {self.describe()}: {download.total} bytes announced, above the ceiling of "
                 f"{download.limit}"
             )
 
@@ -472,7 +510,8 @@ class HttpSource:
                     continue
                 if download.written + len(block) > limit:
                     raise InvalidSource(
-                        f"source {self.url}: the body is longer than the ceiling of {limit} bytes"
+                        f"source {self.describe()}: the body is longer than the ceiling of "
+                        f"{limit} bytes"
                     )
                 try:
                     out.write(block)
@@ -520,8 +559,8 @@ def _reason(exc: BaseException) -> str:
     return " ".join(text.split())[:200]
 
 
-def _verify(source: str, algorithm: str, expected: str, actual: str) -> None:
+def _verify(source: str, algorithm: str, expected: str, actual: str, given: str = "given") -> None:
     if actual != expected:
         raise InvalidSource(
-            f"source {source}: {algorithm} is {actual}, not the {expected} given; refused"
+            f"source {source}: {algorithm} is {actual}, not the {expected} {given}; refused"
         )

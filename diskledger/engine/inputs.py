@@ -145,18 +145,23 @@ def readable_file(path: Path) -> Path:
 
 
 def template_source(
-    source: str | os.PathLike[str], *, sha256: str | None, protected: Iterable[str]
+    source: str | os.PathLike[str],
+    *,
+    sha256: str | None,
+    protected: Iterable[str],
+    fmt: str | None = None,
 ) -> ImageSource:
     """The ``ImageSource`` a caller's ``source`` names: an ``http(s)://`` URL (other schemes
-    and credentials refused), or a local file checked as ``readable_file`` checks it and refused
-    when it lies inside one of the ``protected`` paths (the engine's root: the ledger, the
-    templates, the disks), which only the ledger may name.
+    and credentials refused), ``glance://IMAGE_ID`` (an image service's image, checked against
+    ``fmt``), or a local file checked as ``readable_file`` checks it and refused when it lies
+    inside one of the ``protected`` paths (the engine's root: the ledger, the templates, the
+    disks), which only the ledger may name.
 
     Raises:
         InvalidSource: As ``source_from`` and ``readable_file`` refuse, or a protected path.
         InvalidInput: ``sha256`` is not 64 hex digits, or a download setting is out of range.
     """
-    chosen = source_from(source, sha256=sha256)
+    chosen = source_from(source, sha256=sha256, fmt=fmt)
     if not isinstance(chosen, LocalFile):
         return chosen
     path = readable_file(Path(chosen.path))
