@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from diskledger.backends import Backend, Observation
+from diskledger.backends.sources import source_params
 from diskledger.engine.decisions import Decision, Evidence, Rule
 from diskledger.engine.inputs import check_name, template_source
 from diskledger.engine.liveness import abandoned, is_alive
@@ -89,7 +90,7 @@ class Fetch(Operation):
             request["sha256"] = sha256
         if (done := repeated(rt, op_id, request)) is not None:
             return template_after(rt, done)
-        chosen = template_source(source, sha256=sha256, protected=protected_paths(rt))
+        chosen = template_source(source, sha256=sha256, protected=protected_paths(rt), fmt=fmt)
         view = rt.store.template(stream) or TemplateView(template=template)
         refuse_pending(stream, view)
         if view.state is not TemplateState.ABSENT:
@@ -97,8 +98,7 @@ class Fetch(Operation):
         op_id = op_id or new_op_id()
         store = rt.templates
         params = {"template": template, "source": chosen.describe(), "format": fmt}
-        if chosen.checksum is not None:
-            params[chosen.checksum[0]] = chosen.checksum[1]
+        params.update(source_params(chosen))  # the checksum; an image service's URL
 
         def fetch() -> dict[str, Any]:
             seen = store.import_file(chosen, fmt, template, op_id)
