@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.ceph import CephCluster, CephUnavailable
 from tests.support.fixtures import postgres_server, postgres_url  # noqa: F401
+from tests.support.glance import glance_rbd_server, glance_server  # noqa: F401
 from tests.support.guest import Guest, GuestDisk, GuestUnavailable, build, python_payload
 from tests.support.libvirt import Domains, LibvirtDaemon, LibvirtUnavailable
 

@@ -12,14 +12,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import glance
 from tests.support.ceph import CephCluster
 from tests.support.glance import RBD_POOL, REPO, GlanceServer, file_hashes
 
-# The session fixture, for this module only while it is the one user; once the template-source
-# tests use it too, tests/conftest.py should import it instead (one place: one session server).
-glance_server = glance.glance_server
-glance_rbd_server = glance.glance_rbd_server
+# The session fixtures glance_server and glance_rbd_server come from tests/conftest.py (one place:
+# one session server, shared with tests/test_glance_sources.py).
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ The session fixture ``glance_server`` starts one for the whole session; ``glance
 starts a second one whose default store is the rbd store on the session's Ceph cluster. A venv that cannot be made
 (no network, no PyPI) or a missing curl skips the tests that use it, except under CI=true, where a
 missing component is a failure; a server that does not start is a failure everywhere. Import the
-fixture in one place only (each module that imports it gets its own session server).
+fixture in one place only (each module that imports it gets its own session server):
+tests/conftest.py does.
 """
 
 from __future__ import annotations
@@ -128,18 +129,7 @@ class GlanceServer:
     ) -> dict[str, Any]:
         """Create an image and PUT ``path``'s bytes into it (into ``store``, "fs" or "ceph", or
         the default one); returns the active image's record."""
-        created = self.session.post(
-            f"{self.url}/v2/images",
-            json={
-                "name": name or path.name,
-                "disk_format": disk_format,
-                "container_format": "bare",
-                **properties,
-            },
-            timeout=TIMEOUT,
-        )
-        created.raise_for_status()
-        image_id = created.json()["id"]
+        image_id = self.create(name or path.name, disk_format=disk_format, **properties)["id"]
         with path.open("rb") as data:
             stored = self.session.put(
                 f"{self.url}/v2/images/{image_id}/file",
@@ -152,6 +142,22 @@ class GlanceServer:
             )
         stored.raise_for_status()
         return self.image(image_id)
+
+    def create(self, name: str, *, disk_format: str = "raw", **properties: Any) -> dict[str, Any]:
+        """Create an image record without data: the image stays ``queued``."""
+        created = self.session.post(
+            f"{self.url}/v2/images",
+            json={
+                "name": name,
+                "disk_format": disk_format,
+                "container_format": "bare",
+                **properties,
+            },
+            timeout=TIMEOUT,
+        )
+        created.raise_for_status()
+        record: dict[str, Any] = created.json()
+        return record
 
     def download(self, image_id: str, destination: Path) -> Path:
         with self.session.get(
