@@ -168,6 +168,19 @@ def test_without_the_service_url_one_line(tmp_path: Path, image: dict[str, Any])
     assert events(root) == []
 
 
+def test_sha256_is_not_for_an_image_service(
+    tmp_path: Path, image: dict[str, Any], environ: dict[str, str]
+) -> None:
+    root = tmp_path / "root"
+    done = cli(
+        root, "template", "add", "base", f"glance://{image['id']}", "--format", "qcow2",
+        "--sha256", "f" * 64, backend="qcow2", environ=environ,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "--sha256 is for files and URLs" in error_line(done.stderr)
+    assert events(root) == []
+
+
 def test_bytes_that_are_not_the_recorded_hash_are_refused(
     tmp_path: Path, glance_server: GlanceServer, image_file: Path, environ: dict[str, str]
 ) -> None:

@@ -31,12 +31,17 @@ from typing import Any
 from diskledger.backends.sources import HttpSettings, HttpSource, _reason, check_url
 from diskledger.errors import InvalidInput, InvalidSource
 
-__all__ = ["GlanceSource", "glance_source"]
+__all__ = ["GlanceSource", "glance_source", "is_glance"]
 
 _IMAGE_ID = re.compile(
     r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
 )
 _HEX = re.compile(r"[0-9a-f]+")
+
+
+def is_glance(text: str) -> bool:
+    """Whether ``text`` names an image service's image (``glance://…``)."""
+    return text[:9].lower() == "glance://"
 
 
 @dataclass(frozen=True, slots=True)

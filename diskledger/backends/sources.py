@@ -132,30 +132,19 @@ def source_from(
     text: str | os.PathLike[str],
     *,
     sha256: str | None = None,
-    fmt: str | None = None,
     environ: Mapping[str, str] = os.environ,
 ) -> ImageSource:
-    """The source ``text`` names: an ``http(s)://`` URL, ``glance://IMAGE_ID`` (an image
-    service's image, looked up now: ``diskledger.backends.glance``), or a local path. ``fmt``,
-    the format declared, is checked against what an image service says the image is.
+    """The source ``text`` names: an ``http(s)://`` URL, or a local path. (``glance://IMAGE_ID``,
+    an image service's image, is ``diskledger.backends.glance.glance_source``; the engine's
+    ``template_source`` takes all three.)
 
     Raises:
         InvalidSource: Another scheme (``file://``, ``ftp://``...), a URL without a host or
-            with credentials in it; an image the service does not have, or has not active, or
-            as another format.
+            with credentials in it.
         InvalidInput: ``sha256`` is not 64 hex digits, or a setting is out of range.
     """
     checksum = check_sha256(sha256)
     raw = os.fspath(text)
-    if raw[:9].lower() == "glance://":
-        from diskledger.backends.glance import glance_source
-
-        if checksum is not None:
-            raise InvalidInput(
-                f"source {raw}: --sha256 is for files and URLs; an image service's image is "
-                "verified against the hash the service recorded"
-            )
-        return glance_source(raw, fmt=fmt, environ=environ)
     if not is_url(raw):
         return LocalFile(raw, checksum)
     return HttpSource(check_url(raw), checksum, HttpSettings.from_environ(environ))

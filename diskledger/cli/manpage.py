@@ -91,6 +91,16 @@ _ENVIRONMENT: Sequence[tuple[str, str]] = (
         "system's, or REQUESTS_CA_BUNDLE).",
     ),
     (
+        "DISKLEDGER_GLANCE_URL",
+        "The image service (OpenStack Glance, API v2) glance://IMAGE_ID template sources come "
+        "from, e.g. http://127.0.0.1:9292.",
+    ),
+    (
+        "DISKLEDGER_GLANCE_TOKEN",
+        "A token sent to the image service as X-Auth-Token when set (never recorded); a service "
+        "without Keystone ignores it.",
+    ),
+    (
         "DISKLEDGER_KEY_PROVIDER, DISKLEDGER_KEY_DIR",
         "Where the keys of encrypted disks live: the local provider (the default) keeps them "
         "in a root-only directory, by default <root>-keys beside the root.",

@@ -9,8 +9,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
+from diskledger.backends.glance import glance_source, is_glance
 from diskledger.backends.sources import ImageSource, LocalFile, source_from
-from diskledger.errors import InvalidName, InvalidSize, InvalidSource
+from diskledger.errors import InvalidInput, InvalidName, InvalidSize, InvalidSource
 
 __all__ = [
     "MAX_NAME",
@@ -161,7 +162,14 @@ def template_source(
         InvalidSource: As ``source_from`` and ``readable_file`` refuse, or a protected path.
         InvalidInput: ``sha256`` is not 64 hex digits, or a download setting is out of range.
     """
-    chosen = source_from(source, sha256=sha256, fmt=fmt)
+    if is_glance(os.fspath(source)):
+        if sha256 is not None:
+            raise InvalidInput(
+                f"source {os.fspath(source)}: --sha256 is for files and URLs; an image service's "
+                "image is verified against the hash the service recorded"
+            )
+        return glance_source(os.fspath(source), fmt=fmt)
+    chosen = source_from(source, sha256=sha256)
     if not isinstance(chosen, LocalFile):
         return chosen
     path = readable_file(Path(chosen.path))
