@@ -514,3 +514,18 @@ class TemplateStore(Protocol):
         be ``fmt``, into the store after the safety inspection of
         ``diskledger.backends.staging``, and observe the cached template."""
         ...
+
+    def removal_artifacts(self, template_id: str, token: str) -> tuple[Artifact, Artifact]:
+        """What a removal (``template gc``) names: the op-unique temporary name the cached
+        template is moved aside to (removed afterwards), and the template's own name."""
+        ...
+
+    def set_aside(self, template_id: str, token: str) -> None:
+        """Move the cached template to its removal temporary in one atomic rename, so that no
+        new disk can be made from it; done already when only the temporary exists."""
+        ...
+
+    def restore(self, template_id: str, token: str) -> None:
+        """Undo ``set_aside`` (a disk bound the template meanwhile); done already when the
+        template is back at its name."""
+        ...

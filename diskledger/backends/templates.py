@@ -61,3 +61,21 @@ class TemplateCache:
         st = files.stat(final)
         allocated = st.st_blocks * 512 if st is not None else None
         return Observation(artifact, exists=True, format=fmt, size=size, allocated=allocated)
+
+    def removal_artifacts(self, template_id: str, token: str) -> tuple[Artifact, Artifact]:
+        final = self.location(template_id)
+        return Artifact(FILE, temporary_path(final, token), temporary=True), Artifact(FILE, final)
+
+    def set_aside(self, template_id: str, token: str) -> None:
+        final = self.location(template_id)
+        aside = temporary_path(final, token)
+        if files.stat(final) is None and files.stat(aside) is not None:
+            return
+        files.publish(final, aside)
+
+    def restore(self, template_id: str, token: str) -> None:
+        final = self.location(template_id)
+        aside = temporary_path(final, token)
+        if files.stat(aside) is None and files.stat(final) is not None:
+            return
+        files.publish(aside, final)

@@ -1,4 +1,4 @@
-"""``template add|list|show``."""
+"""``template add|list|show|gc``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from diskledger.cli.base import Leaf, new_op_id, paint, say
 from diskledger.engine import FORMATS, Engine
+from diskledger.engine.operations.template_gc import parse_duration
 from diskledger.render import human_size, print_template, print_templates, template_json
 
 __all__ = ["template_commands"]
@@ -34,6 +35,23 @@ def template_commands(groups: Any, leaf: Leaf) -> None:
     leaf(template, "list", _template_list, "list cached templates")
     show = leaf(template, "show", _template_show, "show one template")
     show.add_argument("template", metavar="TEMPLATE_ID")
+    gc = leaf(
+        template,
+        "gc",
+        _template_gc,
+        "remove cached templates no disk has used for a while (each removal recorded)",
+        mutates=True,
+    )
+    gc.add_argument(
+        "--older-than",
+        metavar="DURATION",
+        default="24h",
+        help="how long a template must have been unused: 90s, 30m, 24h, 7d or seconds "
+        "(default 24h, as Nova's remove_unused_original_minimum_age_seconds)",
+    )
+    gc.add_argument(
+        "--dry-run", action="store_true", help="list what would be removed, remove nothing"
+    )
 
 
 def _template_add(engine: Engine, args: argparse.Namespace) -> Any:
@@ -63,3 +81,26 @@ def _template_show(engine: Engine, args: argparse.Namespace) -> Any:
     if not args.json:
         print_template(view, users)
     return template_json(view, users)
+
+
+def _template_gc(engine: Engine, args: argparse.Namespace) -> Any:
+    age = parse_duration(args.older_than)  # refused before anything is considered
+    report = engine.collect_templates(age, dry_run=args.dry_run)
+    for c in report.templates:
+        if c.action == "removed":
+            say(args, f"{paint('removed', 'ok')} template {c.template}: {c.reason}, op {c.op_id}")
+        elif c.action == "would-remove":
+            say(args, f"would remove template {c.template}: {c.reason}")
+        elif c.action == "failed":
+            say(args, f"{paint('failed', 'error')} template {c.template}: {c.reason}")
+        elif c.users:
+            users = ", ".join(c.users)
+            say(args, f"kept template {c.template}: in use by {users}")
+        else:
+            say(args, f"kept template {c.template}: {c.reason}")
+    if not report.templates:
+        say(args, "no cached templates")
+    for c in report.failed:  # the others are done and recorded; the first failure is the error
+        if c.error is not None:
+            raise c.error
+    return report.to_json()

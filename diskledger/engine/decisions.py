@@ -131,6 +131,14 @@ def _snapshot_present(e: Evidence) -> bool:
     return _disk_exists(e) and all(o.exists for o in e.parts[1:])
 
 
+def _template_at_its_name(e: Evidence) -> bool:
+    return bool(e.parts) and e.parts[0].exists
+
+
+def _template_moved_or_gone(e: Evidence) -> bool:
+    return bool(e.parts) and not e.parts[0].exists
+
+
 def _domain_uses_disk(e: Evidence) -> bool:
     return e.domain is not None and e.domain.uses_disk
 
@@ -152,6 +160,8 @@ CONDITIONS: Mapping[str, Condition] = {
     "snapshot gone, disk present": _snapshot_gone,
     "snapshot and disk present": _snapshot_present,
     "the domain uses the disk": _domain_uses_disk,
+    "template still at its name": _template_at_its_name,
+    "template moved aside or gone": _template_moved_or_gone,
     "otherwise": _always,
 }
 

@@ -6,6 +6,7 @@ import builtins
 import os
 import threading
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, overload
 
@@ -19,6 +20,12 @@ from diskledger.engine.operations.export import EXPORT, Export
 from diskledger.engine.operations.resize import RESIZE
 from diskledger.engine.operations.snapshots import REMOVE_SNAPSHOT, ROLLBACK, SNAPSHOT
 from diskledger.engine.operations.standalone import DIRECT_SNAPSHOT, FLATTEN, DirectSnapshot
+from diskledger.engine.operations.template_gc import (
+    DEFAULT_AGE,
+    REMOVE,
+    GcReport,
+    collect_templates,
+)
 from diskledger.engine.operations.templates import (
     FETCH,
     FORMATS,
@@ -342,6 +349,48 @@ class Engine:
             recover=self.recover,
             sha256=sha256,
         )
+
+    def collect_templates(
+        self,
+        older_than: float | timedelta = DEFAULT_AGE,
+        *,
+        dry_run: bool = False,
+        now: datetime | None = None,
+    ) -> GcReport:
+        """Remove the cached templates no live disk uses and none has used for ``older_than``.
+
+        When a template was last used is the time of the ledger event that left it unused (the
+        last ``disk.template-released`` naming it, the completed delete of the last disk made
+        from it, or its own ``fetch.completed``), never a file time. A template in use or with
+        an operation pending is kept. Each removal is a ``template.remove`` operation (intent,
+        effect, outcome), refused when a disk binds the template first; see docs/templates.md.
+
+        Args:
+            older_than: Seconds, or a ``timedelta``; 24 hours by default (Nova's
+                ``remove_unused_original_minimum_age_seconds``).
+            dry_run: Decide, remove nothing (``would-remove`` in the report).
+            now: The time ages are measured to (default: now, UTC).
+
+        Returns:
+            What became of each template of this engine's store.
+
+        Raises:
+            InvalidInput: ``older_than`` is negative.
+            StoreError: The ledger failed.
+        """
+        return collect_templates(self.runtime, older_than, dry_run=dry_run, now=now)
+
+    def remove_template(self, template: str, *, op_id: str | None = None) -> TemplateView:
+        """Remove the cached ``template`` now, whatever its age (``collect_templates`` chooses
+        by age). Refused while a live disk uses it.
+
+        Raises:
+            TemplateNotFound: It is not cached.
+            OperationPending: An operation on it is in flight.
+            Conflict: A disk uses it (or bound it during the removal: recorded as failed).
+            StoreError: The ledger failed.
+        """
+        return REMOVE(self.runtime, template, op_id=op_id)
 
     def template(self, template: str) -> TemplateView:
         """The ledger's view of ``template`` (also while a fetch of it is in flight).

@@ -75,6 +75,11 @@ TEMPLATE_ROWS: tuple[Row[TemplateState], ...] = (
     # a failed fetch returns it to absent. The fetcher holds a lease so that other processes wait
     # for it instead of fetching again, and take over when it dies.
     Row("fetch", S.ABSENT, S.CACHED, busy=S.FETCHING, leased=True),
+    # Garbage collection removes a cached template no disk has used for a while (``template
+    # gc``). While the removal is in flight the template stays cached but pending, so no create
+    # may bind it; a removal refused (a disk bound it first) or rolled back leaves it cached, a
+    # completed one leaves it absent, from where it may be fetched again.
+    Row("remove", S.CACHED, S.ABSENT),
 )
 del S
 
@@ -91,6 +96,10 @@ def template_changes(
     params: Mapping[str, Any],
 ) -> dict[str, Any]:
     """The fields an event's payload changes, beyond state, version and pending operation."""
+    if op == "remove":
+        if phase == "completed":
+            return {"format": None, "virtual_size": None, "location": None, "source": None}
+        return {}
     if op != "fetch":
         return {}
     if phase == "started":

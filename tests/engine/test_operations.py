@@ -21,7 +21,8 @@ from diskledger.states.streams import DISK, TEMPLATE
 
 OPERATIONS = sorted(REGISTRY)
 
-# The engine method and CLI verb of each operation (``fetch`` is ``template add``).
+# The engine method and CLI verb of each operation (``fetch`` is ``template add``, ``remove``
+# is ``template gc``).
 API = {
     "create": ("create", "disk create"),
     "import": ("import_disk", "disk import"),
@@ -36,6 +37,7 @@ API = {
     "attach": ("attach", "disk attach"),
     "detach": ("detach", "disk detach"),
     "fetch": ("add_template", "template add"),
+    "remove": ("remove_template", "template gc"),
 }
 
 

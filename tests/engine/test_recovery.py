@@ -221,4 +221,5 @@ def test_the_recovery_table_is_documented() -> None:
         "attach",
         "detach",
         "fetch",
+        "remove",
     }

@@ -66,3 +66,17 @@ class RbdTemplateStore:
         files.remove_file(copy)
         rbd.rename(temp, final)
         return rbd.observe(Artifact(IMAGE, final))
+
+    def removal_artifacts(self, template_id: str, token: str) -> tuple[Artifact, Artifact]:
+        final = self.location(template_id)
+        return Artifact(IMAGE, temporary(final, token), temporary=True), Artifact(IMAGE, final)
+
+    def set_aside(self, template_id: str, token: str) -> None:
+        """Rename the image (clones keep their parent by id, so a clone that exists despite the
+        ledger still reads it; removing the image then refuses, see ``Rbd.remove_image``)."""
+        final = self.location(template_id)
+        self.backend.rbd.rename(final, temporary(final, token))
+
+    def restore(self, template_id: str, token: str) -> None:
+        final = self.location(template_id)
+        self.backend.rbd.rename(temporary(final, token), final)

@@ -16,6 +16,7 @@ and the rules in agreement.
 | ``standalone`` | ``flatten``, ``direct-snapshot`` (RBD) |
 | ``attachment`` | ``attach``, ``detach`` |
 | ``templates`` | ``fetch`` (``template add``, ``ensure_template``) |
+| ``template_gc`` | ``remove`` (``template gc``, ``collect_templates``) |
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from diskledger.engine.operations.export import EXPORT
 from diskledger.engine.operations.resize import RESIZE
 from diskledger.engine.operations.snapshots import REMOVE_SNAPSHOT, ROLLBACK, SNAPSHOT
 from diskledger.engine.operations.standalone import DIRECT_SNAPSHOT, FLATTEN
+from diskledger.engine.operations.template_gc import REMOVE
 from diskledger.engine.operations.templates import FETCH
 
 __all__ = ["REFUSED_WHILE_ATTACHED", "REGISTRY", "RULES", "Operation"]
@@ -51,6 +53,7 @@ REGISTRY: Mapping[str, Operation] = {
         ATTACH,
         DETACH,
         FETCH,
+        REMOVE,
     )
 }
 
