@@ -51,6 +51,8 @@ def test_gc_removes_unused_keeps_used_and_records_each_removal(
     report = cli.json("template", "gc", "--older-than", "0")
     actions = {t["template"]: t["action"] for t in report["templates"]}
     assert actions == {"unused": "removed", "used": "kept"}
+    assert {t["template"]: t["users"] for t in report["templates"]}["used"] == ["vm-1/root"]
+    assert [t["unused_since"] is None for t in report["templates"]] == [False, True]
     assert report["older_than"] == 0 and report["dry_run"] is False
     assert not stored(cli, "unused") and stored(cli, "used")
     assert [t["template"] for t in cli.json("template", "list")] == ["used"]

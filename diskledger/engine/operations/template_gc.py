@@ -196,6 +196,7 @@ class Collected:
     """``removed``, ``would-remove`` (a dry run), ``kept`` or ``failed``."""
     reason: str
     unused_since: datetime | None = None
+    """When the ledger last saw it left unused (None while a disk uses it)."""
     users: tuple[str, ...] = ()
     op_id: str | None = None
     error: DiskLedgerError | None = field(default=None, compare=False, repr=False)
@@ -293,7 +294,7 @@ def collect_templates(
             continue
         users = tuple(live_users(rt, template))
         if users:
-            results.append(Collected(template, "kept", "in use", when, users))
+            results.append(Collected(template, "kept", "in use", None, users))
             continue
         if when is not None and now - when < age:
             reason = f"unused for {_human(now - when)}, less than {_human(age)}"
