@@ -9,8 +9,16 @@ from diskledger.errors import InvalidInput
 __all__ = ["seconds"]
 
 
-def seconds(environ: Mapping[str, str], name: str, default: float) -> float:
-    """``environ[name]`` as a number of seconds in (0, 3600]; ``default`` when unset or empty."""
+def seconds(
+    environ: Mapping[str, str],
+    name: str,
+    default: float,
+    *,
+    at_most: float = 3600,
+    zero: bool = False,
+) -> float:
+    """``environ[name]`` as a number of seconds in (0, ``at_most``] (from 0 with ``zero``);
+    ``default`` when unset or empty."""
     raw = environ.get(name)
     if not raw:
         return default
@@ -18,6 +26,7 @@ def seconds(environ: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise InvalidInput(f"{name}={raw!r} is not a number of seconds") from None
-    if not 0 < value <= 3600:
-        raise InvalidInput(f"{name}={raw!r} is not between 0 and 3600 seconds")
+    low_ok = value >= 0 if zero else value > 0
+    if not low_ok or value > at_most:
+        raise InvalidInput(f"{name}={raw!r} is not between 0 and {at_most:g} seconds")
     return value

@@ -261,7 +261,7 @@ class HttpSettings:
             connect_timeout=seconds(environ, "DISKLEDGER_FETCH_CONNECT_TIMEOUT", 10.0),
             read_timeout=seconds(environ, "DISKLEDGER_FETCH_READ_TIMEOUT", 60.0),
             attempts=_count(environ, "DISKLEDGER_FETCH_ATTEMPTS", 3, low=1, high=10),
-            retry_wait=_wait(environ, "DISKLEDGER_FETCH_RETRY_WAIT", 0.5),
+            retry_wait=seconds(environ, "DISKLEDGER_FETCH_RETRY_WAIT", 0.5, at_most=60, zero=True),
             max_redirects=_count(environ, "DISKLEDGER_FETCH_MAX_REDIRECTS", 3, low=0, high=10),
             max_bytes=None
             if max_bytes is None
@@ -280,19 +280,6 @@ def _count(environ: Mapping[str, str], name: str, default: int, *, low: int, hig
         raise InvalidInput(f"{name}={raw!r} is not a whole number") from None
     if not low <= value <= high:
         raise InvalidInput(f"{name}={raw!r} is not between {low} and {high}")
-    return value
-
-
-def _wait(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidInput(f"{name}={raw!r} is not a number of seconds") from None
-    if not 0 <= value <= 60:
-        raise InvalidInput(f"{name}={raw!r} is not between 0 and 60 seconds")
     return value
 
 

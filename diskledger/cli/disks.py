@@ -33,8 +33,8 @@ def disk_commands(groups: Any, leaf: Leaf) -> None:
     create.add_argument(
         "--template-source",
         metavar="SOURCE",
-        help="fetch the template from SOURCE (a file or an http(s) URL) first unless it is "
-        "cached (once, however many ask)",
+        help="fetch the template from SOURCE (a file, an http(s) URL or glance://IMAGE_ID) "
+        "first unless it is cached (once, however many ask)",
     )
     create.add_argument("--template-format", choices=FORMATS, help="the format of SOURCE")
     create.add_argument(

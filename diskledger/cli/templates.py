@@ -21,11 +21,14 @@ def template_commands(groups: Any, leaf: Leaf) -> None:
         template,
         "add",
         _template_add,
-        "import a local image file or an http(s) URL into the template cache",
+        "import a local image file, an http(s) URL or an image service's image "
+        "(glance://IMAGE_ID) into the template cache",
         mutates=True,
     )
     add.add_argument("template", metavar="TEMPLATE_ID")
-    add.add_argument("source", metavar="SOURCE", help="a local image file, or an http(s) URL")
+    add.add_argument(
+        "source", metavar="SOURCE", help="a local image file, an http(s) URL, or glance://IMAGE_ID"
+    )
     add.add_argument("--format", required=True, choices=FORMATS)
     add.add_argument(
         "--sha256",
