@@ -25,6 +25,11 @@ link_ceph() {
 }
 
 peer_venv() {
+    # One builder at a time: a second caller (the test that needs the venv, while the session's
+    # prebuild makes it) waits here, then finds it made.
+    mkdir -p "$(dirname "$VENV")"
+    exec 9>"$VENV.lock"
+    flock 9
     if works "$VENV"; then
         link_ceph "$VENV"
         echo "$VENV/bin/python"
@@ -37,7 +42,6 @@ peer_venv() {
     [ -n "$python" ] && [ -x "$python" ] || python=$(readlink -f "$ROOT/.venv/bin/python" 2>/dev/null || true)
     [ -n "$python" ] && [ -x "$python" ] || python=$(command -v python3 || true)
     [ -n "$python" ] || fail "no python3 to make the venv with"
-    mkdir -p "$(dirname "$VENV")"
     rm -rf "$tmp"
     {
         echo "# $(date -u +%FT%TZ) $python -m venv $VENV; pip install ${SPECS[*]}"
