@@ -287,6 +287,11 @@ WORDED = [
         1,
     ),
     (
+        IllegalTransition("template:local/cirros", "absent", "template.remove.started"),
+        "template cirros cannot be removed while it is absent; see diskledger template show cirros",
+        1,
+    ),
+    (
         IllegalTransition("template:local/cirros", "fetching", "template.fetch.started"),
         "template cirros is already cached; use it as it is, or add the new image under another "
         "name",

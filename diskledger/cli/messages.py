@@ -113,6 +113,7 @@ _PASSIVE: Final = {
     "attach": "attached",
     "detach": "detached",
     "fetch": "fetched",
+    "remove": "removed",
 }
 
 

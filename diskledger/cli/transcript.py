@@ -59,6 +59,10 @@ SESSION: Final[tuple[tuple[str, ...], ...]] = (
     ("recover",),
     ("verify",),
     ("disk", "delete", "vm-3/root", "--quiet"),
+    ("disk", "list", "--all"),
+    ("template", "gc", "--older-than", "0", "--dry-run"),
+    ("watch", "--from", "24", "--until-idle", "0.2"),
+    ("members",),
 )
 _VOLATILE: Final = (
     (re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?(\+00:00)?"), "2026-12-01 09:00:00"),
