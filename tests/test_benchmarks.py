@@ -24,6 +24,7 @@ from benchmarks import (
     replay,
 )
 from benchmarks.timing import Report
+from tests.support.peer_venv import assert_fails_with_one_line
 
 REPO = Path(nova.__file__).resolve().parent.parent
 
@@ -79,20 +80,4 @@ def test_the_nova_benchmark_runs() -> None:
 
 
 def test_the_nova_venv_script_fails_with_one_line(tmp_path: Path) -> None:
-    unreachable = {
-        "NOVA_VENV": str(tmp_path / "venv"),
-        "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
-        "PIP_RETRIES": "0",
-        "PIP_TIMEOUT": "2",
-    }
-    done = subprocess.run(
-        [str(REPO / "scripts/nova-venv.sh")],
-        env={**os.environ, **unreachable},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode != 0 and done.stdout == ""
-    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert not (tmp_path / "venv").exists()
+    assert_fails_with_one_line("nova-venv.sh", "NOVA_VENV", tmp_path)

@@ -14,6 +14,7 @@ import requests
 
 from tests.support.ceph import CephCluster
 from tests.support.glance import RBD_POOL, REPO, GlanceServer, file_hashes
+from tests.support.peer_venv import assert_fails_with_one_line
 
 # The session fixtures glance_server and glance_rbd_server come from tests/conftest.py (one place:
 # one session server, shared with tests/test_glance_sources.py).
@@ -129,23 +130,4 @@ def test_a_second_server_starts_and_stops_by_its_own_pid_file(
 
 
 def test_the_glance_venv_script_fails_with_one_line(tmp_path: Path) -> None:
-    unreachable = {
-        "GLANCE_VENV": str(tmp_path / "venv"),
-        "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
-        "PIP_EXTRA_INDEX_URL": "",
-        "PIP_FIND_LINKS": "",
-        "PIP_NO_INDEX": "",
-        "PIP_RETRIES": "0",
-        "PIP_TIMEOUT": "2",
-    }
-    done = subprocess.run(
-        [str(REPO / "scripts/glance-venv.sh")],
-        env={**os.environ, **unreachable},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode != 0 and done.stdout == ""
-    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert not (tmp_path / "venv").exists()
+    assert_fails_with_one_line("glance-venv.sh", "GLANCE_VENV", tmp_path)
