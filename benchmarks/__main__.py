@@ -1,8 +1,8 @@
 """``python -m benchmarks [--markdown] [--profile-append] [BENCHMARK...]``
 
 Benchmarks: ``engine``, ``append``, ``replay``, ``recovery``, ``rbd``, ``libvirt``, ``feed``,
-``multihost``, ``lvm``, ``cli``, ``storm``, ``memory``, ``nova``, ``nova-rbd``
-(default: all).
+``multihost``, ``lvm``, ``cli``, ``storm``, ``memory``, ``nova``, ``nova-rbd``, ``fetch``,
+``glance-rbd`` (default: all).
 
 Environment: ``DISKLEDGER_BENCH_EVENTS`` (replay ledger size, default 1,000,000) and
 ``DISKLEDGER_BENCH_TRIALS`` (trials per side for the engine, append, libvirt, feed and cli
@@ -18,7 +18,12 @@ PostgreSQL installed it is left out the same way too. The lvm benchmark boots th
 benchmark runs its rbd half only with Ceph installed. ``nova`` and ``nova-rbd`` run OpenStack
 Nova's own image backend from ``var/nova-venv`` (``scripts/nova-venv.sh`` makes it on first use,
 from PyPI; ``DISKLEDGER_BENCH_TRIALS`` sets their trials, default 40); when it cannot be made they
-are left out the same way, and ``nova-rbd`` without Ceph as ``rbd`` is.
+are left out the same way, and ``nova-rbd`` without Ceph as ``rbd`` is. ``fetch`` (template add
+from a loopback URL vs curl) and ``glance-rbd`` (a template from Glance's RBD location vs from a
+URL, then a disk; it starts a Ceph cluster and a real Glance, ``scripts/glance-venv.sh`` making
+Glance's venv on first use) move ``DISKLEDGER_BENCH_FETCH_MIB`` MiB per copy (default 1024);
+``DISKLEDGER_BENCH_TRIALS`` sets their trials (defaults 5 and 3); ``glance-rbd`` is left out
+without Ceph as ``rbd`` is, and when Glance's venv cannot be made.
 """
 
 from __future__ import annotations
@@ -47,8 +52,10 @@ from benchmarks import (
     rbd_clone,
     recovery_scan,
     replay,
+    template_fetch,
 )
 from benchmarks.timing import Report, env_int, render_markdown, render_text
+from tests.support.glance import GlanceUnavailable
 from tests.support.guest import GuestUnavailable
 from tests.support.libvirt import LibvirtUnavailable
 
@@ -60,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         metavar="BENCHMARK",
         help="run only these, of engine, append, replay, recovery, rbd, libvirt, feed, "
-        "multihost, lvm and cli (default: all)",
+        "multihost, lvm, cli, storm, memory, nova, nova-rbd, fetch and glance-rbd (default: all)",
     )
     parser.add_argument(
         "--markdown", action="store_true", help="also print a section for docs/performance.md"
@@ -98,12 +105,22 @@ def main(argv: list[str] | None = None) -> int:
         "memory": memory.run,
         "nova": lambda: nova.run(trials or nova.DEFAULT_TRIALS),
         "nova-rbd": lambda: nova.run_rbd(trials or nova.DEFAULT_RBD_TRIALS),
+        "fetch": lambda: template_fetch.run(
+            trials or template_fetch.DEFAULT_TRIALS, template_fetch.size_from_environ()
+        ),
+        "glance-rbd": lambda: template_fetch.run_rbd(
+            trials or template_fetch.DEFAULT_RBD_TRIALS, template_fetch.size_from_environ()
+        ),
     }
     chosen: list[str] = args.only or list(benchmarks)
     if not args.only and shutil.which("ceph-mon") is None:
-        print("rbd, nova-rbd: left out, Ceph is not installed (scripts/bootstrap.sh --ceph)")
+        print(
+            "rbd, nova-rbd, glance-rbd: left out, Ceph is not installed "
+            "(scripts/bootstrap.sh --ceph)"
+        )
         chosen.remove("rbd")
         chosen.remove("nova-rbd")
+        chosen.remove("glance-rbd")
     if not args.only and not os.path.exists("/dev/kvm"):
         print("libvirt: left out, no /dev/kvm (KVM is not available on this machine)")
         chosen.remove("libvirt")
@@ -126,7 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         lap = time.perf_counter()
         try:
             report = benchmarks[name]()
-        except (LibvirtUnavailable, GuestUnavailable, nova.NovaUnavailable) as exc:
+        except (
+            LibvirtUnavailable,
+            GuestUnavailable,
+            nova.NovaUnavailable,
+            GlanceUnavailable,
+        ) as exc:
             if args.only:  # asked for by name: that it cannot run here is an error
                 raise
             print(f"\n{name}: left out, {exc}", flush=True)
