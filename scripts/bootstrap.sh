@@ -32,8 +32,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Another apt run (a second checkout's make setup, unattended-upgrades) holds dpkg's lock for
+    # a while on a fresh machine: wait for it rather than fail.
+    lock=(-o DPkg::Lock::Timeout=600)
+    $SUDO apt-get "${lock[@]}" update -qq
+    $SUDO apt-get "${lock[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 stamp="$VENV/.bootstrap-stamp"
