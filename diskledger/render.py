@@ -52,6 +52,8 @@ def template_json(view: TemplateView, users: Sequence[str]) -> dict[str, Any]:
         "virtual_size": view.virtual_size,
         "location": view.location,
         "source": view.source,
+        "cloned_from": view.cloned_from,
+        "not_cloned": view.not_cloned,
         "version": view.version,
         "pending": view.pending.to_json() if view.pending else None,
         "users": list(users),
@@ -148,6 +150,10 @@ def print_template(view: TemplateView, users: Sequence[str]) -> None:
         ("source", view.source or "-"),
         ("disks", ", ".join(users) or "-"),
     ]
+    if view.cloned_from:
+        fields.insert(-1, ("cloned from", view.cloned_from))
+    if view.not_cloned:
+        fields.insert(-1, ("not cloned", view.not_cloned))
     for key, value in fields:
         print(f"{key + ':':<14}{value}")
 
@@ -156,7 +162,7 @@ def _summary(event: RecordedEvent) -> str:
     data = event.data
     if "params" in data:
         params = data["params"]
-        keys = ("template", "size", "snapshot", "target", "format")
+        keys = ("template", "size", "snapshot", "target", "format", "clone_from")
         return " ".join(f"{k}={params[k]}" for k in keys if params.get(k) is not None)
     if "error" in data:
         return f"error: {data['error']}"

@@ -9,13 +9,17 @@
 # hands monitor hosts and ports, takes an address without a v2: prefix for msgr1 unless its port
 # is 3300) and one ceph-osd on memstore (data lives in memory: a stopped
 # cluster does not come back), pool size 1. Two keyrings: client.admin for set-up only, and the
-# restricted client.diskledger (mon 'profile rbd', osd 'profile rbd' on the two pools) that
-# diskledger uses. No ceph-mgr: nothing diskledger does needs one, so "healthy" here means a mon
-# in quorum, the OSD up and in, and a write/read round trip through the pool as the restricted user.
+# restricted client.diskledger (mon 'profile rbd', osd 'profile rbd' on the two pools, and
+# 'profile rbd-read-only' on the image service's pool) that diskledger uses. No ceph-mgr: nothing
+# diskledger does needs one, so "healthy" here means a mon in quorum, the OSD up and in, and a
+# write/read round trip through the pool as the restricted user.
 set -euo pipefail
 
 POOL=${DISKLEDGER_RBD_POOL:-diskledger}
 IMAGE_POOL=${DISKLEDGER_RBD_SNAPSHOT_POOL:-diskledger-snapshots}
+# The image service's pool (scripts/glance-dev.sh makes it): diskledger clones templates from its
+# images' protected snapshots and never writes to it (Nova's client is granted the same).
+GLANCE_POOL=${GLANCE_DEV_RBD_POOL:-glance-images}
 CLIENT=diskledger
 TIMEOUT=${CEPH_DEV_TIMEOUT:-90}
 # The address the daemons bind to: loopback, or (the multi-host rig, tests/multihost, run inside a
@@ -130,7 +134,7 @@ EOF
         admin osd pool application enable "$pool" rbd >/dev/null 2>&1
     done
     admin auth get-or-create "client.$CLIENT" mon 'profile rbd' \
-        osd "profile rbd pool=$POOL, profile rbd pool=$IMAGE_POOL" -o "$DIR/client.$CLIENT.keyring" 2>/dev/null
+        osd "profile rbd pool=$POOL, profile rbd pool=$IMAGE_POOL, profile rbd-read-only pool=$GLANCE_POOL" -o "$DIR/client.$CLIENT.keyring" 2>/dev/null
     chmod 0600 "$DIR"/*.keyring
     wait_for "a write/read round trip through pool $POOL" round_trip
     echo "$DIR/ceph.conf"

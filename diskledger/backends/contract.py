@@ -40,6 +40,7 @@ __all__ = [
     "Capability",
     "ChecksCapacity",
     "ClonesInPlace",
+    "ClonesTemplates",
     "DirectSnapshots",
     "DiskSource",
     "Fences",
@@ -528,4 +529,35 @@ class TemplateStore(Protocol):
     def restore(self, template_id: str, token: str) -> None:
         """Undo ``set_aside`` (a disk bound the template meanwhile); done already when the
         template is back at its name."""
+        ...
+
+
+@runtime_checkable
+class ClonesTemplates(Protocol):
+    """A template store that can make a template a copy-on-write clone of an image an image
+    service keeps in the same storage, instead of downloading and importing its data: Nova's
+    direct-clone fast path (RBD: Glance's rbd store, where each image is ``pool/<id>`` with the
+    protected snapshot ``snap``, its location ``rbd://<fsid>/<pool>/<id>/snap``).
+
+    The fetch asks ``clone_choice`` before it records its intent, and records the answer there:
+    the location it clones from, or why it downloads although a location was offered. The
+    template the clone makes is an ordinary cached template (the same name, the same protected
+    snapshot disks are cloned from, the same refcounts); while it exists, the storage keeps the
+    service's image from being deleted under it.
+    """
+
+    def clone_choice(self, locations: Sequence[str], fmt: str) -> tuple[str | None, str | None]:
+        """Which of ``locations`` (URLs, in the service's order) a template declared as ``fmt``
+        can be cloned from: ``(url, None)``; ``(None, why)`` when a location names this kind of
+        storage but cannot be cloned (another cluster, a snapshot that is not protected or not
+        there, a pool this client may not read, a format the store does not keep); ``(None,
+        None)`` when none names this kind of storage. Reads storage, never writes it."""
+        ...
+
+    def clone_from(self, location: str, template_id: str, token: str) -> Observation:
+        """Make the template a clone of ``location`` (a URL ``clone_choice`` chose) under the
+        import's artifacts (``import_artifacts``): cloned under the temporary name, snapshotted
+        and protected, renamed. The head of the image is first inspected as an import's copy is
+        (a declared raw image that is something else is refused) and its size held to the
+        store's ceiling. A template already cached is observed, not cloned again."""
         ...

@@ -9,6 +9,10 @@ service recorded: ``os_hash_algo``/``os_hash_value`` (sha512 by default; any alg
 has), or the md5 ``checksum`` when the service recorded no multihash. A mismatch is refused like a
 sha256 mismatch and recorded as the fetch's failure.
 
+When the service keeps the image in the Ceph cluster the rbd backend uses (its ``direct_url`` is
+``rbd://<fsid>/<pool>/<id>/snap``), the data is not downloaded at all: the template is cloned
+from that snapshot (``ClonesTemplates``, Nova's fast path); see docs/templates.md.
+
 Two GET requests with ``requests``, which the HTTP source already uses, rather than a client
 library (python-glanceclient or openstacksdk): see docs/templates.md.
 
@@ -54,6 +58,9 @@ class GlanceSource:
     checksum: tuple[str, str]
     size: int | None
     download: HttpSource
+    locations: tuple[str, ...] = ()
+    """Where the service keeps the image's data (its ``direct_url``, then any other of its
+    ``locations``), for a template store that can clone from one (``ClonesTemplates``)."""
 
     def describe(self) -> str:
         return f"glance://{self.image_id}"
@@ -114,6 +121,7 @@ def glance_source(
     checksum = _checksum(record, shown)
     size = record.get("size")
     return GlanceSource(
+        locations=_locations(record),
         image_id=image_id,
         service=service,
         checksum=checksum,
@@ -170,6 +178,16 @@ def _image(
             f"source {shown}: the image service at {service} did not answer with an image record"
         )
     return record
+
+
+def _locations(record: Mapping[str, Any]) -> tuple[str, ...]:
+    """The image's store locations the service shows (``direct_url`` with
+    ``show_image_direct_url``, ``locations`` with ``show_multiple_locations``), each once."""
+    urls = [record.get("direct_url")]
+    listed = record.get("locations")
+    if isinstance(listed, list):
+        urls += [entry.get("url") for entry in listed if isinstance(entry, dict)]
+    return tuple(dict.fromkeys(url for url in urls if isinstance(url, str) and url))
 
 
 def _checksum(record: Mapping[str, Any], shown: str) -> tuple[str, str]:

@@ -62,11 +62,16 @@ def _template_add(engine: Engine, args: argparse.Namespace) -> Any:
     view = engine.add_template(
         args.template, args.source, args.format, op_id=op_id, sha256=args.sha256
     )
+    how = f"from {args.source}"
+    if view.cloned_from:
+        how = f"cloned from {view.cloned_from} (nothing downloaded)"
     say(
         args,
         f"{paint('cached', 'ok')} template {view.template}: {human_size(view.virtual_size)} "
-        f"{view.format} from {args.source}, op {op_id[:8]}",
+        f"{view.format} {how}, op {op_id[:8]}",
     )
+    if view.not_cloned:
+        say(args, f"  downloaded, not cloned: {view.not_cloned}")
     return template_json(view, [])
 
 

@@ -36,6 +36,11 @@ class TemplateView:
     virtual_size: int | None = None
     location: str | None = None
     source: str | None = None
+    cloned_from: str | None = None
+    """The image service's snapshot the template is a copy-on-write clone of
+    (``rbd://<fsid>/<pool>/<image>/<snap>``); None when its data was copied in."""
+    not_cloned: str | None = None
+    """Why its data was copied in although the service offered a location to clone from."""
     pending: PendingOperation | None = None
     lease_expires: str | None = None
     """While fetching: until when (UTC, ISO 8601) the fetcher's lease runs."""
@@ -49,6 +54,8 @@ class TemplateView:
             "virtual_size": self.virtual_size,
             "location": self.location,
             "source": self.source,
+            "cloned_from": self.cloned_from,
+            "not_cloned": self.not_cloned,
             "pending": self.pending.to_json() if self.pending else None,
             "lease_expires": self.lease_expires,
         }
@@ -64,6 +71,8 @@ class TemplateView:
             virtual_size=raw.get("virtual_size"),
             location=raw.get("location"),
             source=raw.get("source"),
+            cloned_from=raw.get("cloned_from"),
+            not_cloned=raw.get("not_cloned"),
             pending=PendingOperation.from_json(pending) if pending else None,
             lease_expires=raw.get("lease_expires"),
         )
@@ -98,7 +107,9 @@ def template_changes(
     """The fields an event's payload changes, beyond state, version and pending operation."""
     if op == "remove":
         if phase == "completed":
-            return {"format": None, "virtual_size": None, "location": None, "source": None}
+            return dict.fromkeys(
+                ("format", "virtual_size", "location", "source", "cloned_from", "not_cloned")
+            )
         return {}
     if op != "fetch":
         return {}
@@ -112,6 +123,8 @@ def template_changes(
             "virtual_size": data["virtual_size"],
             "location": data["location"],
             "source": params.get("source"),
+            "cloned_from": data.get("cloned_from"),
+            "not_cloned": params.get("not_cloned"),
             "lease_expires": None,
         }
     if phase == "failed":

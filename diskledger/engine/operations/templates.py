@@ -13,7 +13,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from diskledger.backends import Backend, Observation
-from diskledger.backends.sources import source_params
+from diskledger.backends.contract import ClonesTemplates, TemplateStore
+from diskledger.backends.glance import GlanceSource
+from diskledger.backends.sources import ImageSource, source_params
 from diskledger.engine.decisions import Decision, Evidence, Rule
 from diskledger.engine.inputs import check_name, template_source
 from diskledger.engine.liveness import abandoned, is_alive
@@ -52,14 +54,18 @@ FORMATS = ("raw", "qcow2")
 """Formats a template may be declared as and an export may be written in."""
 
 
-def fetched(fmt: str, seen: Observation) -> dict[str, Any]:
-    """What a fetch's ``completed`` records: the format it was accepted as, its virtual size."""
-    return {
+def fetched(fmt: str, seen: Observation, params: Mapping[str, Any]) -> dict[str, Any]:
+    """What a fetch's ``completed`` records: the format it was accepted as, its virtual size,
+    and the image service's location when the template is a clone of it."""
+    outcome = {
         "format": fmt,
         "virtual_size": seen.size,
         "location": seen.artifact.location,
         "allocated": seen.allocated,
     }
+    if "clone_from" in params:
+        outcome["cloned_from"] = params["clone_from"]
+    return outcome
 
 
 class Fetch(Operation):
@@ -99,10 +105,19 @@ class Fetch(Operation):
         store = rt.templates
         params = {"template": template, "source": chosen.describe(), "format": fmt}
         params.update(source_params(chosen))  # the checksum; an image service's URL
+        clone_from, not_cloned = _clone_choice(store, chosen, fmt)
+        if clone_from is not None:
+            params["clone_from"] = clone_from
+        elif not_cloned is not None:
+            params["not_cloned"] = not_cloned
 
         def fetch() -> dict[str, Any]:
-            seen = store.import_file(chosen, fmt, template, op_id)
-            return fetched(store.cached_format(fmt), seen)
+            if clone_from is not None:
+                assert isinstance(store, ClonesTemplates)
+                seen = store.clone_from(clone_from, template, op_id)
+            else:
+                seen = store.import_file(chosen, fmt, template, op_id)
+            return fetched(store.cached_format(fmt), seen, params)
 
         artifacts = store.import_artifacts(template, op_id)
         plan = Plan(stream, view, rt.backend, op_id, params, fetch, artifacts, durable_effect=True)
@@ -117,10 +132,20 @@ class Fetch(Operation):
         evidence: Evidence,
     ) -> dict[str, Any]:
         fmt = rt.templates.cached_format(params["format"])
-        return fetched(fmt, rt.templates.observe(params["template"], fmt))
+        return fetched(fmt, rt.templates.observe(params["template"], fmt), params)
 
 
 FETCH = Fetch()
+
+
+def _clone_choice(
+    store: TemplateStore, source: ImageSource, fmt: str
+) -> tuple[str | None, str | None]:
+    """Where the template can be cloned from instead of downloaded, or why not (see
+    ``ClonesTemplates.clone_choice``); ``(None, None)`` when the question does not arise."""
+    if not isinstance(source, GlanceSource) or not isinstance(store, ClonesTemplates):
+        return None, None
+    return store.clone_choice(source.locations, fmt)
 
 
 def ensure_template(
