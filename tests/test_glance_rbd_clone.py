@@ -121,6 +121,8 @@ def test_same_cluster_is_a_clone_of_the_services_snapshot_and_keeps_it_from_dele
     exported = tmp_path / "disk.raw"
     ceph.rbd("export", disk["location"], str(exported))
     assert exported.read_bytes() == image_file.read_bytes()
+    verified = cli(root, "verify", backend="rbd", environ=environ)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
     # The service refuses to delete an image a template is cloned from ...
     refused = glance_rbd_server.session.delete(f"{glance_rbd_server.url}/v2/images/{image['id']}")
