@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from diskledger.engine.takeover import TakeoverReport
     from diskledger.events import Metadata, NewEvent, RecordedEvent
     from diskledger.keys import KeyProvider, LocalKeyDirectory
+    from diskledger.progress import Progress, ProgressEvent
     from diskledger.states import (
         Attachment,
         DiskState,
@@ -104,6 +105,8 @@ __all__ = [
     "Observation",
     "OperationPending",
     "OwnershipLost",
+    "Progress",
+    "ProgressEvent",
     "RecordedEvent",
     "SnapshotNotFound",
     "StoreError",
@@ -140,6 +143,8 @@ _LAZY: dict[str, str] = {
     "Metadata": "diskledger.events",
     "NewEvent": "diskledger.events",
     "Observation": "diskledger.backends",
+    "Progress": "diskledger.progress",
+    "ProgressEvent": "diskledger.progress",
     "RecordedEvent": "diskledger.events",
     "TakeoverReport": "diskledger.engine.takeover",
     "TemplateState": "diskledger.states",

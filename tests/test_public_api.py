@@ -8,6 +8,9 @@ import diskledger
 from diskledger import errors
 
 EXPECTED = {
+    # Progress of long copies (issue 17): the callback's type and its event.
+    "Progress",
+    "ProgressEvent",
     "Encryption",
     "KeyNotFound",
     "KeyProvider",

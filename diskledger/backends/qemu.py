@@ -2,17 +2,24 @@
 
 Every path is made absolute before it reaches ``qemu-img``, so a name can be neither an option
 (``-x``) nor a protocol prefix (``nbd:``, ``json:``).
+
+While a progress callback listens (``diskledger.progress``), ``qemu-img convert`` runs with
+``-p`` and its ``(NN.NN/100%)`` lines are reported as bytes of the source's virtual size;
+otherwise (and for a source whose size is not known without asking a cluster) its command line
+is the plain one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO, NamedTuple
 
+from diskledger import progress
 from diskledger.backends import files, runner
 from diskledger.backends.contract import Artifact, Observation
 from diskledger.errors import BackendError, CommandFailed, InvalidInput, StorageIOError
@@ -149,7 +156,7 @@ def convert_into_luks(src: str, src_fmt: str, dst: str, luks: Luks) -> None:
     by ``create`` with ``luks``, at least as large): qemu encrypts on the way in."""
     argv = ["qemu-img", "convert", "-n", *luks.object_args(), "-f", src_fmt]
     argv += [os.path.abspath(src), "--target-image-opts", luks.image_opts(dst)]
-    runner.run(argv, timeout=3600.0)
+    _convert(argv, os.path.abspath(src), src_fmt)
 
 
 def convert(src: str, src_fmt: str, dst: str, dst_fmt: str) -> None:
@@ -175,7 +182,51 @@ def convert_spec(
         argv.append("-n")
         if target_is_zero:
             argv.append("--target-is-zero")
-    runner.run([*argv, src, dst], timeout=3600.0)
+    _convert([*argv, src, dst], src, src_fmt)
+
+
+_PERCENT = re.compile(r"\((\d+(?:\.\d+)?)/100%\)")
+
+
+def _convert(argv: list[str], src: str, src_fmt: str) -> None:
+    """Run the ``qemu-img convert`` command ``argv``; with ``-p``, reporting, while a progress
+    callback listens."""
+    total = _virtual_size(src, src_fmt) if progress.active() else None
+    if total is None:  # nobody listens, or percentages of an unknown size
+        runner.run(argv, timeout=3600.0)
+        return
+    meter = progress.meter("convert", total)
+    pending = ""
+
+    def seen(text: str) -> None:
+        nonlocal pending
+        pending += text
+        found = _PERCENT.findall(pending)
+        pending = pending[pending.rfind(")") + 1 :]
+        if found:
+            meter.update(min(total, int(total * float(found[-1]) / 100)))
+
+    runner.run([*argv[:2], "-p", *argv[2:]], timeout=3600.0, on_output=seen)
+    meter.finish(total)
+
+
+def _virtual_size(src: str, fmt: str) -> int | None:
+    """The virtual size of the image ``src`` (a path: a file or a block device), read without a
+    process where it can be; None for a protocol spec (``rbd:...``) or when it cannot be read."""
+    if not os.path.isabs(src) or not os.path.exists(src):
+        return None
+    try:
+        if fmt == "raw":
+            fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                return os.lseek(fd, 0, os.SEEK_END)  # a block device's st_size is 0
+            finally:
+                os.close(fd)
+        if fmt == "qcow2":
+            return read_qcow2_header(src)[0]
+        return int(info(src, fmt)["virtual-size"])
+    except (OSError, BackendError, KeyError, ValueError):
+        return None
 
 
 def info(path: str, fmt: str, *, timeout: float = 300.0, untrusted: bool = False) -> dict[str, Any]:

@@ -6,10 +6,11 @@ import contextlib
 import errno
 import logging
 import os
+import selectors
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import tenacity
 
@@ -148,12 +149,14 @@ def run(
     timeout: float = 300.0,
     untrusted: bool = False,
     lock_wait: float = LOCK_WAIT,
+    on_output: Callable[[str], None] | None = None,
 ) -> str:
     """Run ``argv`` and return its stdout; raise a ``BackendError`` subclass on any failure.
 
     ``untrusted``: the command reads an image not yet trusted; run it under ``UNTRUSTED_LIMITS``.
     A command refused because another process holds the image's write lock is run again for up
-    to ``lock_wait`` seconds.
+    to ``lock_wait`` seconds. ``on_output``: called with each piece of stdout as it comes (a
+    tool's progress), besides the whole being returned.
     """
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(_Locked),
@@ -162,10 +165,44 @@ def run(
         before_sleep=lambda state: log.info("%s: image locked, trying again", argv[0]),
         reraise=True,
     )
-    return retrying(_run_once, argv, timeout=timeout, untrusted=untrusted)
+    return retrying(_run_once, argv, timeout=timeout, untrusted=untrusted, on_output=on_output)
 
 
-def _run_once(argv: Sequence[str], *, timeout: float, untrusted: bool) -> str:
+def _follow(process: subprocess.Popen[str], on_output: Callable[[str], None]) -> tuple[str, str]:
+    """``process.communicate()``, handing each piece of stdout to ``on_output`` as it comes."""
+    assert process.stdout is not None and process.stderr is not None
+    out, err = process.stdout.fileno(), process.stderr.fileno()
+    chunks: dict[int, list[bytes]] = {out: [], err: []}
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(out, selectors.EVENT_READ)
+            selector.register(err, selectors.EVENT_READ)
+            while selector.get_map():
+                for key, _ in selector.select():
+                    data = os.read(key.fd, 65536)
+                    if not data:
+                        selector.unregister(key.fd)
+                        continue
+                    chunks[key.fd].append(data)
+                    if key.fd == out:
+                        on_output(data.decode("utf-8", "replace"))
+    except BaseException:
+        process.kill()  # on_output raised: the tool must not go on writing
+        raise
+    process.wait()
+    return (
+        b"".join(chunks[out]).decode("utf-8", "replace"),
+        b"".join(chunks[err]).decode("utf-8", "replace"),
+    )
+
+
+def _run_once(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    untrusted: bool,
+    on_output: Callable[[str], None] | None = None,
+) -> str:
     tool = os.path.basename(argv[0])
     command = ("prlimit", *UNTRUSTED_LIMITS, "--", *argv) if untrusted else tuple(argv)
     log.debug("running %s", command)
@@ -198,7 +235,10 @@ def _run_once(argv: Sequence[str], *, timeout: float, untrusted: bool) -> str:
     with process, _tracked(process, member, tool):
         expired = _WATCHDOG.watch(process, timeout)
         try:
-            stdout, stderr = process.communicate()
+            if on_output is None:
+                stdout, stderr = process.communicate()
+            else:
+                stdout, stderr = _follow(process, on_output)
         finally:
             _WATCHDOG.forget(process)
     if expired.is_set():

@@ -28,6 +28,8 @@ Settings (``DISKLEDGER_*`` variables, read when the source is made):
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import os
 import re
@@ -37,10 +39,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-from diskledger import faults
+from diskledger import faults, progress
 from diskledger.backends import files
 from diskledger.backends.settings import seconds
-from diskledger.errors import BackendError, InvalidInput, InvalidSource
+from diskledger.errors import BackendError, InvalidInput, InvalidSource, StorageIOError
 
 __all__ = [
     "CHUNK",
@@ -94,6 +96,8 @@ class ImageSource(Protocol):
         verifying ``checksum`` while or after writing, at most ``limit`` bytes.
 
         Reaches the fault point ``mid-effect`` of ``op`` once, when data has been written.
+        Reports to the active progress callback (``diskledger.progress.meter``) when there is
+        one.
         A failure raises (``InvalidSource`` for a source that is refused, ``BackendError`` for
         storage) and may leave ``path`` behind: it is an artifact of the caller's operation,
         which removes it.
@@ -205,7 +209,11 @@ def _without_credentials(url: str) -> str:
 @dataclass(frozen=True, slots=True)
 class LocalFile:
     """A local image file (``template add ID /path``): copied sparsely (a reflink where the file
-    system can), then hashed from the copy when a checksum is given."""
+    system can), then hashed from the copy when a checksum is given.
+
+    ``cp`` copies it; while a progress callback listens, the same copy is made here instead
+    (``_copy_reporting``), since ``cp`` says nothing of how far it is.
+    """
 
     path: str
     checksum: tuple[str, str] | None = None
@@ -222,7 +230,10 @@ class LocalFile:
 
     def copy_to(self, path: str, *, limit: int, op: str) -> None:
         check_source(self.path)
-        files.sparse_copy(self.path, path)
+        if progress.active():
+            _copy_reporting(self.path, path)
+        else:
+            files.sparse_copy(self.path, path)
         faults.reach("mid-effect", op)
         if self.checksum is not None:
             algorithm, expected = self.checksum
@@ -234,6 +245,72 @@ class LocalFile:
             except OSError as exc:
                 raise BackendError(f"cannot read the copy {path}: {exc.strerror}") from exc
             _verify(self.path, algorithm, expected, digest.hexdigest())
+
+
+_FICLONE = 0x40049409
+"""``ioctl(dst, FICLONE, src)``: the whole file as a reflink (btrfs, XFS), as ``cp --reflink``."""
+
+
+def _copy_reporting(src: str, dst: str) -> None:
+    """``files.sparse_copy``'s copy, reporting as it goes: a reflink where the file system can;
+    else the source's data extents (``SEEK_DATA``/``SEEK_HOLE``) block by block, a block of
+    zeroes left a hole as ``cp --sparse=always`` leaves it."""
+    try:
+        source = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StorageIOError(f"cannot read {src}: {exc.strerror}", errno=exc.errno) from exc
+    try:
+        st = os.fstat(source)
+        size = st.st_size
+        meter = progress.meter("copy", size)
+        try:
+            target = os.open(
+                dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, st.st_mode & 0o777
+            )
+        except OSError as exc:
+            raise StorageIOError(f"cannot write {dst}: {exc.strerror}", errno=exc.errno) from exc
+        try:
+            try:
+                fcntl.ioctl(target, _FICLONE, source)
+            except OSError:
+                _copy_extents(source, target, size, meter)
+            os.ftruncate(target, size)
+        except OSError as exc:
+            raise StorageIOError(
+                f"cannot copy {src} to {dst}: {exc.strerror}", errno=exc.errno
+            ) from exc
+        finally:
+            os.close(target)
+        meter.finish(size)
+    finally:
+        os.close(source)
+
+
+def _copy_extents(source: int, target: int, size: int, meter: progress.Meter) -> None:
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(source, offset, os.SEEK_DATA)
+            end = os.lseek(source, start, os.SEEK_HOLE)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole after offset
+                return
+            if exc.errno != errno.EINVAL:
+                raise
+            start, end = offset, size  # no SEEK_DATA here: all of it is data
+        position = start
+        while position < end:
+            block = os.pread(source, min(CHUNK, end - position), position)
+            if not block:
+                return  # the source shrank: what was there is copied
+            if block.count(0) != len(block):
+                view = memoryview(block)
+                while view:
+                    written = os.pwrite(target, view, position + len(block) - len(view))
+                    view = view[written:]
+            position += len(block)
+            meter.update(position)
+        offset = end
 
 
 # -- HTTP(S) ------------------------------------------------------------------------------------
@@ -308,12 +385,15 @@ class _Download:
     """A strong ETag or a Last-Modified date of the whole body, when the server takes ranges:
     a retry asks for the rest only if the body is still that one (If-Range)."""
     reached: bool = False
+    meter: progress.Meter = field(default_factory=lambda: progress.meter("download"))
 
     def restart(self, response: Any) -> None:
         """From the first byte again, with ``response`` (a 200) as the whole body."""
         self.written = 0
         self.digest = hashlib.new(self.algorithm)
         self.total = _content_length(response)
+        self.meter.total = self.total
+        self.meter.update(0)
         self.validator = None
         if response.headers.get("Accept-Ranges", "").strip().lower() == "bytes":
             etag = response.headers.get("ETag")
@@ -380,6 +460,7 @@ class HttpSource:
         if not download.reached:  # an empty body: the point is still reached once
             download.reached = True
             faults.reach("mid-effect", op)
+        download.meter.finish(download.written)
         if self.checksum is not None:
             _verify(
                 self.describe(),
@@ -495,6 +576,7 @@ class HttpSource:
                     raise BackendError(f"cannot write {path}: {exc.strerror}") from exc
                 download.digest.update(block)
                 download.written += len(block)
+                download.meter.update(download.written)
                 if not download.reached:
                     out.flush()
                     download.reached = True

@@ -31,6 +31,7 @@ from diskledger.cli.base import (
 from diskledger.cli.disks import disk_commands, libvirt_commands
 from diskledger.cli.members import member_commands
 from diskledger.cli.messages import DONE, NEEDS_OPERATOR, explain
+from diskledger.cli.progress import check_mode, shown
 from diskledger.cli.standalone import standalone_commands
 from diskledger.cli.status import status_command
 from diskledger.cli.templates import template_commands
@@ -186,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if standalone is not None:  # needs no ledger: runs before one is opened
         return int(standalone(args, build_parser))
     try:
+        check_mode(args)
         config = Config.load(
             root=args.root,
             ledger=args.ledger,
@@ -194,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         with Engine.open(config) as engine:
             try:
-                result = args.handler(engine, args)
+                result = _handle(engine, args)
             except DiskLedgerError as exc:  # explained while the ledger is open to ask
                 return _refused(exc, engine, args)
     except UsageError as exc:
@@ -215,6 +217,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The reader (`| head`) went away; the operation itself is done and recorded.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return status
+
+
+def _handle(engine: Engine, args: argparse.Namespace) -> Any:
+    """Run the command, its long copies reporting as ``--progress`` asks (``args.on_progress``,
+    which its engine calls pass on); the bar is closed before anything else is printed."""
+    showing = shown(args)
+    args.on_progress = showing
+    try:
+        return args.handler(engine, args)
+    finally:
+        if showing is not None:
+            showing.close()
 
 
 def _refused(exc: DiskLedgerError, engine: Engine | None, args: argparse.Namespace) -> int:

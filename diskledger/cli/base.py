@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn, TextIO
 
 from diskledger.backends import BACKENDS
+from diskledger.cli.progress import add_option as add_progress_option
 from diskledger.engine import Engine
 
 __all__ = [
@@ -81,6 +82,7 @@ def mutating_options() -> argparse.ArgumentParser:
     mutating.add_argument(
         "-q", "--quiet", action="store_true", help="print nothing on success (errors still do)"
     )
+    add_progress_option(mutating)
     return mutating
 
 

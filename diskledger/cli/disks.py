@@ -185,6 +185,7 @@ def _disk_create(engine: Engine, args: argparse.Namespace) -> Any:
             args.template_source,
             args.template_format,
             sha256=args.template_sha256,
+            progress=args.on_progress,
         )
     op_id = new_op_id(args)
     view = engine.create(
@@ -239,7 +240,12 @@ def _disk_delete(engine: Engine, args: argparse.Namespace) -> Any:
 def _disk_import(engine: Engine, args: argparse.Namespace) -> Any:
     op_id = new_op_id(args)
     view = engine.import_disk(
-        args.disk, args.source, args.format, encrypt=args.encrypt, op_id=op_id
+        args.disk,
+        args.source,
+        args.format,
+        encrypt=args.encrypt,
+        op_id=op_id,
+        progress=args.on_progress,
     )
     return _done(args, view, f"imported {view.disk}: {_made(view)} from {args.source}", op_id)
 
@@ -247,7 +253,7 @@ def _disk_import(engine: Engine, args: argparse.Namespace) -> Any:
 def _disk_flatten(engine: Engine, args: argparse.Namespace) -> Any:
     op_id = new_op_id(args)
     before = engine.show(args.disk)
-    view = engine.flatten(args.disk, op_id=op_id)
+    view = engine.flatten(args.disk, op_id=op_id, progress=args.on_progress)
     was = (
         f" (no longer depends on template {before.template})"
         if before.backing
@@ -322,7 +328,9 @@ def _disk_show(engine: Engine, args: argparse.Namespace) -> Any:
 
 def _disk_export(engine: Engine, args: argparse.Namespace) -> Any:
     op_id = new_op_id(args)
-    result = engine.export(args.disk, args.target, args.format, op_id=op_id)
+    result = engine.export(
+        args.disk, args.target, args.format, op_id=op_id, progress=args.on_progress
+    )
     say(
         args,
         f"{paint('exported', 'ok')} {result.disk} to {result.target}: {result.format}, "

@@ -60,7 +60,12 @@ def template_commands(groups: Any, leaf: Leaf) -> None:
 def _template_add(engine: Engine, args: argparse.Namespace) -> Any:
     op_id = new_op_id(args)
     view = engine.add_template(
-        args.template, args.source, args.format, op_id=op_id, sha256=args.sha256
+        args.template,
+        args.source,
+        args.format,
+        op_id=op_id,
+        sha256=args.sha256,
+        progress=args.on_progress,
     )
     how = f"from {args.source}"
     if view.cloned_from:

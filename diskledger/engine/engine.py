@@ -39,6 +39,7 @@ from diskledger.engine.takeover import Observer, TakeoverReport, confirm_down, t
 from diskledger.errors import DiskNotFound
 from diskledger.events import RecordedEvent
 from diskledger.hypervisor import Hypervisor, secrets
+from diskledger.progress import Progress, reporting
 from diskledger.states import DiskState, DiskView, TemplateState, TemplateView
 from diskledger.states.streams import disk_stream
 from diskledger.store import EventStore, MemberRecord
@@ -271,6 +272,7 @@ class Engine:
         *,
         op_id: str | None = None,
         sha256: str | None = None,
+        progress: Progress | None = None,
     ) -> TemplateView:
         """Import ``source`` into the template store as ``template``, declared as ``fmt``.
 
@@ -288,6 +290,9 @@ class Engine:
             fmt: ``raw`` or ``qcow2``.
             op_id: The idempotency key.
             sha256: The hex SHA-256 the source's bytes must have (None: not verified).
+            progress: Called with a ``ProgressEvent`` as the copies of the fetch go
+                (``what="fetch"``; steps ``download``, ``copy``, ``convert``), from this thread,
+                a few times a second at most (see ``diskledger.progress``).
 
         Returns:
             The cached template.
@@ -305,7 +310,8 @@ class Engine:
             UnsafeImage: The inspection refused the copy (recorded as ``template.fetch.failed``).
             BackendError: The copy failed (recorded as ``template.fetch.failed``).
         """
-        return FETCH(self.runtime, template, source, fmt, op_id=op_id, sha256=sha256)
+        with reporting(progress, "fetch"):
+            return FETCH(self.runtime, template, source, fmt, op_id=op_id, sha256=sha256)
 
     def ensure_template(
         self,
@@ -315,6 +321,7 @@ class Engine:
         *,
         timeout: float = 3600.0,
         sha256: str | None = None,
+        progress: Progress | None = None,
     ) -> TemplateView:
         """The cached ``template``, fetched from ``source`` when nobody has.
 
@@ -328,6 +335,7 @@ class Engine:
             fmt: ``raw`` or ``qcow2``.
             timeout: Seconds to wait for another process's fetch.
             sha256: The hex SHA-256 the source's bytes must have, when this call fetches.
+            progress: As ``add_template``'s, when this call fetches (waiting reports nothing).
 
         Returns:
             The cached template.
@@ -340,15 +348,16 @@ class Engine:
             UnsafeImage: The inspection refused the copy (recorded as ``template.fetch.failed``).
             BackendError: The copy failed (recorded as ``template.fetch.failed``).
         """
-        return ensure_template(
-            self.runtime,
-            template,
-            source,
-            fmt,
-            timeout=timeout,
-            recover=self.recover,
-            sha256=sha256,
-        )
+        with reporting(progress, "fetch"):
+            return ensure_template(
+                self.runtime,
+                template,
+                source,
+                fmt,
+                timeout=timeout,
+                recover=self.recover,
+                sha256=sha256,
+            )
 
     def collect_templates(
         self,
@@ -475,6 +484,7 @@ class Engine:
         *,
         encrypt: bool = False,
         op_id: str | None = None,
+        progress: Progress | None = None,
     ) -> DiskView:
         """Create ``disk`` from the local image file ``source``, declared as ``fmt``.
 
@@ -482,6 +492,9 @@ class Engine:
         declared format), then converted into the backend's format (``encrypt``: into a new
         LUKS-encrypted disk, as ``create`` does). An existing disk is never replaced: delete it
         first (its history stays in the ledger).
+
+        ``progress`` is called with a ``ProgressEvent`` as the copies go (``what="import"``;
+        steps ``copy``, ``convert``), as ``add_template`` calls it.
 
         Returns:
             The new disk's view.
@@ -500,7 +513,8 @@ class Engine:
             UnsafeImage: The inspection refused the copy (recorded as ``disk.import.failed``).
             BackendError: The copy or conversion failed (recorded as ``disk.import.failed``).
         """
-        return IMPORT(self.runtime, disk, source, fmt, encrypt=encrypt, op_id=op_id)
+        with reporting(progress, "import"):
+            return IMPORT(self.runtime, disk, source, fmt, encrypt=encrypt, op_id=op_id)
 
     def resize(self, disk: str, size: int | str, *, op_id: str | None = None) -> DiskView:
         """Grow ``disk`` to ``size``. The same size changes nothing and records nothing.
@@ -614,6 +628,7 @@ class Engine:
         fmt: str | None = None,
         *,
         op_id: str | None = None,
+        progress: Progress | None = None,
     ) -> Export:
         """Write a standalone copy of ``disk`` (no backing file) to a new file ``target``.
 
@@ -622,6 +637,9 @@ class Engine:
             target: A file that does not exist yet, in a directory that does.
             fmt: ``raw`` or ``qcow2`` (None: the disk's format).
             op_id: The idempotency key.
+            progress: Called with a ``ProgressEvent`` as the copy goes (``what="export"``,
+                step ``convert``: ``qemu-img convert``; a raw disk copied to raw by ``cp`` or
+                a backend's own copy reports nothing), as ``add_template`` calls it.
 
         Returns:
             The ``Export``: where it was written, its format and size.
@@ -638,11 +656,17 @@ class Engine:
             BackendError: The copy failed; the export was settled by its recovery rules
                 first (``disk.export.failed`` unless the copy was whole).
         """
-        return EXPORT(self.runtime, disk, target, fmt, op_id=op_id)
+        with reporting(progress, "export"):
+            return EXPORT(self.runtime, disk, target, fmt, op_id=op_id)
 
-    def flatten(self, disk: str, *, op_id: str | None = None) -> DiskView:
+    def flatten(
+        self, disk: str, *, op_id: str | None = None, progress: Progress | None = None
+    ) -> DiskView:
         """Copy the data ``disk`` shares with its template into it, so that it no longer depends
         on the template (RBD clones). A disk that is already flat is left as it is.
+
+        ``progress`` is called with a ``ProgressEvent`` as librbd copies (``what="flatten"``,
+        step ``flatten``), from librbd's threads (see ``diskledger.progress``).
 
         Returns:
             The disk's view, without a backing template.
@@ -658,7 +682,8 @@ class Engine:
             BackendError: The cluster failed (``CephError``); the flatten was settled by its
                 recovery rules first.
         """
-        return FLATTEN(self.runtime, disk, op_id=op_id)
+        with reporting(progress, "flatten"):
+            return FLATTEN(self.runtime, disk, op_id=op_id)
 
     def direct_snapshot(
         self, disk: str, snapshot: str, image_id: str, *, op_id: str | None = None

@@ -349,9 +349,37 @@ class Images:
             self._remove_name(location, f"remove the half-made {location}")
 
     def flatten(self, location: str) -> None:
+        """Copy the parent's data into the clone ``location`` (a flat image is left alone),
+        reporting librbd's progress (from librbd's threads) while a callback listens."""
+        import threading
+
+        from diskledger import progress
+
         with self.image(location) as image:
-            if _parent(image) is not None:
+            if _parent(image) is None:
+                return
+            if not progress.active():
                 self.cluster.call(f"flatten {location}", image.flatten)
+                return
+            meter = progress.meter("flatten", None)
+            lock = threading.Lock()
+            raised: list[BaseException] = []
+
+            def seen(offset: int, total: int) -> int:
+                with lock:
+                    if raised:
+                        return 0
+                    try:
+                        meter.total = int(total)
+                        meter.update(int(offset))
+                    except BaseException as exc:  # librbd cannot carry it: raised after
+                        raised.append(exc)
+                return 0
+
+            self.cluster.call(f"flatten {location}", lambda: image.flatten(on_progress=seen))
+            if raised:
+                raise raised[0]
+            meter.finish(meter.total if meter.total is not None else meter.done)
 
     def observe(self, artifact: Artifact) -> Observation:
         if artifact.kind is SNAPSHOT:
