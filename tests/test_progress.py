@@ -1,6 +1,7 @@
 """Progress of long copies (issue 17): the throttled meter of ``diskledger.progress``, and the
-callback the engine's fetch, import and export take, fed by the real copies (a local file copied
-block by block, a download from a local HTTP server, ``qemu-img convert -p``)."""
+callback the engine's fetch, import, export and flatten take, fed by the real copies (a local file
+copied block by block, a download from a local HTTP server, ``qemu-img convert -p``, librbd's
+flatten on the test's Ceph cluster)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from diskledger import ProgressEvent
 from diskledger.backends import runner
 from diskledger.engine import Config, Engine
 from diskledger.progress import active, meter, reporting
+from tests.support.ceph import CephCluster
 from tests.support.image_server import ImageServer, make_image, serving
 
 MiB = 1 << 20
@@ -218,3 +220,34 @@ def test_a_callback_that_raises_fails_the_fetch_and_leaves_nothing(
     ]
     templates = tmp_path / "root" / "templates"
     assert not templates.exists() or list(templates.iterdir()) == []
+
+
+def test_flatten_reports_librbd_progress(
+    tmp_path: Path, ceph: CephCluster, sparse_raw: Path
+) -> None:
+    size = sparse_raw.stat().st_size
+    config = Config.load(root=tmp_path / "root", backend="rbd", environ=ceph.environ())
+    with Engine.open(config) as engine:
+        engine.add_template("base", sparse_raw, "raw")
+        engine.create("vm/a", template="base")
+        engine.create("vm/b", template="base")
+        seen: list[ProgressEvent] = []
+        flat = engine.flatten("vm/a", progress=seen.append)
+        assert flat.backing is None
+        check_sequence(seen, "flatten", "flatten", size)
+        # Already flat: nothing copied, nothing reported.
+        seen.clear()
+        engine.flatten("vm/a", progress=seen.append)
+        assert seen == []
+        # Unthrottled: librbd's count of objects, as bytes, object by object.
+        threads: set[str] = set()
+
+        def record(event: ProgressEvent) -> None:
+            seen.append(event)
+            threads.add(threading.current_thread().name)
+
+        with reporting(record, "flatten", interval=0):
+            engine.flatten("vm/b")
+        check_sequence(seen, "flatten", "flatten", size)
+        assert len(seen) >= size // (4 * MiB)  # 4 MiB objects
+        assert threads - {"MainThread"}, "librbd reports from its own threads, as documented"

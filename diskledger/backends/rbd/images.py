@@ -361,6 +361,10 @@ class Images:
             if not progress.active():
                 self.cluster.call(f"flatten {location}", image.flatten)
                 return
+            # librbd counts objects (of the parent overlap): reported as bytes of the image.
+            size, unit = self.cluster.call(
+                f"look at {location}", lambda: (image.size(), image.stat()["obj_size"])
+            )
             meter = progress.meter("flatten", None)
             lock = threading.Lock()
             raised: list[BaseException] = []
@@ -370,8 +374,8 @@ class Images:
                     if raised:
                         return 0
                     try:
-                        meter.total = int(total)
-                        meter.update(int(offset))
+                        meter.total = min(size, int(total) * unit)
+                        meter.update(min(size, int(offset) * unit))
                     except BaseException as exc:  # librbd cannot carry it: raised after
                         raised.append(exc)
                 return 0
