@@ -162,7 +162,7 @@ def _summary(event: RecordedEvent) -> str:
     data = event.data
     if "params" in data:
         params = data["params"]
-        keys = ("template", "size", "snapshot", "target", "format", "clone_from")
+        keys: tuple[str, ...] = ("template", "size", "snapshot", "target", "format", "clone_from")
         return " ".join(f"{k}={params[k]}" for k in keys if params.get(k) is not None)
     if "error" in data:
         return f"error: {data['error']}"
