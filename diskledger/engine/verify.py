@@ -219,7 +219,8 @@ def _check_storage(rt: Runtime, report: VerifyReport) -> None:
     for template in rt.store.templates():
         if template.state is TemplateState.CACHED and template.location:
             owned.add(template.location)
-            _check_template(rt, template, report)
+            if template.pending is None:  # a removal in flight may have set it aside already
+                _check_template(rt, template, report)
     fence_marks = _fence_marks(rt)
     for path in _walk(root):
         if path in owned or os.path.basename(path) in _LEDGER_FILES:
