@@ -102,3 +102,28 @@ def test_bad_durations_are_refused_with_one_line_and_nothing_changed(
     )
     assert cli.fingerprint() == before
     assert stored(cli, "base")
+
+
+def test_remove_takes_one_unused_template_now_and_refuses_one_in_use(
+    cli: Cli,  # noqa: F811
+    template_files: dict[str, Path],
+) -> None:
+    add(cli, "unused", template_files)
+    add(cli, "used", template_files)
+    cli.json("disk", "create", "vm-1/root", "--template", "used")
+    code, out, err = cli.run("template", "remove", "unused")
+    assert code == 0, err
+    assert re.fullmatch(r"removed template unused, op [0-9a-f]{8}\n", out), out
+    assert not stored(cli, "unused")
+
+    before = cli.fingerprint()
+    for template, why in [
+        ("used", "template used is in use by disk vm-1/root"),
+        ("unused", "no template unused is cached"),
+    ]:
+        code, out, err = cli.run("template", "remove", template)
+        assert (code, out) == (1, "")
+        assert err.startswith("diskledger: error: ") and err.count("\n") == 1, err
+        assert why in err, err
+    assert cli.fingerprint() == before
+    assert stored(cli, "used")

@@ -1,4 +1,4 @@
-"""``template add|list|show|gc``."""
+"""``template add|list|show|remove|gc``."""
 
 from __future__ import annotations
 
@@ -38,6 +38,14 @@ def template_commands(groups: Any, leaf: Leaf) -> None:
     leaf(template, "list", _template_list, "list cached templates")
     show = leaf(template, "show", _template_show, "show one template")
     show.add_argument("template", metavar="TEMPLATE_ID")
+    remove = leaf(
+        template,
+        "remove",
+        _template_remove,
+        "remove a cached template now, whatever its age (refused while a disk uses it)",
+        mutates=True,
+    )
+    remove.add_argument("template", metavar="TEMPLATE_ID")
     gc = leaf(
         template,
         "gc",
@@ -94,6 +102,13 @@ def _template_show(engine: Engine, args: argparse.Namespace) -> Any:
     if not args.json:
         print_template(view, users)
     return template_json(view, users)
+
+
+def _template_remove(engine: Engine, args: argparse.Namespace) -> Any:
+    op_id = new_op_id(args)
+    view = engine.remove_template(args.template, op_id=op_id)
+    say(args, f"{paint('removed', 'ok')} template {args.template}, op {op_id[:8]}")
+    return template_json(view, [])
 
 
 def _template_gc(engine: Engine, args: argparse.Namespace) -> Any:
