@@ -284,6 +284,32 @@ class DiskLifecycle(Checks, RuleBasedStateMachine):
             apply=apply,
         )
 
+    # A crashed operation still pending may bind a template when recovery finishes it, which
+    # the model cannot foresee: removals are drawn only while nothing is pending.
+    @precondition(
+        lambda self: (
+            not self._any_pending() and (bool(self._unused_templates()) or self._may_refuse())
+        )
+    )
+    @rule(data=st.data())
+    def remove_template(self, data: st.DataObject) -> None:
+        """One template removal, as ``template gc`` makes of each template it collects."""
+        unused = self._unused_templates()
+        template = data.draw(mostly(unused, sorted(TEMPLATES)), label="template")
+
+        def apply(model: Model) -> None:
+            del model.templates[template]
+
+        self._perform(
+            data,
+            "remove",
+            f"template:{template}",
+            lambda engine, op_id: engine.remove_template(template, op_id=op_id),
+            ["template", "remove", template],
+            valid=template in unused,
+            apply=apply,
+        )
+
     @precondition(lambda self: self._may_create() or self._may_refuse())
     @rule(data=st.data())
     def create_from_template(self, data: st.DataObject) -> None:

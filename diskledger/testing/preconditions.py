@@ -84,6 +84,15 @@ class Preconditions:
             if t not in self.model.templates and not self._pending(f"template:{t}")
         ]
 
+    def _unused_templates(self) -> list[str]:
+        """Cached templates no disk of the model was made from: what ``template gc`` collects."""
+        used = {m.template for m in self.model.disks.values()}
+        return [
+            t
+            for t in sorted(self.model.templates)
+            if t not in used and not self._pending(f"template:{t}")
+        ]
+
     def _may_create(self) -> bool:
         """While fewer than ``LIVE_DISKS`` disks live (of six names): each disk then lives long
         enough to be snapshotted, written and rolled back."""
