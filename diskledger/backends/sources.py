@@ -59,6 +59,8 @@ __all__ = [
 ]
 
 CHUNK = 1 << 20
+WRITEBACK = 32 << 20
+"""Every this many bytes written, the download starts their writeback (``start_writeback``)."""
 """Bytes read and written at a time while streaming a download."""
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -575,6 +577,10 @@ class HttpSource:
                 except OSError as exc:
                     raise BackendError(f"cannot write {path}: {exc.strerror}") from exc
                 download.digest.update(block)
+                start = download.written // WRITEBACK * WRITEBACK
+                end = (download.written + len(block)) // WRITEBACK * WRITEBACK
+                if end > start:  # whole windows written since the last call
+                    files.start_writeback(out.fileno(), start, end - start)
                 download.written += len(block)
                 download.meter.update(download.written)
                 if not download.reached:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from diskledger.backends import files, sources
 from diskledger.backends.sources import HttpSource, LocalFile, source_from
 from diskledger.engine import Config, Engine
 from diskledger.errors import InvalidInput, InvalidSource
@@ -106,6 +107,29 @@ def test_download_verified_and_cached(engine: Engine, https: ImageServer, image:
     }
     assert completed["virtual_size"] == 64 * MiB
     assert https.requests["/image.qcow2"] == 1
+
+
+def test_writeback_is_started_as_the_download_goes(
+    engine: Engine, http: ImageServer, image: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every ``WRITEBACK`` bytes (64 KiB here) the window just written is handed to the kernel
+    to write out; the bytes are the same and the last fsync has less to do."""
+    assert files._sync_file_range() is not None  # Linux: libc has it, or nothing is started
+    windows: list[tuple[int, int]] = []
+
+    def start_writeback(fd: int, offset: int, length: int) -> None:
+        windows.append((offset, length))
+        real(fd, offset, length)
+
+    real = files.start_writeback
+    monkeypatch.setattr(sources, "WRITEBACK", 64 << 10)
+    monkeypatch.setattr(files, "start_writeback", start_writeback)
+    engine.add_template("base", http.url("/image.qcow2"), "qcow2", sha256=http.sha256)
+    assert (Path(engine.templates.root) / "templates" / "base").read_bytes() == image
+    ends = [0, *(offset + length for offset, length in windows)]
+    assert [offset for offset, _ in windows] == ends[:-1]  # one after the other, from 0 ...
+    assert ends[-1] == len(image) // (64 << 10) * (64 << 10)  # ... to the last whole window
+    assert len(windows) > 1
 
 
 def test_plain_http_and_one_redirect(engine: Engine, http: ImageServer) -> None:
