@@ -141,7 +141,6 @@ def test_an_unprotected_snapshot_is_downloaded_saying_why(
     ceph: CephCluster,
     glance_rbd_server: GlanceServer,
     image: dict[str, Any],
-    image_file: Path,
     environ: dict[str, str],
 ) -> None:
     snapshot = f"{RBD_POOL}/{image['id']}@snap"
