@@ -19,8 +19,8 @@ after one untimed warm-up each:
 - B: ``curl -sS -o FILE URL``, then ``sha256sum FILE`` (the file then in the page cache), then
   ``openssl dgst -sha256 FILE``, then ``sync FILE`` (an ``fsync``: curl does not make the file
   durable, the engine does). Each timed on its own, so that one trial gives the baselines:
-  ``curl -o`` alone; ``curl -o`` + ``sha256sum`` (the issue's figure: "checksum included");
-  ``curl -o`` + ``openssl dgst`` (the same SHA-256 code as the engine's ``hashlib``: coreutils'
+  ``curl -o`` alone (the issue's figure: "checksum included" is read as A's checksum counted
+  against a bare download); ``curl -o`` + ``sha256sum``; ``curl -o`` + ``openssl dgst`` (the same SHA-256 code as the engine's ``hashlib``: coreutils'
   ``sha256sum`` does not use the CPU's SHA extensions and is several times slower); and that +
   ``sync``.
 
@@ -302,8 +302,7 @@ def _fetch_report(samples: Samples, trials: int, size: int, written: float) -> R
     coreutils = median_of_sums("curl", "sha256sum")
     openssl = median_of_sums("curl", "openssl")
     durable = median_of_sums("curl", "openssl", "sync")
-    ratio = engine / coreutils
-    strict = engine / openssl
+    ratio = engine / curl
 
     def row(label: str, baseline: float, a: float = engine) -> Row:
         return Row(
@@ -323,15 +322,16 @@ def _fetch_report(samples: Samples, trials: int, size: int, written: float) -> R
         ),
         columns=("template add s (A)", "baseline s (B)", "ratio A/B (A - B)"),
         rows=[
-            row("vs curl -o + sha256sum (the issue's figure)", coreutils),
-            row("vs curl -o + openssl dgst -sha256", openssl),
-            row("vs curl -o alone", curl),
-            row("vs curl -o + openssl dgst + sync (as durable as A)", durable),
+            row("vs curl -o (the issue's figure: the checksum is A's alone)", curl),
+            row("vs curl -o + sha256sum", coreutils),
+            row("vs curl -o + openssl dgst -sha256 (the same SHA-256 code)", openssl),
+            row("vs curl -o + openssl dgst + sync (as verified and durable as A)", durable),
             row("bare HttpSource.copy_to (in A's trials) vs curl -o + openssl dgst", openssl, bare),
         ],
         target=(
-            f"template add / (curl -o + sha256sum) <= {TARGET_RATIO:.2f} (measured {ratio:.3f}; "
-            f"against curl -o + openssl dgst {strict:.3f})"
+            f"template add, checksum included, / curl -o <= {TARGET_RATIO:.2f} (measured "
+            f"{ratio:.3f}; against curl -o + openssl dgst + sync, as verified and durable, "
+            f"{engine / durable:.3f})"
         ),
         met=ratio <= TARGET_RATIO,
         notes=(
