@@ -206,14 +206,15 @@ def libvirt_root() -> Iterator[Path]:
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
     """One running Linux guest for the session (tests/support/guest.py): this machine's kernel
     has no device-mapper, the guest's has. It has diskledger and its dependencies at
-    ``/payload`` (``PYTHONPATH=/payload/src:/payload/site``) and two empty 8 GiB disks,
-    ``/dev/disk/by-serial/pv0`` and ``pv1``; tests leave them as they found them.
+    ``/payload`` (``PYTHONPATH=/payload/src:/payload/site``), three empty 8 GiB disks,
+    ``/dev/disk/by-serial/pv0``, ``pv1`` and ``pv2`` (tests leave them as they found them), and
+    two vCPUs, so that two in-guest runs can go side by side (tests/guest/test_lvm.py).
 
     Skipped when the guest cannot be built here, except under CI=true, where that is a failure;
     a guest that fails to boot is a failure everywhere."""
     work = tmp_path_factory.mktemp("guest")
     disks = []
-    for serial in ("pv0", "pv1"):
+    for serial in ("pv0", "pv1", "pv2"):
         path = work / f"{serial}.raw"
         with path.open("wb") as sparse:
             sparse.truncate(8 << 30)
@@ -225,5 +226,5 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
             pytest.fail(f"{exc}; under CI=true a missing component is a failure", pytrace=False)
         pytest.skip(str(exc))
     payload = python_payload(Path(__file__).resolve().parent.parent, work / "payload")
-    with Guest(image, disks=disks, payload=payload, work_dir=work) as running:
+    with Guest(image, disks=disks, payload=payload, work_dir=work, cpus=2) as running:
         yield running

@@ -53,9 +53,15 @@ def lvs() -> dict[str, dict[str, str]]:
     return {r["lv_name"]: r for r in rows if r["lv_name"] != POOL}
 
 
+MINE = mapping(VG, "")
+"""What the names of this group's mappings begin with (``luks-VG-``; the tests' names are far
+from the length where ``mapping`` turns to a digest)."""
+
+
 def mappings() -> set[str]:
-    """The crypt mappings open (diskledger's are ``luks-...``; LVM's are ``VG-LV``)."""
-    return {n for n in os.listdir("/dev/mapper") if n.startswith("luks-")}
+    """The crypt mappings open on this group's volumes (diskledger's are ``luks-VG-LV``; LVM's
+    are ``VG-LV``): the other variant's group, run beside this one, has its own."""
+    return {n for n in os.listdir("/dev/mapper") if n.startswith(MINE)}
 
 
 def remove_all() -> None:

@@ -417,6 +417,9 @@ class Guest:
     disks: Sequence[GuestDisk] = ()
     payload: Path | None = None
     memory_mb: int = 1024
+    cpus: int = 1
+    """Virtual CPUs, one host thread each (``tcg,thread=multi``): 2 lets two in-guest runs go
+    side by side on this machine's two cores; an idle one costs nothing."""
     work_dir: Path | None = None
     boot_timeout: float = 120.0
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
@@ -456,7 +459,7 @@ class Guest:
         argv = [
             "qemu-system-x86_64",
             "-accel", "tcg,thread=multi", "-cpu", "max", "-machine", "pc",
-            "-m", str(self.memory_mb), "-smp", "1",
+            "-m", str(self.memory_mb), "-smp", str(self.cpus),
             "-display", "none", "-nodefaults", "-no-user-config", "-no-reboot",
             "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
             "-append", KERNEL_ARGS,
