@@ -1,5 +1,6 @@
-"""Fixtures of the multi-host rig's self-tests: one rig (3 hosts, real PostgreSQL and Ceph in the
-core namespace, libfaketime on every host) per module, reset between tests.
+"""Fixtures of the multi-host tests: one rig (3 hosts, real PostgreSQL and Ceph in the core
+namespace, libfaketime on every host) for the whole of tests/multihost -- the rig's self-tests
+and the smoke run -- reset between tests, and stopped once the last of them is done.
 
 Without root, iproute2, iptables, the freezer, libfaketime, PostgreSQL or Ceph the rig's tests
 are skipped, except under CI=true, where that is a failure.
@@ -21,7 +22,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def cluster() -> Iterator[Cluster]:
     rig = Cluster(3, faketime=True)
     unavailable: str | None = None

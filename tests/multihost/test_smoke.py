@@ -25,9 +25,11 @@ from tests.multihost.run import KNOWN_BUGS, run
 pytestmark = pytest.mark.multihost
 
 
-def test_smoke(cluster: Cluster) -> None:
+def test_smoke(rig: Cluster) -> None:
+    """On the rig the self-tests used (healed, thawed, every host killed, the witness files
+    and nemeses gone: ``rig``); the run makes its own ledger database and work directory."""
     result = run(
-        cluster,
+        rig,
         kills=16,
         freezes_short=3,
         freezes_long=3,
