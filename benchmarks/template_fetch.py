@@ -20,9 +20,9 @@ after one untimed warm-up each:
   ``openssl dgst -sha256 FILE``, then ``sync FILE`` (an ``fsync``: curl does not make the file
   durable, the engine does). Each timed on its own, so that one trial gives the baselines:
   ``curl -o`` alone (the issue's figure: "checksum included" is read as A's checksum counted
-  against a bare download); ``curl -o`` + ``sha256sum``; ``curl -o`` + ``openssl dgst`` (the same SHA-256 code as the engine's ``hashlib``: coreutils'
-  ``sha256sum`` does not use the CPU's SHA extensions and is several times slower); and that +
-  ``sync``.
+  against a bare download); ``curl -o`` + ``sha256sum``; ``curl -o`` + ``openssl dgst`` (the
+  same SHA-256 code as the engine's ``hashlib``: coreutils' ``sha256sum`` does not use the CPU's
+  SHA extensions and is several times slower); and that + ``sync``.
 
 Every file is removed after its trial, untimed (a template through ``Engine.remove_template``).
 
