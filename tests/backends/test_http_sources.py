@@ -132,6 +132,16 @@ def test_writeback_is_started_as_the_download_goes(
     assert len(windows) > 1
 
 
+def test_the_hash_thread_covers_every_block_given_also_when_the_download_breaks() -> None:
+    blocks = [bytes([n]) * 300_000 for n in range(20)]  # more than the queue holds
+    digest = hashlib.sha256()
+    with pytest.raises(ConnectionError), sources._HashedAside(digest) as aside:
+        for block in blocks:
+            aside.update(block)
+        raise ConnectionError("the body broke off")
+    assert digest.hexdigest() == hashlib.sha256(b"".join(blocks)).hexdigest()
+
+
 def test_plain_http_and_one_redirect(engine: Engine, http: ImageServer) -> None:
     view = engine.add_template("base", http.url("/redirect"), "qcow2", sha256=http.sha256)
     assert view.state is TemplateState.CACHED
