@@ -19,20 +19,21 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "diskledger"
 
 # Which top-level parts of the package each part may import. The shared leaves (errors, events,
-# faults, context: which operation a thread works for; lazy: exports imported on first use) are
-# for everyone; the arrows are:
+# faults, context: which operation a thread works for; lazy: exports imported on first use;
+# progress: the callback long copies report to) are for everyone; the arrows are:
 # states/store <- engine -> backends, hypervisor; cli -> engine; backends and hypervisor never
 # see the ledger.
-LEAVES = {"errors", "events", "faults", "context", "lazy"}
+LEAVES = {"errors", "events", "faults", "context", "lazy", "progress"}
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "events": set(),
     "context": set(),
     "lazy": set(),
+    "progress": set(),
     "faults": {"errors"},
     "states": {"errors", "events"},
     "store": {"errors", "events", "states"},
-    "backends": {"errors", "faults", "context", "lazy"},
+    "backends": {"errors", "faults", "context", "lazy", "progress"},
     "keys": {"errors"},
     "hypervisor": {"errors", "backends.contract"},
     "engine": LEAVES | {"states", "store", "backends", "hypervisor", "keys"},
