@@ -61,9 +61,9 @@ __all__ = [
 ]
 
 CHUNK = 1 << 20
+"""Bytes read and written at a time while streaming a download."""
 WRITEBACK = 32 << 20
 """Every this many bytes written, the download starts their writeback (``start_writeback``)."""
-"""Bytes read and written at a time while streaming a download."""
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
