@@ -67,8 +67,8 @@ soak: setup  ## the property-based harness on raw, qcow2 and rbd for 100,000 ste
 	$(PY) -m tests.testing.soak
 
 .PHONY: torture
-torture: setup  ## SIGKILL operations at random moments, 2000 times; prints the outcome counts
-	DISKLEDGER_TORTURE_KILLS=2000 $(PY) -m pytest -q -s tests/recovery/test_torture.py
+torture: setup  ## SIGKILL operations at random moments, 2000 times on files and 100 on rbd; prints the outcome counts
+	DISKLEDGER_TORTURE_KILLS=2000 DISKLEDGER_TORTURE_RBD_KILLS=100 $(PY) -m pytest -q -s tests/recovery/test_torture.py
 
 .PHONY: guest-faults
 guest-faults: setup  ## the lvm crash fault matrix in full (every operation x every point, thick and sparse) in the test guest

@@ -15,8 +15,8 @@ through their environment), two disks made from a template in the pool, with the
 rbd has (``flatten``, ``direct-snapshot``) and ``import``; after every kill the pools must also
 hold exactly what the ledger names (``assert_pools_match_ledger``), no ``.tmp-`` name anywhere.
 
-``DISKLEDGER_TORTURE_KILLS`` (default 200) kills on the file backends,
-``DISKLEDGER_TORTURE_RBD_KILLS`` (default 100) on rbd; ``DISKLEDGER_TORTURE_SEED`` replays the
+``DISKLEDGER_TORTURE_KILLS`` (default 100, ``make torture`` 2000) kills on the file backends,
+``DISKLEDGER_TORTURE_RBD_KILLS`` (default 50, ``make torture`` 100) on rbd; ``DISKLEDGER_TORTURE_SEED`` replays the
 choices of a run; the summary lines are printed (``pytest -s``) and written to
 ``DISKLEDGER_TORTURE_REPORT`` if set (``<name>.rbd`` beside it for rbd).
 """
@@ -56,8 +56,8 @@ from tests.recovery.helpers import (
 )
 from tests.support.ceph import CephCluster
 
-KILLS = int(os.environ.get("DISKLEDGER_TORTURE_KILLS", "200"))
-RBD_KILLS = int(os.environ.get("DISKLEDGER_TORTURE_RBD_KILLS", "100"))
+KILLS = int(os.environ.get("DISKLEDGER_TORTURE_KILLS", "100"))
+RBD_KILLS = int(os.environ.get("DISKLEDGER_TORTURE_RBD_KILLS", "50"))
 SEED = int(os.environ.get("DISKLEDGER_TORTURE_SEED") or random.randrange(1 << 32))
 PROCESS_ONLY = 0.2
 """The share of kills that hit only the Python process, not the tools it runs."""
