@@ -15,7 +15,7 @@ demo: setup  ## the main job on the embedded default: SQLite + qcow2 under ./var
 test: setup lint check  ## lint, then the whole suite (PostgreSQL is started by a fixture)
 
 check: setup
-	$(PY) -m pytest -q --durations=25  # the slowest 25 in every log: the 30-minute budget stays visible
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=25  # two workers (groups: tests/conftest.py); the slowest 25 in every log: the 30-minute budget stays visible
 
 lint: setup
 	$(VENV)/bin/ruff check diskledger tests benchmarks

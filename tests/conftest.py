@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from diskledger.testing import STATS
 from tests.support.ceph import CephCluster, CephUnavailable
 from tests.support.fixtures import postgres_server, postgres_url  # noqa: F401
 from tests.support.glance import glance_rbd_server, glance_server  # noqa: F401
@@ -50,13 +52,52 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             )
 
 
+# `make test` runs the suite on two pytest-xdist workers (`--dist loadgroup`). What owns a part of
+# the machine, or keeps time against it, runs on one worker, one test after the other, in one of
+# these groups; everything else goes to whichever worker is free.
+_MACHINE = ("guest", "powerloss", "multihost")
+"""Directories whose tests run in group ``machine``: the session guest (one boot, 2 vCPUs of
+emulation), /var/lib/diskledger-powerloss and the multihost rig's namespaces and firewall, and
+lease timing, which must not meet a busy guest."""
+_TIMED = ("tests/recovery/test_ceph_faults.py",)
+"""Files also in group ``machine``: Ceph op timeouts of 2 s against a frozen OSD."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(os.path.relpath(item.path, REPO)).as_posix()
+        names = set(getattr(item, "fixturenames", ()))
+        machine = any(path.startswith(f"tests/{directory}/") for directory in _MACHINE)
+        if machine or path in _TIMED or "guest" in names:
+            item.add_marker(pytest.mark.xdist_group("machine"))
+        elif "libvirt_daemon" in names:
+            # one libvirtd at qemu:///system: the worker that started it stops it at its end
+            item.add_marker(pytest.mark.xdist_group("libvirt"))
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: its harness counts go to the controller
+        workeroutput["harness_stats"] = dataclasses.asdict(STATS)
     # Done long before in a whole run (what failed, the tests that used it reported); a run cut
     # short stops its own builds (a venv is renamed into place only once complete).
     for prebuild in _PREBUILDS:
         if prebuild.poll() is None:
             os.killpg(prebuild.pid, signal.SIGTERM)
         prebuild.wait()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    counts = getattr(node, "workeroutput", {}).get("harness_stats", {})
+    for name, value in counts.items():
+        setattr(STATS, name, getattr(STATS, name) + value)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """What the property-based harness did, on one line next to the run's result."""
+    if STATS.examples:
+        terminalreporter.write_line(f"diskledger.testing: {STATS.line()}")
 
 
 def require_tool(tool: str, package: str) -> None:
