@@ -487,8 +487,12 @@ class Guest:
             time.sleep(0.05)
         self._channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._channel.connect(str(channel))
-        ready = self._read_until(READY.encode(), self.boot_timeout)
-        self._buffer = self._buffer[ready.end() :].lstrip(b"\n")
+        # Up to the newline after the marker: when the line comes in two reads (a loaded host),
+        # a newline left behind would open the first command's output.
+        ready = self._read_until(
+            re.compile(re.escape(READY.encode()) + rb"\r?\n"), self.boot_timeout
+        )
+        self._buffer = self._buffer[ready.end() :]
 
     def run(self, script: str, timeout: float = 300.0) -> GuestResult:
         """Run ``script`` with the guest's ``sh`` in ``/tmp``; its stdout and stderr together."""
