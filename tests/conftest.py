@@ -8,7 +8,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -94,6 +94,28 @@ def pytest_testnodedown(node: object, error: object) -> None:
         setattr(STATS, name, getattr(STATS, name) + value)
 
 
+# What a failed test reports of the shared infrastructure it used, as it found it: a cluster's
+# daemons and sockets, its domains' qemu logs. Taken when the test fails, not at the end of the
+# session, when all of it is gone.
+_USED_CEPH = pytest.StashKey[CephCluster]()
+_USED_DOMAINS = pytest.StashKey[Domains]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report: pytest.TestReport = yield
+    if report.failed and call.when == "call":
+        if (cluster := item.stash.get(_USED_CEPH, None)) is not None:
+            report.sections.append(("ceph cluster at the failure", cluster.diagnose()))
+        if (booted := item.stash.get(_USED_DOMAINS, None)) is not None and (
+            logs := booted.qemu_logs()
+        ):
+            report.sections.append(("qemu logs at the failure", logs))
+    return report
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """What the property-based harness did, on one line next to the run's result."""
     if STATS.examples:
@@ -172,11 +194,12 @@ def ceph_cluster() -> Iterator[CephCluster]:
 
 
 @pytest.fixture
-def ceph(ceph_cluster: CephCluster) -> Iterator[CephCluster]:
+def ceph(ceph_cluster: CephCluster, request: pytest.FixtureRequest) -> Iterator[CephCluster]:
     """The session's cluster with both pools empty before the test (tests share the pools, so
     each starts from nothing and can compare the pool with its own ledger) and after it."""
     ceph_cluster.thaw_osd()
     ceph_cluster.purge()
+    request.node.stash[_USED_CEPH] = ceph_cluster
     yield ceph_cluster
     ceph_cluster.thaw_osd()
     ceph_cluster.purge()
@@ -218,10 +241,11 @@ def libvirt_conn(libvirt_daemon: LibvirtDaemon) -> Iterator[libvirt.virConnect]:
 
 
 @pytest.fixture
-def domains(libvirt_conn: libvirt.virConnect) -> Iterator[Domains]:
+def domains(libvirt_conn: libvirt.virConnect, request: pytest.FixtureRequest) -> Iterator[Domains]:
     """Boots transient test domains; every domain and tracked secret is gone after the test,
     passed or failed."""
     booted = Domains(libvirt_conn)
+    request.node.stash[_USED_DOMAINS] = booted
     try:
         yield booted
     finally:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -178,6 +179,42 @@ class CephCluster:
                 ioctx.close()
             cluster.shutdown()
 
+    # -- what a failed test reports ----------------------------------------------------------
+
+    def diagnose(self) -> str:
+        """The cluster as a failed test found it: each daemon's process state (``T`` is a
+        stopped process), the sockets on the monitor's ports (a listener's Recv-Q is its
+        backlog of connections not yet accepted), ``ceph -s`` and the monitor log's last lines."""
+        lines = []
+        for daemon in ("mon.a", "osd.0"):
+            lines.append(f"{daemon}: {_process_state(self.directory / 'run' / f'{daemon}.pid')}")
+        ports = sorted(set(re.findall(r"\d+\.\d+\.\d+\.\d+:(\d+)", _mon_host(self.conf))))
+        if ports:
+            where = " or ".join(f"sport = :{port} or dport = :{port}" for port in ports)
+            lines.append(_output(["ss", "-Htanp", "exclude", "time-wait", f"( {where} )"]))
+        lines.append(
+            _output(
+                [
+                    "timeout",
+                    "15",
+                    "ceph",
+                    "-c",
+                    str(self.conf),
+                    "-n",
+                    "client.admin",
+                    "-k",
+                    str(self.admin_keyring),
+                    "--connect-timeout",
+                    "10",
+                    "-s",
+                ]
+            )
+        )
+        log = self.directory / "log" / "mon.a.log"
+        if log.exists():
+            lines.extend(log.read_text(errors="replace").splitlines()[-20:])
+        return "\n".join(lines)
+
     # -- faults --------------------------------------------------------------------------------
 
     def _osd_pid(self) -> int:
@@ -192,3 +229,28 @@ class CephCluster:
         if pid_file.exists():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._osd_pid(), signal.SIGCONT)
+
+
+def _process_state(pid_file: Path) -> str:
+    try:
+        pid = int(pid_file.read_text().strip())
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return "not running"
+    return f"pid {pid}, state {stat.rsplit(')', 1)[1].split()[0]}"
+
+
+def _mon_host(conf: Path) -> str:
+    with contextlib.suppress(OSError):
+        for line in conf.read_text().splitlines():
+            if line.strip().startswith("mon host"):
+                return line
+    return ""
+
+
+def _output(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{' '.join(argv[:3])}: {exc}"
+    return f"$ {' '.join(argv)}\n{done.stdout}{done.stderr}".rstrip()

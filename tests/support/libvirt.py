@@ -160,6 +160,17 @@ class Domains:
         self._names.append(name)
         return _DOMAIN_XML.format(name=name, features=features, devices="\n".join(devices))
 
+    def qemu_logs(self, lines: int = 15) -> str:
+        """The last ``lines`` of each of these domains' qemu logs (libvirt's
+        /var/log/libvirt/qemu/NAME.log): what qemu said when it would not start."""
+        found = []
+        for name in self._names:
+            log = Path("/var/log/libvirt/qemu") / f"{name}.log"
+            if log.exists():
+                tail = log.read_text(errors="replace").splitlines()[-lines:]
+                found.append("\n".join([f"{log}:", *tail]))
+        return "\n".join(found)
+
     def track_secret(self, secret_uuid: str) -> None:
         """Undefine the libvirt secret ``secret_uuid`` at ``cleanup()`` (if it still exists)."""
         self._secrets.append(secret_uuid)
