@@ -63,6 +63,11 @@ _TIMED = ("tests/recovery/test_ceph_faults.py",)
 """Files also in group ``machine``: Ceph op timeouts of 2 s against a frozen OSD."""
 
 
+# First: xdist's own hook turns the markers into the groups it schedules by (a suffix of the node
+# id). This file is registered before xdist's worker plugin, so without tryfirst it ran after it
+# and no test was grouped: both workers booted a session guest, and each ran libvirt tests with
+# its own Ceph cluster against the one libvirt ceph secret.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         path = Path(os.path.relpath(item.path, REPO)).as_posix()
@@ -73,6 +78,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         elif "libvirt_daemon" in names:
             # one libvirtd at qemu:///system: the worker that started it stops it at its end
             item.add_marker(pytest.mark.xdist_group("libvirt"))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if getattr(item.config.option, "loadgroup", False):  # an xdist worker, grouping: in its group?
+        for mark in item.iter_markers("xdist_group"):
+            if not item.nodeid.endswith(f"@{mark.args[0]}"):
+                pytest.fail(f"not scheduled in group {mark.args[0]!r}: {item.nodeid}", False)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
