@@ -76,7 +76,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if machine or path in _TIMED or "guest" in names:
             item.add_marker(pytest.mark.xdist_group("machine"))
         elif "libvirt_daemon" in names:
-            # one libvirtd at qemu:///system: the worker that started it stops it at its end
+            # one libvirtd at qemu:///system: the worker that started it stops it at its end;
+            # one ceph secret there, holding the key of one worker's cluster at a time
             item.add_marker(pytest.mark.xdist_group("libvirt"))
 
 
