@@ -83,6 +83,11 @@ class CephCluster:
         return ["ip", "netns", "exec", self.netns] if self.netns else []
 
     @property
+    def _as_admin(self) -> list[str]:
+        """The options of a ceph tool (``rbd``, ``ceph``) that make it client.admin here."""
+        return ["-c", str(self.conf), "-n", "client.admin", "-k", str(self.admin_keyring)]
+
+    @property
     def keyring(self) -> Path:
         return self.directory / f"client.{USER}.keyring"
 
@@ -115,17 +120,7 @@ class CephCluster:
 
     def rbd(self, *args: str) -> str:
         done = subprocess.run(
-            [
-                *self.command_prefix,
-                "rbd",
-                "-c",
-                str(self.conf),
-                "-n",
-                "client.admin",
-                "-k",
-                str(self.admin_keyring),
-                *args,
-            ],
+            [*self.command_prefix, "rbd", *self._as_admin, *args],
             capture_output=True,
             text=True,
             timeout=60,
@@ -191,25 +186,10 @@ class CephCluster:
         ports = sorted(set(re.findall(r"\d+\.\d+\.\d+\.\d+:(\d+)", _mon_host(self.conf))))
         if ports:
             where = " or ".join(f"sport = :{port} or dport = :{port}" for port in ports)
-            lines.append(_output(["ss", "-Htanp", "exclude", "time-wait", f"( {where} )"]))
-        lines.append(
-            _output(
-                [
-                    "timeout",
-                    "15",
-                    "ceph",
-                    "-c",
-                    str(self.conf),
-                    "-n",
-                    "client.admin",
-                    "-k",
-                    str(self.admin_keyring),
-                    "--connect-timeout",
-                    "10",
-                    "-s",
-                ]
-            )
-        )
+            sockets = ["ss", "-Htanp", "exclude", "time-wait", f"( {where} )"]
+            lines.append(_output([*self.command_prefix, *sockets]))
+        status = ["timeout", "15", "ceph", *self._as_admin, "--connect-timeout", "10", "-s"]
+        lines.append(_output([*self.command_prefix, *status]))
         log = self.directory / "log" / "mon.a.log"
         if log.exists():
             lines.extend(log.read_text(errors="replace").splitlines()[-20:])

@@ -1,0 +1,22 @@
+"""The Ceph test support itself: what a failed test reports of the cluster it used."""
+
+from __future__ import annotations
+
+from tests.support.ceph import CephCluster
+
+
+def test_the_diagnosis_shows_the_daemons_the_monitor_sockets_and_the_health(
+    ceph: CephCluster,
+) -> None:
+    seen = ceph.diagnose()
+    assert "mon.a: pid " in seen and "osd.0: pid " in seen, seen
+    assert seen.count("LISTEN") >= 2 and '"ceph-mon"' in seen, seen  # msgr2 and msgr1
+    assert "HEALTH_" in seen and "quorum a" in seen, seen
+
+
+def test_the_diagnosis_shows_a_frozen_osd_as_stopped(ceph: CephCluster) -> None:
+    ceph.freeze_osd()
+    try:
+        assert "osd.0: pid " in (seen := ceph.diagnose()) and ", state T" in seen, seen
+    finally:
+        ceph.thaw_osd()
