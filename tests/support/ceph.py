@@ -144,9 +144,11 @@ class CephCluster:
         import rados
         import rbd
 
-        cluster = rados.Rados(
-            conffile=str(self.conf), rados_id="admin", conf={"keyring": str(self.admin_keyring)}
-        )
+        # With a deadline: a placement group stuck after a freeze (its ops "waiting for
+        # readable", seen once after the OSD-freeze tests) fails the test instead of hanging the
+        # whole run at its teardown.
+        settings = {"keyring": str(self.admin_keyring), "rados_osd_op_timeout": "60"}
+        cluster = rados.Rados(conffile=str(self.conf), rados_id="admin", conf=settings)
         cluster.connect(timeout=30)
         ioctxs: list[Any] = []
         try:

@@ -17,6 +17,7 @@ def test_the_diagnosis_shows_the_daemons_the_monitor_sockets_and_the_health(
 def test_the_diagnosis_shows_a_frozen_osd_as_stopped(ceph: CephCluster) -> None:
     ceph.freeze_osd()
     try:
-        assert "osd.0: pid " in (seen := ceph.diagnose()) and ", state T" in seen, seen
+        seen = ceph.diagnose()
+        assert "osd.0: pid " in seen and ", state T" in seen, seen
     finally:
         ceph.thaw_osd()
