@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -203,8 +204,15 @@ class CephCluster:
         return int((self.directory / "run" / "osd.0.pid").read_text().strip())
 
     def freeze_osd(self) -> None:
-        """Stop the OSD process (SIGSTOP): requests to it go unanswered until ``thaw_osd``."""
+        """Stop the OSD process (SIGSTOP): requests to it go unanswered until ``thaw_osd``.
+        Returns once the kernel has stopped it (the signal lands asynchronously)."""
+        pid_file = self.directory / "run" / "osd.0.pid"
         os.kill(self._osd_pid(), signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while not _process_state(pid_file).endswith("state T"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the OSD did not stop: {_process_state(pid_file)}")
+            time.sleep(0.01)
 
     def thaw_osd(self) -> None:
         pid_file = self.directory / "run" / "osd.0.pid"
