@@ -479,20 +479,28 @@ class Guest:
                 f"virtio-blk-pci,drive=d{index},serial={disk.serial}",
             ]
         self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while not channel.exists():
-            self._check_alive()
-            if time.monotonic() > deadline:
-                raise GuestError("QEMU did not open its channel socket")
-            time.sleep(0.05)
-        self._channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._channel.connect(str(channel))
+        self._channel = self._connect(channel, deadline=time.monotonic() + 10)
         # Up to the newline after the marker: when the line comes in two reads (a loaded host),
         # a newline left behind would open the first command's output.
         ready = self._read_until(
             re.compile(re.escape(READY.encode()) + rb"\r?\n"), self.boot_timeout
         )
         self._buffer = self._buffer[ready.end() :]
+
+    def _connect(self, channel: Path, deadline: float) -> socket.socket:
+        # QEMU binds the socket before it listens: a connect in between is refused (seen on a
+        # loaded host, where the clean-clone run of 3c8beb9 lost its session guest to it).
+        while True:
+            self._check_alive()
+            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                connection.connect(str(channel))
+                return connection
+            except (FileNotFoundError, ConnectionRefusedError):
+                connection.close()
+                if time.monotonic() > deadline:
+                    raise GuestError("QEMU did not open its channel socket") from None
+                time.sleep(0.05)
 
     def run(self, script: str, timeout: float = 300.0) -> GuestResult:
         """Run ``script`` with the guest's ``sh`` in ``/tmp``; its stdout and stderr together."""
