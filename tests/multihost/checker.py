@@ -469,13 +469,15 @@ def check_fenced_before_takeover(events: Sequence[LedgerEvent]) -> CheckResult:
     return result
 
 
-def _justifies(n: Nemesis, ttl: float, now: float) -> str | None:
+def _justifies(n: Nemesis, ttl: float, freeze_may_fence: float, now: float) -> str | None:
     """Why nemesis ``n`` may make a member lose its lease, or None when it must not."""
     if n.kind in ("kill", "exit", "link-down"):
         return n.kind
     if n.kind == "freeze":
         length = (n.t_end if n.t_end is not None else now) - n.t_start
-        return f"freeze {length:.2f} s >= ttl {ttl:g} s" if length >= ttl else None
+        if length >= freeze_may_fence:
+            return f"freeze {length:.2f} s >= {freeze_may_fence:g} s"
+        return None
     if n.kind == "partition" and "pg" in n.params.get("targets", ()):
         return "partition from PostgreSQL"
     if n.kind == "clock" and float(n.params.get("rate", 1.0)) < 1 / CLOCK_RATE_TOLERATED:
@@ -488,11 +490,17 @@ def check_false_takeovers(
     nemeses: Sequence[Nemesis],
     *,
     lease_ttl: float,
+    freeze_may_fence: float | None = None,
 ) -> CheckResult:
     """No member is fenced unless its incarnation (host + boot id) suffered a fault that can
-    cost a lease: a kill or exit, a freeze of at least a ttl (the member's ``lease_ttl``, else
-    ``lease_ttl``), a partition from PostgreSQL, a pulled link, a clock slower than 1/1.5.
-    Short freezes, Ceph-only partitions, clock offsets and nothing at all do not."""
+    cost a lease: a kill or exit, a freeze of at least ``freeze_may_fence``, a partition from
+    PostgreSQL, a pulled link, a clock slower than 1/1.5. Short freezes, Ceph-only
+    partitions, clock offsets and nothing at all do not.
+
+    ``freeze_may_fence`` is ``renew_deadline - renew_every`` for members that fence themselves
+    (a renewal may be just due as the freeze starts, and the thawed member's deadline counts
+    from the last one it sent); default the ttl (the member's ``lease_ttl``, else
+    ``lease_ttl``)."""
     result = CheckResult("false takeovers")
     members = _members(events)
     now = max((n.t_end or n.t_start for n in nemeses), default=0.0)
@@ -511,7 +519,8 @@ def check_false_takeovers(
             if n.host == m.host
             and (n.boot_id is None or m.boot_id is None or n.boot_id == m.boot_id)
         ]
-        reasons = [r for n in faults if (r := _justifies(n, ttl, now)) is not None]
+        window = ttl if freeze_may_fence is None else min(freeze_may_fence, ttl)
+        reasons = [r for n in faults if (r := _justifies(n, ttl, window, now)) is not None]
         if reasons:
             result.count("justified")
             continue
@@ -678,6 +687,7 @@ def check_all(
     *,
     lease_ttl: float,
     latency_bound: float,
+    freeze_may_fence: float | None = None,
     feeds: Mapping[str, Iterable[str]] | None = None,
     wall_minus_monotonic: float | None = None,
 ) -> Report:
@@ -686,7 +696,9 @@ def check_all(
         check_dual_execution(events, witness, wall_minus_monotonic=wall_minus_monotonic),
         check_outcomes(events),
         check_fenced_before_takeover(events),
-        check_false_takeovers(events, nemeses, lease_ttl=lease_ttl),
+        check_false_takeovers(
+            events, nemeses, lease_ttl=lease_ttl, freeze_may_fence=freeze_may_fence
+        ),
         check_takeover_latency(
             events, witness, nemeses, bound=latency_bound, wall_minus_monotonic=wall_minus_monotonic
         ),

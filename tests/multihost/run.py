@@ -128,6 +128,13 @@ class Timers:
     """For two cores shared by three hosts, Ceph and PostgreSQL."""
 
     @property
+    def freeze_may_fence(self) -> float:
+        """The shortest freeze that may cost a member its lease (1.5 s): a renewal may be just
+        due as it starts, and the thawed member fences itself ``deadline`` after the last one
+        it sent. The short freezes stay at half of it, leaving 0.75 s for a late renewal."""
+        return self.deadline - self.renew
+
+    @property
     def latency_bound(self) -> float:
         """ttl + 2 x scan + fence + settle (6.5 s), plus the margin."""
         return self.ttl + 2 * self.scan + self.fence + self.settle + self.margin
@@ -862,7 +869,7 @@ class Chaos:
         if kind == "kill":
             self.kill(state, arg)
         elif kind == "freeze-short":
-            self.freeze(state, 0.5 * self.timers.ttl, long=False)
+            self.freeze(state, 0.5 * self.timers.freeze_may_fence, long=False)
         elif kind == "freeze-long":
             self.freeze(state, 3 * self.timers.ttl, long=True)
         elif kind == "partition":
@@ -1020,6 +1027,7 @@ class Chaos:
             nemeses,
             lease_ttl=self.timers.ttl,
             latency_bound=self.timers.latency_bound,
+            freeze_may_fence=self.timers.freeze_may_fence,
             feeds=feeds,
             wall_minus_monotonic=time.time() - monotonic(),
         )

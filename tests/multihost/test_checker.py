@@ -236,6 +236,13 @@ def test_false_takeovers_short_freeze_and_ceph_partition_are_caught() -> None:
         [NemesisEvent("kill", "h1", BOOT_A, 10.0, 10.1)],
     ):
         assert check_false_takeovers(ledger.events, nemeses, lease_ttl=TTL).ok
+    # A member fences itself renew_deadline after the last renewal it sent, so a freeze
+    # shorter than a ttl but over renew_deadline - renew_every may cost the lease; half of
+    # that may not.
+    two_seconds = [NemesisEvent("freeze", "h1", BOOT_A, 10.0, 12.0)]
+    assert check_false_takeovers(ledger.events, two_seconds, lease_ttl=TTL, freeze_may_fence=1.5).ok
+    brief = [NemesisEvent("freeze", "h1", BOOT_A, 10.0, 10.75)]
+    assert not check_false_takeovers(ledger.events, brief, lease_ttl=TTL, freeze_may_fence=1.5).ok
     # A kill of an earlier incarnation of the same host does not justify fencing this one.
     stale = [NemesisEvent("kill", "h1", "an-earlier-boot", 1.0, 1.1)]
     assert not check_false_takeovers(ledger.events, stale, lease_ttl=TTL).ok

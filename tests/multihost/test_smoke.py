@@ -1,7 +1,7 @@
 """The multi-host smoke run, in the default test run: the real workload (tests/multihost/worker.py)
 on three rig hosts under 8 host kills (half at armed fault points, one at each of
 after-intent/mid-effect/after-effect/after-outcome; half from outside at random moments),
-4 freezes (2 of half a lease: no takeover; 2 of three leases: takeover, and the thawed zombie
+4 freezes (2 of a quarter lease, half what may cost it: no takeover; 2 of three leases: takeover, and the thawed zombie
 fences itself), 3 partitions (PostgreSQL, Ceph, both) and 2 listener kills, then every check of
 tests/multihost/run.py. A sample of every kind, small enough for the suite's budget; ``make chaos`` runs the long one (500 kills and every nemesis).
 
