@@ -211,10 +211,12 @@ def ceph(ceph_cluster: CephCluster, request: pytest.FixtureRequest) -> Iterator[
     """The session's cluster with both pools empty before the test (tests share the pools, so
     each starts from nothing and can compare the pool with its own ledger) and after it."""
     ceph_cluster.thaw_osd()
+    ceph_cluster.settle()
     ceph_cluster.purge()
     request.node.stash[_USED_CEPH] = ceph_cluster
     yield ceph_cluster
     ceph_cluster.thaw_osd()
+    ceph_cluster.settle()
     ceph_cluster.purge()
 
 

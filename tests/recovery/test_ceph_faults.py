@@ -334,6 +334,7 @@ def pools(rbd_pools: CephCluster) -> Iterator[CephCluster]:
         yield rbd_pools
     finally:
         rbd_pools.thaw_osd()
+        rbd_pools.settle()
         fence_dead_watchers(rbd_pools)
         remove_broken_names(rbd_pools)
 

@@ -9,7 +9,8 @@ the admin key is for the tests' own looking and cleaning (``pool_contents``, ``p
 
 Memstore keeps data in the OSD's memory only, so a restarted OSD comes back empty: a test that
 needs the OSD "down and back" freezes it (SIGSTOP) and lets it go on (SIGCONT) instead, which is
-what a client sees of a stopped or unreachable OSD.
+what a client sees of a stopped or unreachable OSD; ``settle`` then waits until its placement
+groups serve again.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class CephCluster:
         self._owns_directory = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="diskledger-ceph-"))
         self.conf = self.directory / "ceph.conf"
+        self._thawed = False
 
     def start(self) -> None:
         missing = [tool for tool in _DAEMONS if shutil.which(tool) is None]
@@ -145,9 +147,8 @@ class CephCluster:
         import rados
         import rbd
 
-        # With a deadline: a placement group stuck after a freeze (its ops "waiting for
-        # readable", seen once after the OSD-freeze tests) fails the test instead of hanging the
-        # whole run at its teardown.
+        # With a deadline, behind settle(): a placement group stuck for another reason fails
+        # the test instead of hanging the whole run at its teardown.
         settings = {"keyring": str(self.admin_keyring), "rados_osd_op_timeout": "60"}
         cluster = rados.Rados(conffile=str(self.conf), rados_id="admin", conf=settings)
         cluster.connect(timeout=30)
@@ -216,9 +217,54 @@ class CephCluster:
 
     def thaw_osd(self) -> None:
         pid_file = self.directory / "run" / "osd.0.pid"
+        if _process_state(pid_file).endswith("state T"):
+            self._thawed = True
         if pid_file.exists():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._osd_pid(), signal.SIGCONT)
+
+    def settle(self, patience: float = 30.0) -> None:
+        """After a thaw: return once the OSD has no request waiting for its placement group to
+        become readable. A thawed PG waits out the read lease of its frozen interval (at most
+        ``osd_heartbeat_grace`` x ``osd_pool_default_read_lease_ratio``, 16 s); once, it waited
+        13 minutes, which marking the OSD down ends at once (it re-peers), as an operator
+        would. Cheap when nothing was frozen since the last call."""
+        if not self._thawed:
+            return
+        deadline = time.monotonic() + patience
+        while self._ops_waiting_for_readable():
+            if time.monotonic() > deadline:
+                self._repeer()
+                break
+            time.sleep(0.25)
+        self._thawed = False
+
+    def _ops_waiting_for_readable(self) -> int:
+        socket = self.directory / "run" / "osd.0.asok"
+        dump = ["ceph", "--admin-daemon", str(socket), "dump_ops_in_flight", "--format", "json"]
+        done = subprocess.run(
+            [*self.command_prefix, *dump], capture_output=True, text=True, timeout=30, check=True
+        )
+        ops = json.loads(done.stdout).get("ops", [])
+        return sum(
+            op.get("type_data", {}).get("flag_point") == "waiting for readable" for op in ops
+        )
+
+    def _repeer(self) -> None:
+        marked = time.monotonic()
+        ceph = [*self.command_prefix, "ceph", *self._as_admin, "--connect-timeout", "10"]
+        subprocess.run([*ceph, "osd", "down", "0"], capture_output=True, timeout=30, check=True)
+        while time.monotonic() - marked < 60:
+            dump = subprocess.run(
+                [*ceph, "osd", "dump", "--format", "json"],
+                capture_output=True, text=True, timeout=30, check=True,
+            )  # fmt: skip
+            if all(osd["up"] for osd in json.loads(dump.stdout)["osds"]) and (
+                not self._ops_waiting_for_readable()
+            ):
+                return
+            time.sleep(0.25)
+        raise RuntimeError(f"the OSD did not come back after a re-peer:\n{self.diagnose()}")
 
 
 def _process_state(pid_file: Path) -> str:

@@ -1,4 +1,5 @@
-"""The Ceph test support itself: what a failed test reports of the cluster it used."""
+"""The Ceph test support itself: what a failed test reports of the cluster it used, and how a
+thawed OSD is brought back to serving."""
 
 from __future__ import annotations
 
@@ -21,3 +22,12 @@ def test_the_diagnosis_shows_a_frozen_osd_as_stopped(ceph: CephCluster) -> None:
         assert "osd.0: pid " in seen and ", state T" in seen, seen
     finally:
         ceph.thaw_osd()
+
+
+def test_a_re_peered_osd_comes_back_up_and_serves(ceph: CephCluster) -> None:
+    ceph.freeze_osd()
+    ceph.thaw_osd()
+    ceph._repeer()  # what settle() does to a placement group stuck after the thaw
+    ceph.rbd("create", "--size", "1M", "diskledger/after-repeer")
+    assert ceph.pool_contents() == {"after-repeer"}
+    assert ceph._ops_waiting_for_readable() == 0
