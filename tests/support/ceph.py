@@ -240,8 +240,8 @@ class CephCluster:
         self._thawed = False
 
     def _ops_waiting_for_readable(self) -> int:
-        socket = self.directory / "run" / "osd.0.asok"
-        dump = ["ceph", "--admin-daemon", str(socket), "dump_ops_in_flight", "--format", "json"]
+        asok = self.directory / "run" / "osd.0.asok"
+        dump = ["ceph", "--admin-daemon", str(asok), "dump_ops_in_flight", "--format", "json"]
         done = subprocess.run(
             [*self.command_prefix, *dump], capture_output=True, text=True, timeout=30, check=True
         )
