@@ -118,6 +118,7 @@ dmsetup remove {DM}; dmsetup remove {DM}-log; dmsetup remove {DM}-data
 tail -30 {IN_GUEST}/workload.err >&2
 exit $rc
 """
+    console_before = guest.console_log.stat().st_size
     started = time.monotonic()
     done = guest.run(script, timeout=3600)
     seconds = time.monotonic() - started
@@ -131,7 +132,23 @@ exit $rc
         raise RuntimeError("the workload's world after its last call is not what it reads back")
     records = [r for r in lines if "world" in r and "n" in r]
     records.sort(key=lambda r: r["n"])
-    return Capture(read_log(str(disk_file), DATA_BYTES), records, seconds, done.output)
+    log = read_log(str(disk_file), DATA_BYTES)
+    last = f"ack-{records[-1]['n']}" if records[-1]["n"] else "start"
+    if not {"start", last} <= log.marks().keys():
+        # dm-log-writes stops logging at its first failed write to the log device, and the run
+        # goes on: the log then holds no record of it (seen once, the guest's writes to this
+        # machine's file failing with EIO while nothing on the host logged an error).
+        with guest.console_log.open("rb") as console:
+            console.seek(console_before)
+            said = console.read().decode(errors="replace").splitlines()
+        errors = [line for line in said if "I/O error" in line or "log-writes" in line]
+        raise RuntimeError(
+            f"the run's write log is incomplete (no mark 'start' or '{last}' in "
+            f"{len(log.entries)} entries); the guest's kernel logged {len(errors)} I/O "
+            "errors, first: "
+            f"{errors[:3]}"
+        )
+    return Capture(log, records, seconds, done.output)
 
 
 def release(disk_file: Path) -> None:
