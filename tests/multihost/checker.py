@@ -469,7 +469,7 @@ def check_fenced_before_takeover(events: Sequence[LedgerEvent]) -> CheckResult:
     return result
 
 
-def _justifies(n: Nemesis, ttl: float, freeze_may_fence: float, now: float) -> str | None:
+def _justifies(n: Nemesis, freeze_may_fence: float, now: float) -> str | None:
     """Why nemesis ``n`` may make a member lose its lease, or None when it must not."""
     if n.kind in ("kill", "exit", "link-down"):
         return n.kind
@@ -520,7 +520,7 @@ def check_false_takeovers(
             and (n.boot_id is None or m.boot_id is None or n.boot_id == m.boot_id)
         ]
         window = ttl if freeze_may_fence is None else min(freeze_may_fence, ttl)
-        reasons = [r for n in faults if (r := _justifies(n, ttl, window, now)) is not None]
+        reasons = [r for n in faults if (r := _justifies(n, window, now)) is not None]
         if reasons:
             result.count("justified")
             continue
