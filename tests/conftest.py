@@ -20,6 +20,7 @@ from tests.support.fixtures import postgres_server, postgres_url  # noqa: F401
 from tests.support.glance import glance_rbd_server, glance_server  # noqa: F401
 from tests.support.guest import Guest, GuestDisk, GuestUnavailable, build, python_payload
 from tests.support.libvirt import Domains, LibvirtDaemon, LibvirtUnavailable
+from tests.support.xdist_scheduling import pytest_xdist_make_scheduler  # noqa: F401
 
 if TYPE_CHECKING:
     import libvirt
@@ -52,7 +53,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             )
 
 
-# `make test` runs the suite on two pytest-xdist workers (`--dist loadgroup`). What owns a part of
+# `make test` runs the suite on two pytest-xdist workers (`--dist loadgroup`, mended for a crashed
+# worker by tests/support/xdist_scheduling.py). What owns a part of
 # the machine, or keeps time against it, runs on one worker, one test after the other, in one of
 # these groups; everything else goes to whichever worker is free.
 _MACHINE = ("guest", "powerloss", "multihost")
