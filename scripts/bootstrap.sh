@@ -18,6 +18,8 @@ packages=(
     libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-daemon-driver-storage-rbd
     python3-libvirt qemu-system-x86
     iptables faketime
+    # tests/support/crash_report.py: a crashed test worker's native stacks, from its core
+    gdb
     e2fsprogs apt
     # tests/test_cli_completion.py: zsh completion, and the man page rendered by groff and man
     zsh groff-base man-db

@@ -25,6 +25,9 @@ from tests.support.xdist_scheduling import pytest_xdist_make_scheduler  # noqa: 
 if TYPE_CHECKING:
     import libvirt
 
+# A crashed worker's native stacks in the log (gdb on its core).
+pytest_plugins = ("tests.support.crash_report",)
+
 IN_CI = os.environ.get("CI") == "true"
 REPO = Path(__file__).resolve().parent.parent
 
