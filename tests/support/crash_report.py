@@ -93,9 +93,10 @@ def native_report(pid: int, cwd: Path, executable: str, *, since: float) -> str:
     """gdb's account of the core process ``pid`` (started in ``cwd``) left, which is then
     removed; or why there is none to read."""
     pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
-    if pattern.startswith("|") or "/" in pattern:
+    name = pattern.replace("%p", str(pid)).replace("%P", str(pid))
+    if pattern.startswith("|") or "/" in pattern or "%" in name:
         return f"no core to read here: core_pattern is {pattern!r} (look there for pid {pid})"
-    candidates = [cwd / name for name in (f"{pattern}.{pid}", pattern)]
+    candidates = [cwd / f"{name}.{pid}", cwd / name]  # with .pid: core_uses_pid
     core = next((c for c in candidates if c.exists() and c.stat().st_mtime >= since), None)
     if core is None:
         limit = resource.getrlimit(resource.RLIMIT_CORE)[1]
