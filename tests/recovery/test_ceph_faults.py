@@ -70,6 +70,7 @@ from tests.recovery.helpers import (
     template_state,
 )
 from tests.support.ceph import POOL, SNAPSHOT_POOL, CephCluster
+from tests.support.crash_report import live_stacks
 
 DISK = "vm-1/root"
 NEW_DISK = "vm-1/data"
@@ -435,7 +436,15 @@ class FreezingCli:
         return self.marker.read_text()
 
     def finish(self, timeout: float = 120) -> tuple[int, str, str]:
-        out, err = self.proc.communicate(timeout=timeout)
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # Where it waits, before the caller's cleanup kills it (seen once, in flatten).
+            stacks = live_stacks(self.proc.pid)
+            self.kill()
+            raise AssertionError(
+                f"the CLI had not ended after {timeout:.0f} s; its threads:\n{stacks}"
+            ) from None
         return self.proc.returncode, out, err
 
     def kill(self) -> None:

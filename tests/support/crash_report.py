@@ -26,7 +26,13 @@ from typing import Any
 
 import pytest
 
-__all__ = ["native_report", "pytest_configure", "pytest_testnodedown", "pytest_unconfigure"]
+__all__ = [
+    "live_stacks",
+    "native_report",
+    "pytest_configure",
+    "pytest_testnodedown",
+    "pytest_unconfigure",
+]
 
 _DIRECTORY = "DISKLEDGER_WORKER_PIDS"
 """The controller's directory where each worker writes its pid, named after the worker."""
@@ -118,3 +124,31 @@ def native_report(pid: int, cwd: Path, executable: str, *, since: float) -> str:
     core.unlink()
     took = time.monotonic() - started
     return f"{text.rstrip()}\n(gdb read {core.name} of pid {pid} in {took:.0f} s; removed)"
+
+
+def live_stacks(pid: int) -> str:
+    """gdb's backtrace of every thread of the running process ``pid`` (which it stops for the
+    moment it reads them): where a process that should have ended is waiting."""
+    if shutil.which("gdb") is None:
+        return "gdb is not installed to read its stacks"
+    try:
+        done = subprocess.run(
+            [
+                "gdb",
+                "-batch",
+                "-nx",
+                "-q",
+                "-p",
+                str(pid),
+                "-ex",
+                "set pagination off",
+                "-ex",
+                "thread apply all bt 24",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except subprocess.TimeoutExpired:
+        return f"gdb did not read the stacks of pid {pid} in 120 s"
+    return (done.stdout + done.stderr).rstrip()
