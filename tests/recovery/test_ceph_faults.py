@@ -439,7 +439,7 @@ class FreezingCli:
         try:
             out, err = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            # Where it waits, before the caller's cleanup kills it (seen once, in flatten).
+            # Where it waits, read while the OSD is still frozen (seen once, in flatten).
             stacks = live_stacks(self.proc.pid)
             self.kill()
             raise AssertionError(

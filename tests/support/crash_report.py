@@ -11,6 +11,9 @@ then removes the core (hundreds of MB).
 
 It reads a core the kernel writes in the worker's directory (``core_pattern`` ``core``, as on
 Debian without systemd-coredump); under any other pattern it says where to look instead.
+
+``live_stacks`` reads the same out of a process that is still running: a test whose subprocess
+outlives its deadline reports where it waits (tests/recovery/test_ceph_faults.py).
 """
 
 from __future__ import annotations
