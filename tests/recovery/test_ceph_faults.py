@@ -380,10 +380,11 @@ def freeze_before(
 
 _RUNNER = """\
 import os, signal, sys
+import rados, rbd
 from diskledger.backends.rbd.cluster import Cluster
 from diskledger.cli import main
 
-request, pid, marker = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+request, pid, marker, trace = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 call = Cluster.call
 fired = []
 
@@ -396,7 +397,17 @@ def freezing(self, what, fn, **kw):
     return call(self, what, fn, **kw)
 
 Cluster.call = freezing
-sys.exit(main(sys.argv[4:]))
+
+# librbd's and the objecter's own account, and an admin socket to ask for the requests in
+# flight: what a CLI that does not end is waiting for (its Python stack says only "in librbd").
+class Traced(rados.Rados):
+    def __init__(self, *args, conf=None, **kw):
+        conf = dict(conf or {}, log_file=trace + ".log", admin_socket=trace + ".asok",
+                    debug_rbd="20", debug_objecter="20", debug_rados="10", debug_ms="0")
+        super().__init__(*args, conf=conf, **kw)
+
+rados.Rados = Traced  # rbd is imported first: it keeps the real type for its checks
+sys.exit(main(sys.argv[5:]))
 """
 
 
@@ -407,6 +418,7 @@ class FreezingCli:
 
     def __init__(self, p: Prepared, request: str | None, marker: Path) -> None:
         self.marker = marker
+        self.trace = marker.with_name(marker.name + ".librados")
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -415,6 +427,7 @@ class FreezingCli:
                 request or "",
                 str(osd_pid(p.ceph)),
                 str(marker),
+                str(self.trace),
                 *cli_args(p.root, "rbd", p.argv),
             ],
             env=cli_env(environ=p.environ),
@@ -441,15 +454,34 @@ class FreezingCli:
         except subprocess.TimeoutExpired:
             # Where it waits, read while the OSD is still frozen (seen once, in flatten).
             stacks = live_stacks(self.proc.pid)
+            requests = self._objecter_requests()
             self.kill()
             raise AssertionError(
-                f"the CLI had not ended after {timeout:.0f} s; its threads:\n{stacks}"
+                f"the CLI had not ended after {timeout:.0f} s; its threads:\n{stacks}\n\n"
+                f"its requests in flight (objecter_requests):\n{requests}\n\n"
+                f"the end of its librados log:\n{self._log_tail()}"
             ) from None
         return self.proc.returncode, out, err
 
     def kill(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.communicate()
+
+    def _objecter_requests(self) -> str:
+        asok = self.trace.with_name(self.trace.name + ".asok")
+        command = ["ceph", "--admin-daemon", str(asok), "objecter_requests"]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"{asok}: {exc}"
+        return (done.stdout + done.stderr).strip()
+
+    def _log_tail(self, lines: int = 300) -> str:
+        try:
+            text = self.trace.with_name(self.trace.name + ".log").read_text(errors="replace")
+        except OSError as exc:
+            return str(exc)
+        return "\n".join(text.splitlines()[-lines:])
 
 
 def recover_in_a_fresh_process(p: Prepared) -> dict[str, Any]:
