@@ -414,7 +414,8 @@ sys.exit(main(sys.argv[5:]))
 class FreezingCli:
     """``diskledger <argv> --json`` in its own process (group) that freezes the OSD before its
     first librbd request named ``request`` (none: the test froze it already) and records it in
-    ``marker``."""
+    ``marker``. Beside ``marker``: librados' debug log (rbd, objecter) and its admin socket,
+    read when the CLI does not end."""
 
     def __init__(self, p: Prepared, request: str | None, marker: Path) -> None:
         self.marker = marker
