@@ -24,6 +24,10 @@ after one untimed warm-up each:
   same SHA-256 code as the engine's ``hashlib``: coreutils' ``sha256sum`` does not use the CPU's
   SHA extensions and is several times slower); and that + ``sync``.
 
+Where ``/dev/shm`` is a tmpfs with room, each trial also downloads once more into it, on each side
+(A: the bare ``copy_to``; B: ``curl -o``): no disk under either (the ``fsync`` returns at once),
+so that pair is what the download path itself costs against curl's, apart from the disk.
+
 Every file is removed after its trial, untimed (a template through ``Engine.remove_template``).
 
 ``glance-rbd`` (``run_rbd``): a one-node Ceph cluster (``tests.support.ceph.CephCluster``) and a
@@ -235,11 +239,32 @@ def run(trials: int = DEFAULT_TRIALS, size: int = DEFAULT_SIZE) -> Report:
 
 
 def _measure_fetch(root: Path, url: str, sha256: str, trials: int) -> Samples:
+    work = root / "work"
+    work.mkdir()
+    with _in_memory(2 * os.path.getsize(root / "served" / IMAGE_NAME)) as memory:
+        return _measure_fetch_into(root, work, memory, url, sha256, trials)
+
+
+@contextmanager
+def _in_memory(needed: int) -> Iterator[Path | None]:
+    """A temporary directory on /dev/shm when it is a tmpfs with room for ``needed`` bytes
+    (where a copy costs no disk: the download path alone), else None."""
+    shm = Path("/dev/shm")
+    mounts = Path("/proc/mounts").read_text() if Path("/proc/mounts").exists() else ""
+    tmpfs = any(f.split()[1:3] == ["/dev/shm", "tmpfs"] for f in mounts.splitlines())
+    if not tmpfs or shutil.disk_usage(shm).free < needed:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="diskledger-bench-fetch-", dir=shm) as tmp:
+        yield Path(tmp)
+
+
+def _measure_fetch_into(
+    root: Path, work: Path, memory: Path | None, url: str, sha256: str, trials: int
+) -> Samples:
     from diskledger.backends.sources import HttpSource
     from diskledger.engine import Config, Engine
 
-    work = root / "work"
-    work.mkdir()
     config = Config.load(root=root / "engine", backend="qcow2", environ={}, recover=False)
     source = HttpSource(url, checksum=("sha256", sha256))
     with Engine.open(config) as engine:
@@ -253,8 +278,7 @@ def _measure_fetch(root: Path, url: str, sha256: str, trials: int) -> Samples:
             engine.remove_template(name)
             return elapsed
 
-        def bare_download() -> float:
-            path = work / "bare"
+        def bare_download(path: Path = work / "bare") -> float:
             started = time.perf_counter()
             source.copy_to(str(path), limit=1 << 50, op="fetch")
             elapsed = time.perf_counter() - started
@@ -265,9 +289,13 @@ def _measure_fetch(root: Path, url: str, sha256: str, trials: int) -> Samples:
 
         def side_a(trial: int) -> dict[str, float]:
             if trial % 2 == 0:
-                return {"engine": through_engine(), "bare": bare_download()}
-            bare = bare_download()
-            return {"engine": through_engine(), "bare": bare}
+                steps = {"engine": through_engine(), "bare": bare_download()}
+            else:
+                bare = bare_download()
+                steps = {"engine": through_engine(), "bare": bare}
+            if memory is not None:
+                steps["bare-memory"] = bare_download(memory / "bare")
+            return steps
 
         def side_b(trial: int) -> dict[str, float]:
             path = work / "curl"
@@ -284,6 +312,13 @@ def _measure_fetch(root: Path, url: str, sha256: str, trials: int) -> Samples:
                 if step in ("sha256sum", "openssl") and done.stdout.split()[0] != sha256:
                     raise RuntimeError(f"{step}: curl's copy does not have the image's sha256")
             path.unlink()
+            if memory is not None:
+                path = memory / "curl"
+                command = ["curl", "-sS", "--fail", "--noproxy", "*", "-o", str(path), url]
+                started = time.perf_counter()
+                subprocess.run(command, check=True, capture_output=True)
+                steps["curl-memory"] = time.perf_counter() - started
+                path.unlink()
             return steps
 
         return interleave(side_a, side_b, trials, warmup=1)
@@ -327,6 +362,17 @@ def _fetch_report(samples: Samples, trials: int, size: int, written: float) -> R
             row("vs curl -o + openssl dgst -sha256 (the same SHA-256 code)", openssl),
             row("vs curl -o + openssl dgst + sync (as verified and durable as A)", durable),
             row("bare HttpSource.copy_to (in A's trials) vs curl -o + openssl dgst", openssl, bare),
+            *(
+                [
+                    row(
+                        "in memory (tmpfs, no disk): bare HttpSource.copy_to vs curl -o",
+                        samples.median_b("curl-memory"),
+                        samples.median_a("bare-memory"),
+                    )
+                ]
+                if "curl-memory" in samples.b
+                else []
+            ),
         ],
         target=(
             f"template add, checksum included, / curl -o <= {TARGET_RATIO:.2f} (measured "
@@ -344,6 +390,9 @@ def _fetch_report(samples: Samples, trials: int, size: int, written: float) -> R
             "row is the like-for-like checksum",
             f"template add beyond the bare download (ledger, inspection, qemu-img info, rename): "
             f"{engine - bare:+.2f} s",
+            "the in-memory row, where /dev/shm is a tmpfs: the same download and curl -o into "
+            "it, with no disk under them (its fsync returns at once): what the download path "
+            "itself costs against curl's",
             f"image written once in {written:.1f} s; every copy removed after its trial, untimed",
         ),
     )
