@@ -251,7 +251,7 @@ def _in_memory(needed: int) -> Iterator[Path | None]:
     (where a copy costs no disk: the download path alone), else None."""
     shm = Path("/dev/shm")
     mounts = Path("/proc/mounts").read_text() if Path("/proc/mounts").exists() else ""
-    tmpfs = any(f.split()[1:3] == ["/dev/shm", "tmpfs"] for f in mounts.splitlines())
+    tmpfs = any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in mounts.splitlines())
     if not tmpfs or shutil.disk_usage(shm).free < needed:
         yield None
         return
