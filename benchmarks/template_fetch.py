@@ -77,6 +77,7 @@ __all__ = [
     "fetch_outcome",
     "run",
     "run_rbd",
+    "shm_is_tmpfs",
 ]
 
 MiB = 1 << 20
@@ -239,42 +240,22 @@ def run(trials: int = DEFAULT_TRIALS, size: int = DEFAULT_SIZE) -> Report:
 
 
 def _measure_fetch(root: Path, url: str, sha256: str, trials: int) -> Samples:
-    work = root / "work"
-    work.mkdir()
-    with _in_memory(2 * os.path.getsize(root / "served" / IMAGE_NAME)) as memory:
-        return _measure_fetch_into(root, work, memory, url, sha256, trials)
-
-
-@contextmanager
-def _in_memory(needed: int) -> Iterator[Path | None]:
-    """A temporary directory on /dev/shm when it is a tmpfs with room for ``needed`` bytes
-    (where a copy costs no disk: the download path alone), else None."""
-    shm = Path("/dev/shm")
-    mounts = Path("/proc/mounts").read_text() if Path("/proc/mounts").exists() else ""
-    tmpfs = any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in mounts.splitlines())
-    if not tmpfs or shutil.disk_usage(shm).free < needed:
-        yield None
-        return
-    with tempfile.TemporaryDirectory(prefix="diskledger-bench-fetch-", dir=shm) as tmp:
-        yield Path(tmp)
-
-
-def _measure_fetch_into(
-    root: Path, work: Path, memory: Path | None, url: str, sha256: str, trials: int
-) -> Samples:
     from diskledger.backends.sources import HttpSource
     from diskledger.engine import Config, Engine
 
+    work = root / "work"
+    work.mkdir()
+    size = os.path.getsize(root / "served" / IMAGE_NAME)
     config = Config.load(root=root / "engine", backend="qcow2", environ={}, recover=False)
     source = HttpSource(url, checksum=("sha256", sha256))
-    with Engine.open(config) as engine:
+    with _in_memory(2 * size) as memory, Engine.open(config) as engine:
 
         def through_engine() -> float:
             name = f"t{next(counter)}"
             started = time.perf_counter()
             view = engine.add_template(name, url, "raw", sha256=sha256)
             elapsed = time.perf_counter() - started
-            assert view.virtual_size == os.path.getsize(root / "served" / IMAGE_NAME), view
+            assert view.virtual_size == size, view
             engine.remove_template(name)
             return elapsed
 
@@ -322,6 +303,25 @@ def _measure_fetch_into(
             return steps
 
         return interleave(side_a, side_b, trials, warmup=1)
+
+
+def shm_is_tmpfs() -> bool:
+    """Whether /dev/shm is a tmpfs (what the in-memory pair of ``fetch`` downloads into)."""
+    mounts = Path("/proc/mounts")
+    lines = mounts.read_text().splitlines() if mounts.exists() else []
+    return any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in lines)
+
+
+@contextmanager
+def _in_memory(needed: int) -> Iterator[Path | None]:
+    """A temporary directory on /dev/shm when it is a tmpfs with room for ``needed`` bytes
+    (where a copy costs no disk: the download path alone), else None."""
+    shm = Path("/dev/shm")
+    if not shm_is_tmpfs() or shutil.disk_usage(shm).free < needed:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="diskledger-bench-fetch-", dir=shm) as tmp:
+        yield Path(tmp)
 
 
 def _fetch_report(samples: Samples, trials: int, size: int, written: float) -> Report:

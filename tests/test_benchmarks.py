@@ -89,10 +89,8 @@ def test_the_nova_venv_script_fails_with_one_line(tmp_path: Path) -> None:
 def test_the_template_fetch_benchmark_runs() -> None:
     report = template_fetch.run(trials=1, size=4 << 20)
     _ran(report)
-    mounts = Path("/proc/mounts").read_text().splitlines()
-    shm_is_tmpfs = any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in mounts)
     in_memory = [row for row in report.rows if row.label.startswith("in memory")]
-    assert len(in_memory) == (1 if shm_is_tmpfs else 0), report.rows
+    assert len(in_memory) == (1 if template_fetch.shm_is_tmpfs() else 0), report.rows
 
 
 def test_the_glance_rbd_benchmark_runs(ceph: CephCluster, glance_rbd_server: GlanceServer) -> None:
