@@ -8,7 +8,8 @@ error tree there.
 Once a call has run out of its budget without an answer, the cluster is taken to be down: for
 the next budget's length each call makes one attempt instead of retrying for the whole budget
 again (the compensation that follows a failed operation then fails fast, leaving the intent to
-``recover``), until a librbd request is answered.
+``recover``), until a librbd request is answered; an image open at that moment is closed in the
+background (``Cluster.opened``).
 
 **Single-host mode and member mode.** Without a registrar (``on_connect``), a connection lost
 with ``ESHUTDOWN`` is replaced by the next request (``policies.py``), and that is a hazard
@@ -258,19 +259,78 @@ class Cluster:
     @contextmanager
     def ioctx(self, pool: str) -> Iterator[Any]:
         """An I/O context on ``pool``, closed afterwards."""
-        connection, ctx = self._call(
+        connection, ioctx = self._open_pool(pool)
+        try:
+            yield ioctx
+        finally:
+            self._close_pool(connection, ioctx)
+
+    def _open_pool(self, pool: str) -> tuple[_Connection, Any]:
+        return self._call(
             f"open pool {pool}",
             lambda: self._open_ioctx(pool),
             self.config.transient,
             reconnects=True,
         )
+
+    def _close_pool(self, connection: _Connection, ioctx: Any) -> None:
         try:
-            yield ctx
+            ioctx.close()
         finally:
-            try:
-                ctx.close()
-            finally:
-                self._release(connection)
+            self._release(connection)
+
+    @contextmanager
+    def opened(self, pool: str, what: str, open_handle: Callable[[Any], Any]) -> Iterator[Any]:
+        """The handle ``open_handle(ioctx)`` makes on an I/O context on ``pool`` (a librbd
+        image, named ``what`` in errors), opened under the transient policy; closed afterwards,
+        then its I/O context.
+
+        When the block leaves the cluster found ``silent``, the close is left to a thread of its
+        own and the caller goes on: closing an image sends requests too, one after another (an
+        image that holds its exclusive lock releases it in three: object map, unlock, unwatch),
+        and each would wait a whole op timeout for the same silence before the caller could
+        report it. That thread releases the handle, its I/O context and its hold on the
+        connection in that order. Should the process end first, the image is left as a crash
+        leaves it, which recovery settles (it fences the watch of an operation's temporary
+        image).
+        """
+        connection, ioctx = self._open_pool(pool)
+        try:
+            handle = self.call(f"open {what}", lambda: open_handle(ioctx))
+        except BaseException:
+            self._close_pool(connection, ioctx)
+            raise
+        try:
+            yield handle
+        finally:
+            if self.silent:
+                threading.Thread(
+                    target=self._close_in_background,
+                    args=(what, handle, connection, ioctx),
+                    name=f"ceph close {what}",
+                    daemon=True,
+                ).start()
+            else:
+                try:
+                    handle.close()
+                finally:
+                    self._close_pool(connection, ioctx)
+
+    def _close_in_background(
+        self, what: str, handle: Any, connection: _Connection, ioctx: Any
+    ) -> None:
+        try:
+            handle.close()
+        except Exception:  # nobody is left to tell but the log
+            log.warning("ceph: closing %s in the background failed", what, exc_info=True)
+        finally:
+            self._close_pool(connection, ioctx)
+
+    @property
+    def silent(self) -> bool:
+        """Whether the cluster was found silent: a request ran out of its budget unanswered (or
+        made its one attempt in vain since), and none was answered after it."""
+        return time.monotonic() < self._down_until
 
     def fsid(self) -> str:
         return str(

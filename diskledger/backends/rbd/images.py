@@ -66,18 +66,19 @@ class Images:
         self.cluster = cluster
 
     @contextmanager
-    def image(self, location: str, *, read_only: bool = False) -> Iterator[Any]:
+    def image(
+        self, location: str, *, snapshot: str | None = None, read_only: bool = False
+    ) -> Iterator[Any]:
+        """The image ``location`` (at ``snapshot``), opened; closed afterwards (in the
+        background when the cluster fell silent: ``Cluster.opened``)."""
         import rbd
 
         pool, name = split(location)
-        with self.cluster.ioctx(pool) as ioctx:
-            handle = self.cluster.call(
-                f"open {location}", lambda: rbd.Image(ioctx, name, read_only=read_only)
-            )
-            try:
-                yield handle
-            finally:
-                handle.close()
+        what = location if snapshot is None else f"{location}@{snapshot}"
+        with self.cluster.opened(
+            pool, what, lambda ioctx: rbd.Image(ioctx, name, snapshot=snapshot, read_only=read_only)
+        ) as handle:
+            yield handle
 
     def exists(self, location: str) -> bool:
         """Whether an image opens under ``location``. A name with neither ``rbd_id.<name>``

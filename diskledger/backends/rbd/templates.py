@@ -12,7 +12,7 @@ from diskledger.backends.contract import Artifact, ArtifactKind, Observation
 from diskledger.backends.files import check_component, temporary_path
 from diskledger.backends.inspection import inspect_image
 from diskledger.backends.rbd.backend import RbdBackend
-from diskledger.backends.rbd.images import TEMPLATE_SNAPSHOT, split, temporary
+from diskledger.backends.rbd.images import TEMPLATE_SNAPSHOT, temporary
 from diskledger.backends.sources import ImageSource
 from diskledger.backends.staging import stage
 from diskledger.errors import CephError, StorageIOError, UnsafeImage
@@ -143,20 +143,11 @@ class RbdTemplateStore:
     def _inspect_head(self, parent: str, snapshot: str, copy: str) -> None:
         """Refuse, as an import's copy would be, a "raw" image that is something else or larger
         than the ceiling: its first ``HEAD`` bytes are written to ``copy`` and inspected."""
-        import rbd
-
         cluster = self.backend.cluster
-        pool, name = split(parent)
         what = f"{parent}@{snapshot}"
-        with cluster.ioctx(pool) as ioctx:
-            image = cluster.call(
-                f"open {what}", lambda: rbd.Image(ioctx, name, snapshot=snapshot, read_only=True)
-            )
-            try:
-                size: int = cluster.call(f"size of {what}", image.size)
-                head: bytes = cluster.call(f"read {what}", lambda: image.read(0, min(size, HEAD)))
-            finally:
-                image.close()
+        with self.backend.rbd.image(parent, snapshot=snapshot, read_only=True) as image:
+            size: int = cluster.call(f"size of {what}", image.size)
+            head: bytes = cluster.call(f"read {what}", lambda: image.read(0, min(size, HEAD)))
         if size > self.max_virtual_size:
             raise UnsafeImage(
                 f"the image is {size} bytes, above the {self.max_virtual_size} byte ceiling"
