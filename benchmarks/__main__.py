@@ -2,7 +2,7 @@
 
 Benchmarks: ``engine``, ``append``, ``replay``, ``recovery``, ``rbd``, ``libvirt``, ``feed``,
 ``multihost``, ``lvm``, ``cli``, ``storm``, ``memory``, ``nova``, ``nova-rbd``, ``fetch``,
-``glance-rbd`` (default: all).
+``glance-rbd``, ``frozen-osd`` (default: all).
 
 Environment: ``DISKLEDGER_BENCH_EVENTS`` (replay ledger size, default 1,000,000) and
 ``DISKLEDGER_BENCH_TRIALS`` (trials per side for the engine, append, libvirt, feed and cli
@@ -23,7 +23,10 @@ from a loopback URL vs curl) and ``glance-rbd`` (a template from Glance's RBD lo
 URL, then a disk; it starts a Ceph cluster and a real Glance, ``scripts/glance-venv.sh`` making
 Glance's venv on first use) move ``DISKLEDGER_BENCH_FETCH_MIB`` MiB per copy (default 1024);
 ``DISKLEDGER_BENCH_TRIALS`` sets their trials (defaults 5 and 3); ``glance-rbd`` is left out
-without Ceph as ``rbd`` is, and when Glance's venv cannot be made.
+without Ceph as ``rbd`` is, and when Glance's venv cannot be made. ``frozen-osd`` (the time to
+the error when the OSD freezes under an image that holds its lock, closed in the background vs in
+place) starts its own Ceph cluster and freezes its OSD; ``DISKLEDGER_BENCH_TRIALS`` sets its
+trials (default 3); it is left out without Ceph as ``rbd`` is.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from benchmarks import (
     cli_startup,
     engine_overhead,
     feed,
+    frozen_osd,
     ledger_append,
     libvirt_resize,
     lvm_create,
@@ -67,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         metavar="BENCHMARK",
         help="run only these, of engine, append, replay, recovery, rbd, libvirt, feed, "
-        "multihost, lvm, cli, storm, memory, nova, nova-rbd, fetch and glance-rbd (default: all)",
+        "multihost, lvm, cli, storm, memory, nova, nova-rbd, fetch, glance-rbd and frozen-osd "
+        "(default: all)",
     )
     parser.add_argument(
         "--markdown", action="store_true", help="also print a section for docs/performance.md"
@@ -111,16 +116,18 @@ def main(argv: list[str] | None = None) -> int:
         "glance-rbd": lambda: template_fetch.run_rbd(
             trials or template_fetch.DEFAULT_RBD_TRIALS, template_fetch.size_from_environ()
         ),
+        "frozen-osd": lambda: frozen_osd.run(trials or frozen_osd.DEFAULT_TRIALS),
     }
     chosen: list[str] = args.only or list(benchmarks)
     if not args.only and shutil.which("ceph-mon") is None:
         print(
-            "rbd, nova-rbd, glance-rbd: left out, Ceph is not installed "
+            "rbd, nova-rbd, glance-rbd, frozen-osd: left out, Ceph is not installed "
             "(scripts/bootstrap.sh --ceph)"
         )
         chosen.remove("rbd")
         chosen.remove("nova-rbd")
         chosen.remove("glance-rbd")
+        chosen.remove("frozen-osd")
     if not args.only and not os.path.exists("/dev/kvm"):
         print("libvirt: left out, no /dev/kvm (KVM is not available on this machine)")
         chosen.remove("libvirt")

@@ -17,6 +17,7 @@ from benchmarks import (
     boot_storm,
     cli_startup,
     engine_overhead,
+    frozen_osd,
     ledger_append,
     memory,
     nova,
@@ -100,3 +101,8 @@ def test_the_glance_rbd_benchmark_runs(ceph: CephCluster, glance_rbd_server: Gla
     assert report.rows[0].label.startswith(("template add (clone ", "template add (download ")), (
         report.rows[0].label
     )
+
+
+def test_the_frozen_osd_benchmark_runs(ceph: CephCluster) -> None:
+    report = frozen_osd.run(trials=1, cluster=ceph)
+    _ran(report)
