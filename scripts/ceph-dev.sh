@@ -110,6 +110,9 @@ osd objectstore = memstore
 memstore device bytes = $((8 << 30))
 osd max object name len = 256
 osd max object namespace len = 64
+# The fault tests end a thawed placement group's read-lease wait by marking the OSD down (as an
+# operator would); past 5 markdowns in 10 minutes the OSD would shut itself down for good.
+osd max markdown count = 1000
 EOF
     ceph-authtool --create-keyring "$DIR/mon.a.keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
     ceph-authtool --create-keyring "$DIR/client.admin.keyring" --gen-key -n client.admin \
