@@ -291,8 +291,7 @@ class Cluster:
         and each would wait a whole op timeout for the same silence before the caller could
         report it. That thread releases the handle, its I/O context and its hold on the
         connection in that order. Should the process end first, the image is left as a crash
-        leaves it, which recovery settles (it fences the watch of an operation's temporary
-        image).
+        leaves it, which recovery settles (it fences the dead writer's watch).
         """
         connection, ioctx = self._open_pool(pool)
         try:
