@@ -19,7 +19,6 @@ read lease) before the next one, outside the times.
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -124,15 +123,10 @@ def _frozen_write(ceph: CephCluster, cluster: Cluster, location: str) -> float:
             raise RuntimeError("the write to the frozen OSD succeeded")
         finally:
             ceph.thaw_osd()
-        _wait_for_closes()
+        for closer in cluster.closing():
+            closer.join(60)
         ceph.settle()
         images.remove_image(location)
         return took
     finally:
         cluster.close()
-
-
-def _wait_for_closes() -> None:
-    for thread in threading.enumerate():
-        if thread.name.startswith("ceph close "):
-            thread.join(60)

@@ -40,7 +40,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -628,35 +628,28 @@ def test_an_image_that_holds_its_lock_is_closed_in_the_background_once_the_osd_i
         cluster: Cluster = engine.backend.cluster  # type: ignore[attr-defined]
         images: Images = engine.backend.rbd  # type: ignore[attr-defined]
         images.create(scratch, 4 << 20)
-        before = _closing()  # an earlier test's, ending
         with images.image(scratch) as image:
             cluster.call("write", lambda: image.write(b"x" * 4096, 0))  # takes the lock
-        assert _closing(before) == []  # an answered cluster: closed on the spot
+        assert cluster.closing() == []  # an answered cluster: closed on the spot
         try:
             with pytest.raises(CephUnavailable, match="no answer"), images.image(scratch) as image:
                 cluster.call("write", lambda: image.write(b"x" * 4096, 0))
                 assert list(image.lock_get_owners()), "the exclusive lock is not held"
                 pools.freeze_osd()
                 cluster.call("write", lambda: image.write(b"y" * 4096, 1 << 20))
-            closing = _closing(before)
+            closing = cluster.closing()
             assert len(closing) == 1, "the close waited for the frozen OSD"
             assert cluster.silent
         finally:
             pools.thaw_osd()
         closing[0].join(60)
         assert not closing[0].is_alive()
+        assert cluster.closing() == []
         pools.settle()
         with images.image(scratch, read_only=True) as image:
             assert not cluster.call("look at the lock", image.list_lockers)
         assert images.watchers(scratch) == []
         images.remove_image(scratch)
-
-
-def _closing(besides: Sequence[threading.Thread] = ()) -> list[threading.Thread]:
-    """The threads closing an image in the background, but ``besides``."""
-    return [
-        t for t in threading.enumerate() if t.name.startswith("ceph close ") and t not in besides
-    ]
 
 
 # -- (c) killed while the OSD is frozen under it ----------------------------------------------

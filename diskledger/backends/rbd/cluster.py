@@ -156,6 +156,7 @@ class Cluster:
         self._on_connect = on_connect
         self._on_fenced = on_fenced
         self._fenced: str | None = None
+        self._closing: set[threading.Thread] = set()
 
     def set_registrar(
         self, on_connect: Registrar, *, on_fenced: FenceHandler | None = None
@@ -218,7 +219,7 @@ class Cluster:
                 return False  # the caller's handles died with the connection
             return code in policy.retry_on
 
-        one_attempt = time.monotonic() < self._down_until
+        one_attempt = self.silent
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(retried),
             stop=(
@@ -303,27 +304,39 @@ class Cluster:
             yield handle
         finally:
             if self.silent:
-                threading.Thread(
+                closer = threading.Thread(
                     target=self._close_in_background,
                     args=(what, handle, connection, ioctx),
                     name=f"ceph close {what}",
                     daemon=True,
-                ).start()
+                )
+                with self._lock:
+                    self._closing.add(closer)
+                closer.start()
             else:
-                try:
-                    handle.close()
-                finally:
-                    self._close_pool(connection, ioctx)
+                self._close(handle, connection, ioctx)
+
+    def closing(self) -> list[threading.Thread]:
+        """The threads of this cluster still closing an image in the background (``opened``)."""
+        with self._lock:
+            return list(self._closing)
+
+    def _close(self, handle: Any, connection: _Connection, ioctx: Any) -> None:
+        try:
+            handle.close()
+        finally:
+            self._close_pool(connection, ioctx)
 
     def _close_in_background(
         self, what: str, handle: Any, connection: _Connection, ioctx: Any
     ) -> None:
         try:
-            handle.close()
+            self._close(handle, connection, ioctx)
         except Exception:  # nobody is left to tell but the log
             log.warning("ceph: closing %s in the background failed", what, exc_info=True)
         finally:
-            self._close_pool(connection, ioctx)
+            with self._lock:
+                self._closing.discard(threading.current_thread())
 
     @property
     def silent(self) -> bool:
